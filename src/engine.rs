@@ -1,0 +1,323 @@
+//! The shared engine: reads, writes, copy-on-write and backing-chain reads
+//! for every format. Formats only map and allocate (`format::Format`).
+//!
+//! Locking: `Format::map` takes the format's metadata lock for the lookup
+//! only; data I/O runs with no lock held. Allocating writes hold a range
+//! lock on the clusters they allocate, so two writers never copy-on-write
+//! the same cluster at once.
+
+use crate::error::{Error, Result};
+use crate::format::Mapping;
+use crate::image::{BlockStatus, Image};
+use crate::io::IoVec;
+
+/// What an allocating write puts between the copied head and tail.
+#[derive(Clone, Copy)]
+enum Payload<'v, 'a> {
+    /// Bytes `[at, at + len)` of the caller's list.
+    Data(&'v IoVec<'a>, usize),
+    Zeros,
+}
+
+impl Image {
+    /// Reads `buf.len()` bytes at `off`.
+    pub fn read(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        self.readv(&IoVec::from_mut(buf), off)
+    }
+
+    /// Reads into a scatter list.
+    pub fn readv(&self, iov: &IoVec, off: u64) -> Result<()> {
+        self.check_range(off, iov.len() as u64)?;
+        self.read_inner(iov, off)
+    }
+
+    pub(crate) fn read_inner(&self, iov: &IoVec, off: u64) -> Result<()> {
+        let len = iov.len() as u64;
+        let mut done = 0u64;
+        while done < len {
+            let pos = off + done;
+            let ext = self.fmt.map(pos, len - done)?;
+            let n = ext.len.min(len - done);
+            if n == 0 {
+                return Err(Error::Corrupt(format!("empty mapping at offset {pos}")));
+            }
+            let part = iov.slice(done as usize, n as usize);
+            match ext.mapping {
+                Mapping::Data { host, .. } => self.fmt.data_file().preadv(&part, host)?,
+                Mapping::Zero => part.zero(),
+                Mapping::Unallocated => self.read_unallocated(&part, pos)?,
+                Mapping::Compressed { host, csize } => {
+                    let cs = self.fmt.cluster_size().max(1);
+                    self.fmt.read_compressed(host, csize, pos % cs, &part)?
+                }
+            }
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn read_unallocated(&self, iov: &IoVec, off: u64) -> Result<()> {
+        match self.backing() {
+            Some(b) => b.read_backing(iov, off),
+            None => {
+                iov.zero();
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes `buf` at `off`.
+    pub fn write(&self, buf: &[u8], off: u64) -> Result<()> {
+        self.writev(&IoVec::from_ref(buf), off)
+    }
+
+    /// Writes a scatter list at `off`.
+    pub fn writev(&self, iov: &IoVec, off: u64) -> Result<()> {
+        self.check_writable()?;
+        let len = iov.len() as u64;
+        self.check_range(off, len)?;
+        let mut done = 0u64;
+        while done < len {
+            let pos = off + done;
+            let ext = self.fmt.map(pos, len - done)?;
+            let n = ext.len.min(len - done);
+            done += match ext.mapping {
+                Mapping::Data {
+                    host,
+                    in_place: true,
+                } => {
+                    self.fmt
+                        .data_file()
+                        .pwritev(&iov.slice(done as usize, n as usize), host)?;
+                    n
+                }
+                _ => self.write_allocating(pos, n, Payload::Data(iov, done as usize))?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Makes `[off, off + len)` read as zeros.
+    pub fn write_zeroes(&self, off: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
+        self.check_range(off, len)?;
+        let cs = self.fmt.cluster_size();
+        let mut done = 0u64;
+        while done < len {
+            let pos = off + done;
+            let ext = self.fmt.map(pos, len - done)?;
+            let n = ext.len.min(len - done);
+            // Whole clusters may be zeroed in metadata alone.
+            if cs > 0 && pos % cs == 0 && n >= cs && !matches!(ext.mapping, Mapping::Zero) {
+                let whole = n / cs * cs;
+                if self.fmt.zero_clusters(pos, whole)? {
+                    done += whole;
+                    continue;
+                }
+            }
+            done += match ext.mapping {
+                Mapping::Zero => n,
+                Mapping::Data {
+                    host,
+                    in_place: true,
+                } => {
+                    self.fmt.data_file().write_zeroes(host, n)?;
+                    n
+                }
+                _ => self.write_allocating(pos, n, Payload::Zeros)?,
+            };
+        }
+        Ok(())
+    }
+
+    /// Hints that `[off, off + len)` is unused. Only whole clusters are
+    /// passed on; contents stay defined (the format decides what it may drop).
+    pub fn discard(&self, off: u64, len: u64) -> Result<()> {
+        self.check_writable()?;
+        self.check_range(off, len)?;
+        let cs = self.fmt.cluster_size();
+        if cs == 0 {
+            return self.fmt.discard(off, len);
+        }
+        let start = off.div_ceil(cs) * cs;
+        let end = if off + len == self.size() {
+            off + len
+        } else {
+            (off + len) / cs * cs
+        };
+        if end > start {
+            let _g = self.alloc_locks.lock(start, end);
+            self.fmt.discard(start, end - start)?;
+        }
+        Ok(())
+    }
+
+    /// Allocates the clusters under `[pos, pos + n)` (or a prefix of it),
+    /// copying the rest of partially written clusters from the old
+    /// contents. Returns how many of the `n` bytes were written.
+    fn write_allocating(&self, pos: u64, n: u64, payload: Payload) -> Result<u64> {
+        let cs = self.fmt.cluster_size();
+        if cs == 0 {
+            return Err(Error::Unsupported(format!(
+                "{} cannot allocate",
+                self.fmt.format_name()
+            )));
+        }
+        let size = self.size();
+        let cstart = pos / cs * cs;
+        let cend = (pos + n).div_ceil(cs).saturating_mul(cs).min(size);
+        let _guard = self.alloc_locks.lock(cstart, cend);
+        // Someone may have allocated these clusters while we waited.
+        let ext = self.fmt.map(pos, n)?;
+        let n = ext.len.min(n);
+        if let Mapping::Data {
+            host,
+            in_place: true,
+        } = ext.mapping
+        {
+            match payload {
+                Payload::Data(iov, at) => self
+                    .fmt
+                    .data_file()
+                    .pwritev(&iov.slice(at, n as usize), host)?,
+                Payload::Zeros => self.fmt.data_file().write_zeroes(host, n)?,
+            }
+            return Ok(n);
+        }
+        let want_end = (pos + n).div_ceil(cs).saturating_mul(cs).min(size);
+        let (host, alen) = self.fmt.allocate(cstart, want_end - cstart)?;
+        let run_end = cstart + alen;
+        let wend = (pos + n).min(run_end);
+        // Old contents of the partial clusters at either end.
+        let mut head = vec![0u8; (pos - cstart) as usize];
+        let mut tail = vec![0u8; (run_end - wend) as usize];
+        if !head.is_empty() {
+            self.read_inner(&IoVec::from_mut(&mut head), cstart)?;
+        }
+        if !tail.is_empty() {
+            self.read_inner(&IoVec::from_mut(&mut tail), wend)?;
+        }
+        let data = self.fmt.data_file();
+        match payload {
+            Payload::Data(iov, at) => {
+                let mut all = IoVec::from_ref(&head);
+                all.append(iov.slice(at, (wend - pos) as usize));
+                all.append(IoVec::from_ref(&tail));
+                data.pwritev(&all, host)?;
+            }
+            Payload::Zeros => {
+                if !head.is_empty() {
+                    data.write_at(&head, host)?;
+                }
+                data.write_zeroes(host + (pos - cstart), wend - pos)?;
+                if !tail.is_empty() {
+                    data.write_at(&tail, host + (wend - cstart))?;
+                }
+            }
+        }
+        // Metadata after data: the format orders its write-back after a
+        // flush of this data.
+        self.fmt.link(cstart, alen, host)?;
+        Ok(wend - pos)
+    }
+
+    /// Makes everything written so far durable.
+    pub fn flush(&self) -> Result<()> {
+        if self.read_only() {
+            return Ok(());
+        }
+        self.fmt.flush()
+    }
+
+    /// Changes the virtual size. Grown space reads as zeros, never as
+    /// backing data.
+    pub fn truncate(&self, size: u64) -> Result<()> {
+        self.check_writable()?;
+        let _g = self.alloc_locks.lock(0, u64::MAX);
+        let backing_len = self.backing().map(|b| b.size());
+        let old = |iov: &IoVec, off: u64| self.read_inner(iov, off);
+        self.fmt.truncate(size, backing_len, &old)
+    }
+
+    /// The state of the run at `off` (at most `len` bytes) in this layer,
+    /// and its length.
+    pub fn block_status(&self, off: u64, len: u64) -> Result<(BlockStatus, u64)> {
+        self.check_range(off, len)?;
+        if len == 0 {
+            return Err(Error::InvalidArgument("block status of an empty range".into()));
+        }
+        let ext = self.fmt.map(off, len)?;
+        let st = match ext.mapping {
+            Mapping::Data { host, .. } => BlockStatus {
+                allocated: true,
+                data: true,
+                zero: false,
+                offset: Some(host),
+            },
+            Mapping::Compressed { .. } => BlockStatus {
+                allocated: true,
+                data: true,
+                zero: false,
+                offset: None,
+            },
+            Mapping::Zero => BlockStatus {
+                allocated: true,
+                data: false,
+                zero: true,
+                offset: None,
+            },
+            Mapping::Unallocated => BlockStatus {
+                allocated: false,
+                data: false,
+                zero: self.backing().is_none(),
+                offset: None,
+            },
+        };
+        Ok((st, ext.len.min(len)))
+    }
+
+    /// QEMU's is_allocated: whether `[off, ...)` is allocated in this
+    /// layer, and how many bytes from `off` (at most `len`) share that.
+    pub fn is_allocated(&self, off: u64, len: u64) -> Result<(bool, u64)> {
+        let mut total = 0;
+        let mut state = None;
+        while total < len {
+            let (st, n) = self.block_status(off + total, len - total)?;
+            match state {
+                None => state = Some(st.allocated),
+                Some(s) if s != st.allocated => break,
+                _ => {}
+            }
+            total += n;
+        }
+        Ok((state.unwrap_or(false), total))
+    }
+
+    /// Where `[off, off + len)` comes from across the backing chain: the
+    /// depth of the first layer that has it (0 = this image), or `None` if
+    /// no layer does, plus that layer's status and the run length.
+    pub fn chain_status(&self, off: u64, len: u64) -> Result<(Option<usize>, BlockStatus, u64)> {
+        let (st, n) = self.block_status(off, len)?;
+        if st.allocated {
+            return Ok((Some(0), st, n));
+        }
+        let b = self.backing();
+        match b.as_ref().and_then(|b| b.as_image()) {
+            Some(img) if off < img.size() => {
+                let m = n.min(img.size() - off);
+                let (d, st2, n2) = img.chain_status(off, m)?;
+                Ok((d.map(|d| d + 1), st2, n2))
+            }
+            Some(img) => Ok((
+                None,
+                BlockStatus {
+                    zero: true,
+                    ..st
+                },
+                // Past the backing file's end: zeros up to where this layer changes.
+                if off >= img.size() { n } else { n.min(img.size() - off) },
+            )),
+            None => Ok((None, st, n)),
+        }
+    }
+}

@@ -1,0 +1,205 @@
+//! Format drivers: each maps guest offsets to places and allocates; the
+//! engine (`crate::engine`) does the reading, writing and copy-on-write.
+
+pub mod addcow;
+pub mod options;
+pub mod raw;
+
+use crate::error::{Error, Result};
+use crate::io::{BlockFile, IoVec, Storage};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use options::{CreateOptions, OptDesc, OptKind};
+
+/// Where a run of guest bytes lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mapping {
+    /// In this layer's data file at `host`. `in_place` is false when the
+    /// data may not be overwritten where it is (for example a cluster
+    /// shared with a snapshot), so a write must allocate anew.
+    Data { host: u64, in_place: bool },
+    /// Allocated in this layer and reads as zeros.
+    Zero,
+    /// Not allocated in this layer: read the backing file, or zeros.
+    Unallocated,
+    /// A compressed cluster; the format reads it (`Format::read_compressed`).
+    Compressed { host: u64, csize: u64 },
+}
+
+/// A run of guest bytes with one mapping. For `Data` the run is contiguous
+/// on the host too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub mapping: Mapping,
+    pub len: u64,
+}
+
+/// The backing file an image names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackingSpec {
+    /// The name as recorded in the image.
+    pub name: String,
+    /// The name resolved against the image's directory.
+    pub path: PathBuf,
+    /// The recorded format, if any.
+    pub format: Option<String>,
+}
+
+/// Format-specific facts for `info`.
+#[derive(Clone, Debug, Default)]
+pub struct FormatInfo {
+    /// Extra `key: value` lines, in display order.
+    pub specific: Vec<(String, String)>,
+    /// The external data/image file, if the format has one.
+    pub data_file: Option<String>,
+}
+
+/// Reads the image as it was before a resize, for formats that must copy
+/// data into place while resizing.
+pub type OldReader<'a> = &'a dyn Fn(&IoVec, u64) -> Result<()>;
+
+/// An open image as a format sees it.
+pub trait Format: Send + Sync {
+    fn format_name(&self) -> &'static str;
+    /// Virtual size in bytes.
+    fn size(&self) -> u64;
+    /// Allocation unit in bytes; 0 when the format never allocates (raw).
+    fn cluster_size(&self) -> u64;
+    /// The backing file recorded in the image.
+    fn backing(&self) -> Option<BackingSpec>;
+    /// The mapping of the run starting at `off`, at most `len` bytes long.
+    /// `off < size()`, `len > 0`; the returned `len` is > 0.
+    fn map(&self, off: u64, len: u64) -> Result<Extent>;
+    /// The file `Mapping::Data` offsets refer to.
+    fn data_file(&self) -> &Arc<dyn BlockFile>;
+    /// Reads bytes `[skip, skip + iov.len())` of a compressed cluster.
+    fn read_compressed(&self, _host: u64, _csize: u64, _skip: u64, _iov: &IoVec) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "{} has no compressed clusters",
+            self.format_name()
+        )))
+    }
+    fn read_only(&self) -> bool;
+    /// Reserves host space for guest clusters `[guest, guest + len)` (cluster
+    /// aligned; `len` may end at the virtual size) and returns the host
+    /// offset and length of a contiguous run (a prefix of the request,
+    /// whole clusters). Nothing points at it until `link`.
+    fn allocate(&self, guest: u64, len: u64) -> Result<(u64, u64)>;
+    /// Makes the guest range point at `host` once its data has been written.
+    /// The metadata may reach the disk only after that data is durable.
+    fn link(&self, guest: u64, len: u64, host: u64) -> Result<()>;
+    /// Marks `[guest, guest + len)` (whole clusters) as reading zeros
+    /// without writing data, if the format can; `Ok(false)` if not.
+    fn zero_clusters(&self, _guest: u64, _len: u64) -> Result<bool> {
+        Ok(false)
+    }
+    /// Drops whole clusters of this layer where that keeps guest-visible
+    /// contents defined; a hint, may do nothing.
+    fn discard(&self, _guest: u64, _len: u64) -> Result<()> {
+        Ok(())
+    }
+    /// Data, then metadata, durable.
+    fn flush(&self) -> Result<()>;
+    /// Changes the virtual size crash-safely. `backing_len` is the length of
+    /// the backing image, if any: grown ranges must not show backing data.
+    fn truncate(&self, size: u64, backing_len: Option<u64>, old: OldReader) -> Result<()>;
+    /// Records a new backing file (rebase); `None` detaches.
+    fn set_backing(&self, _backing: Option<(&str, &str)>) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "{} cannot change its backing file",
+            self.format_name()
+        )))
+    }
+    /// Bytes of guest data allocated in this layer (may scan metadata).
+    fn allocated_bytes(&self) -> Result<u64>;
+    /// Format-specific details.
+    fn info(&self) -> FormatInfo {
+        FormatInfo::default()
+    }
+    /// Bytes the image's files take on disk.
+    fn disk_size(&self) -> Result<u64> {
+        self.data_file().allocated_size()
+    }
+    /// Flushes and releases; called once, before drop, on a clean close.
+    fn close(&self) -> Result<()> {
+        self.flush()
+    }
+}
+
+/// What an opener is given.
+pub struct OpenCtx<'a> {
+    pub storage: &'a dyn Storage,
+    pub path: &'a Path,
+    pub file: Arc<dyn BlockFile>,
+    pub read_only: bool,
+    /// Metadata cache budget in bytes (0 = the driver's default).
+    pub cache_size: u64,
+}
+
+/// What a creator is given.
+pub struct CreateCtx<'a> {
+    pub storage: &'a dyn Storage,
+    pub path: &'a Path,
+    pub opts: &'a CreateOptions,
+}
+
+/// A format driver's entry points.
+pub struct Driver {
+    pub name: &'static str,
+    /// Score 0..=100 that the first bytes (at least 512, up to 4096) are
+    /// this format; raw answers 1.
+    pub probe: fn(buf: &[u8], path: &Path) -> i32,
+    pub create: fn(&CreateCtx) -> Result<()>,
+    pub open: fn(&OpenCtx) -> Result<Box<dyn Format>>,
+    pub create_opts: &'static [OptDesc],
+    pub supports_backing: bool,
+}
+
+/// Every driver this build has.
+pub fn drivers() -> &'static [&'static Driver] {
+    static ALL: [&Driver; 2] = [&addcow::DRIVER, &raw::DRIVER];
+    &ALL
+}
+
+/// The driver called `name`.
+pub fn find_driver(name: &str) -> Result<&'static Driver> {
+    drivers()
+        .iter()
+        .copied()
+        .find(|d| d.name == name)
+        .ok_or_else(|| Error::UnknownFormat(format!("'{name}' (known: {})", known_names())))
+}
+
+fn known_names() -> String {
+    drivers().iter().map(|d| d.name).collect::<Vec<_>>().join(", ")
+}
+
+/// Picks the driver whose probe scores highest on `buf`.
+pub fn probe(buf: &[u8], path: &Path) -> &'static Driver {
+    let mut best = &raw::DRIVER;
+    let mut score = 0;
+    for d in drivers() {
+        let s = (d.probe)(buf, path);
+        if s > score {
+            score = s;
+            best = d;
+        }
+    }
+    best
+}
+
+/// Bytes a prober is given.
+pub const PROBE_BYTES: usize = 4096;
+
+/// Resolves a file name recorded in an image against the image's directory.
+pub fn resolve_relative(image: &Path, name: &str) -> PathBuf {
+    let p = Path::new(name);
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    match image.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.join(p),
+        _ => p.to_path_buf(),
+    }
+}

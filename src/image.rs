@@ -1,0 +1,337 @@
+//! An open image: a format driver, its backing layer, and the shared engine
+//! (`engine.rs`) that reads, writes and copies on write for every format.
+
+use crate::error::{Error, Result};
+use crate::format::{self, BackingSpec, CreateCtx, CreateOptions, Format, OpenCtx};
+use crate::io::posix::PosixStorage;
+use crate::io::{Access, IoVec, Storage};
+use crate::rangelock::RangeLocks;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+
+/// Backing chains deeper than this are refused (a loop guard as well).
+pub const MAX_CHAIN_DEPTH: usize = 64;
+
+/// What an image reads where it has nothing of its own.
+///
+/// The library's own chain handling implements it with `Image`; a host that
+/// manages backing files itself (the QEMU glue) can supply another.
+pub trait Backing: Send + Sync {
+    /// Length of the backing image; reads past it return zeros.
+    fn size(&self) -> u64;
+    /// Reads `iov.len()` bytes at `off`; bytes at or past `size()` are zeros.
+    fn read_backing(&self, iov: &IoVec, off: u64) -> Result<()>;
+    /// The image behind this layer, when it is one of ours (for chain
+    /// walks such as `map` and `info --backing-chain`).
+    fn as_image(&self) -> Option<&Image> {
+        None
+    }
+}
+
+/// How to open an image.
+#[derive(Clone, Default)]
+pub struct OpenOptions {
+    /// Format name; `None` probes the file's first bytes.
+    pub format: Option<String>,
+    pub read_only: bool,
+    /// Do not open the backing file (unallocated ranges then read zeros).
+    pub no_backing: bool,
+    /// Metadata cache budget in bytes per image (0 = driver default).
+    pub cache_size: u64,
+    /// A caller-supplied backing layer, used instead of the recorded one.
+    pub backing: Option<Arc<dyn Backing>>,
+}
+
+/// The state of a run of guest bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockStatus {
+    /// Allocated in this layer (QEMU's "allocated" for is_allocated).
+    pub allocated: bool,
+    /// Reads come from stored data.
+    pub data: bool,
+    /// Reads are known to return zeros.
+    pub zero: bool,
+    /// Host offset in the layer's data file, where there is one.
+    pub offset: Option<u64>,
+}
+
+/// Facts for `info`.
+#[derive(Clone, Debug)]
+pub struct ImageInfo {
+    pub filename: String,
+    pub format: String,
+    pub virtual_size: u64,
+    pub cluster_size: u64,
+    pub backing_file: Option<String>,
+    pub backing_path: Option<String>,
+    pub backing_format: Option<String>,
+    pub data_file: Option<String>,
+    /// Guest bytes allocated in this layer.
+    pub allocated_bytes: u64,
+    /// Bytes the image's files take on disk.
+    pub disk_size: u64,
+    pub read_only: bool,
+    pub specific: Vec<(String, String)>,
+}
+
+/// An open image. Safe to share between threads (`Arc<Image>`).
+pub struct Image {
+    pub(crate) fmt: Box<dyn Format>,
+    pub(crate) backing: RwLock<Option<Arc<dyn Backing>>>,
+    pub(crate) alloc_locks: RangeLocks,
+    storage: Arc<dyn Storage>,
+    path: PathBuf,
+    closed: AtomicBool,
+}
+
+impl Image {
+    /// Opens an image on the host filesystem.
+    pub fn open(path: impl AsRef<Path>, opts: &OpenOptions) -> Result<Image> {
+        Self::open_in(Arc::new(PosixStorage), path.as_ref(), opts)
+    }
+
+    /// Opens an image in `storage`.
+    pub fn open_in(storage: Arc<dyn Storage>, path: &Path, opts: &OpenOptions) -> Result<Image> {
+        let mut seen = Vec::new();
+        Self::open_chain(storage, path, opts, &mut seen)
+    }
+
+    fn open_chain(
+        storage: Arc<dyn Storage>,
+        path: &Path,
+        opts: &OpenOptions,
+        seen: &mut Vec<PathBuf>,
+    ) -> Result<Image> {
+        if seen.len() >= MAX_CHAIN_DEPTH {
+            return Err(Error::InvalidArgument(format!(
+                "backing chain deeper than {MAX_CHAIN_DEPTH} at '{}'",
+                path.display()
+            )));
+        }
+        let canon = storage.canonical(path);
+        if seen.contains(&canon) {
+            return Err(Error::InvalidArgument(format!(
+                "backing chain loops back to '{}'",
+                path.display()
+            )));
+        }
+        seen.push(canon);
+        let access = if opts.read_only {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        };
+        let file = storage.open(path, access)?;
+        let driver = match &opts.format {
+            Some(f) => format::find_driver(f)?,
+            None => {
+                let mut buf = vec![0u8; format::PROBE_BYTES];
+                file.read_at(&mut buf, 0)?;
+                format::probe(&buf, path)
+            }
+        };
+        let fmt = (driver.open)(&OpenCtx {
+            storage: &*storage,
+            path,
+            file,
+            read_only: opts.read_only,
+            cache_size: opts.cache_size,
+        })
+        .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
+        let backing: Option<Arc<dyn Backing>> = match (&opts.backing, opts.no_backing, fmt.backing()) {
+            (Some(b), _, _) => Some(b.clone()),
+            (None, false, Some(spec)) => {
+                let bopts = OpenOptions {
+                    format: spec.format.clone(),
+                    read_only: true,
+                    no_backing: false,
+                    cache_size: opts.cache_size,
+                    backing: None,
+                };
+                let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen)
+                    .map_err(|e| e.context(format!("backing file '{}'", spec.name)))?;
+                Some(Arc::new(b))
+            }
+            _ => None,
+        };
+        Ok(Image {
+            fmt,
+            backing: RwLock::new(backing),
+            alloc_locks: RangeLocks::default(),
+            storage,
+            path: path.to_path_buf(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Creates an image on the host filesystem.
+    pub fn create(path: impl AsRef<Path>, format: &str, opts: &CreateOptions) -> Result<()> {
+        Self::create_in(Arc::new(PosixStorage), path.as_ref(), format, opts)
+    }
+
+    /// Creates an image in `storage`. Without a size, the backing file's
+    /// size is used (as qemu-img does).
+    pub fn create_in(storage: Arc<dyn Storage>, path: &Path, format: &str, opts: &CreateOptions) -> Result<()> {
+        let driver = format::find_driver(format)?;
+        let mut opts = opts.clone();
+        if let Some(b) = opts.get_str(format::options::BACKING_FILE).map(str::to_owned) {
+            if !driver.supports_backing {
+                return Err(Error::Unsupported(format!(
+                    "format '{format}' does not support backing files"
+                )));
+            }
+            let fmt = opts.get_str(format::options::BACKING_FMT).map(str::to_owned);
+            if fmt.is_none() {
+                return Err(Error::InvalidArgument(format!(
+                    "backing file '{b}' needs its format (backing_fmt=...)"
+                )));
+            }
+            // The backing file must open; its size is the default size.
+            let bpath = format::resolve_relative(path, &b);
+            let bimg = Image::open_in(
+                storage.clone(),
+                &bpath,
+                &OpenOptions {
+                    format: fmt,
+                    read_only: true,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| e.context(format!("backing file '{b}'")))?;
+            if opts.get(format::options::SIZE).is_none() {
+                opts.set(format::options::SIZE, bimg.size().to_string());
+            }
+        }
+        (driver.create)(&CreateCtx {
+            storage: &*storage,
+            path,
+            opts: &opts,
+        })
+        .map_err(|e| e.context(format!("could not create '{}'", path.display())))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.fmt.size()
+    }
+
+    pub fn format_name(&self) -> &'static str {
+        self.fmt.format_name()
+    }
+
+    pub fn cluster_size(&self) -> u64 {
+        self.fmt.cluster_size()
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.fmt.read_only()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn storage(&self) -> &Arc<dyn Storage> {
+        &self.storage
+    }
+
+    /// The backing file recorded in the image.
+    pub fn backing_spec(&self) -> Option<BackingSpec> {
+        self.fmt.backing()
+    }
+
+    /// The open backing layer.
+    pub fn backing(&self) -> Option<Arc<dyn Backing>> {
+        self.backing.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Replaces the backing layer in memory (the recorded name is not
+    /// changed; see `set_backing_file`).
+    pub fn set_backing_layer(&self, b: Option<Arc<dyn Backing>>) {
+        *self.backing.write().unwrap_or_else(|p| p.into_inner()) = b;
+    }
+
+    /// Records a new backing file name and format in the image (`None`
+    /// detaches) without copying data: `qemu-img rebase -u`.
+    pub fn set_backing_file(&self, backing: Option<(&str, &str)>) -> Result<()> {
+        self.check_writable()?;
+        self.fmt.set_backing(backing)
+    }
+
+    pub fn info(&self) -> Result<ImageInfo> {
+        let b = self.fmt.backing();
+        let fi = self.fmt.info();
+        Ok(ImageInfo {
+            filename: self.path.display().to_string(),
+            format: self.fmt.format_name().into(),
+            virtual_size: self.size(),
+            cluster_size: self.cluster_size(),
+            backing_file: b.as_ref().map(|b| b.name.clone()),
+            backing_path: b.as_ref().map(|b| b.path.display().to_string()),
+            backing_format: b.and_then(|b| b.format),
+            data_file: fi.data_file,
+            allocated_bytes: self.fmt.allocated_bytes()?,
+            disk_size: self.fmt.disk_size()?,
+            read_only: self.read_only(),
+            specific: fi.specific,
+        })
+    }
+
+    /// Flushes and closes. Dropping an image without `close` flushes too,
+    /// but cannot report errors.
+    pub fn close(self) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        if self.read_only() {
+            return Ok(());
+        }
+        self.fmt.close()
+    }
+
+    pub(crate) fn check_writable(&self) -> Result<()> {
+        if self.read_only() {
+            return Err(Error::ReadOnly(self.path.display().to_string()));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_range(&self, off: u64, len: u64) -> Result<()> {
+        let size = self.size();
+        match off.checked_add(len) {
+            Some(end) if end <= size => Ok(()),
+            _ => Err(Error::OutOfRange(format!(
+                "{len} bytes at offset {off} lie past the end of the image ({size} bytes)"
+            ))),
+        }
+    }
+}
+
+impl Drop for Image {
+    fn drop(&mut self) {
+        if !self.closed.load(Ordering::Acquire) && !self.read_only() {
+            let _ = self.fmt.close();
+        }
+    }
+}
+
+impl Backing for Image {
+    fn size(&self) -> u64 {
+        Image::size(self)
+    }
+
+    fn read_backing(&self, iov: &IoVec, off: u64) -> Result<()> {
+        let size = Image::size(self);
+        let len = iov.len() as u64;
+        let inside = size.saturating_sub(off).min(len);
+        if inside > 0 {
+            self.read_inner(&iov.slice(0, inside as usize), off)?;
+        }
+        if inside < len {
+            iov.slice(inside as usize, (len - inside) as usize).zero();
+        }
+        Ok(())
+    }
+
+    fn as_image(&self) -> Option<&Image> {
+        Some(self)
+    }
+}
