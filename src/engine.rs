@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::format::Mapping;
-use crate::image::{BlockStatus, Image};
+use crate::image::{Backing, BlockStatus, Image};
 use crate::io::IoVec;
 
 /// What an allocating write puts between the copied head and tail.
@@ -32,6 +32,11 @@ impl Image {
     }
 
     pub(crate) fn read_inner(&self, iov: &IoVec, off: u64) -> Result<()> {
+        self.read_with(iov, off, None)
+    }
+
+    /// Reads with `over` standing in for the backing layer, if given.
+    fn read_with(&self, iov: &IoVec, off: u64, over: Option<&dyn Backing>) -> Result<()> {
         let len = iov.len() as u64;
         let mut done = 0u64;
         while done < len {
@@ -45,7 +50,7 @@ impl Image {
             match ext.mapping {
                 Mapping::Data { host, .. } => self.fmt.data_file().preadv(&part, host)?,
                 Mapping::Zero => part.zero(),
-                Mapping::Unallocated => self.read_unallocated(&part, pos)?,
+                Mapping::Unallocated => self.read_unallocated(&part, pos, over)?,
                 Mapping::Compressed { host, csize } => {
                     let cs = self.fmt.cluster_size().max(1);
                     self.fmt.read_compressed(host, csize, pos % cs, &part)?
@@ -56,7 +61,10 @@ impl Image {
         Ok(())
     }
 
-    fn read_unallocated(&self, iov: &IoVec, off: u64) -> Result<()> {
+    fn read_unallocated(&self, iov: &IoVec, off: u64, over: Option<&dyn Backing>) -> Result<()> {
+        if let Some(b) = over {
+            return b.read_backing(iov, off);
+        }
         match self.backing() {
             Some(b) => b.read_backing(iov, off),
             None => {
@@ -73,6 +81,17 @@ impl Image {
 
     /// Writes a scatter list at `off`.
     pub fn writev(&self, iov: &IoVec, off: u64) -> Result<()> {
+        self.writev_with(iov, off, None)
+    }
+
+    /// Writes with `backing` supplying the old contents of partially
+    /// written, unallocated clusters instead of the image's own backing
+    /// layer: for hosts that manage the backing chain themselves.
+    pub fn writev_cow(&self, iov: &IoVec, off: u64, backing: &dyn Backing) -> Result<()> {
+        self.writev_with(iov, off, Some(backing))
+    }
+
+    fn writev_with(&self, iov: &IoVec, off: u64, over: Option<&dyn Backing>) -> Result<()> {
         self.check_writable()?;
         let len = iov.len() as u64;
         self.check_range(off, len)?;
@@ -91,7 +110,7 @@ impl Image {
                         .pwritev(&iov.slice(done as usize, n as usize), host)?;
                     n
                 }
-                _ => self.write_allocating(pos, n, Payload::Data(iov, done as usize))?,
+                _ => self.write_allocating(pos, n, Payload::Data(iov, done as usize), over)?,
             };
         }
         Ok(())
@@ -124,7 +143,7 @@ impl Image {
                     self.fmt.data_file().write_zeroes(host, n)?;
                     n
                 }
-                _ => self.write_allocating(pos, n, Payload::Zeros)?,
+                _ => self.write_allocating(pos, n, Payload::Zeros, None)?,
             };
         }
         Ok(())
@@ -152,10 +171,39 @@ impl Image {
         Ok(())
     }
 
+    /// The range of old contents a write of `[off, off + len)` would copy
+    /// (cluster-aligned, covering partially written unallocated clusters),
+    /// or `None`. Hosts that supply backing data call this before
+    /// `writev_cow`.
+    pub fn cow_range(&self, off: u64, len: u64) -> Result<Option<(u64, u64)>> {
+        self.check_range(off, len)?;
+        let cs = self.fmt.cluster_size();
+        if cs == 0 || len == 0 {
+            return Ok(None);
+        }
+        let cstart = off / cs * cs;
+        let cend = (off + len).div_ceil(cs).saturating_mul(cs).min(self.size());
+        let head = off > cstart && !self.block_status(cstart, 1)?.0.allocated;
+        let last = (off + len - 1) / cs * cs;
+        let tail = off + len < cend && !self.block_status(last, 1)?.0.allocated;
+        Ok(match (head, tail) {
+            (false, false) => None,
+            (true, false) => Some((cstart, (cstart + cs).min(cend) - cstart)),
+            (false, true) => Some((last, cend - last)),
+            (true, true) => Some((cstart, cend - cstart)),
+        })
+    }
+
     /// Allocates the clusters under `[pos, pos + n)` (or a prefix of it),
     /// copying the rest of partially written clusters from the old
     /// contents. Returns how many of the `n` bytes were written.
-    fn write_allocating(&self, pos: u64, n: u64, payload: Payload) -> Result<u64> {
+    fn write_allocating(
+        &self,
+        pos: u64,
+        n: u64,
+        payload: Payload,
+        over: Option<&dyn Backing>,
+    ) -> Result<u64> {
         let cs = self.fmt.cluster_size();
         if cs == 0 {
             return Err(Error::Unsupported(format!(
@@ -192,10 +240,10 @@ impl Image {
         let mut head = vec![0u8; (pos - cstart) as usize];
         let mut tail = vec![0u8; (run_end - wend) as usize];
         if !head.is_empty() {
-            self.read_inner(&IoVec::from_mut(&mut head), cstart)?;
+            self.read_with(&IoVec::from_mut(&mut head), cstart, over)?;
         }
         if !tail.is_empty() {
-            self.read_inner(&IoVec::from_mut(&mut tail), wend)?;
+            self.read_with(&IoVec::from_mut(&mut tail), wend, over)?;
         }
         let data = self.fmt.data_file();
         match payload {
@@ -244,7 +292,9 @@ impl Image {
     pub fn block_status(&self, off: u64, len: u64) -> Result<(BlockStatus, u64)> {
         self.check_range(off, len)?;
         if len == 0 {
-            return Err(Error::InvalidArgument("block status of an empty range".into()));
+            return Err(Error::InvalidArgument(
+                "block status of an empty range".into(),
+            ));
         }
         let ext = self.fmt.map(off, len)?;
         let st = match ext.mapping {
@@ -310,12 +360,13 @@ impl Image {
             }
             Some(img) => Ok((
                 None,
-                BlockStatus {
-                    zero: true,
-                    ..st
-                },
+                BlockStatus { zero: true, ..st },
                 // Past the backing file's end: zeros up to where this layer changes.
-                if off >= img.size() { n } else { n.min(img.size() - off) },
+                if off >= img.size() {
+                    n
+                } else {
+                    n.min(img.size() - off)
+                },
             )),
             None => Ok((None, st, n)),
         }

@@ -139,22 +139,23 @@ impl Image {
             cache_size: opts.cache_size,
         })
         .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
-        let backing: Option<Arc<dyn Backing>> = match (&opts.backing, opts.no_backing, fmt.backing()) {
-            (Some(b), _, _) => Some(b.clone()),
-            (None, false, Some(spec)) => {
-                let bopts = OpenOptions {
-                    format: spec.format.clone(),
-                    read_only: true,
-                    no_backing: false,
-                    cache_size: opts.cache_size,
-                    backing: None,
-                };
-                let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen)
-                    .map_err(|e| e.context(format!("backing file '{}'", spec.name)))?;
-                Some(Arc::new(b))
-            }
-            _ => None,
-        };
+        let backing: Option<Arc<dyn Backing>> =
+            match (&opts.backing, opts.no_backing, fmt.backing()) {
+                (Some(b), _, _) => Some(b.clone()),
+                (None, false, Some(spec)) => {
+                    let bopts = OpenOptions {
+                        format: spec.format.clone(),
+                        read_only: true,
+                        no_backing: false,
+                        cache_size: opts.cache_size,
+                        backing: None,
+                    };
+                    let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen)
+                        .map_err(|e| e.context(format!("backing file '{}'", spec.name)))?;
+                    Some(Arc::new(b))
+                }
+                _ => None,
+            };
         Ok(Image {
             fmt,
             backing: RwLock::new(backing),
@@ -172,16 +173,26 @@ impl Image {
 
     /// Creates an image in `storage`. Without a size, the backing file's
     /// size is used (as qemu-img does).
-    pub fn create_in(storage: Arc<dyn Storage>, path: &Path, format: &str, opts: &CreateOptions) -> Result<()> {
+    pub fn create_in(
+        storage: Arc<dyn Storage>,
+        path: &Path,
+        format: &str,
+        opts: &CreateOptions,
+    ) -> Result<()> {
         let driver = format::find_driver(format)?;
         let mut opts = opts.clone();
-        if let Some(b) = opts.get_str(format::options::BACKING_FILE).map(str::to_owned) {
+        if let Some(b) = opts
+            .get_str(format::options::BACKING_FILE)
+            .map(str::to_owned)
+        {
             if !driver.supports_backing {
                 return Err(Error::Unsupported(format!(
                     "format '{format}' does not support backing files"
                 )));
             }
-            let fmt = opts.get_str(format::options::BACKING_FMT).map(str::to_owned);
+            let fmt = opts
+                .get_str(format::options::BACKING_FMT)
+                .map(str::to_owned);
             if fmt.is_none() {
                 return Err(Error::InvalidArgument(format!(
                     "backing file '{b}' needs its format (backing_fmt=...)"
@@ -242,7 +253,10 @@ impl Image {
 
     /// The open backing layer.
     pub fn backing(&self) -> Option<Arc<dyn Backing>> {
-        self.backing.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.backing
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Replaces the backing layer in memory (the recorded name is not

@@ -172,7 +172,11 @@ pub fn find_driver(name: &str) -> Result<&'static Driver> {
 }
 
 fn known_names() -> String {
-    drivers().iter().map(|d| d.name).collect::<Vec<_>>().join(", ")
+    drivers()
+        .iter()
+        .map(|d| d.name)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Picks the driver whose probe scores highest on `buf`.

@@ -81,10 +81,7 @@ impl CreateOptions {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|p| p.0 == key)
-            .map(|p| p.1.as_str())
+        self.pairs.iter().find(|p| p.0 == key).map(|p| p.1.as_str())
     }
 
     /// A non-empty string value.
@@ -151,9 +148,9 @@ pub fn parse_size(s: &str) -> Result<u64> {
         return Err(bad());
     }
     if let Ok(n) = num.parse::<u64>() {
-        return n.checked_mul(mult).ok_or_else(|| {
-            Error::TooLarge(format!("size '{s}' does not fit in 64 bits"))
-        });
+        return n
+            .checked_mul(mult)
+            .ok_or_else(|| Error::TooLarge(format!("size '{s}' does not fit in 64 bits")));
     }
     let f: f64 = num.parse().map_err(|_| bad())?;
     let v = f * mult as f64;

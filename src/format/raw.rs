@@ -1,6 +1,8 @@
 //! raw: the guest sees the file as it is.
 
-use super::{options, CreateCtx, Driver, Extent, Format, Mapping, OldReader, OpenCtx, OptDesc, OptKind};
+use super::{
+    options, CreateCtx, Driver, Extent, Format, Mapping, OldReader, OpenCtx, OptDesc, OptKind,
+};
 use crate::error::{Error, Result};
 use crate::io::BlockFile;
 use std::sync::atomic::{AtomicU64, Ordering};

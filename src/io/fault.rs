@@ -133,7 +133,10 @@ impl BlockFile for MemFile {
     fn set_len(&self, len: u64) -> Result<()> {
         self.ctl.tick(&self.name)?;
         if len > (1 << 32) {
-            return Err(Error::TooLarge(format!("in-memory file '{}' to {len} bytes", self.name)));
+            return Err(Error::TooLarge(format!(
+                "in-memory file '{}' to {len} bytes",
+                self.name
+            )));
         }
         let op = Pending::SetLen(len);
         let mut st = self.lock();

@@ -41,7 +41,12 @@ impl BlockFile for PosixFile {
             let n = segs.len().min(IOV_MAX);
             // SAFETY: the iovecs describe writable memory borrowed by `iov`.
             let r = unsafe {
-                libc::preadv(fd, segs.as_ptr(), n as libc::c_int, (off + done as u64) as libc::off_t)
+                libc::preadv(
+                    fd,
+                    segs.as_ptr(),
+                    n as libc::c_int,
+                    (off + done as u64) as libc::off_t,
+                )
             };
             if r < 0 {
                 let e = std::io::Error::last_os_error();
@@ -70,7 +75,12 @@ impl BlockFile for PosixFile {
             let n = segs.len().min(IOV_MAX);
             // SAFETY: the iovecs describe readable memory borrowed by `iov`.
             let r = unsafe {
-                libc::pwritev(fd, segs.as_ptr(), n as libc::c_int, (off + done as u64) as libc::off_t)
+                libc::pwritev(
+                    fd,
+                    segs.as_ptr(),
+                    n as libc::c_int,
+                    (off + done as u64) as libc::off_t,
+                )
             };
             if r < 0 {
                 let e = std::io::Error::last_os_error();
@@ -142,7 +152,12 @@ impl BlockFile for PosixFile {
     }
 
     fn allocated_size(&self) -> Result<u64> {
-        Ok(self.file.metadata().map_err(|e| self.err("stat", e))?.blocks() * 512)
+        Ok(self
+            .file
+            .metadata()
+            .map_err(|e| self.err("stat", e))?
+            .blocks()
+            * 512)
     }
 
     fn name(&self) -> &str {
@@ -192,7 +207,10 @@ impl Storage for PosixStorage {
         o.custom_flags(libc::O_CLOEXEC);
         let f = o.open(path).map_err(|e| open_err(path, e))?;
         if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-            return Err(Error::InvalidArgument(format!("'{}' is a directory", path.display())));
+            return Err(Error::InvalidArgument(format!(
+                "'{}' is a directory",
+                path.display()
+            )));
         }
         Ok(Arc::new(PosixFile::new(f, path.display().to_string())))
     }
@@ -228,8 +246,14 @@ impl Storage for PosixStorage {
         // Not there yet: canonicalise the directory and keep the name.
         match (path.parent(), path.file_name()) {
             (Some(d), Some(n)) => {
-                let d = if d.as_os_str().is_empty() { Path::new(".") } else { d };
-                d.canonicalize().map(|d| d.join(n)).unwrap_or_else(|_| path.to_path_buf())
+                let d = if d.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    d
+                };
+                d.canonicalize()
+                    .map(|d| d.join(n))
+                    .unwrap_or_else(|_| path.to_path_buf())
             }
             _ => path.to_path_buf(),
         }

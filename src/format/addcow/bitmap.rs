@@ -350,7 +350,11 @@ mod tests {
         let flushes = s.flush_count();
         b.set_range(3, 5, true).unwrap();
         b.write_back().unwrap();
-        assert_eq!(s.flush_count(), flushes + 1, "data file flushed before bits");
+        assert_eq!(
+            s.flush_count(),
+            flushes + 1,
+            "data file flushed before bits"
+        );
         let m = s.file("m").unwrap().contents();
         assert_eq!(m[2560], 0b0001_1000);
     }

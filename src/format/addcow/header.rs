@@ -67,7 +67,9 @@ fn write_name(buf: &mut [u8], name: &str, what: &str) -> Result<()> {
         )));
     }
     if b.contains(&0) {
-        return Err(Error::InvalidArgument(format!("{what} name contains a NUL byte")));
+        return Err(Error::InvalidArgument(format!(
+            "{what} name contains a NUL byte"
+        )));
     }
     buf[..b.len()].copy_from_slice(b);
     Ok(())
@@ -97,7 +99,9 @@ impl Header {
             )));
         }
         if &buf[..8] != MAGIC {
-            return Err(Error::Corrupt("add-cow magic is wrong (expected 'ADD_COW\\xff')".into()));
+            return Err(Error::Corrupt(
+                "add-cow magic is wrong (expected 'ADD_COW\\xff')".into(),
+            ));
         }
         let version = BigEndian::read_u32(&buf[OFF_VERSION..]);
         if version != VERSION {
@@ -155,11 +159,21 @@ impl Header {
         let mut buf = vec![0u8; HEADER_SIZE as usize];
         buf[..8].copy_from_slice(MAGIC);
         BigEndian::write_u32(&mut buf[OFF_VERSION..], VERSION);
-        write_name(&mut buf[OFF_BACKING..OFF_BACKING + NAME_LEN], &self.backing_file, "backing file")?;
+        write_name(
+            &mut buf[OFF_BACKING..OFF_BACKING + NAME_LEN],
+            &self.backing_file,
+            "backing file",
+        )?;
         if self.image_file.is_empty() {
-            return Err(Error::InvalidArgument("add-cow needs an image file name".into()));
+            return Err(Error::InvalidArgument(
+                "add-cow needs an image file name".into(),
+            ));
         }
-        write_name(&mut buf[OFF_IMAGE..OFF_IMAGE + NAME_LEN], &self.image_file, "image file")?;
+        write_name(
+            &mut buf[OFF_IMAGE..OFF_IMAGE + NAME_LEN],
+            &self.image_file,
+            "image file",
+        )?;
         BigEndian::write_u64(&mut buf[OFF_SIZE..], self.size);
         BigEndian::write_u32(&mut buf[OFF_CLUSTER_BITS..], self.cluster_bits);
         BigEndian::write_u64(&mut buf[OFF_INCOMPAT..], self.incompat);
@@ -240,7 +254,10 @@ mod tests {
         assert!(Header::parse(&b).unwrap_err().to_string().contains("NUL"));
         let mut b = good.clone();
         BigEndian::write_u32(&mut b[OFF_CLUSTER_BITS..], 22);
-        assert!(Header::parse(&b).unwrap_err().to_string().contains("cluster_bits"));
+        assert!(Header::parse(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("cluster_bits"));
         assert!(Header::parse(&good[..100]).is_err());
         let mut h = sample();
         h.backing_file = "x".repeat(1024);

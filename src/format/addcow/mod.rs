@@ -5,8 +5,8 @@ pub mod bitmap;
 pub mod header;
 
 use super::{
-    options, resolve_relative, BackingSpec, CreateCtx, Driver, Extent, Format, FormatInfo,
-    Mapping, OldReader, OpenCtx, OptDesc, OptKind,
+    options, resolve_relative, BackingSpec, CreateCtx, Driver, Extent, Format, FormatInfo, Mapping,
+    OldReader, OpenCtx, OptDesc, OptKind,
 };
 use crate::error::{Error, Result};
 use crate::io::{Access, BlockFile, IoVec};
@@ -106,7 +106,9 @@ fn create(ctx: &CreateCtx) -> Result<()> {
         )));
     }
     if backing_file.is_empty() && !backing_fmt.is_empty() {
-        return Err(Error::InvalidArgument("backing_fmt given without backing_file".into()));
+        return Err(Error::InvalidArgument(
+            "backing_fmt given without backing_file".into(),
+        ));
     }
     let hdr = Header {
         backing_file: backing_file.into(),
@@ -179,9 +181,15 @@ fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
         .storage
         .open(&image_path, access)
         .map_err(|e| e.context(format!("add-cow image file '{}'", hdr.image_file)))?;
-    let size = if hdr.size == 0 { image.len()? } else { hdr.size };
+    let size = if hdr.size == 0 {
+        image.len()?
+    } else {
+        hdr.size
+    };
     if size > MAX_SIZE {
-        return Err(Error::Corrupt(format!("virtual size {size} exceeds {MAX_SIZE}")));
+        return Err(Error::Corrupt(format!(
+            "virtual size {size} exceeds {MAX_SIZE}"
+        )));
     }
     let need = HEADER_SIZE + Header::bitmap_len(size, hdr.cluster_bits);
     if flen < need {
@@ -234,7 +242,13 @@ impl AddCow {
         Ok(())
     }
 
-    fn grow(&self, old: u64, new: u64, backing_len: Option<u64>, read_old: OldReader) -> Result<()> {
+    fn grow(
+        &self,
+        old: u64,
+        new: u64,
+        backing_len: Option<u64>,
+        read_old: OldReader,
+    ) -> Result<()> {
         let cs = self.cs();
         // 1. The image file reads zeros over the new range.
         let img_len = self.image.len()?;
@@ -260,9 +274,12 @@ impl AddCow {
         // 3. New clusters the backing file covers are owned by the image
         //    file (zeros); the rest read zeros past the backing file anyway.
         let clusters = new.div_ceil(cs);
-        self.meta.set_len(HEADER_SIZE + Header::bitmap_len(new, self.cluster_bits))?;
+        self.meta
+            .set_len(HEADER_SIZE + Header::bitmap_len(new, self.cluster_bits))?;
         self.bitmap.resize(clusters)?;
-        let covered = backing_len.map_or(0, |l| l.min(new).div_ceil(cs)).max(first_new);
+        let covered = backing_len
+            .map_or(0, |l| l.min(new).div_ceil(cs))
+            .max(first_new);
         self.bitmap.set_range(first_new, covered, true)?;
         self.bitmap.set_range(covered, clusters, false)?;
         self.bitmap.write_back()?;
@@ -301,7 +318,10 @@ impl Format for AddCow {
     }
 
     fn backing(&self) -> Option<BackingSpec> {
-        self.backing.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.backing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     fn map(&self, off: u64, len: u64) -> Result<Extent> {
@@ -376,7 +396,11 @@ impl Format for AddCow {
     }
 
     fn set_backing(&self, backing: Option<(&str, &str)>) -> Result<()> {
-        let mut h = self.header.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let mut h = self
+            .header
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         match backing {
             Some((name, fmt)) => {
                 h.backing_file = name.into();
@@ -393,11 +417,12 @@ impl Format for AddCow {
             h.size = self.size();
         }
         self.write_header(&h)?;
-        *self.backing.lock().unwrap_or_else(|p| p.into_inner()) = backing.map(|(n, f)| BackingSpec {
-            name: n.into(),
-            path: resolve_relative(&self.path, n),
-            format: Some(f.into()),
-        });
+        *self.backing.lock().unwrap_or_else(|p| p.into_inner()) =
+            backing.map(|(n, f)| BackingSpec {
+                name: n.into(),
+                path: resolve_relative(&self.path, n),
+                format: Some(f.into()),
+            });
         *self.header.lock().unwrap_or_else(|p| p.into_inner()) = h;
         Ok(())
     }
