@@ -296,14 +296,25 @@ impl Image {
                 "block status of an empty range".into(),
             ));
         }
-        let ext = self.fmt.map(off, len)?;
+        let mut ext = self.fmt.map(off, len)?;
         let st = match ext.mapping {
-            Mapping::Data { host, .. } => BlockStatus {
-                allocated: true,
-                data: true,
-                zero: false,
-                offset: Some(host),
-            },
+            Mapping::Data { host, .. } => {
+                // A hole in the data file reads zeros: say so, as QEMU's
+                // file layer does.
+                let hole = match self.fmt.data_file().data_run(host, ext.len.min(len))? {
+                    Some((is_data, n)) => {
+                        ext.len = ext.len.min(n);
+                        !is_data
+                    }
+                    None => false,
+                };
+                BlockStatus {
+                    allocated: true,
+                    data: !hole,
+                    zero: hole,
+                    offset: Some(host),
+                }
+            }
             Mapping::Compressed { .. } => BlockStatus {
                 allocated: true,
                 data: true,

@@ -37,6 +37,13 @@ pub trait BlockFile: Send + Sync {
     fn discard(&self, _off: u64, _len: u64) -> Result<()> {
         Ok(())
     }
+    /// Whether `[off, ...)` holds data (`true`) or is a hole that reads
+    /// zeros (`false`), and how many bytes (at most `len`, at least 1) share
+    /// that state. `None` when the file cannot tell (then assume data).
+    /// Lets block status report holes as QEMU does (SEEK_DATA/SEEK_HOLE).
+    fn data_run(&self, _off: u64, _len: u64) -> Result<Option<(bool, u64)>> {
+        Ok(None)
+    }
     /// Bytes the file occupies on its medium (for `info`'s disk size).
     fn allocated_size(&self) -> Result<u64> {
         self.len()

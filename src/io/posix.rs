@@ -151,6 +151,34 @@ impl BlockFile for PosixFile {
         Ok(())
     }
 
+    fn data_run(&self, off: u64, len: u64) -> Result<Option<(bool, u64)>> {
+        if len == 0 {
+            return Ok(None);
+        }
+        let fd = self.file.as_raw_fd();
+        let end = off.saturating_add(len);
+        // SAFETY: lseek on an owned fd; it only moves the (unused) position.
+        let data = unsafe { libc::lseek(fd, off as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            return Ok(match std::io::Error::last_os_error().raw_os_error() {
+                // Past the last data byte: a hole up to the end.
+                Some(libc::ENXIO) => Some((false, len)),
+                _ => None,
+            });
+        }
+        let data = data as u64;
+        if data > off {
+            return Ok(Some((false, data.min(end) - off)));
+        }
+        // SAFETY: as above.
+        let hole = unsafe { libc::lseek(fd, off as libc::off_t, libc::SEEK_HOLE) };
+        if hole < 0 {
+            return Ok(None);
+        }
+        let hole = (hole as u64).max(off + 1);
+        Ok(Some((true, hole.min(end) - off)))
+    }
+
     fn allocated_size(&self) -> Result<u64> {
         Ok(self
             .file
