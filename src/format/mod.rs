@@ -2,15 +2,19 @@
 //! engine (`crate::engine`) does the reading, writing and copy-on-write.
 
 pub mod addcow;
+pub mod check;
 pub mod options;
 pub mod raw;
+pub mod snapshot;
 
 use crate::error::{Error, Result};
 use crate::io::{BlockFile, IoVec, Storage};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use check::{CheckReport, Repair};
 pub use options::{CreateOptions, OptDesc, OptKind};
+pub use snapshot::{SnapshotInfo, SnapshotRef};
 
 /// Where a run of guest bytes lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +124,33 @@ pub trait Format: Send + Sync {
     /// Bytes the image's files take on disk.
     fn disk_size(&self) -> Result<u64> {
         self.data_file().allocated_size()
+    }
+    /// Checks the image's metadata for consistency, repairing what
+    /// `repair` allows. Formats without a checker say so (qemu-img exits 63).
+    fn check(&self, _repair: Repair) -> Result<CheckReport> {
+        Err(Error::Unsupported(format!(
+            "format '{}' does not support checks",
+            self.format_name()
+        )))
+    }
+    /// Drops everything allocated in this layer so it reads through to its
+    /// backing file again (after `commit`).
+    fn make_empty(&self) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "format '{}' cannot empty an image",
+            self.format_name()
+        )))
+    }
+    /// Internal snapshots, oldest first; empty for formats without them.
+    fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
+        Ok(Vec::new())
+    }
+    /// A read-only view of the image as it was at snapshot `which`.
+    fn open_snapshot(&self, which: &SnapshotRef) -> Result<Box<dyn Format>> {
+        Err(Error::NotFound(format!(
+            "{which}: format '{}' has no internal snapshots",
+            self.format_name()
+        )))
     }
     /// Flushes and releases; called once, before drop, on a clean close.
     fn close(&self) -> Result<()> {

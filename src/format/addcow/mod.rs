@@ -5,8 +5,8 @@ pub mod bitmap;
 pub mod header;
 
 use super::{
-    options, resolve_relative, BackingSpec, CreateCtx, Driver, Extent, Format, FormatInfo, Mapping,
-    OldReader, OpenCtx, OptDesc, OptKind,
+    options, resolve_relative, BackingSpec, CheckReport, CreateCtx, Driver, Extent, Format,
+    FormatInfo, Mapping, OldReader, OpenCtx, OptDesc, OptKind, Repair,
 };
 use crate::error::{Error, Result};
 use crate::io::{Access, BlockFile, IoVec};
@@ -425,6 +425,59 @@ impl Format for AddCow {
             });
         *self.header.lock().unwrap_or_else(|p| p.into_inner()) = h;
         Ok(())
+    }
+
+    fn check(&self, repair: Repair) -> Result<CheckReport> {
+        // Bits are checked as the bitmap holds them, so write back first.
+        if !self.read_only {
+            self.flush()?;
+        }
+        let size = self.size();
+        let clusters = size.div_ceil(self.cs());
+        let need = HEADER_SIZE + Header::bitmap_len(size, self.cluster_bits);
+        let mut r = CheckReport {
+            total_clusters: Some(clusters),
+            allocated_clusters: Some(self.bitmap.count_set()?),
+            image_end_offset: Some(need),
+            ..Default::default()
+        };
+        // The open already refused a bitmap shorter than `need`.
+        let meta_len = self.meta.len()?;
+        if meta_len > need {
+            r.leaks += 1;
+            r.messages.push(format!(
+                "Leaked bytes: the add-cow file is {meta_len} bytes, its bitmap ends at {need}"
+            ));
+            if repair != Repair::None {
+                self.meta.set_len(need)?;
+                self.meta.flush()?;
+                r.leaks_fixed += 1;
+            }
+        }
+        // Set bits over bytes the image file does not have promise data
+        // that is not there; the image file must cover the virtual size.
+        let img_len = self.image.len()?;
+        if img_len < size {
+            r.corruptions += 1;
+            r.messages.push(format!(
+                "ERROR image file '{}' is {img_len} bytes, shorter than the virtual size {size}",
+                self.image_path.display()
+            ));
+            if repair == Repair::All {
+                self.image.set_len(size)?;
+                self.image.flush()?;
+                r.corruptions_fixed += 1;
+            }
+        }
+        Ok(r)
+    }
+
+    fn make_empty(&self) -> Result<()> {
+        self.flush()?;
+        let clusters = self.size().div_ceil(self.cs());
+        self.bitmap.set_range(0, clusters, false)?;
+        self.bitmap.write_back()?;
+        self.meta.flush()
     }
 
     fn allocated_bytes(&self) -> Result<u64> {
