@@ -262,6 +262,12 @@ impl Image {
         &self.path
     }
 
+    /// The name of the file this layer's data lives in (the image itself
+    /// for raw, the image file for add-cow), as `map` reports it.
+    pub fn data_file_name(&self) -> String {
+        self.fmt.data_file().name().to_owned()
+    }
+
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
     }

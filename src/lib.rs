@@ -10,6 +10,7 @@ pub mod error;
 pub mod format;
 pub mod image;
 pub mod io;
+pub mod ops;
 pub mod rangelock;
 
 pub use error::{Error, Result};
