@@ -261,7 +261,7 @@ impl AddCow {
         // 2. A cluster straddling the old end must not show backing data
         //    past it: copy its old head into the image file and own it.
         let mut first_new = old.div_ceil(cs);
-        if old % cs != 0 {
+        if !old.is_multiple_of(cs) {
             let b = old / cs;
             if !self.bitmap.run(b, 1)?.0 {
                 let mut head = vec![0u8; (old - b * cs) as usize];
@@ -433,7 +433,7 @@ impl Format for AddCow {
         let cs = self.cs();
         let size = self.size();
         let mut bytes = set * cs;
-        if size % cs != 0 && self.bitmap.run(size / cs, 1)?.0 {
+        if !size.is_multiple_of(cs) && self.bitmap.run(size / cs, 1)?.0 {
             bytes -= cs - size % cs;
         }
         Ok(bytes)
