@@ -12,6 +12,9 @@ use std::sync::Arc;
 
 const SECTOR: usize = 512;
 
+/// Chooses which unflushed writes survive a power cut.
+type Keep = Box<dyn FnMut(&Path, usize) -> bool>;
+
 #[derive(Clone)]
 enum Op {
     Write { off: u64, data: Vec<u8> },
@@ -166,7 +169,7 @@ fn crash_everywhere(size: u64, cluster: u64, cache: u64, nops: usize, stride: u6
         let m = run(&img, &ops, &base);
         drop(img);
         // Keep none, all, and random subsets of the unflushed writes.
-        let subsets: Vec<Box<dyn FnMut(&Path, usize) -> bool>> = vec![
+        let subsets: Vec<Keep> = vec![
             Box::new(|_, _| false),
             Box::new(|_, _| true),
             Box::new({
