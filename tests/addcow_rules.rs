@@ -99,11 +99,11 @@ fn create_refuses_what_reviewers_refused() {
 fn create_defaults_and_existing_image_file() {
     let d = tmpdir("rules-defaults");
     make_raw(&d.join("base.raw"), &pattern(200_000, 3));
-    // Size comes from the backing file; default cluster size is 64 KiB.
+    // Size comes from the backing file; default cluster size is 4 KiB.
     let p = overlay(&d, "a", Some(("base.raw", "raw")), &[]);
     let img = Image::open(&p, &rw()).unwrap();
     assert_eq!(img.size(), 200_000);
-    assert_eq!(img.cluster_size(), 65536);
+    assert_eq!(img.cluster_size(), 4096);
     assert_eq!(std::fs::metadata(d.join("a.img")).unwrap().len(), 200_000);
     drop(img);
     // An existing, larger image file is used as it is and never shrunk.
@@ -166,7 +166,12 @@ fn reads_image_then_backing_then_zeros() {
 fn is_allocated_reports_runs() {
     let d = tmpdir("rules-alloc");
     make_raw(&d.join("base.raw"), &pattern(1 << 20, 1));
-    let p = overlay(&d, "o", Some(("base.raw", "raw")), &[]);
+    let p = overlay(
+        &d,
+        "o",
+        Some(("base.raw", "raw")),
+        &[("cluster_size", "64k")],
+    );
     let img = Image::open(&p, &rw()).unwrap();
     img.write(&[1; 10], 3 * 65536 + 5).unwrap();
     img.write(&[1; 65536 * 2], 4 * 65536).unwrap();
@@ -261,7 +266,12 @@ fn read_only_open_opens_every_file_read_only() {
 fn concurrent_writes_to_one_unallocated_cluster_keep_every_byte() {
     let d = tmpdir("rules-threads");
     make_raw(&d.join("base.raw"), &pattern(1 << 20, 9));
-    let p = overlay(&d, "o", Some(("base.raw", "raw")), &[]);
+    let p = overlay(
+        &d,
+        "o",
+        Some(("base.raw", "raw")),
+        &[("cluster_size", "64k")],
+    );
     let img = Arc::new(Image::open(&p, &rw()).unwrap());
     // 8 threads each write their own 512-byte pieces into the same clusters:
     // every piece is a partial copy-on-write of a shared cluster.

@@ -17,10 +17,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Default cluster size: see docs/specs/add-cow.txt ("Choosing a cluster size").
-pub const DEFAULT_CLUSTER_SIZE: u64 = 64 * 1024;
-/// Default bitmap cache: 1 MiB covers 512 GiB of guest at 64 KiB clusters.
-pub const DEFAULT_CACHE_SIZE: u64 = 1 << 20;
+/// Default cluster size: the largest that keeps 4 KiB first writes free of
+/// copy-on-write (docs/specs/add-cow.txt, "Choosing a cluster size").
+pub const DEFAULT_CLUSTER_SIZE: u64 = 4096;
+/// Default bitmap cache: 4 MiB covers 128 GiB of guest at 4 KiB clusters.
+pub const DEFAULT_CACHE_SIZE: u64 = 4 << 20;
 
 pub const IMAGE_FILE: &str = "image_file";
 pub const CLUSTER_SIZE: &str = "cluster_size";
@@ -58,7 +59,7 @@ static CREATE_OPTS: [OptDesc; 5] = [
     OptDesc {
         name: CLUSTER_SIZE,
         kind: OptKind::Size,
-        help: "Bytes covered by one bitmap bit (512 to 2M, power of two; default 64k)",
+        help: "Bytes covered by one bitmap bit (512 to 2M, power of two; default 4k)",
     },
 ];
 
