@@ -25,7 +25,7 @@ demo: build
 
 # --- benchmarks (owner: bench) ---
 bench:
-	@echo "no benchmarks yet"
+	$(CARGO) bench --bench addcow
 
 clean:
 	$(CARGO) clean

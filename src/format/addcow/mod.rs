@@ -17,10 +17,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Default cluster size: see docs/specs/add-cow.txt ("Choosing a cluster size").
-pub const DEFAULT_CLUSTER_SIZE: u64 = 64 * 1024;
-/// Default bitmap cache: 1 MiB covers 512 GiB of guest at 64 KiB clusters.
-pub const DEFAULT_CACHE_SIZE: u64 = 1 << 20;
+/// Default cluster size: the largest that keeps 4 KiB first writes free of
+/// copy-on-write (docs/specs/add-cow.txt, "Choosing a cluster size").
+pub const DEFAULT_CLUSTER_SIZE: u64 = 4096;
+/// Default bitmap cache: 4 MiB covers 128 GiB of guest at 4 KiB clusters.
+pub const DEFAULT_CACHE_SIZE: u64 = 4 << 20;
 
 pub const IMAGE_FILE: &str = "image_file";
 pub const CLUSTER_SIZE: &str = "cluster_size";
@@ -58,7 +59,7 @@ static CREATE_OPTS: [OptDesc; 5] = [
     OptDesc {
         name: CLUSTER_SIZE,
         kind: OptKind::Size,
-        help: "Bytes covered by one bitmap bit (512 to 2M, power of two; default 64k)",
+        help: "Bytes covered by one bitmap bit (512 to 2M, power of two; default 4k)",
     },
 ];
 
@@ -261,7 +262,7 @@ impl AddCow {
         // 2. A cluster straddling the old end must not show backing data
         //    past it: copy its old head into the image file and own it.
         let mut first_new = old.div_ceil(cs);
-        if old % cs != 0 {
+        if !old.is_multiple_of(cs) {
             let b = old / cs;
             if !self.bitmap.run(b, 1)?.0 {
                 let mut head = vec![0u8; (old - b * cs) as usize];
@@ -486,7 +487,7 @@ impl Format for AddCow {
         let cs = self.cs();
         let size = self.size();
         let mut bytes = set * cs;
-        if size % cs != 0 && self.bitmap.run(size / cs, 1)?.0 {
+        if !size.is_multiple_of(cs) && self.bitmap.run(size / cs, 1)?.0 {
             bytes -= cs - size % cs;
         }
         Ok(bytes)
