@@ -100,7 +100,7 @@ pub fn bench(img: &Image, o: &BenchOptions, progress: Progress) -> Result<Durati
                     let off = o.request_offset(i, size);
                     let r = if o.write {
                         img.write(&buf, off).and_then(|_| {
-                            if o.flush_interval > 0 && (i + 1) % o.flush_interval == 0 {
+                            if o.flush_interval > 0 && (i + 1).is_multiple_of(o.flush_interval) {
                                 img.flush()
                             } else {
                                 Ok(())

@@ -254,10 +254,10 @@ fn output_arg(s: &str, cmd: &'static str) -> Result<Output, Fail> {
 
 fn size_arg(s: &str) -> Result<u64, Fail> {
     shared::size_arg(s).map_err(|_| {
-        fail(format!(
+        fail(
             "Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n\
-             kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes."
-        ))
+             kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
+        )
     })
 }
 
