@@ -153,7 +153,7 @@ const CMDS: &[CmdInfo] = &[
         name: "write",
         args: "[-fquz] [-P pattern] off len",
         help: "writes a number of bytes at a specified offset",
-        min: 2,
+        min: 0,
         max: None,
     },
     CmdInfo {
@@ -613,8 +613,9 @@ impl Session {
             }
             let mut out = String::new();
             if !write {
+                // As qemu-io: the mismatch is reported, then the request.
                 if let Some(m) = f.pattern.and_then(|p| verify(&buf, p, off)) {
-                    return m;
+                    out += &m;
                 }
             }
             if !f.quiet {
