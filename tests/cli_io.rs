@@ -47,7 +47,7 @@ fn raw_script_matches_qemu_io() {
     assert!(c
         .stdout
         .contains("Pattern verification failed at offset 0, 512 bytes\n"));
-    assert_eq!(read(&d, "c.raw"), read(&d, "q.raw"));
+    same_bytes(&read(&d, "c.raw"), &read(&d, "q.raw"), "bytes");
     // Wrong argument counts: qemu-io's usage line (ours lists only the
     // options cowblk-io has) or its one-line complaint, and a failed run.
     let bad = ["write -P 1 0", "read 0 1 2", "read 1"];
@@ -61,7 +61,7 @@ fn raw_script_matches_qemu_io() {
     };
     assert_eq!(firsts(&c.stdout), firsts(&q.stdout));
     assert_eq!(c.stderr, q.stderr);
-    assert_eq!(read(&d, "c.raw"), read(&d, "q.raw"));
+    same_bytes(&read(&d, "c.raw"), &read(&d, "q.raw"), "bytes");
 }
 
 #[test]
@@ -117,7 +117,11 @@ fn addcow_script_matches_qemu_io_on_qcow2() {
         COWBLK_IMG,
         &["convert", "-O", "raw", "c.acow", "c.view"],
     );
-    assert_eq!(read(&d, "c.view"), qemu_view(&d, "q.qcow2", "q.view"));
+    same_bytes(
+        &read(&d, "c.view"),
+        &qemu_view(&d, "q.qcow2", "q.view"),
+        "bytes",
+    );
 }
 
 /// aio requests run on threads; every report comes out once, and the data
@@ -148,8 +152,8 @@ fn aio_requests_on_threads() {
     assert!(q
         .stdout
         .contains("Pattern verification failed at offset 0, 4096 bytes"));
-    assert_eq!(read(&d, "c.raw"), read(&d, "q.raw"));
-    assert_eq!(read(&d, "c.img"), read(&d, "q.raw"));
+    same_bytes(&read(&d, "c.raw"), &read(&d, "q.raw"), "bytes");
+    same_bytes(&read(&d, "c.img"), &read(&d, "q.raw"), "bytes");
 }
 
 #[test]
@@ -170,7 +174,7 @@ fn errors_are_one_line_with_qemu_exit_codes() {
         &["-r", "-f", "raw", "-c", "write 0 512", "b.raw"],
     );
     assert_eq!(c.code, 1);
-    assert_eq!(read(&d, "b.raw"), before);
+    same_bytes(&read(&d, "b.raw"), &before, "bytes");
     // Out of range and unknown commands.
     let c = run(
         &d,

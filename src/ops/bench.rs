@@ -47,17 +47,20 @@ impl BenchOptions {
         }
     }
 
-    /// Offset of request `i`: successive steps wrap around the image as in
-    /// qemu-img.
-    pub fn request_offset(&self, i: u64, image_size: u64) -> u64 {
-        if i == 0 {
-            return self.offset;
-        }
+    /// The offset of the request after one at `prev`: one step on,
+    /// wrapping around the image end as qemu-img bench does.
+    pub fn next_offset(&self, prev: u64, image_size: u64) -> u64 {
         if image_size <= self.buf_size {
             return 0;
         }
-        let m = (image_size - self.buf_size) as u128;
-        ((self.offset as u128 + i as u128 * self.step() as u128) % m) as u64
+        let mut o = prev.saturating_add(self.step());
+        if o > image_size - self.buf_size {
+            o %= image_size;
+            if o > image_size - self.buf_size {
+                o = 0;
+            }
+        }
+        o
     }
 }
 
@@ -75,6 +78,11 @@ pub fn bench(img: &Image, o: &BenchOptions, progress: Progress) -> Result<Durati
             o.depth
         )));
     }
+    if o.flush_interval > 0 && o.flush_interval < o.depth {
+        return Err(Error::InvalidArgument(
+            "Flush interval can't be smaller than depth".into(),
+        ));
+    }
     let size = img.size();
     if o.buf_size > size {
         return Err(Error::OutOfRange(format!(
@@ -82,7 +90,14 @@ pub fn bench(img: &Image, o: &BenchOptions, progress: Progress) -> Result<Durati
             o.buf_size
         )));
     }
-    let next = AtomicU64::new(0);
+    // (requests handed out, offset of the next one)
+    if o.offset > size - o.buf_size {
+        return Err(Error::OutOfRange(format!(
+            "offset {} leaves no room for a {}-byte request in a {size}-byte image",
+            o.offset, o.buf_size
+        )));
+    }
+    let next = Mutex::new((0u64, o.offset));
     let done = AtomicU64::new(0);
     let first_err: Mutex<Option<Error>> = Mutex::new(None);
     let start = Instant::now();
@@ -93,11 +108,15 @@ pub fn bench(img: &Image, o: &BenchOptions, progress: Progress) -> Result<Durati
             workers.push(s.spawn(|| {
                 let mut buf = vec![o.pattern; o.buf_size as usize];
                 loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= o.count {
-                        break;
-                    }
-                    let off = o.request_offset(i, size);
+                    let (i, off) = {
+                        let mut n = next.lock().unwrap_or_else(|p| p.into_inner());
+                        let cur = *n;
+                        if cur.0 >= o.count {
+                            break;
+                        }
+                        *n = (cur.0 + 1, o.next_offset(cur.1, size));
+                        cur
+                    };
                     let r = if o.write {
                         img.write(&buf, off).and_then(|_| {
                             if o.flush_interval > 0 && (i + 1).is_multiple_of(o.flush_interval) {
@@ -112,7 +131,7 @@ pub fn bench(img: &Image, o: &BenchOptions, progress: Progress) -> Result<Durati
                     if let Err(e) = r {
                         let mut fe = first_err.lock().unwrap_or_else(|p| p.into_inner());
                         fe.get_or_insert(e);
-                        next.store(o.count, Ordering::Relaxed);
+                        next.lock().unwrap_or_else(|p| p.into_inner()).0 = o.count;
                         break;
                     }
                     done.fetch_add(1, Ordering::Relaxed);

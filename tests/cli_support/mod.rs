@@ -135,3 +135,19 @@ pub fn qemu_view(dir: &Path, file: &str, out: &str) -> Vec<u8> {
     ok(dir, "qemu-img", &["convert", "-O", "raw", file, out]);
     read(dir, out)
 }
+
+/// Asserts two byte strings are equal, naming the first difference
+/// instead of printing megabytes.
+#[track_caller]
+pub fn same_bytes(a: &[u8], b: &[u8], what: &str) {
+    if a == b {
+        return;
+    }
+    let first = a.iter().zip(b).position(|(x, y)| x != y);
+    panic!(
+        "{what}: contents differ (lengths {} and {}, first difference at {:?})",
+        a.len(),
+        b.len(),
+        first
+    );
+}
