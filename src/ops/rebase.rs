@@ -9,7 +9,7 @@
 //! an interrupted rebase leaves a consistent image still on the old backing
 //! file, and running it again finishes the job.
 
-use super::{zero_blocks, Progress, CHUNK};
+use super::{zero_blocks, zero_run, Progress, CHUNK};
 use crate::error::Result;
 use crate::format::resolve_relative;
 use crate::image::{Backing, Image, OpenOptions};
@@ -86,6 +86,27 @@ fn read_view(b: Option<&dyn Backing>, buf: &mut [u8], off: u64) -> Result<()> {
     }
 }
 
+/// Whether the old backing layer reads zeros over all of `[off, off + n)`
+/// by its metadata alone (past its end, or in holes and zero clusters).
+fn old_reads_zero(old: Option<&dyn Backing>, off: u64, n: u64) -> Result<bool> {
+    let Some(b) = old else {
+        return Ok(true);
+    };
+    let Some(img) = b.as_image() else {
+        return Ok(false);
+    };
+    let size = img.size();
+    let mut pos = off;
+    while pos < (off + n).min(size) {
+        let (z, len) = zero_run(img, pos, (off + n).min(size) - pos)?;
+        if !z {
+            return Ok(false);
+        }
+        pos += len;
+    }
+    Ok(true)
+}
+
 fn copy_differences(img: &Image, new: Option<&Image>, progress: Progress) -> Result<()> {
     let old = img.backing();
     let size = img.size();
@@ -97,7 +118,10 @@ fn copy_differences(img: &Image, new: Option<&Image>, progress: Progress) -> Res
     progress(0, size);
     while off < size {
         let (st, n) = img.block_status(off, (size - off).min(CHUNK))?;
-        if !st.allocated {
+        if !st.allocated && new.is_none() && old_reads_zero(old.as_deref(), off, n)? {
+            // Nothing to read: the old backing chain knows these are zeros.
+            img.write_zeroes(off, n)?;
+        } else if !st.allocated {
             ob.resize(n as usize, 0);
             read_view(old.as_deref(), &mut ob, off)?;
             match new {

@@ -149,7 +149,7 @@ Exit codes: 0 identical, 1 different, 2 error."
         "bench" => {
             "Run a simple request benchmark.  Usage:
 
-  cowblk-img bench [-c COUNT] [-d DEPTH] [-f FMT] [--flush-interval=N] [-n]
+  cowblk-img bench [-c COUNT] [-d DEPTH] [-f FMT] [--flush-interval=N] [-n] [-p]
         [--no-drain] [-o OFFSET] [--pattern=PATTERN] [-q] [-s BUFFER_SIZE]
         [-S STEP_SIZE] [-t CACHE] [-i AIO] [-w] [-U] FILENAME"
         }
@@ -686,6 +686,8 @@ fn check(args: Vec<OsString>) -> Res {
                 }
             }
             Short('q') | Long("quiet") => quiet = true,
+            // Checks read metadata only and finish quickly: no bar needed.
+            Short('p') => {}
             Short('U') | Long("force-share") => {}
             Value(v) => files.push(v.to_string_lossy().into_owned()),
             a => return Err(unexpected(a, C)),
@@ -1114,7 +1116,7 @@ fn bench(args: Vec<OsString>) -> Res {
     const C: &str = "bench";
     let mut p = parser(args);
     let mut o = BenchOptions::default();
-    let (mut fmt, mut quiet, mut files) = (None, false, Vec::new());
+    let (mut fmt, mut quiet, mut progress, mut files) = (None, false, false, Vec::new());
     let num = |s: String| -> Result<u64, Fail> {
         s.parse::<u64>()
             .map_err(|_| usage_err(C, format!("Invalid number: '{s}'")))
@@ -1129,6 +1131,7 @@ fn bench(args: Vec<OsString>) -> Res {
             Short('S') => o.step = size_arg(&val(&mut p, C)?)?,
             Short('w') => o.write = true,
             Short('q') => quiet = true,
+            Short('p') => progress = true,
             Short('n') | Short('U') | Long("no-drain") => {}
             Short('t') | Short('i') => {
                 val(&mut p, C)?;
@@ -1162,7 +1165,7 @@ fn bench(args: Vec<OsString>) -> Res {
             println!("Sending flush every {} requests", o.flush_interval);
         }
     }
-    let t = ops::bench(&img, &o, &mut ops::no_progress).map_err(lib)?;
+    let t = with_progress(progress && !quiet, |pr| ops::bench(&img, &o, pr)).map_err(lib)?;
     img.close().map_err(lib)?;
     if !quiet {
         println!("Run completed in {:.3} seconds.", t.as_secs_f64());
