@@ -428,3 +428,16 @@ fn bad_files_get_clear_errors() {
     let e = open_fmt(&b);
     assert!(e.to_string().contains("truncated"), "{e}");
 }
+
+#[test]
+fn unknown_autoclear_bits_are_cleared_by_a_writer_only() {
+    let d = tmpdir("rules-autoclear");
+    let p = overlay(&d, "o", None, &[("size", "64k")]);
+    let mut b = std::fs::read(&p).unwrap();
+    b[2088 + 7] = 0x81;
+    std::fs::write(&p, &b).unwrap();
+    drop(Image::open(&p, &ro()).unwrap());
+    assert_eq!(std::fs::read(&p).unwrap()[2095], 0x81, "a reader changed the file");
+    drop(Image::open(&p, &rw()).unwrap());
+    assert_eq!(std::fs::read(&p).unwrap()[2095], 0, "unknown autoclear bits survived a writer");
+}

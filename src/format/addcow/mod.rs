@@ -209,6 +209,12 @@ fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
         ctx.cache_size
     };
     let clusters = size.div_ceil(1 << hdr.cluster_bits);
+    if !ctx.read_only && hdr.autoclear & !header::AUTOCLEAR_KNOWN != 0 {
+        // Data kept for autoclear features we do not know goes stale with
+        // our first write: drop their bits now (serialize masks them).
+        meta.write_at(&hdr.serialize()?, 0)?;
+        meta.flush()?;
+    }
     Ok(Box::new(AddCow {
         bitmap: Bitmap::new(meta.clone(), image.clone(), HEADER_SIZE, clusters, cache),
         meta,
