@@ -422,9 +422,42 @@ fn bad_files_get_clear_errors() {
     let e = open_fmt(&b);
     assert_eq!(e.errno(), libc::ENOENT, "{e}");
     assert!(e.to_string().contains("missing"), "{e}");
+    // An image file that is the add-cow file, or the backing file.
+    let mut b = good.clone();
+    b[1036..1046].copy_from_slice(b"bad.add-co");
+    b[1046] = b'w';
+    let e = open_fmt(&b);
+    assert!(e.to_string().contains("add-cow file itself"), "{e}");
+    std::fs::write(d.join("base.raw"), [0u8; 512]).unwrap();
+    let mut b = good.clone();
+    b[12..20].copy_from_slice(b"base.raw");
+    b[1036..1045].copy_from_slice(b"base.raw\0");
+    let e = open_fmt(&b);
+    assert!(e.to_string().contains("is the backing file"), "{e}");
     // A bitmap shorter than the size needs.
     let mut b = good.clone();
     b.truncate(2560 + 1);
     let e = open_fmt(&b);
     assert!(e.to_string().contains("truncated"), "{e}");
+}
+
+#[test]
+fn unknown_autoclear_bits_are_cleared_by_a_writer_only() {
+    let d = tmpdir("rules-autoclear");
+    let p = overlay(&d, "o", None, &[("size", "64k")]);
+    let mut b = std::fs::read(&p).unwrap();
+    b[2088 + 7] = 0x81;
+    std::fs::write(&p, &b).unwrap();
+    drop(Image::open(&p, &ro()).unwrap());
+    assert_eq!(
+        std::fs::read(&p).unwrap()[2095],
+        0x81,
+        "a reader changed the file"
+    );
+    drop(Image::open(&p, &rw()).unwrap());
+    assert_eq!(
+        std::fs::read(&p).unwrap()[2095],
+        0,
+        "unknown autoclear bits survived a writer"
+    );
 }

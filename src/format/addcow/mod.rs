@@ -173,6 +173,26 @@ fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
     meta.read_at(&mut buf, 0)?;
     let hdr = Header::parse(&buf)?;
     let image_path = resolve_relative(ctx.path, &hdr.image_file);
+    // A hostile header must not turn writes onto the backing file or onto
+    // the add-cow file itself.
+    let image_canon = ctx.storage.canonical(&image_path);
+    if image_canon == ctx.storage.canonical(ctx.path) {
+        return Err(Error::Corrupt(format!(
+            "image file '{}' is the add-cow file itself",
+            hdr.image_file
+        )));
+    }
+    if !hdr.backing_file.is_empty()
+        && image_canon
+            == ctx
+                .storage
+                .canonical(&resolve_relative(ctx.path, &hdr.backing_file))
+    {
+        return Err(Error::Corrupt(format!(
+            "image file '{}' is the backing file",
+            hdr.image_file
+        )));
+    }
     let access = if ctx.read_only {
         Access::ReadOnly
     } else {
@@ -209,6 +229,12 @@ fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
         ctx.cache_size
     };
     let clusters = size.div_ceil(1 << hdr.cluster_bits);
+    if !ctx.read_only && hdr.autoclear & !header::AUTOCLEAR_KNOWN != 0 {
+        // Data kept for autoclear features we do not know goes stale with
+        // our first write: drop their bits now (serialize masks them).
+        meta.write_at(&hdr.serialize()?, 0)?;
+        meta.flush()?;
+    }
     Ok(Box::new(AddCow {
         bitmap: Bitmap::new(meta.clone(), image.clone(), HEADER_SIZE, clusters, cache),
         meta,
