@@ -4,7 +4,6 @@
 use crate::error::{Error, Result};
 use crate::format::{
     self, BackingSpec, CheckReport, CreateCtx, CreateOptions, Format, OpenCtx, Repair,
-    SnapshotInfo, SnapshotRef,
 };
 use crate::io::posix::PosixStorage;
 use crate::io::{Access, IoVec, Storage};
@@ -44,9 +43,6 @@ pub struct OpenOptions {
     pub cache_size: u64,
     /// A caller-supplied backing layer, used instead of the recorded one.
     pub backing: Option<Arc<dyn Backing>>,
-    /// Open this internal snapshot (read-only) instead of the current
-    /// state; only for the top image, never for backing files.
-    pub snapshot: Option<SnapshotRef>,
 }
 
 /// The state of a run of guest bytes.
@@ -145,19 +141,6 @@ impl Image {
             cache_size: opts.cache_size,
         })
         .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
-        let fmt = match &opts.snapshot {
-            Some(which) => {
-                if !opts.read_only {
-                    return Err(Error::InvalidArgument(format!(
-                        "{which} of '{}' can only be opened read-only",
-                        path.display()
-                    )));
-                }
-                fmt.open_snapshot(which)
-                    .map_err(|e| e.context(format!("'{}'", path.display())))?
-            }
-            None => fmt,
-        };
         let backing: Option<Arc<dyn Backing>> =
             match (&opts.backing, opts.no_backing, fmt.backing()) {
                 (Some(b), _, _) => Some(b.clone()),
@@ -168,7 +151,6 @@ impl Image {
                         no_backing: false,
                         cache_size: opts.cache_size,
                         backing: None,
-                        snapshot: None,
                     };
                     let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen)
                         .map_err(|e| e.context(format!("backing file '{}'", spec.name)))?;
@@ -331,11 +313,6 @@ impl Image {
         self.check_writable()?;
         let _g = self.alloc_locks.lock(0, u64::MAX);
         self.fmt.make_empty()
-    }
-
-    /// Internal snapshots of this layer.
-    pub fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
-        self.fmt.snapshots()
     }
 
     /// Flushes and closes. Dropping an image without `close` flushes too,

@@ -5,7 +5,6 @@ pub mod addcow;
 pub mod check;
 pub mod options;
 pub mod raw;
-pub mod snapshot;
 
 use crate::error::{Error, Result};
 use crate::io::{BlockFile, IoVec, Storage};
@@ -14,7 +13,6 @@ use std::sync::Arc;
 
 pub use check::{CheckReport, Repair};
 pub use options::{CreateOptions, OptDesc, OptKind};
-pub use snapshot::{SnapshotInfo, SnapshotRef};
 
 /// Where a run of guest bytes lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,17 +136,6 @@ pub trait Format: Send + Sync {
     fn make_empty(&self) -> Result<()> {
         Err(Error::Unsupported(format!(
             "format '{}' cannot empty an image",
-            self.format_name()
-        )))
-    }
-    /// Internal snapshots, oldest first; empty for formats without them.
-    fn snapshots(&self) -> Result<Vec<SnapshotInfo>> {
-        Ok(Vec::new())
-    }
-    /// A read-only view of the image as it was at snapshot `which`.
-    fn open_snapshot(&self, which: &SnapshotRef) -> Result<Box<dyn Format>> {
-        Err(Error::NotFound(format!(
-            "{which}: format '{}' has no internal snapshots",
             self.format_name()
         )))
     }
