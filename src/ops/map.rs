@@ -71,6 +71,7 @@ fn layer_run(img: &Image, off: u64, len: u64, depth: usize) -> Result<Run> {
                 data: false,
                 zero: true,
                 offset: None,
+                compressed: false,
             },
             len: n,
             file: None,
@@ -92,7 +93,7 @@ pub fn map(img: &Image, start: u64, len: u64) -> Result<Vec<MapEntry>> {
             present: r.present,
             zero: r.st.zero,
             data: r.st.data,
-            compressed: r.st.data && r.st.offset.is_none(),
+            compressed: r.st.compressed,
             offset: r.st.offset,
             file: r.file,
         };

@@ -5,7 +5,7 @@
 #[path = "../shared/mod.rs"]
 mod shared;
 
-use cowblk::format::{self, CheckReport, OptKind, Repair, SnapshotInfo, SnapshotRef};
+use cowblk::format::{self, CheckReport, OptKind, Repair, SnapshotInfo};
 use cowblk::ops::{self, BenchOptions};
 use cowblk::{CreateOptions, Error, Image, ImageInfo, OpenOptions};
 use lexopt::prelude::*;
@@ -262,7 +262,7 @@ fn size_arg(s: &str) -> Result<u64, Fail> {
 }
 
 fn open(file: &str, fmt: Option<String>, read_only: bool) -> Result<Image, Fail> {
-    Image::open(
+    open_with(
         file,
         &OpenOptions {
             format: fmt,
@@ -270,7 +270,16 @@ fn open(file: &str, fmt: Option<String>, read_only: bool) -> Result<Image, Fail>
             ..Default::default()
         },
     )
-    .map_err(lib)
+}
+
+/// Opens an image and prints what the library warns about (as qemu-img's
+/// "warning:" lines).
+fn open_with(file: &str, opts: &OpenOptions) -> Result<Image, Fail> {
+    let img = Image::open(file, opts).map_err(lib)?;
+    for w in img.warnings() {
+        eprintln!("{PROG}: warning: {w}");
+    }
+    Ok(img)
 }
 
 /// A progress callback for `-p`, with its bar.
@@ -579,7 +588,7 @@ fn info(args: Vec<OsString>) -> Res {
     let mut cur: Option<&Image> = Some(&img);
     let mut holder;
     while let Some(l) = cur {
-        layers.push((l.info().map_err(lib)?, l.snapshots().map_err(lib)?));
+        layers.push((l.info().map_err(lib)?, l.snapshots()));
         if !chain {
             break;
         }
@@ -794,18 +803,20 @@ fn img_format(file: &str) -> String {
 
 // ---- convert ----
 
-fn snapshot_ref(s: &str) -> Result<SnapshotRef, Fail> {
+/// `-l snapshot.id=ID`, `-l snapshot.name=NAME` or `-l NAME`: the library
+/// matches the string against ids, then names.
+fn snapshot_ref(s: &str) -> Result<String, Fail> {
     if let Some(id) = s.strip_prefix("snapshot.id=") {
-        Ok(SnapshotRef::Id(id.into()))
+        Ok(id.into())
     } else if let Some(n) = s.strip_prefix("snapshot.name=") {
-        Ok(SnapshotRef::Name(n.into()))
+        Ok(n.into())
     } else if s.contains('=') {
         Err(usage_err(
             "convert",
             format!("Failed in parsing snapshot param '{s}'"),
         ))
     } else {
-        Ok(SnapshotRef::Name(s.into()))
+        Ok(s.into())
     }
 }
 
@@ -824,7 +835,7 @@ fn convert(args: Vec<OsString>) -> Res {
             Short('q') => quiet = true,
             Short('n') => no_create = true,
             Short('l') => snap = Some(snapshot_ref(&val(&mut p, C)?)?),
-            Short('s') => snap = Some(SnapshotRef::Name(val(&mut p, C)?)),
+            Short('s') => snap = Some(val(&mut p, C)?),
             // Cache modes, sparse size, coroutines, out-of-order: the
             // library has one way of doing each; accepted for scripts.
             Short('t') | Short('T') | Short('S') | Short('m') => {
@@ -846,7 +857,7 @@ fn convert(args: Vec<OsString>) -> Res {
     if files.len() != 2 {
         return Err(usage_err(C, "Expecting one input and one output file name"));
     }
-    let src = Image::open(
+    let src = open_with(
         &files[0],
         &OpenOptions {
             format: fmt,
@@ -854,8 +865,7 @@ fn convert(args: Vec<OsString>) -> Res {
             snapshot: snap,
             ..Default::default()
         },
-    )
-    .map_err(lib)?;
+    )?;
     let out = &files[1];
     if !no_create {
         let mut opts = CreateOptions::new();
@@ -900,7 +910,7 @@ fn snapshot(args: Vec<OsString>) -> Res {
     }
     let file = one_file(files, C)?;
     let img = open(&file, fmt, true)?;
-    let snaps = img.snapshots().map_err(lib)?;
+    let snaps = img.snapshots();
     if !snaps.is_empty() {
         print!("Snapshot list:\n{}", snapshot_table(&snaps));
     }

@@ -795,7 +795,12 @@ fn main() {
         ..Default::default()
     };
     let img = match Image::open(&file, &opts) {
-        Ok(i) => Arc::new(i),
+        Ok(i) => {
+            for w in i.warnings() {
+                shared::error(PROG, format!("warning: {w}"));
+            }
+            Arc::new(i)
+        }
         Err(e) => {
             shared::error(
                 PROG,
