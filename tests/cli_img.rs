@@ -205,7 +205,8 @@ fn convert_between_formats() {
     );
     assert!(m.as_array().unwrap().iter().any(|e| e["data"] == false));
     // raw -> add-cow (no backing) and back; qemu-img agrees they match.
-    ok(
+    // -p draws nothing when not on a terminal.
+    let c = ok(
         &d,
         COWBLK_IMG,
         &[
@@ -221,6 +222,7 @@ fn convert_between_formats() {
             "n.acow",
         ],
     );
+    assert_eq!((c.stdout.as_str(), c.stderr.as_str()), ("", ""));
     ok(&d, "qemu-img", &["compare", "-f", "raw", "q.view", "n.img"]);
     ok(&d, COWBLK_IMG, &["compare", "n.acow", "q.view"]);
     // -n writes into an existing image, zeroing what it must.

@@ -427,13 +427,6 @@ fn info_json(i: &ImageInfo, snaps: &[SnapshotInfo]) -> Value {
     if let Some(f) = &i.backing_format {
         m.insert("backing-filename-format".into(), json!(f));
     }
-    m.insert("virtual-size".into(), json!(i.virtual_size));
-    m.insert("filename".into(), json!(i.filename));
-    if i.cluster_size > 0 {
-        m.insert("cluster-size".into(), json!(i.cluster_size));
-    }
-    m.insert("format".into(), json!(i.format));
-    m.insert("actual-size".into(), json!(i.disk_size));
     if !snaps.is_empty() {
         let list: Vec<Value> = snaps
             .iter()
@@ -460,6 +453,13 @@ fn info_json(i: &ImageInfo, snaps: &[SnapshotInfo]) -> Value {
             .collect();
         m.insert("snapshots".into(), Value::Array(list));
     }
+    m.insert("virtual-size".into(), json!(i.virtual_size));
+    m.insert("filename".into(), json!(i.filename));
+    if i.cluster_size > 0 {
+        m.insert("cluster-size".into(), json!(i.cluster_size));
+    }
+    m.insert("format".into(), json!(i.format));
+    m.insert("actual-size".into(), json!(i.disk_size));
     if !i.specific.is_empty() {
         let mut data = Map::new();
         for (k, v) in &i.specific {

@@ -39,9 +39,20 @@ pub fn error(prog: &str, msg: impl std::fmt::Display) {
 pub fn describe(e: &cowblk::Error) -> String {
     use cowblk::Error as E;
     match e {
-        E::NotFound(m) => format!("Could not open {m}: No such file or directory"),
+        // A bare quoted path: say what the C tools say.
+        E::NotFound(m) if m.starts_with('\'') && m.ends_with('\'') && m.len() > 1 => {
+            format!("Could not open {m}: No such file or directory")
+        }
         E::Io { context, source } => format!("{context}: {}", strerror(source)),
-        other => other.to_string(),
+        other => capitalise(&other.to_string()),
+    }
+}
+
+fn capitalise(s: &str) -> String {
+    let mut c = s.chars();
+    match c.next() {
+        Some(f) => f.to_uppercase().collect::<String>() + c.as_str(),
+        None => String::new(),
     }
 }
 
