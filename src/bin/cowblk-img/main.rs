@@ -72,13 +72,12 @@ fn cmd_help(cmd: &str) -> &'static str {
         "create" => {
             "Create and format a new image file.  Usage:
 
-  cowblk-img create [-q] [-f FMT] [-b BACKING_FILE -F BACKING_FMT] [-u]
+  cowblk-img create [-q] [-f FMT] [-b BACKING_FILE -F BACKING_FMT]
         [-o OPTIONS] FILENAME [SIZE]
 
   -f FMT            format of the new image (default raw)
   -b BACKING_FILE   backing file (relative names resolve against FILENAME's directory)
   -F BACKING_FMT    format of the backing file (required with -b)
-  -u                do not open the backing file (SIZE is then required)
   -o OPTIONS        KEY=VALUE,... format options; '-o help' lists them
   -q                quiet
   SIZE              size with an optional k, M, G, T suffix"
@@ -314,8 +313,7 @@ fn print_opts_help(fmt: &str) -> Res {
 fn create(args: Vec<OsString>) -> Res {
     const C: &str = "create";
     let mut p = parser(args);
-    let (mut fmt, mut backing, mut bfmt, mut quiet, mut no_open) =
-        ("raw".to_string(), None, None, false, false);
+    let (mut fmt, mut backing, mut bfmt, mut quiet) = ("raw".to_string(), None, None, false);
     let mut opts = CreateOptions::new();
     let mut opt_strs = Vec::new();
     let mut pos = Vec::new();
@@ -326,7 +324,12 @@ fn create(args: Vec<OsString>) -> Res {
             Short('F') => bfmt = Some(val(&mut p, C)?),
             Short('o') => opt_strs.push(val(&mut p, C)?),
             Short('q') => quiet = true,
-            Short('u') => no_open = true,
+            // The library always opens the backing file to check it.
+            Short('u') => {
+                return Err(fail(
+                    "create -u is not supported: the backing file must exist and open",
+                ))
+            }
             Value(v) => pos.push(v.to_string_lossy().into_owned()),
             a => return Err(unexpected(a, C)),
         }
@@ -356,7 +359,7 @@ fn create(args: Vec<OsString>) -> Res {
             "{file}: Backing file not supported for file format '{fmt}'"
         )));
     }
-    if opts.get(format::options::SIZE).is_none() && (backing.is_none() || no_open) {
+    if opts.get(format::options::SIZE).is_none() && backing.is_none() {
         return Err(fail(format!(
             "{file}: Image creation needs a size parameter"
         )));
