@@ -645,6 +645,10 @@ fn usage_errors_and_help() {
         vec!["create", "-f", "raw", "-b", "b.raw", "-F", "raw", "x.raw"],
         vec!["create", "-f", "raw", "x.raw", "1Q"],
         vec!["map", "-f", "add-cow", "b.raw"],
+        vec!["rebase", "-f", "raw", "-b", "", "b.raw"],
+        vec!["rebase", "b.raw"],
+        vec!["commit", "b.raw"],
+        vec!["resize", "b.raw"],
     ] {
         let q = run(&d, "qemu-img", &args);
         let c = run(&d, COWBLK_IMG, &args);

@@ -9,8 +9,8 @@
 //! an interrupted rebase leaves a consistent image still on the old backing
 //! file, and running it again finishes the job.
 
-use super::{zero_blocks, zero_run, Progress, CHUNK};
-use crate::error::Result;
+use super::{is_zero, zero_blocks, zero_run, Progress, CHUNK};
+use crate::error::{Error, Result};
 use crate::format::resolve_relative;
 use crate::image::{Backing, Image, OpenOptions};
 use std::sync::Arc;
@@ -31,6 +31,14 @@ pub fn rebase(
     unsafe_: bool,
     progress: Progress,
 ) -> Result<()> {
+    // Refuse before copying anything into a format that cannot record it.
+    let driver = crate::format::find_driver(img.format_name())?;
+    if !driver.supports_backing {
+        return Err(Error::Unsupported(format!(
+            "{} cannot change its backing file",
+            img.format_name()
+        )));
+    }
     let new_img = match &new {
         Some(nb) if !unsafe_ => {
             let path = resolve_relative(img.path(), nb.name);
@@ -141,8 +149,14 @@ fn copy_differences(img: &Image, new: Option<&Image>, progress: Progress) -> Res
                     let mut at = 0;
                     while at < ob.len() {
                         let len = gran.min(ob.len() - at);
-                        if ob[at..at + len] != nb[at..at + len] {
-                            img.write(&ob[at..at + len], off + at as u64)?;
+                        let o = &ob[at..at + len];
+                        if o != &nb[at..at + len] {
+                            let pos = off + at as u64;
+                            if is_zero(o) {
+                                img.write_zeroes(pos, len as u64)?;
+                            } else {
+                                img.write(o, pos)?;
+                            }
                         }
                         at += len;
                     }
