@@ -205,3 +205,54 @@ fn qemu_json_into(v: &serde_json::Value, level: usize, out: &mut String) {
         scalar => out.push_str(&scalar.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values printed by qemu-img info (size_to_str) on this machine.
+    #[test]
+    fn sizes_as_qemu_img_prints_them() {
+        for (v, s) in [
+            (0, "0 B"),
+            (512, "512 B"),
+            (1024, "1 KiB"),
+            (1536, "1.5 KiB"),
+            (69632, "68 KiB"),
+            (1022976, "999 KiB"),
+            (1024000, "0.977 MiB"),
+            (11010048, "10.5 MiB"),
+            (123457024, "118 MiB"),
+            (1 << 40, "1 TiB"),
+            (5_000_000_000_000, "4.55 TiB"),
+        ] {
+            assert_eq!(size_to_str(v), s, "{v}");
+        }
+    }
+
+    /// Values printed by qemu-io (cvtstr) on this machine.
+    #[test]
+    fn numbers_as_qemu_io_prints_them() {
+        for (v, s) in [
+            (0.0, "0 bytes"),
+            (20.0, "20 bytes"),
+            (512.0, "512 bytes"),
+            (1536.0, "1.500 KiB"),
+            (65536.0, "64 KiB"),
+            (1966080.0, "1.875 MiB"),
+            (2162688.0, "2.062 MiB"),
+            (4194304.0, "4 MiB"),
+        ] {
+            assert_eq!(cvtstr(v), s, "{v}");
+        }
+    }
+
+    #[test]
+    fn json_layout_as_qemu() {
+        let v = serde_json::json!({"a": [], "b": {"c": 1}, "d": {}});
+        assert_eq!(
+            qemu_json(&v),
+            "{\n    \"a\": [\n    ],\n    \"b\": {\n        \"c\": 1\n    },\n    \"d\": {\n    }\n}"
+        );
+    }
+}
