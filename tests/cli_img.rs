@@ -41,6 +41,8 @@ fn create_info_map_on_raw_match_qemu_img() {
         vec!["map", "b.raw"],
         vec!["map", "--output=json", "b.raw"],
         vec!["map", "--output", "json", "-f", "raw", "b.raw"],
+        vec!["map", "--output=json", "-s", "32k", "-l", "1M", "b.raw"],
+        vec!["map", "--start-offset=1M", "--max-length", "2M", "b.raw"],
     ] {
         let q = ok(&d, "qemu-img", &args);
         let c = ok(&d, COWBLK_IMG, &args);
