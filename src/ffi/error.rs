@@ -15,7 +15,8 @@ use std::ffi::c_char;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// Capacity of the message buffer, NUL included; longer messages are cut.
-const MSG_CAP: usize = 1024;
+/// Room for a full path and a 1023-byte add-cow name in one message.
+const MSG_CAP: usize = 4096;
 
 thread_local! {
     static MSG: RefCell<[u8; MSG_CAP]> = const { RefCell::new([0; MSG_CAP]) };
