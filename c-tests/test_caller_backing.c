@@ -113,6 +113,22 @@ int main(void)
     }
     free(all);
     OK(cowblk_close(&img));
+
+    /* Growing from inside an unallocated cluster would need its backing
+     * bytes: refused, and the image stays as it was. */
+    OK(cowblk_open(ov, NULL, COWBLK_OPEN_CALLER_BACKING, 0, &img));
+    OK(cowblk_truncate(img, 12 * CS + 100));
+    ERR(cowblk_truncate(img, 13 * CS), ENOTSUP);
+    uint64_t len;
+    OK(cowblk_get_length(img, &len));
+    CHECK(len == 12 * CS + 100);
+    OK(cowblk_close(&img));
+    OK(cowblk_open(ov, NULL, COWBLK_OPEN_RDONLY, 0, &img));
+    OK(cowblk_get_length(img, &len));
+    CHECK(len == 12 * CS + 100);
+    OK(img_read(img, 11 * CS, buf, CS + 100));
+    CHECK(mismatch(buf, CS + 100, 1, 11 * CS) < 0);
+    OK(cowblk_close(&img));
     rm_tree(dir);
     return 0;
 }

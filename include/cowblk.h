@@ -283,7 +283,8 @@ extern "C" {
 
 /**
  * The message of the last failed cowblk call on the calling thread, or ""
- * if the last call succeeded.
+ * if the last call succeeded. Every call except this one,
+ * `cowblk_version` and `cowblk_abi_version` clears it first.
  *
  * The string belongs to the library and lives in thread-local storage: it
  * stays valid until the next cowblk call on the same thread (which may

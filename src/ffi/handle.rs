@@ -25,6 +25,13 @@ pub struct cowblk_image {
     pub(crate) backing: BackingMode,
 }
 
+// C shares one handle between threads with no lock of ours around it: the
+// handle must stay Send + Sync (no global lock around I/O either).
+const _: fn() = || {
+    fn shareable<T: Send + Sync>() {}
+    shareable::<cowblk_image>();
+};
+
 /// Who supplies backing data for a handle.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BackingMode {
