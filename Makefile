@@ -115,7 +115,7 @@ install: build
 
 # --- benchmarks (owner: bench) ---
 bench:
-	@echo "no benchmarks yet"
+	$(CARGO) bench --bench addcow
 
 clean:
 	$(CARGO) clean
