@@ -20,7 +20,7 @@ rust-test:
 # C programs build against target/release through build/lib, which holds the
 # soname links an installed library has. Tests: c-tests/test_*.c, one
 # behaviour each; test_link is also linked statically.
-.PHONY: header header-check c-libs c-symbols ctest ctest-valgrind ctest-asan install
+.PHONY: header header-check c-header c-libs c-symbols ctest ctest-valgrind ctest-asan install
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 SOMAJOR := $(firstword $(subst ., ,$(VERSION)))
 REL := target/release
@@ -72,12 +72,22 @@ $(CBIN)/test_installed: c-tests/test_link.c c-tests/util.h include/cowblk.h cowb
 	    $$(PKG_CONFIG_PATH=$(C_PREFIX)/lib/pkgconfig pkg-config --cflags --libs cowblk) \
 	    -Wl,-rpath,$(C_PREFIX)/lib
 
+# The header alone compiles as C99 and, where a C++ compiler exists, C++11.
+c-header:
+	@mkdir -p build
+	@printf '#include "cowblk.h"\nint main(void) { return cowblk_abi_version() != COWBLK_ABI_VERSION; }\n' > build/header-only.c
+	$(CC) -std=c99 -Wall -Wextra -Wpedantic -Werror -Iinclude -c build/header-only.c -o build/header-only.o
+	@if command -v $(CXX) >/dev/null 2>&1; then \
+	    cp build/header-only.c build/header-only.cc && set -x && \
+	    $(CXX) -std=c++11 -Wall -Wextra -Wpedantic -Werror -Iinclude -c build/header-only.cc -o build/header-only-cc.o; \
+	else echo "no C++ compiler: C++ header check skipped"; fi
+
 # Exported symbols must all carry the prefix.
 c-symbols: build
 	@bad=$$(nm -D --defined-only $(REL)/libcowblk.so | awk '$$2 == "T" && $$3 !~ /^cowblk_/ {print $$3}'); \
 	[ -z "$$bad" ] || { echo "exported without the cowblk_ prefix: $$bad"; exit 1; }
 
-ctest: header-check c-symbols $(C_TESTS)
+ctest: header-check c-header c-symbols $(C_TESTS)
 	COWBLK_LIB=$(abspath $(REL)/libcowblk.so) sh c-tests/run.sh $(C_TESTS)
 
 # The same tests under valgrind (slow; not part of `make test`).
