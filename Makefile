@@ -45,6 +45,9 @@ header-check: build
 	cmp -s "$$gen" include/cowblk.h || \
 	{ echo "include/cowblk.h is stale: run 'make header' and commit it"; exit 1; }
 
+# Cargo decides whether the libraries are current; depending on them relinks.
+$(REL)/libcowblk.so $(REL)/libcowblk.a: build ;
+
 c-libs: build
 	@mkdir -p $(CLIB)
 	@ln -sf $(abspath $(REL)/libcowblk.so) $(CLIB)/libcowblk.so.$(SOMAJOR)
@@ -65,7 +68,8 @@ $(CBIN)/test_link_static: c-tests/test_link.c c-tests/util.h include/cowblk.h $(
 # test_link again, built the way users will: `make install` into a scratch
 # prefix, flags from pkg-config, the soname resolved through the symlinks.
 C_PREFIX := $(abspath build/prefix)
-$(CBIN)/test_installed: c-tests/test_link.c c-tests/util.h include/cowblk.h cowblk.pc.in | c-libs
+$(CBIN)/test_installed: c-tests/test_link.c c-tests/util.h include/cowblk.h cowblk.pc.in \
+	    $(REL)/libcowblk.so $(REL)/libcowblk.a | c-libs
 	@mkdir -p $(CBIN)
 	@rm -rf $(C_PREFIX) && $(MAKE) -s install PREFIX=$(C_PREFIX) >/dev/null
 	$(CC) $(C_STD_FLAGS) -Ic-tests $< -o $@ \
