@@ -28,7 +28,7 @@
 #define COWBLK_VERSION_MINOR 1
 #define COWBLK_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH, for #if comparisons. */
-#define COWBLK_VERSION_NUMBER (0 * 10000 + 1 * 100 + 0)
+#define COWBLK_VERSION_NUMBER 100
 
 /**
  * Version of the C ABI described by this header. `cowblk_abi_version()`
@@ -55,7 +55,9 @@
  * write-zeroes that needs copy-on-write, fails with -ENOTSUP. The caller
  * reads unallocated ranges itself (`cowblk_block_status` says which) and
  * writes with `cowblk_cow_range` + `cowblk_pwritev_cow`. Growing the image
- * makes the new clusters read zeros, never backing data.
+ * makes the new clusters read zeros, never backing data; growing from a
+ * size inside an unallocated cluster needs its backing bytes and fails
+ * with -ENOTSUP.
  */
 #define COWBLK_OPEN_CALLER_BACKING (1 << 2)
 
