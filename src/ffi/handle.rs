@@ -201,6 +201,7 @@ fn open_options(
         no_backing: flags & COWBLK_OPEN_NO_BACKING != 0,
         cache_size,
         backing,
+        snapshot: None,
     })
 }
 
