@@ -300,14 +300,18 @@ impl Image {
         let mut ext = self.fmt.map(off, len)?;
         let st = match ext.mapping {
             Mapping::Data { host, .. } => {
-                // A hole in the data file reads zeros: say so, as QEMU's
-                // file layer does.
-                let hole = match self.fmt.data_file().data_run(host, ext.len.min(len))? {
-                    Some((is_data, n)) => {
-                        ext.len = ext.len.min(n);
-                        !is_data
+                // In a passthrough format (raw) a hole in the file reads
+                // zeros: say so, as QEMU's file layer does.
+                let hole = if self.fmt.passthrough() {
+                    match self.fmt.data_file().data_run(host, ext.len.min(len))? {
+                        Some((is_data, n)) => {
+                            ext.len = ext.len.min(n);
+                            !is_data
+                        }
+                        None => false,
                     }
-                    None => false,
+                } else {
+                    false
                 };
                 BlockStatus {
                     allocated: true,

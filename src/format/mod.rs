@@ -157,6 +157,12 @@ pub trait Format: Send + Sync {
     fn disk_size(&self) -> Result<u64> {
         self.data_file().allocated_size()
     }
+    /// Whether guest bytes are the data file's bytes as they stand (raw):
+    /// block status then reports holes in the file as zeros without data,
+    /// as QEMU's raw driver passes block status through to the file.
+    fn passthrough(&self) -> bool {
+        false
+    }
     /// Checks the image's metadata for consistency, repairing what
     /// `repair` allows. Formats without a checker say so (qemu-img exits 63).
     fn check(&self, _repair: Repair) -> Result<CheckReport> {

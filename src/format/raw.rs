@@ -67,6 +67,9 @@ impl Format for Raw {
             len,
         ))
     }
+    fn passthrough(&self) -> bool {
+        true
+    }
     fn data_file(&self) -> &Arc<dyn BlockFile> {
         &self.file
     }
