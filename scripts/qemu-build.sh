@@ -85,6 +85,13 @@ if [ ! -e "$OBJ/build.ninja" ]; then
         --enable-tools --disable-docs --disable-werror --disable-install-blobs \
         --meson=meson --extra-ldflags="-Wl,-rpath,$PREFIX/lib")
 fi
+# meson keeps the pkg-config path of the first configure; keep it pointing
+# at our prefix (a later PREFIX, or a tree configured before the library).
+want="$PREFIX/lib/pkgconfig"
+if [ "$(cat "$OBJ/.cowblk-pkgconfig" 2>/dev/null)" != "$want" ]; then
+    meson configure "$OBJ" -Dpkg_config_path="$want" >/dev/null
+    echo "$want" >"$OBJ/.cowblk-pkgconfig"
+fi
 log "building qemu-img qemu-io qemu-nbd"
 ninja -C "$OBJ" -j"$JOBS" qemu-img qemu-io qemu-nbd
 log "done: $OBJ/qemu-img $OBJ/qemu-io $OBJ/qemu-nbd"

@@ -92,7 +92,7 @@ check "aio reads in parallel" t "$QIO" -f add-cow -c "aio_read -P 0x21 64k 64k" 
 check "partial clusters keep their backing bytes" t "$QIO" -f add-cow \
     -c "read -P 0x11 196608 3397" -c "read -P 0x23 200005 777" -c "read -P 0x11 200782 61362" \
     top.add-cow
-check "write -z and discard" both top.add-cow ref.raw "write -z 4M 100k" "write -z 4100000 5000"
+check "write -z (zeroes, unaligned too)" both top.add-cow ref.raw "write -z 4M 100k" "write -z 4100000 5000"
 check "byte-equal to the same writes on raw (qemu-img compare)" \
     t "$QIMG" compare -f add-cow -F raw top.add-cow ref.raw
 check "the image file holds the written bytes (raw view)" \
@@ -174,7 +174,12 @@ resize_ok() {
     t "$QIO" -f add-cow -c "read -P 0x11 0 3M" small.add-cow &&
     t "$QIMG" resize -f add-cow small.add-cow 5M &&
     t "$QIO" -f add-cow -c "read -P 0x11 0 3M" -c "read -P 0 3M 2M" small.add-cow &&
-    t "$QIMG" check small.add-cow
+    t "$QIMG" check small.add-cow &&
+    # an old end inside a cluster: the bytes below it keep the backing data
+    t "$QIMG" create -q -f add-cow -o backing_file=base.raw,backing_fmt=raw,image_file=odd.img \
+        odd.add-cow 4195840 &&
+    t "$QIMG" resize -f add-cow odd.add-cow 6M &&
+    t "$QIO" -f add-cow -c "read -P 0x11 4M 1536" -c "read -P 0 4195840 2095616" odd.add-cow
 }
 check "qemu-img resize (grow shows zeros, shrink, grow again)" resize_ok
 
@@ -225,7 +230,7 @@ check "qemu-img commit from qcow2 into an add-cow base" commit_into_addcow_ok
 # ---- NBD: patched qemu-nbd serves, the system's QEMU 10 qemu-io talks ----
 nbd_ok() {
     local sock=$T/nbd.sock
-    cp ref.raw nbd-ref.raw
+    cp base.raw nbd-ref.raw
     t "$QIMG" create -q -f add-cow -o backing_file=base.raw,backing_fmt=raw,image_file=nbd.img \
         nbd.add-cow 8M || return 1
     "$QNBD" -f add-cow -k "$sock" -t -e 4 --pid-file="$T/nbd.pid" nbd.add-cow &
@@ -257,14 +262,29 @@ bad_ok() {
 check "bad input: missing image_file, unknown version" bad_ok
 
 # ---- qemu-iotests ----
+# The harness insists on a qemu-system binary and qemu-storage-daemon, which
+# a tools-only build lacks. None of the tests run here starts them; this
+# stand-in answers the harness's "-machine help" probe and fails loudly if a
+# test ever does start it.
 iotests() {
-    local dir=$OBJ/tests/qemu-iotests
-    (cd "$dir" && timeout 1800 ./check -add-cow $IOTESTS) >iotests.log 2>&1
+    local dir=$OBJ/tests/qemu-iotests stub=$T/qemu-system-stub
+    cat >"$stub" <<'EOF'
+#!/bin/sh
+if [ "$1" = "-machine" ] && [ "$2" = "help" ]; then
+    echo "Supported machines are:"
+    exit 0
+fi
+echo "qemu-system-stub: not built (tools-only QEMU build)" >&2
+exit 1
+EOF
+    chmod +x "$stub"
+    (cd "$dir" && QEMU_PROG=$stub QSD_PROG=$stub timeout 1800 ./check -add-cow $IOTESTS) \
+        >iotests.log 2>&1
 }
 iotests
 cat iotests.log
 for n in $IOTESTS; do
-    if grep -Eq "^$n +pass" iotests.log; then
+    if grep -Eq "(^|[[:space:]])$n +pass( |$)" iotests.log; then
         PASS=$((PASS + 1)); echo "ok   iotest $n"
     else
         FAIL=$((FAIL + 1)); echo "FAIL iotest $n"

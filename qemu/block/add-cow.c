@@ -35,6 +35,7 @@
 #include "qemu/module.h"
 #include "qemu/option.h"
 #include "qemu/memalign.h"
+#include "qapi/qmp/qdict.h"
 
 #include <cowblk.h>
 
@@ -85,17 +86,59 @@ static int add_cow_probe(const uint8_t *buf, int buf_size,
     return score < 0 ? 0 : score;
 }
 
+/* Whether a blkdebug node was given rules that act on I/O (errors, states). */
+static bool blkdebug_has_rules(BlockDriverState *f)
+{
+    const QDictEntry *e;
+
+    for (e = qdict_first(f->options); e; e = qdict_next(f->options, e)) {
+        const char *k = qdict_entry_key(e);
+        if (strstart(k, "inject-error", NULL) || strstart(k, "set-state", NULL)
+            || strstart(k, "config", NULL)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * The local file under the "file" child, for the library to open by path.
+ * Filters between are passed over: the library does its own I/O, so they
+ * never see it.  That is harmless for filters that only shape requests
+ * (blkdebug's align, throttle), but error injection would silently not
+ * happen, so a blkdebug with rules is refused.
+ */
+static BlockDriverState *add_cow_local_file(BlockDriverState *bs,
+                                            Error **errp)
+{
+    BlockDriverState *f = bs->file->bs;
+
+    while (f && f->drv && f->drv->is_filter) {
+        if (!strcmp(f->drv->format_name, "blkdebug") && blkdebug_has_rules(f)) {
+            error_setg(errp, "%s: blkdebug error injection cannot reach the "
+                       "files libcowblk opens itself", bs->drv->format_name);
+            return NULL;
+        }
+        f = bdrv_filter_bs(f);
+    }
+    if (!f || !f->drv || (strcmp(f->drv->format_name, "file") &&
+                          strcmp(f->drv->format_name, "host_device"))) {
+        error_setg(errp, "%s images must be local files (protocol 'file'), "
+                   "not '%s'", bs->drv->format_name,
+                   f && f->drv ? f->drv->format_name : "?");
+        return NULL;
+    }
+    return f;
+}
+
 static int add_cow_open_lib(BlockDriverState *bs, int flags,
                             struct cowblk_image **out, Error **errp)
 {
-    BlockDriverState *file = bs->file->bs;
+    BlockDriverState *file = add_cow_local_file(bs, errp);
     uint32_t oflags = COWBLK_OPEN_CALLER_BACKING;
     int ret;
 
-    if (!file->drv || strcmp(file->drv->format_name, "file")) {
-        error_setg(errp, "%s images must be local files (protocol 'file'), "
-                   "not '%s'", bs->drv->format_name,
-                   file->drv ? file->drv->format_name : "?");
+    if (!file) {
         return -ENOTSUP;
     }
     if (!(flags & BDRV_O_RDWR)) {
@@ -643,6 +686,20 @@ static int add_cow_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
     return 0;
 }
 
+/* Both files: the add-cow file and the raw image file. */
+static int64_t add_cow_get_allocated_file_size(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+    struct cowblk_info info = { .struct_size = sizeof(info) };
+    int ret = cowblk_get_info(s->img, &info);
+
+    if (ret < 0) {
+        return ret;
+    }
+    cowblk_info_free(&info);
+    return info.disk_size;
+}
+
 static ImageInfoSpecific *add_cow_get_specific_info(BlockDriverState *bs,
                                                     Error **errp)
 {
@@ -933,6 +990,7 @@ static QemuOptsList cowblk_qcow2_create_opts = {
     .bdrv_getlength             = add_cow_getlength,                \
     .bdrv_co_block_status       = add_cow_co_block_status,          \
     .bdrv_get_info              = add_cow_get_info,                 \
+    .bdrv_get_allocated_file_size = add_cow_get_allocated_file_size, \
     .bdrv_get_specific_info     = add_cow_get_specific_info,        \
     .bdrv_change_backing_file   = add_cow_change_backing_file,      \
     .bdrv_co_check              = add_cow_co_check
