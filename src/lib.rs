@@ -7,6 +7,7 @@
 
 pub mod engine;
 pub mod error;
+pub mod ffi;
 pub mod format;
 pub mod image;
 pub mod io;
