@@ -9,7 +9,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$ROOT/build
 SRC=$BUILD/qemu                    # unpacked QEMU 7.2 source tree
 OBJ=$SRC/build-cowblk              # QEMU build directory
-PREFIX=${COWBLK_PREFIX:-$BUILD/prefix}
+PREFIX=${COWBLK_PREFIX:-$BUILD/qemu-prefix}  # not build/prefix: make ctest wipes that one
 JOBS=${JOBS:-2}
 QEMU_VERSION=${QEMU_VERSION:-1:7.2+dfsg-7+deb12u18}
 
