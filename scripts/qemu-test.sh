@@ -69,7 +69,8 @@ setup() {
     "$SYS_QIMG" create -q -f raw base.raw 8M &&
     "$SYS_QIO" -f raw -c "write -P 0x11 0 8M" -c "write -P 0x12 3M 1M" base.raw >/dev/null &&
     t "$QIMG" create -f add-cow \
-        -o backing_file=base.raw,backing_fmt=raw,image_file=top.img top.add-cow 8M &&
+        -o backing_file=base.raw,backing_fmt=raw,image_file=top.img,cluster_size=64k \
+        top.add-cow 8M &&
     cp base.raw ref.raw && [ -f top.img ]
 }
 check "create add-cow over a raw base" setup

@@ -936,7 +936,7 @@ static QemuOptsList add_cow_create_opts = {
             .name = BLOCK_OPT_CLUSTER_SIZE,
             .type = QEMU_OPT_SIZE,
             .help = "Bytes covered by one bitmap bit (512 to 2M, power "
-                    "of two; default 64k)"
+                    "of two; default: the library's)"
         },
         { /* end of list */ }
     }
