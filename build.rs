@@ -17,6 +17,8 @@ fn main() {
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-changed=build.rs");
 
+    let num = |s: &str| s.parse::<u64>().expect("numeric version");
+    let number = num(&major) * 10000 + num(&minor) * 100 + num(&patch);
     let mut config =
         cbindgen::Config::from_file(dir.join("cbindgen.toml")).expect("reading cbindgen.toml");
     config.after_includes = Some(format!(
@@ -24,7 +26,7 @@ fn main() {
          #define COWBLK_VERSION_MINOR {minor}\n\
          #define COWBLK_VERSION_PATCH {patch}\n\
          /* MAJOR * 10000 + MINOR * 100 + PATCH, for #if comparisons. */\n\
-         #define COWBLK_VERSION_NUMBER ({major} * 10000 + {minor} * 100 + {patch})"
+         #define COWBLK_VERSION_NUMBER {number}"
     ));
     cbindgen::Builder::new()
         .with_config(config)

@@ -42,7 +42,7 @@ static void own(uint64_t off, uint64_t len)
 
 static void check_range(cowblk_image *img, uint64_t off, size_t len)
 {
-    static uint8_t buf[SIZE];
+    static uint8_t buf[sizeof model];
     struct iovec v[8];
     int n = split(buf, len, v);
     OK(cowblk_preadv(img, off, v, n));

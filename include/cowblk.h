@@ -28,7 +28,7 @@
 #define COWBLK_VERSION_MINOR 1
 #define COWBLK_VERSION_PATCH 0
 /* MAJOR * 10000 + MINOR * 100 + PATCH, for #if comparisons. */
-#define COWBLK_VERSION_NUMBER (0 * 10000 + 1 * 100 + 0)
+#define COWBLK_VERSION_NUMBER 100
 
 /**
  * Version of the C ABI described by this header. `cowblk_abi_version()`
@@ -55,7 +55,9 @@
  * write-zeroes that needs copy-on-write, fails with -ENOTSUP. The caller
  * reads unallocated ranges itself (`cowblk_block_status` says which) and
  * writes with `cowblk_cow_range` + `cowblk_pwritev_cow`. Growing the image
- * makes the new clusters read zeros, never backing data.
+ * makes the new clusters read zeros, never backing data; growing from a
+ * size inside an unallocated cluster needs its backing bytes and fails
+ * with -ENOTSUP.
  */
 #define COWBLK_OPEN_CALLER_BACKING (1 << 2)
 
@@ -383,9 +385,9 @@ int cowblk_probe(const char *path, const char **format);
  *
  * `format` NULL probes the file (see `cowblk_probe`). `flags` is a mask of
  * COWBLK_OPEN_*. `cache_size` is the metadata cache budget in bytes per
- * image (0 = the default, 1 MiB, which covers 512 GiB of add-cow guest at
- * 64 KiB clusters). Backing files open read-only with the format recorded
- * in the image.
+ * image (0 = the driver's default; for add-cow one bitmap byte covers 8
+ * clusters, and the cache bounds memory however large the image is).
+ * Backing files open read-only with the format recorded in the image.
  *
  * # Safety
  * `path` and a non-NULL `format` are NUL-terminated strings; `out` is

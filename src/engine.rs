@@ -127,7 +127,8 @@ impl Image {
             let ext = self.fmt.map(pos, len - done)?;
             let n = ext.len.min(len - done);
             // Whole clusters may be zeroed in metadata alone.
-            if cs > 0 && pos % cs == 0 && n >= cs && !matches!(ext.mapping, Mapping::Zero) {
+            if cs > 0 && pos.is_multiple_of(cs) && n >= cs && !matches!(ext.mapping, Mapping::Zero)
+            {
                 let whole = n / cs * cs;
                 if self.fmt.zero_clusters(pos, whole)? {
                     done += whole;

@@ -33,6 +33,11 @@ fn header_version_macros_match_cargo_toml() {
         let line = format!("#define COWBLK_VERSION_{name} {val}\n");
         assert!(GENERATED.contains(&line), "header lacks `{}`", line.trim());
     }
+    let n = |s: &str| s.parse::<u64>().unwrap();
+    let number = n(env!("CARGO_PKG_VERSION_MAJOR")) * 10000
+        + n(env!("CARGO_PKG_VERSION_MINOR")) * 100
+        + n(env!("CARGO_PKG_VERSION_PATCH"));
+    assert!(GENERATED.contains(&format!("#define COWBLK_VERSION_NUMBER {number}\n")));
     let abi = format!(
         "#define COWBLK_ABI_VERSION {}\n",
         cowblk::ffi::COWBLK_ABI_VERSION

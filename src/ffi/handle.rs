@@ -209,9 +209,9 @@ fn open_options(
 ///
 /// `format` NULL probes the file (see `cowblk_probe`). `flags` is a mask of
 /// COWBLK_OPEN_*. `cache_size` is the metadata cache budget in bytes per
-/// image (0 = the default, 1 MiB, which covers 512 GiB of add-cow guest at
-/// 64 KiB clusters). Backing files open read-only with the format recorded
-/// in the image.
+/// image (0 = the driver's default; for add-cow one bitmap byte covers 8
+/// clusters, and the cache bounds memory however large the image is).
+/// Backing files open read-only with the format recorded in the image.
 ///
 /// # Safety
 /// `path` and a non-NULL `format` are NUL-terminated strings; `out` is

@@ -67,7 +67,9 @@ pub const COWBLK_OPEN_NO_BACKING: u32 = 1 << 1;
 /// write-zeroes that needs copy-on-write, fails with -ENOTSUP. The caller
 /// reads unallocated ranges itself (`cowblk_block_status` says which) and
 /// writes with `cowblk_cow_range` + `cowblk_pwritev_cow`. Growing the image
-/// makes the new clusters read zeros, never backing data.
+/// makes the new clusters read zeros, never backing data; growing from a
+/// size inside an unallocated cluster needs its backing bytes and fails
+/// with -ENOTSUP.
 pub const COWBLK_OPEN_CALLER_BACKING: u32 = 1 << 2;
 
 /// Block status: reads of the run return stored data.

@@ -16,6 +16,7 @@ pub use iov::IoVec;
 
 /// A byte-addressed file. All methods take `&self`: implementations must be
 /// safe to call from many threads at once.
+#[allow(clippy::len_without_is_empty)] // a file's emptiness is never asked
 pub trait BlockFile: Send + Sync {
     /// Reads `iov.len()` bytes at `off`; bytes past the end of the file read
     /// as zeros.

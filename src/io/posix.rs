@@ -32,6 +32,11 @@ const IOV_MAX: usize = 1024;
 
 impl BlockFile for PosixFile {
     fn preadv(&self, iov: &IoVec, off: u64) -> Result<()> {
+        if let [seg] = iov.segments() {
+            // SAFETY: the segment is writable memory borrowed by `iov`.
+            let b = unsafe { std::slice::from_raw_parts_mut(seg.iov_base as *mut u8, seg.iov_len) };
+            return self.read_at(b, off);
+        }
         let fd = self.file.as_raw_fd();
         let mut done = 0usize;
         let total = iov.len();
@@ -66,6 +71,11 @@ impl BlockFile for PosixFile {
     }
 
     fn pwritev(&self, iov: &IoVec, off: u64) -> Result<()> {
+        if let [seg] = iov.segments() {
+            // SAFETY: the segment is readable memory borrowed by `iov`.
+            let b = unsafe { std::slice::from_raw_parts(seg.iov_base as *const u8, seg.iov_len) };
+            return self.write_at(b, off);
+        }
         let fd = self.file.as_raw_fd();
         let mut done = 0usize;
         let total = iov.len();

@@ -17,10 +17,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Default cluster size: see docs/specs/add-cow.txt ("Choosing a cluster size").
-pub const DEFAULT_CLUSTER_SIZE: u64 = 64 * 1024;
-/// Default bitmap cache: 1 MiB covers 512 GiB of guest at 64 KiB clusters.
-pub const DEFAULT_CACHE_SIZE: u64 = 1 << 20;
+/// Default cluster size: the largest that keeps 4 KiB first writes free of
+/// copy-on-write (docs/specs/add-cow.txt, "Choosing a cluster size").
+pub const DEFAULT_CLUSTER_SIZE: u64 = 4096;
+/// Default bitmap cache: 4 MiB covers 128 GiB of guest at 4 KiB clusters.
+pub const DEFAULT_CACHE_SIZE: u64 = 4 << 20;
 
 pub const IMAGE_FILE: &str = "image_file";
 pub const CLUSTER_SIZE: &str = "cluster_size";
@@ -58,7 +59,7 @@ static CREATE_OPTS: [OptDesc; 5] = [
     OptDesc {
         name: CLUSTER_SIZE,
         kind: OptKind::Size,
-        help: "Bytes covered by one bitmap bit (512 to 2M, power of two; default 64k)",
+        help: "Bytes covered by one bitmap bit (512 to 2M, power of two; default 4k)",
     },
 ];
 
@@ -172,6 +173,26 @@ fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
     meta.read_at(&mut buf, 0)?;
     let hdr = Header::parse(&buf)?;
     let image_path = resolve_relative(ctx.path, &hdr.image_file);
+    // A hostile header must not turn writes onto the backing file or onto
+    // the add-cow file itself.
+    let image_canon = ctx.storage.canonical(&image_path);
+    if image_canon == ctx.storage.canonical(ctx.path) {
+        return Err(Error::Corrupt(format!(
+            "image file '{}' is the add-cow file itself",
+            hdr.image_file
+        )));
+    }
+    if !hdr.backing_file.is_empty()
+        && image_canon
+            == ctx
+                .storage
+                .canonical(&resolve_relative(ctx.path, &hdr.backing_file))
+    {
+        return Err(Error::Corrupt(format!(
+            "image file '{}' is the backing file",
+            hdr.image_file
+        )));
+    }
     let access = if ctx.read_only {
         Access::ReadOnly
     } else {
@@ -208,6 +229,12 @@ fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
         ctx.cache_size
     };
     let clusters = size.div_ceil(1 << hdr.cluster_bits);
+    if !ctx.read_only && hdr.autoclear & !header::AUTOCLEAR_KNOWN != 0 {
+        // Data kept for autoclear features we do not know goes stale with
+        // our first write: drop their bits now (serialize masks them).
+        meta.write_at(&hdr.serialize()?, 0)?;
+        meta.flush()?;
+    }
     Ok(Box::new(AddCow {
         bitmap: Bitmap::new(meta.clone(), image.clone(), HEADER_SIZE, clusters, cache),
         meta,
@@ -261,7 +288,7 @@ impl AddCow {
         // 2. A cluster straddling the old end must not show backing data
         //    past it: copy its old head into the image file and own it.
         let mut first_new = old.div_ceil(cs);
-        if old % cs != 0 {
+        if !old.is_multiple_of(cs) {
             let b = old / cs;
             if !self.bitmap.run(b, 1)?.0 {
                 let mut head = vec![0u8; (old - b * cs) as usize];
@@ -433,7 +460,7 @@ impl Format for AddCow {
         let cs = self.cs();
         let size = self.size();
         let mut bytes = set * cs;
-        if size % cs != 0 && self.bitmap.run(size / cs, 1)?.0 {
+        if !size.is_multiple_of(cs) && self.bitmap.run(size / cs, 1)?.0 {
             bytes -= cs - size % cs;
         }
         Ok(bytes)
