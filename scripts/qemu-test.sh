@@ -261,6 +261,15 @@ bad_ok() {
     cat err2.txt && grep -qi version err2.txt
 }
 check "bad input: missing image_file, unknown version" bad_ok
+short_ok() {
+    t "$QIMG" create -q -f add-cow -o backing_file=base.raw,backing_fmt=raw,image_file=short.img \
+        short.add-cow 8M && truncate -s 1M short.img || return 1
+    t "$QIMG" check short.add-cow >chk.txt 2>&1
+    local rc=$?
+    cat chk.txt
+    [ $rc = 2 ] && grep -q "shorter than the virtual size" chk.txt
+}
+check "qemu-img check reports a truncated image file" short_ok
 
 # ---- qemu-iotests ----
 # The harness insists on a qemu-system binary and qemu-storage-daemon, which

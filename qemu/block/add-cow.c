@@ -194,6 +194,8 @@ static int add_cow_open(BlockDriverState *bs, QDict *options, int flags,
     bs->total_sectors = DIV_ROUND_UP(len, BDRV_SECTOR_SIZE);
     /* the library makes grown space read zeros in caller-backing mode */
     bs->supported_truncate_flags = BDRV_REQ_ZERO_WRITE;
+    /* zeroing never falls back to writing zeros inside the library */
+    bs->supported_zero_flags = BDRV_REQ_NO_FALLBACK;
     return 0;
 }
 
@@ -540,7 +542,7 @@ typedef struct AddCowSimpleTask {
     char err[ADD_COW_ERR_LEN];
 } AddCowSimpleTask;
 
-enum { OP_FLUSH, OP_TRUNCATE, OP_STATUS };
+enum { OP_FLUSH, OP_TRUNCATE, OP_STATUS, OP_ZEROES };
 
 static int add_cow_simple_worker(void *opaque)
 {
@@ -558,9 +560,41 @@ static int add_cow_simple_worker(void *opaque)
         ret = t->status = cowblk_block_status(t->img, t->a, t->b, &t->pnum,
                                               &t->map);
         break;
+    case OP_ZEROES: {
+        /*
+         * Zeroing part of an unallocated cluster needs its old contents,
+         * which only QEMU can read: leave that to the block layer's
+         * fallback (a write of zeros through add_cow_co_pwritev).
+         */
+        uint64_t cow_off, cow_len;
+        ret = cowblk_cow_range(t->img, t->a, t->b, &cow_off, &cow_len);
+        if (ret >= 0 && cow_len) {
+            return -ENOTSUP;
+        }
+        if (ret >= 0) {
+            ret = cowblk_write_zeroes(t->img, t->a, t->b);
+        }
+        break;
+    }
     }
     if (ret < 0) {
         save_err(t->err, ret);
+    }
+    return ret;
+}
+
+static int coroutine_fn add_cow_co_pwrite_zeroes(BlockDriverState *bs,
+                                                 int64_t offset, int64_t bytes,
+                                                 BdrvRequestFlags flags)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowSimpleTask t = {
+        .img = s->img, .op = OP_ZEROES, .a = offset, .b = bytes,
+    };
+    int ret = add_cow_submit(bs, add_cow_simple_worker, &t);
+
+    if (ret < 0 && ret != -ENOTSUP) {
+        error_report("%s: write zeroes failed: %s", bs->filename, t.err);
     }
     return ret;
 }
@@ -985,6 +1019,7 @@ static QemuOptsList cowblk_qcow2_create_opts = {
     .bdrv_co_create_opts        = add_cow_co_create_opts,           \
     .bdrv_co_preadv             = add_cow_co_preadv,                \
     .bdrv_co_pwritev            = add_cow_co_pwritev,               \
+    .bdrv_co_pwrite_zeroes      = add_cow_co_pwrite_zeroes,         \
     .bdrv_co_flush_to_disk      = add_cow_co_flush,                 \
     .bdrv_co_truncate           = add_cow_co_truncate,              \
     .bdrv_getlength             = add_cow_getlength,                \
