@@ -7,18 +7,21 @@
  * Who does what:
  *  - libcowblk reads and writes the add-cow file and its raw image file.  It
  *    opens files by path, so this driver takes the file name of its "file"
- *    child (which must be a local file, protocol "file") and hands it to the
- *    library.  The file child stays open so that QEMU's image locking and
- *    permission system still cover the add-cow file.
+ *    child (a local file, possibly under filters; see add_cow_local_file)
+ *    and hands it to the library.  The file child stays open so that QEMU's
+ *    image locking and permission system still cover the add-cow file.
  *  - QEMU owns the backing chain (supports_backing, bs->backing): the library
  *    is opened in its "caller manages the backing file" mode.  Reads fill
  *    unallocated ranges from bs->backing; writes that partly cover an
  *    unallocated cluster first read the cluster's old contents from
  *    bs->backing and pass them to the library (cowblk_pwritev_cow).
- *  - Every library call that may block runs on the AioContext's thread pool
- *    (thread_pool_submit_co), so the event loop never waits for the disk.
- *    Worker functions call only cowblk_*; every bdrv_* call stays in
- *    coroutine context.
+ *  - Every library call on the request path (read, write, block status,
+ *    zeroes, flush, truncate, check, create) runs on the AioContext's thread
+ *    pool (thread_pool_submit_co), so the event loop never waits for the
+ *    disk.  Worker functions call only cowblk_* (and QEMU's iovec helpers);
+ *    every bdrv_* call stays in coroutine context.  Open, close, reopen,
+ *    getlength, allocated size and change_backing_file run in the main loop
+ *    synchronously, as QEMU's own drivers do there.
  *
  * The library's qcow2 driver, when the library has one, is registered as
  * format "cowblk-qcow2" (never chosen by probing) so that qemu-img bench can
@@ -49,7 +52,7 @@ typedef struct BDRVAddCowState {
     const char *lib_format;     /* library format name */
     uint64_t cluster_size;
     bool writable;
-    char *image_file;           /* as recorded in the image (for info) */
+    char *image_file;           /* the raw image file, resolved (for info) */
 } BDRVAddCowState;
 
 /* The library format behind a QEMU format name. */
@@ -321,10 +324,10 @@ static int add_cow_read_worker(void *opaque)
             break;
         }
         if (n == 0 || n > t->bytes - t->done) {
-            ret = -EIO;
-            snprintf(t->err, sizeof(t->err),
-                     "library block status returned a bad length");
-            return ret;
+            qemu_iovec_destroy(&part);
+            snprintf(t->err, sizeof(t->err), "library block status returned "
+                     "%" PRIu64 " bytes at offset %" PRIu64, n, pos);
+            return -EIO;
         }
         if (st & COWBLK_BLOCK_ALLOCATED) {
             qemu_iovec_reset(&part);
@@ -1051,6 +1054,12 @@ static const char *lib_format_of(BlockDriverState *bs)
 
 static void bdrv_add_cow_init(void)
 {
+    if (cowblk_abi_version() != COWBLK_ABI_VERSION) {
+        error_report("add-cow: libcowblk has C ABI version %u, this QEMU was "
+                     "built for %u; add-cow is not available",
+                     cowblk_abi_version(), COWBLK_ABI_VERSION);
+        return;
+    }
     bdrv_register(&bdrv_add_cow);
     /* Registered only when this build of the library has a qcow2 driver. */
     if (cowblk_driver_find("qcow2")) {
