@@ -11,7 +11,9 @@ SRC=$BUILD/qemu                    # unpacked QEMU 7.2 source tree
 OBJ=$SRC/build-cowblk              # QEMU build directory
 PREFIX=${COWBLK_PREFIX:-$BUILD/qemu-prefix}  # not build/prefix: make ctest wipes that one
 JOBS=${JOBS:-2}
-QEMU_VERSION=${QEMU_VERSION:-1:7.2+dfsg-7+deb12u18}
+# QEMU_VERSION=1:7.2+dfsg-7+deb12u18 pins a Debian revision; by default the
+# newest 7.2 revision the mirror offers (older ones disappear from it).
+QEMU_VERSION=${QEMU_VERSION:-}
 
 log() { printf '== qemu-build: %s\n' "$*"; }
 SUDO=
@@ -22,8 +24,13 @@ mkdir -p "$BUILD"
 # 1. Debian source packages: a deb-src twin of every deb entry.
 if ! grep -rqs '^Types:.*deb-src\|^deb-src ' /etc/apt/sources.list /etc/apt/sources.list.d/; then
     log "enabling deb-src"
-    sed 's/^Types: *deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources |
-        $SUDO tee /etc/apt/sources.list.d/cowblk-deb-src.sources >/dev/null
+    if [ -f /etc/apt/sources.list.d/debian.sources ]; then
+        sed 's/^Types: *deb$/Types: deb-src/' /etc/apt/sources.list.d/debian.sources |
+            $SUDO tee /etc/apt/sources.list.d/cowblk-deb-src.sources >/dev/null
+    else
+        sed -n 's/^deb /deb-src /p' /etc/apt/sources.list |
+            $SUDO tee /etc/apt/sources.list.d/cowblk-deb-src.list >/dev/null
+    fi
     rm -f "$BUILD/.apt-updated"
 fi
 if [ ! -e "$BUILD/.apt-updated" ]; then
@@ -44,6 +51,11 @@ fi
 
 # 3. QEMU 7.2 source (Debian's DFSG tarball with Debian's patches applied).
 if [ ! -e "$SRC/.unpacked" ]; then
+    if [ -z "$QEMU_VERSION" ]; then
+        QEMU_VERSION=$(apt-cache showsrc qemu | sed -n 's/^Version: \(1:7\.2[^ ]*\)$/\1/p' |
+            sort -V | tail -n 1)
+        [ -n "$QEMU_VERSION" ] || { echo "no QEMU 7.2 source package found" >&2; exit 1; }
+    fi
     log "fetching qemu $QEMU_VERSION source"
     rm -rf "$SRC" "$BUILD/qemu-dl"
     mkdir -p "$BUILD/qemu-dl"
