@@ -87,6 +87,31 @@ check "writes in parallel (aio) into shared clusters" both top.add-cow ref.raw \
     "aio_write -P 0x31 2M 3000" "aio_write -P 0x32 2101000 5000" \
     "aio_write -P 0x33 2200000 70000" "aio_write -P 0x34 2150000 40000" \
     "aio_write -P 0x35 5M 1M" "aio_write -P 0x36 6M 100" "aio_flush"
+# Many aio writes in flight at once, none overlapping but many sharing an
+# unallocated cluster (4k clusters), so that concurrent copy-on-writes of one
+# cluster race in the glue and the library; then the same writes on raw.
+race_ok() {
+    t "$QIMG" create -q -f add-cow \
+        -o backing_file=base.raw,backing_fmt=raw,image_file=race.img,cluster_size=4k \
+        race.add-cow 8M && cp base.raw race-ref.raw || return 1
+    python3 - >race.cmds <<'EOF'
+import random
+rnd = random.Random(20121106)
+cuts = sorted(set(rnd.sample(range(1, 1 << 20), 400)))
+segs = list(zip([0] + cuts, cuts + [1 << 20]))
+rnd.shuffle(segs)
+base = 2 << 20          # inside the 0x11 part of base.raw, away from 3M-4M
+for i, (a, b) in enumerate(segs[:300]):
+    print(f"aio_write -P {1 + i % 250} {base + a} {b - a}")
+print("aio_flush")
+EOF
+    local args=()
+    while read -r c; do args+=(-c "$c"); done <race.cmds
+    t "$QIO" -f add-cow "${args[@]}" race.add-cow >/dev/null &&
+    t "$SYS_QIO" -f raw "${args[@]}" race-ref.raw >/dev/null &&
+    t "$QIMG" compare -f add-cow -F raw race.add-cow race-ref.raw
+}
+check "300 parallel aio writes racing for shared unallocated clusters" race_ok
 check "aio reads in parallel" t "$QIO" -f add-cow -c "aio_read -P 0x21 64k 64k" \
     -c "aio_read -P 0x22 1M 192k" -c "aio_read -P 0x35 5M 1M" -c "aio_read -P 0x11 7M 1M" \
     -c "aio_flush" top.add-cow
