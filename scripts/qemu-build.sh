@@ -66,9 +66,15 @@ if [ ! -e "$SRC/.unpacked" ]; then
     touch "$SRC/.unpacked"
 fi
 
-# 4. The library, installed where pkg-config finds it.
-log "installing libcowblk into $PREFIX"
-make -C "$ROOT" install PREFIX="$PREFIX" >/dev/null
+# 4. The library, installed where pkg-config finds it. COWBLK_SKIP_INSTALL=1
+#    with COWBLK_PREFIX=/some/prefix uses a library installed there already.
+if [ "${COWBLK_SKIP_INSTALL:-0}" = 1 ]; then
+    [ -f "$PREFIX/lib/pkgconfig/cowblk.pc" ] ||
+        { echo "no $PREFIX/lib/pkgconfig/cowblk.pc (COWBLK_PREFIX?)" >&2; exit 1; }
+else
+    log "installing libcowblk into $PREFIX"
+    make -C "$ROOT" install PREFIX="$PREFIX" >/dev/null
+fi
 
 # 5. The glue: the driver source (copied every run so that edits take effect)
 #    and our patches to QEMU (QAPI info type, meson wiring, iotests harness),
