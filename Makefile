@@ -131,6 +131,15 @@ install: build
 bench:
 	$(CARGO) bench --bench addcow
 
+# --- QEMU: a patched QEMU 7.2 running add-cow through the library (owner: qemu) ---
+# See docs/QEMU.md. Needs root (apt) and network for the first run.
+.PHONY: qemu qemu-test
+qemu:
+	scripts/qemu-build.sh
+
+qemu-test: qemu
+	scripts/qemu-test.sh
+
 clean:
 	$(CARGO) clean
 	rm -rf c-tests/bin build
