@@ -303,24 +303,28 @@ impl Image {
                 data: true,
                 zero: false,
                 offset: Some(host),
+                compressed: false,
             },
             Mapping::Compressed { .. } => BlockStatus {
                 allocated: true,
                 data: true,
                 zero: false,
                 offset: None,
+                compressed: true,
             },
             Mapping::Zero => BlockStatus {
                 allocated: true,
                 data: false,
                 zero: true,
-                offset: None,
+                offset: ext.reserved,
+                compressed: false,
             },
             Mapping::Unallocated => BlockStatus {
                 allocated: false,
                 data: false,
                 zero: self.backing().is_none(),
-                offset: None,
+                offset: ext.reserved,
+                compressed: false,
             },
         };
         Ok((st, ext.len.min(len)))
@@ -343,32 +347,30 @@ impl Image {
         Ok((state.unwrap_or(false), total))
     }
 
-    /// Where `[off, off + len)` comes from across the backing chain: the
-    /// depth of the first layer that has it (0 = this image), or `None` if
-    /// no layer does, plus that layer's status and the run length.
-    pub fn chain_status(&self, off: u64, len: u64) -> Result<(Option<usize>, BlockStatus, u64)> {
-        let (st, n) = self.block_status(off, len)?;
-        if st.allocated {
-            return Ok((Some(0), st, n));
+    /// What `qemu-img map` reports for the run at `off` (at most `len`
+    /// bytes): walking down from this image, the first layer whose status
+    /// says data or zeros, or the last layer; its depth (0 = this image),
+    /// its status (`allocated` is map's "present") and the run length.
+    /// Unallocated ranges past the end of a shorter backing file read as
+    /// zeros at the layer above it, as in QEMU.
+    pub fn chain_status(&self, off: u64, len: u64) -> Result<(usize, BlockStatus, u64)> {
+        let (mut st, n) = self.block_status(off, len)?;
+        if st.data || st.zero {
+            return Ok((0, st, n));
         }
         let b = self.backing();
         match b.as_ref().and_then(|b| b.as_image()) {
             Some(img) if off < img.size() => {
                 let m = n.min(img.size() - off);
                 let (d, st2, n2) = img.chain_status(off, m)?;
-                Ok((d.map(|d| d + 1), st2, n2))
+                Ok((d + 1, st2, n2))
             }
-            Some(img) => Ok((
-                None,
-                BlockStatus { zero: true, ..st },
-                // Past the backing file's end: zeros up to where this layer changes.
-                if off >= img.size() {
-                    n
-                } else {
-                    n.min(img.size() - off)
-                },
-            )),
-            None => Ok((None, st, n)),
+            Some(_) => {
+                st.zero = true;
+                Ok((0, st, n))
+            }
+            // A caller-supplied backing layer: nothing to look into.
+            None => Ok((0, st, n)),
         }
     }
 }

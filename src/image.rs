@@ -2,7 +2,7 @@
 //! (`engine.rs`) that reads, writes and copies on write for every format.
 
 use crate::error::{Error, Result};
-use crate::format::{self, BackingSpec, CreateCtx, CreateOptions, Format, OpenCtx};
+use crate::format::{self, BackingSpec, CreateCtx, CreateOptions, Format, OpenCtx, SnapshotInfo};
 use crate::io::posix::PosixStorage;
 use crate::io::{Access, IoVec, Storage};
 use crate::rangelock::RangeLocks;
@@ -41,6 +41,10 @@ pub struct OpenOptions {
     pub cache_size: u64,
     /// A caller-supplied backing layer, used instead of the recorded one.
     pub backing: Option<Arc<dyn Backing>>,
+    /// Open this internal snapshot (matched by id, then by name, as
+    /// `qemu-img convert -l`); needs `read_only`. Applies to the top image
+    /// only.
+    pub snapshot: Option<String>,
 }
 
 /// The state of a run of guest bytes.
@@ -54,6 +58,8 @@ pub struct BlockStatus {
     pub zero: bool,
     /// Host offset in the layer's data file, where there is one.
     pub offset: Option<u64>,
+    /// Stored compressed (qcow2).
+    pub compressed: bool,
 }
 
 /// Facts for `info`.
@@ -117,6 +123,12 @@ impl Image {
             )));
         }
         seen.push(canon);
+        if opts.snapshot.is_some() && !opts.read_only {
+            return Err(Error::InvalidArgument(format!(
+                "'{}': a snapshot can only be opened read-only",
+                path.display()
+            )));
+        }
         let access = if opts.read_only {
             Access::ReadOnly
         } else {
@@ -137,8 +149,19 @@ impl Image {
             file,
             read_only: opts.read_only,
             cache_size: opts.cache_size,
+            snapshot: opts.snapshot.as_deref(),
         })
         .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
+        if let Some(s) = &opts.snapshot {
+            if !fmt.snapshots().iter().any(|x| x.id == *s || x.name == *s) {
+                return Err(Error::NotFound(format!(
+                    "snapshot '{s}' in '{}' ({} images have {} snapshots)",
+                    path.display(),
+                    fmt.format_name(),
+                    fmt.snapshots().len()
+                )));
+            }
+        }
         let backing: Option<Arc<dyn Backing>> =
             match (&opts.backing, opts.no_backing, fmt.backing()) {
                 (Some(b), _, _) => Some(b.clone()),
@@ -149,6 +172,7 @@ impl Image {
                         no_backing: false,
                         cache_size: opts.cache_size,
                         backing: None,
+                        snapshot: None,
                     };
                     let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen)
                         .map_err(|e| e.context(format!("backing file '{}'", spec.name)))?;
@@ -270,6 +294,28 @@ impl Image {
     pub fn set_backing_file(&self, backing: Option<(&str, &str)>) -> Result<()> {
         self.check_writable()?;
         self.fmt.set_backing(backing)
+    }
+
+    /// The internal snapshots stored in this image.
+    pub fn snapshots(&self) -> Vec<SnapshotInfo> {
+        self.fmt.snapshots()
+    }
+
+    /// Warnings about this image and its backing chain (for example a
+    /// corrupt bit on a read-only open), each naming its file.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w: Vec<String> = self
+            .fmt
+            .warnings()
+            .into_iter()
+            .map(|m| format!("'{}': {m}", self.path.display()))
+            .collect();
+        if let Some(b) = self.backing() {
+            if let Some(img) = b.as_image() {
+                w.extend(img.warnings());
+            }
+        }
+        w
     }
 
     pub fn info(&self) -> Result<ImageInfo> {

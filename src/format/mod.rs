@@ -33,6 +33,40 @@ pub enum Mapping {
 pub struct Extent {
     pub mapping: Mapping,
     pub len: u64,
+    /// For `Zero` and `Unallocated` runs: host space already reserved under
+    /// them in the data file (qcow2 preallocated zero clusters, unallocated
+    /// subclusters of an allocated cluster). Block status reports it, as
+    /// QEMU does; a write may reuse it. `None` otherwise.
+    pub reserved: Option<u64>,
+}
+
+impl Extent {
+    /// A run with nothing reserved.
+    pub fn new(mapping: Mapping, len: u64) -> Self {
+        Extent {
+            mapping,
+            len,
+            reserved: None,
+        }
+    }
+}
+
+/// An internal snapshot, as `qemu-img snapshot -l` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub name: String,
+    /// Bytes of saved VM state (0 for disk-only snapshots).
+    pub vm_state_size: u64,
+    /// Wall-clock time the snapshot was taken.
+    pub date_sec: u64,
+    pub date_nsec: u32,
+    /// Guest run time at the snapshot, in nanoseconds.
+    pub vm_clock_nsec: u64,
+    /// Virtual disk size at the snapshot.
+    pub disk_size: u64,
+    /// Record/replay instruction count, when recorded.
+    pub icount: Option<u64>,
 }
 
 /// The backing file an image names.
@@ -121,6 +155,15 @@ pub trait Format: Send + Sync {
     fn disk_size(&self) -> Result<u64> {
         self.data_file().allocated_size()
     }
+    /// Internal snapshots stored in the image (none for most formats).
+    fn snapshots(&self) -> Vec<SnapshotInfo> {
+        Vec::new()
+    }
+    /// Things the user should know about the open image that did not stop
+    /// it from opening (for example a qcow2 corrupt bit on a read-only open).
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
     /// Flushes and releases; called once, before drop, on a clean close.
     fn close(&self) -> Result<()> {
         self.flush()
@@ -135,6 +178,9 @@ pub struct OpenCtx<'a> {
     pub read_only: bool,
     /// Metadata cache budget in bytes (0 = the driver's default).
     pub cache_size: u64,
+    /// Open this internal snapshot (id or name) instead of the active
+    /// state; only with `read_only`. Formats without snapshots refuse it.
+    pub snapshot: Option<&'a str>,
 }
 
 /// What a creator is given.

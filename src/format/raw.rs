@@ -59,13 +59,13 @@ impl Format for Raw {
         None
     }
     fn map(&self, off: u64, len: u64) -> Result<Extent> {
-        Ok(Extent {
-            mapping: Mapping::Data {
+        Ok(Extent::new(
+            Mapping::Data {
                 host: off,
                 in_place: true,
             },
             len,
-        })
+        ))
     }
     fn data_file(&self) -> &Arc<dyn BlockFile> {
         &self.file

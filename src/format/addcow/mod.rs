@@ -330,8 +330,8 @@ impl Format for AddCow {
         let want = (off + len).div_ceil(cs) - c;
         let (set, n) = self.bitmap.run(c, want)?;
         let run_end = ((c + n) * cs).min(off + len);
-        Ok(Extent {
-            mapping: if set {
+        Ok(Extent::new(
+            if set {
                 Mapping::Data {
                     host: off,
                     in_place: true,
@@ -339,8 +339,8 @@ impl Format for AddCow {
             } else {
                 Mapping::Unallocated
             },
-            len: run_end - off,
-        })
+            run_end - off,
+        ))
     }
 
     fn data_file(&self) -> &Arc<dyn BlockFile> {
