@@ -3,6 +3,7 @@
 
 pub mod addcow;
 pub mod options;
+pub mod qcow2;
 pub mod raw;
 
 use crate::error::{Error, Result};
@@ -204,7 +205,7 @@ pub struct Driver {
 
 /// Every driver this build has.
 pub fn drivers() -> &'static [&'static Driver] {
-    static ALL: [&Driver; 2] = [&addcow::DRIVER, &raw::DRIVER];
+    static ALL: [&Driver; 3] = [&addcow::DRIVER, &qcow2::DRIVER, &raw::DRIVER];
     &ALL
 }
 
