@@ -107,7 +107,7 @@ pub fn probe(buf: &[u8]) -> i32 {
 /// Checks a table's placement: cluster aligned, below 2^56, no overflow.
 pub fn check_table(what: &str, offset: u64, bytes: u64, cluster_bits: u32) -> Result<()> {
     let cs = 1u64 << cluster_bits;
-    if offset % cs != 0 {
+    if !offset.is_multiple_of(cs) {
         return Err(corrupt(format!(
             "{what} offset {offset:#x} is not aligned to the cluster size ({cs})"
         )));

@@ -228,7 +228,7 @@ impl Qcow2 {
     /// The L2 table at host offset `off`, checked and cached.
     fn l2_table(&self, off: u64, l1_index: u64) -> Result<Table> {
         let cs = self.cs();
-        if off % cs != 0 {
+        if !off.is_multiple_of(cs) {
             return Err(Error::Corrupt(format!(
                 "L2 table offset {off:#x} is not cluster aligned (L1 index {l1_index})"
             )));
@@ -281,7 +281,7 @@ impl Qcow2 {
                 "compressed cluster at guest offset {pos:#x} in an image with an external data file"
             ))),
             k => match k.host_cluster() {
-                Some(h) if h % cs != 0 => Err(Error::Corrupt(format!(
+                Some(h) if !h.is_multiple_of(cs) => Err(Error::Corrupt(format!(
                     "host cluster offset {h:#x} for guest offset {pos:#x} is not cluster aligned"
                 ))),
                 Some(h) if self.geo.data_file && h != pos / cs * cs => {
