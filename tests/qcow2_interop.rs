@@ -661,3 +661,209 @@ fn make_layer(
         }
     }
 }
+
+#[test]
+fn internal_snapshots_list_and_read() {
+    let d = tmpdir("snap");
+    let p = d.join("s.qcow2");
+    create(&p, "cluster_size=4k", "1M");
+    let ps = p.to_str().unwrap();
+    qemu_io(
+        "qcow2",
+        &p,
+        &["write -P 1 0 100k".into(), "write -z 200k 8k".into()],
+    );
+    qemu_img(&["snapshot", "-c", "first", ps]);
+    qemu_img(&["resize", "-q", ps, "2M"]);
+    qemu_io(
+        "qcow2",
+        &p,
+        &[
+            "write -P 2 50k 1500k".into(),
+            "write -c -P 3 1600k 4k".into(),
+        ],
+    );
+    qemu_img(&["snapshot", "-c", "second", ps]);
+    qemu_io(
+        "qcow2",
+        &p,
+        &["write -P 4 0 10k".into(), "discard 1500k 100k".into()],
+    );
+
+    let img = Image::open(&p, &ro()).unwrap();
+    let ours = img.snapshots();
+    let info: Value = serde_json::from_str(&qemu_img(&["info", "--output=json", ps])).unwrap();
+    let theirs = info["snapshots"].as_array().unwrap();
+    assert_eq!(ours.len(), 2);
+    assert_eq!(theirs.len(), 2);
+    for (o, t) in ours.iter().zip(theirs) {
+        assert_eq!(o.id, t["id"].as_str().unwrap());
+        assert_eq!(o.name, t["name"].as_str().unwrap());
+        assert_eq!(o.vm_state_size, t["vm-state-size"].as_u64().unwrap());
+        assert_eq!(o.date_sec, t["date-sec"].as_u64().unwrap());
+        assert_eq!(o.date_nsec as u64, t["date-nsec"].as_u64().unwrap());
+        assert_eq!(
+            o.vm_clock_nsec,
+            t["vm-clock-sec"].as_u64().unwrap() * 1_000_000_000
+                + t["vm-clock-nsec"].as_u64().unwrap()
+        );
+        assert_eq!(o.icount, t.get("icount").and_then(|v| v.as_u64()));
+    }
+    assert_eq!(ours[0].disk_size, 1 << 20);
+    assert_eq!(ours[1].disk_size, 2 << 20);
+    drop(img);
+    // Reads at each snapshot (by name and by id) and at the active state.
+    for (sel, name) in [("first", "first"), ("2", "second"), ("1", "first")] {
+        let opts = OpenOptions {
+            snapshot: Some(sel.into()),
+            ..ro()
+        };
+        let ours = our_bytes(&p, &opts);
+        assert_same_bytes(&p, &ours, &qemu_bytes(&p, Some(name)));
+    }
+    check(&p);
+    // Unknown snapshots and writable snapshot opens are refused.
+    let e = Image::open(
+        &p,
+        &OpenOptions {
+            snapshot: Some("nope".into()),
+            ..ro()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("snapshot 'nope'"), "{e}");
+    let e = Image::open(
+        &p,
+        &OpenOptions {
+            snapshot: Some("first".into()),
+            ..Default::default()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("read-only"), "{e}");
+    // Formats without snapshots refuse the option.
+    let r = d.join("r.raw");
+    std::fs::write(&r, [0u8; 512]).unwrap();
+    let e = Image::open(
+        &r,
+        &OpenOptions {
+            snapshot: Some("first".into()),
+            ..ro()
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(e.to_string().contains("snapshot 'first'"), "{e}");
+}
+
+/// Sets bits in the incompatible feature field of a qcow2 file.
+fn set_incompat(p: &Path, bits: u64) {
+    let mut b = std::fs::read(p).unwrap();
+    let v = u64::from_be_bytes(b[72..80].try_into().unwrap()) | bits;
+    b[72..80].copy_from_slice(&v.to_be_bytes());
+    std::fs::write(p, b).unwrap();
+}
+
+#[test]
+fn feature_bits_dirty_corrupt_unknown_and_encryption() {
+    let d = tmpdir("features");
+    // Dirty: lazy refcounts and an abort before the clean close.
+    let p = d.join("dirty.qcow2");
+    create(&p, "lazy_refcounts=on", "1M");
+    qemu_io(
+        "qcow2",
+        &p,
+        &["write -P 3 0 300k".into(), "write -z 64k 64k".into()],
+    );
+    let _ = Command::new("qemu-io")
+        .args([
+            "-c",
+            "write -P 4 512k 64k",
+            "-c",
+            "abort",
+            p.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let b = std::fs::read(&p).unwrap();
+    assert_eq!(b[79] & 1, 1, "qemu-io abort left the dirty bit set");
+    let e = Image::open(&p, &OpenOptions::default()).err().unwrap();
+    assert!(e.to_string().contains("dirty bit"), "{e}");
+    assert_same_bytes(&p, &our_bytes(&p, &ro()), &qemu_bytes(&p, None));
+    assert!(Image::open(&p, &ro()).unwrap().warnings().is_empty());
+
+    // Corrupt: read-only with a warning.
+    let p = d.join("corrupt.qcow2");
+    create(&p, "", "1M");
+    qemu_io("qcow2", &p, &["write -P 5 0 100k".into()]);
+    set_incompat(&p, 2);
+    let e = Image::open(&p, &OpenOptions::default()).err().unwrap();
+    assert!(e.to_string().contains("corrupt"), "{e}");
+    let img = Image::open(&p, &ro()).unwrap();
+    let w = img.warnings();
+    assert_eq!(w.len(), 1);
+    assert!(
+        w[0].contains("corrupt") && w[0].contains("corrupt.qcow2"),
+        "{w:?}"
+    );
+    assert_same_bytes(&p, &our_bytes(&p, &ro()), &qemu_bytes(&p, None));
+
+    // Unknown incompatible bits are named from the feature name table:
+    // rename QEMU's "extended L2 entries" entry to bit 20 and set bit 20.
+    let p = d.join("unknown.qcow2");
+    create(&p, "", "1M");
+    let mut b = std::fs::read(&p).unwrap();
+    let mut off = 112usize;
+    let mut renamed = false;
+    loop {
+        let typ = u32::from_be_bytes(b[off..off + 4].try_into().unwrap());
+        let len = u32::from_be_bytes(b[off + 4..off + 8].try_into().unwrap()) as usize;
+        if typ == 0 {
+            break;
+        }
+        if typ == 0x6803_f857 {
+            for e in b[off + 8..off + 8 + len].chunks_exact_mut(48) {
+                if e[0] == 0 && e[1] == 4 {
+                    e[1] = 20;
+                    renamed = true;
+                }
+            }
+        }
+        off += 8 + len.div_ceil(8) * 8;
+    }
+    assert!(renamed, "QEMU wrote no feature name table entry for bit 4");
+    std::fs::write(&p, b).unwrap();
+    set_incompat(&p, (1 << 20) | (1 << 33));
+    let e = Image::open(&p, &ro()).err().unwrap().to_string();
+    assert!(e.contains("'extended L2 entries' (bit 20)"), "{e}");
+    assert!(e.contains("unknown incompatible feature bit 33"), "{e}");
+
+    // Encrypted: a clear "unsupported".
+    let p = d.join("enc.qcow2");
+    qemu_img(&[
+        "create",
+        "-q",
+        "--object",
+        "secret,id=sec0,data=hunter2",
+        "-f",
+        "qcow2",
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10",
+        p.to_str().unwrap(),
+        "1M",
+    ]);
+    let e = Image::open(&p, &ro()).err().unwrap();
+    assert!(matches!(e, cowblk::Error::Unsupported(_)), "{e}");
+    assert!(
+        e.to_string().contains("encrypted qcow2 images (LUKS)"),
+        "{e}"
+    );
+
+    // Writable opens are refused with a clear message.
+    let p = d.join("plain.qcow2");
+    create(&p, "", "1M");
+    let e = Image::open(&p, &OpenOptions::default()).err().unwrap();
+    assert!(e.to_string().contains("open the image read-only"), "{e}");
+}

@@ -142,16 +142,11 @@ impl Qcow2 {
                         ))
                     })?;
                 snapshot::check_l1(s, cluster_bits)?;
-                (
-                    s.l1_table_offset,
-                    s.l1_size as u64,
-                    s.disk_size.unwrap_or(h.size),
-                )
+                // As `qemu-img convert -l`: the snapshot's L1 table under
+                // the current virtual size (QEMU's load_tmp keeps the size).
+                (s.l1_table_offset, s.l1_size as u64, h.size)
             }
         };
-        if size > i64::MAX as u64 {
-            return Err(Error::TooLarge(format!("snapshot disk size {size}")));
-        }
         // Only the part of the L1 table inside the file is read: memory
         // stays bounded by the file, and the rest reads as zeros anyway.
         let stored = l1_size.min(file_len.saturating_sub(l1_off) / 8);
