@@ -26,6 +26,8 @@ pub mod features;
 pub mod header;
 pub mod l2;
 pub mod snapshot;
+#[cfg(test)]
+mod tests;
 
 use super::{
     resolve_relative, BackingSpec, CreateCtx, Driver, Extent, Format, FormatInfo, Mapping,
