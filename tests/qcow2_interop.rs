@@ -466,6 +466,40 @@ fn backing_chains_of_qcow2_and_raw_with_short_backing() {
     drop(img);
     check(&mid);
     check(&top);
+    // Without the backing format extension the backing file is probed.
+    let probed = d.join("probed.qcow2");
+    std::fs::copy(&top, &probed).unwrap();
+    hide_extension(&probed, 0xe279_2aca);
+    let img = Image::open(&probed, &ro()).unwrap();
+    assert_eq!(img.backing_spec().unwrap().format, None);
+    assert_eq!(
+        img.backing().unwrap().as_image().unwrap().format_name(),
+        "qcow2"
+    );
+    drop(img);
+    assert_same_bytes(&probed, &our_bytes(&probed, &ro()), &qemu_bytes(&top, None));
+}
+
+/// Turns a header extension into an unknown one (ignored by readers).
+fn hide_extension(p: &Path, typ: u32) {
+    let mut b = std::fs::read(p).unwrap();
+    let v3 = u32::from_be_bytes(b[4..8].try_into().unwrap()) >= 3;
+    let mut off = if v3 {
+        u32::from_be_bytes(b[100..104].try_into().unwrap()) as usize
+    } else {
+        72
+    };
+    loop {
+        let t = u32::from_be_bytes(b[off..off + 4].try_into().unwrap());
+        let len = u32::from_be_bytes(b[off + 4..off + 8].try_into().unwrap()) as usize;
+        assert_ne!(t, 0, "extension {typ:#x} not found");
+        if t == typ {
+            b[off..off + 4].copy_from_slice(&0x0bad_0bad_u32.to_be_bytes());
+            break;
+        }
+        off += 8 + len.div_ceil(8) * 8;
+    }
+    std::fs::write(p, b).unwrap();
 }
 
 /// Each layer kind: how to create it over `backing` (name, format).
