@@ -296,15 +296,23 @@ impl Image {
                 "block status of an empty range".into(),
             ));
         }
-        let ext = self.fmt.map(off, len)?;
+        let mut ext = self.fmt.map(off, len)?;
         let st = match ext.mapping {
-            Mapping::Data { host, .. } => BlockStatus {
-                allocated: true,
-                data: true,
-                zero: false,
-                offset: Some(host),
-                compressed: false,
-            },
+            Mapping::Data { host, .. } => {
+                let mut data = true;
+                if self.fmt.status_from_file() {
+                    let (d, n) = self.fmt.data_file().data_run(host, ext.len.min(len))?;
+                    data = d;
+                    ext.len = n.max(1);
+                }
+                BlockStatus {
+                    allocated: true,
+                    data,
+                    zero: !data,
+                    offset: Some(host),
+                    compressed: false,
+                }
+            }
             Mapping::Compressed { .. } => BlockStatus {
                 allocated: true,
                 data: true,

@@ -156,6 +156,11 @@ pub trait Format: Send + Sync {
     fn disk_size(&self) -> Result<u64> {
         self.data_file().allocated_size()
     }
+    /// Whether block status of `Data` runs comes from the data file's holes
+    /// (a hole reads zeros), as QEMU reports raw images.
+    fn status_from_file(&self) -> bool {
+        false
+    }
     /// Internal snapshots stored in the image (none for most formats).
     fn snapshots(&self) -> Vec<SnapshotInfo> {
         Vec::new()

@@ -37,6 +37,12 @@ pub trait BlockFile: Send + Sync {
     fn discard(&self, _off: u64, _len: u64) -> Result<()> {
         Ok(())
     }
+    /// Whether `[off, off + len)` starts with data (`true`) or a hole that
+    /// reads as zeros (`false`), and how many bytes (1..=len) share that.
+    /// For block status only; files that cannot tell say data.
+    fn data_run(&self, _off: u64, len: u64) -> Result<(bool, u64)> {
+        Ok((true, len))
+    }
     /// Bytes the file occupies on its medium (for `info`'s disk size).
     fn allocated_size(&self) -> Result<u64> {
         self.len()

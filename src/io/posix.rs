@@ -151,6 +151,31 @@ impl BlockFile for PosixFile {
         Ok(())
     }
 
+    fn data_run(&self, off: u64, len: u64) -> Result<(bool, u64)> {
+        let fd = self.file.as_raw_fd();
+        let seek = |whence| {
+            // SAFETY: lseek on our own descriptor; reads and writes use
+            // pread/pwrite and do not depend on the file position.
+            let r = unsafe { libc::lseek(fd, off as libc::off_t, whence) };
+            if r < 0 {
+                Err(std::io::Error::last_os_error())
+            } else {
+                Ok(r as u64)
+            }
+        };
+        match seek(libc::SEEK_DATA) {
+            Ok(d) if d > off => Ok((false, (d - off).min(len))),
+            Ok(_) => match seek(libc::SEEK_HOLE) {
+                Ok(h) if h > off => Ok((true, (h - off).min(len))),
+                _ => Ok((true, len)),
+            },
+            // No data at or after `off`: a hole up to the end of the file.
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => Ok((false, len)),
+            // The file system cannot tell: call it data.
+            Err(_) => Ok((true, len)),
+        }
+    }
+
     fn allocated_size(&self) -> Result<u64> {
         Ok(self
             .file
