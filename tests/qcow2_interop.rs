@@ -921,3 +921,19 @@ fn preallocated_images_read_back() {
         assert_eq!(img.is_allocated(0, 1 << 20).unwrap(), (true, 1 << 20));
     }
 }
+
+#[test]
+fn sparse_raw_backing_maps_holes_as_zeros() {
+    let d = tmpdir("sparse");
+    let base = d.join("base.raw");
+    qemu_img(&["create", "-q", "-f", "raw", base.to_str().unwrap(), "2M"]);
+    qemu_io(
+        "raw",
+        &base,
+        &["write -P 1 64k 64k".into(), "write -P 2 1M 4k".into()],
+    );
+    let top = d.join("top.qcow2");
+    create(&top, "backing_file=base.raw,backing_fmt=raw", "3M");
+    qemu_io("qcow2", &top, &["write -P 3 1000k 100k".into()]);
+    check(&top);
+}
