@@ -7,7 +7,7 @@
 //! the same cluster at once.
 
 use crate::error::{Error, Result};
-use crate::format::Mapping;
+use crate::format::{FileStatus, Mapping};
 use crate::image::{Backing, BlockStatus, Image};
 use crate::io::IoVec;
 
@@ -299,16 +299,18 @@ impl Image {
         let mut ext = self.fmt.map(off, len)?;
         let st = match ext.mapping {
             Mapping::Data { host, .. } => {
-                let mut data = true;
-                if self.fmt.status_from_file() {
+                let (mut data, mut zero) = (true, false);
+                let how = self.fmt.status_from_file();
+                if how != FileStatus::Ignore {
                     let (d, n) = self.fmt.data_file().data_run(host, ext.len.min(len))?;
-                    data = d;
                     ext.len = n.max(1);
+                    zero = !d;
+                    data = d || how == FileStatus::Recurse;
                 }
                 BlockStatus {
                     allocated: true,
                     data,
-                    zero: !data,
+                    zero,
                     offset: Some(host),
                     compressed: false,
                 }

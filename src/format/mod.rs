@@ -70,6 +70,17 @@ pub struct SnapshotInfo {
     pub icount: Option<u64>,
 }
 
+/// How block status of `Data` runs uses holes in the data file, as QEMU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileStatus {
+    /// Data is data (most formats).
+    Ignore,
+    /// The file decides: holes are zeros without data (raw).
+    Raw,
+    /// Holes add "zero" to data (qcow2 with preallocated metadata).
+    Recurse,
+}
+
 /// The backing file an image names.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BackingSpec {
@@ -156,10 +167,9 @@ pub trait Format: Send + Sync {
     fn disk_size(&self) -> Result<u64> {
         self.data_file().allocated_size()
     }
-    /// Whether block status of `Data` runs comes from the data file's holes
-    /// (a hole reads zeros), as QEMU reports raw images.
-    fn status_from_file(&self) -> bool {
-        false
+    /// How block status of `Data` runs uses the data file's holes.
+    fn status_from_file(&self) -> FileStatus {
+        FileStatus::Ignore
     }
     /// Internal snapshots stored in the image (none for most formats).
     fn snapshots(&self) -> Vec<SnapshotInfo> {

@@ -79,8 +79,8 @@ impl Format for Raw {
     fn link(&self, _guest: u64, _len: u64, _host: u64) -> Result<()> {
         Err(Error::Unsupported("raw images do not allocate".into()))
     }
-    fn status_from_file(&self) -> bool {
-        true
+    fn status_from_file(&self) -> super::FileStatus {
+        super::FileStatus::Raw
     }
     fn discard(&self, guest: u64, len: u64) -> Result<()> {
         self.file.discard(guest, len)
