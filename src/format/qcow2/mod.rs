@@ -25,13 +25,14 @@ pub mod compress;
 pub mod features;
 pub mod header;
 pub mod l2;
+pub mod refcount;
 pub mod snapshot;
 #[cfg(test)]
 mod tests;
 
 use super::{
-    resolve_relative, BackingSpec, CreateCtx, Driver, Extent, Format, FormatInfo, Mapping,
-    OldReader, OpenCtx, SnapshotInfo,
+    resolve_relative, BackingSpec, CreateCtx, Driver, Extent, FileStatus, Format, FormatInfo,
+    Mapping, OldReader, OpenCtx, SnapshotInfo,
 };
 use crate::error::{Error, Result};
 use crate::io::{Access, BlockFile, IoVec};
@@ -42,7 +43,7 @@ use l2::{Geometry, Kind, OFFSET_MASK, OFLAG_COPIED};
 use snapshot::Snapshot;
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 /// QEMU's default L2 cache limit (Linux): 32 MiB, or less when that
 /// covers the whole disk; never less than two tables.
@@ -81,6 +82,10 @@ pub struct Qcow2 {
     snapshots: Vec<Snapshot>,
     backing: Option<BackingSpec>,
     warnings: Vec<String>,
+    /// Whether the image looks metadata-preallocated (QEMU's heuristic,
+    /// computed on first use): block status then asks the data file about
+    /// holes under data clusters.
+    prealloc: OnceLock<bool>,
 }
 
 fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
@@ -181,6 +186,7 @@ impl Qcow2 {
             backing,
             warnings,
             header: h,
+            prealloc: OnceLock::new(),
         })
     }
 
@@ -290,6 +296,47 @@ impl Qcow2 {
                 _ => Ok(()),
             },
         }
+    }
+
+    /// QEMU's metadata preallocation heuristic: clearly more clusters have
+    /// a refcount than the file has allocated on disk. Bounded by the file
+    /// length; any error says no.
+    fn detect_prealloc(&self) -> Result<bool> {
+        let h = &self.header;
+        let (cb, order) = (self.geo.cluster_bits, h.refcount_order);
+        let cs = self.cs();
+        let flen = self.file.len()?;
+        let real = self.file.allocated_size()? / cs;
+        let threshold = (real * 10 / 9).max(real + 2);
+        let end = flen.div_ceil(cs);
+        let per_block = 1u64 << (cb + 3 - order);
+        let rt_entries = ((h.refcount_table_clusters as u64) << cb) / 8;
+        let mut block = vec![0u8; cs as usize];
+        let (mut count, mut cluster) = (0u64, 0u64);
+        while cluster < end && count < threshold {
+            let (ti, bi) = refcount::position(cluster, cb, order);
+            if ti >= rt_entries {
+                break;
+            }
+            let mut e = [0u8; 8];
+            self.file
+                .read_at(&mut e, h.refcount_table_offset + ti * 8)?;
+            let boff = u64::from_be_bytes(e) & !(cs - 1);
+            let stop = ((ti + 1) * per_block).min(end);
+            if boff == 0 || boff >= flen {
+                cluster = stop;
+                continue;
+            }
+            self.file.read_at(&mut block, boff)?;
+            for i in bi..bi + (stop - cluster) {
+                count += (refcount::entry(&block, i, order)? != 0) as u64;
+                if count >= threshold {
+                    break;
+                }
+            }
+            cluster = stop;
+        }
+        Ok(count >= threshold)
     }
 
     /// Counts guest bytes with data in this layer, scanning every L2 table
@@ -518,6 +565,17 @@ impl Format for Qcow2 {
             n += self.data.allocated_size()?;
         }
         Ok(n)
+    }
+
+    fn status_from_file(&self) -> FileStatus {
+        if *self
+            .prealloc
+            .get_or_init(|| self.detect_prealloc().unwrap_or(false))
+        {
+            FileStatus::Recurse
+        } else {
+            FileStatus::Ignore
+        }
     }
 
     fn snapshots(&self) -> Vec<SnapshotInfo> {
