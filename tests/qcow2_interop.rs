@@ -937,3 +937,48 @@ fn sparse_raw_backing_maps_holes_as_zeros() {
     qemu_io("qcow2", &top, &["write -P 3 1000k 100k".into()]);
     check(&top);
 }
+
+#[test]
+fn concurrent_readers_with_a_small_cache() {
+    // 512-byte clusters: one L2 table maps 32 KiB, so 8 MiB needs 256
+    // tables; the cache holds 4. Four threads read random ranges.
+    let d = tmpdir("threads");
+    let p = d.join("t.qcow2");
+    let size = 8u64 << 20;
+    create(
+        &p,
+        "cluster_size=512,compression_type=zstd",
+        &size.to_string(),
+    );
+    let mut rng = Rng(77);
+    qemu_io("qcow2", &p, &random_ops(&mut rng, size, 512, 300, true));
+    let expect = std::sync::Arc::new(qemu_bytes(&p, None));
+    let img = std::sync::Arc::new(
+        Image::open(
+            &p,
+            &OpenOptions {
+                cache_size: 4 * 512,
+                ..ro()
+            },
+        )
+        .unwrap(),
+    );
+    let hs: Vec<_> = (0..4u64)
+        .map(|t| {
+            let (img, expect) = (img.clone(), expect.clone());
+            std::thread::spawn(move || {
+                let mut rng = Rng(t + 10);
+                for _ in 0..400 {
+                    let len = 1 + rng.below(20_000);
+                    let off = rng.below(size - len);
+                    let mut buf = vec![0u8; len as usize];
+                    img.read(&mut buf, off).unwrap();
+                    assert!(buf[..] == expect[off as usize..(off + len) as usize]);
+                }
+            })
+        })
+        .collect();
+    for h in hs {
+        h.join().unwrap();
+    }
+}
