@@ -135,8 +135,11 @@ impl Qcow2 {
         } else {
             Vec::new()
         };
-        let (l1_off, l1_size, size) = match ctx.snapshot {
-            None => (h.l1_table_offset, h.l1_size as u64, h.size),
+        // At a snapshot: its L1 table under the current virtual size, as
+        // `qemu-img convert -l` (QEMU's load_tmp keeps the size).
+        let size = h.size;
+        let (l1_off, l1_size) = match ctx.snapshot {
+            None => (h.l1_table_offset, h.l1_size as u64),
             Some(want) => {
                 let s = snapshots
                     .iter()
@@ -149,9 +152,7 @@ impl Qcow2 {
                         ))
                     })?;
                 snapshot::check_l1(s, cluster_bits)?;
-                // As `qemu-img convert -l`: the snapshot's L1 table under
-                // the current virtual size (QEMU's load_tmp keeps the size).
-                (s.l1_table_offset, s.l1_size as u64, h.size)
+                (s.l1_table_offset, s.l1_size as u64)
             }
         };
         // Only the part of the L1 table inside the file is read: memory
