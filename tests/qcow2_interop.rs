@@ -895,6 +895,14 @@ fn feature_bits_dirty_corrupt_unknown_and_encryption() {
         "{e}"
     );
 
+    // Persistent dirty bitmaps (bitmaps extension, autoclear bit) are
+    // validated and otherwise left alone.
+    let p = d.join("bitmaps.qcow2");
+    create(&p, "", "1M");
+    qemu_img(&["bitmap", "--add", p.to_str().unwrap(), "b0"]);
+    qemu_io("qcow2", &p, &["write -P 6 0 64k".into()]);
+    check(&p);
+
     // Writable opens are refused with a clear message.
     let p = d.join("plain.qcow2");
     create(&p, "", "1M");
