@@ -7,7 +7,7 @@
 //! the same cluster at once.
 
 use crate::error::{Error, Result};
-use crate::format::{FileStatus, Mapping};
+use crate::format::Mapping;
 use crate::image::{Backing, BlockStatus, Image};
 use crate::io::IoVec;
 
@@ -127,7 +127,8 @@ impl Image {
             let ext = self.fmt.map(pos, len - done)?;
             let n = ext.len.min(len - done);
             // Whole clusters may be zeroed in metadata alone.
-            if cs > 0 && pos % cs == 0 && n >= cs && !matches!(ext.mapping, Mapping::Zero) {
+            if cs > 0 && pos.is_multiple_of(cs) && n >= cs && !matches!(ext.mapping, Mapping::Zero)
+            {
                 let whole = n / cs * cs;
                 if self.fmt.zero_clusters(pos, whole)? {
                     done += whole;
@@ -299,18 +300,25 @@ impl Image {
         let mut ext = self.fmt.map(off, len)?;
         let st = match ext.mapping {
             Mapping::Data { host, .. } => {
-                let (mut data, mut zero) = (true, false);
-                let how = self.fmt.status_from_file();
-                if how != FileStatus::Ignore {
-                    let (d, n) = self.fmt.data_file().data_run(host, ext.len.min(len))?;
-                    ext.len = n.max(1);
-                    zero = !d;
-                    data = d || how == FileStatus::Recurse;
-                }
+                // In a passthrough format (raw) a hole in the file reads
+                // zeros: say so, as QEMU's file layer does. A format with
+                // preallocated metadata keeps "data" and adds "zero".
+                let pass = self.fmt.passthrough();
+                let hole = if pass || self.fmt.zero_holes_under_data() {
+                    match self.fmt.data_file().data_run(host, ext.len.min(len))? {
+                        Some((is_data, n)) => {
+                            ext.len = ext.len.min(n);
+                            !is_data
+                        }
+                        None => false,
+                    }
+                } else {
+                    false
+                };
                 BlockStatus {
                     allocated: true,
-                    data,
-                    zero,
+                    data: !(hole && pass),
+                    zero: hole,
                     offset: Some(host),
                     compressed: false,
                 }

@@ -2,7 +2,9 @@
 //! (`engine.rs`) that reads, writes and copies on write for every format.
 
 use crate::error::{Error, Result};
-use crate::format::{self, BackingSpec, CreateCtx, CreateOptions, Format, OpenCtx, SnapshotInfo};
+use crate::format::{
+    self, BackingSpec, CheckReport, CreateCtx, CreateOptions, Format, OpenCtx, Repair, SnapshotInfo,
+};
 use crate::io::posix::PosixStorage;
 use crate::io::{Access, IoVec, Storage};
 use crate::rangelock::RangeLocks;
@@ -266,6 +268,12 @@ impl Image {
         &self.path
     }
 
+    /// The name of the file this layer's data lives in (the image itself
+    /// for raw, the image file for add-cow), as `map` reports it.
+    pub fn data_file_name(&self) -> String {
+        self.fmt.data_file().name().to_owned()
+    }
+
     pub fn storage(&self) -> &Arc<dyn Storage> {
         &self.storage
     }
@@ -335,6 +343,22 @@ impl Image {
             read_only: self.read_only(),
             specific: fi.specific,
         })
+    }
+
+    /// Checks this layer's metadata (`qemu-img check`); `Unsupported` for
+    /// formats without a checker.
+    pub fn check(&self, repair: Repair) -> Result<CheckReport> {
+        if repair != Repair::None {
+            self.check_writable()?;
+        }
+        self.fmt.check(repair)
+    }
+
+    /// Drops everything allocated in this layer (see `Format::make_empty`).
+    pub fn make_empty(&self) -> Result<()> {
+        self.check_writable()?;
+        let _g = self.alloc_locks.lock(0, u64::MAX);
+        self.fmt.make_empty()
     }
 
     /// Flushes and closes. Dropping an image without `close` flushes too,

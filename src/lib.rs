@@ -7,9 +7,11 @@
 
 pub mod engine;
 pub mod error;
+pub mod ffi;
 pub mod format;
 pub mod image;
 pub mod io;
+pub mod ops;
 pub mod rangelock;
 
 pub use error::{Error, Result};

@@ -24,7 +24,8 @@ fn overlay_reads_backing_and_cows_partial_clusters() {
     let mut o = CreateOptions::new();
     o.set("backing_file", "base.raw")
         .set("backing_fmt", "raw")
-        .set("image_file", "ov.img");
+        .set("image_file", "ov.img")
+        .set("cluster_size", "64k");
     Image::create(&ov, "add-cow", &o).unwrap();
     let img = Image::open(&ov, &OpenOptions::default()).unwrap();
     assert_eq!(img.size(), 1 << 20);

@@ -2,6 +2,7 @@
 //! engine (`crate::engine`) does the reading, writing and copy-on-write.
 
 pub mod addcow;
+pub mod check;
 pub mod options;
 pub mod qcow2;
 pub mod raw;
@@ -11,6 +12,7 @@ use crate::io::{BlockFile, IoVec, Storage};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use check::{CheckReport, Repair};
 pub use options::{CreateOptions, OptDesc, OptKind};
 
 /// Where a run of guest bytes lives.
@@ -68,17 +70,6 @@ pub struct SnapshotInfo {
     pub disk_size: u64,
     /// Record/replay instruction count, when recorded.
     pub icount: Option<u64>,
-}
-
-/// How block status of `Data` runs uses holes in the data file, as QEMU.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FileStatus {
-    /// Data is data (most formats).
-    Ignore,
-    /// The file decides: holes are zeros without data (raw).
-    Raw,
-    /// Holes add "zero" to data (qcow2 with preallocated metadata).
-    Recurse,
 }
 
 /// The backing file an image names.
@@ -167,9 +158,33 @@ pub trait Format: Send + Sync {
     fn disk_size(&self) -> Result<u64> {
         self.data_file().allocated_size()
     }
-    /// How block status of `Data` runs uses the data file's holes.
-    fn status_from_file(&self) -> FileStatus {
-        FileStatus::Ignore
+    /// Whether guest bytes are the data file's bytes as they stand (raw):
+    /// block status then reports holes in the file as zeros without data,
+    /// as QEMU's raw driver passes block status through to the file.
+    fn passthrough(&self) -> bool {
+        false
+    }
+    /// Whether block status also asks the data file about holes under
+    /// `Data` runs and reports them as zero while keeping data, as QEMU
+    /// does for qcow2 images it finds metadata-preallocated.
+    fn zero_holes_under_data(&self) -> bool {
+        false
+    }
+    /// Checks the image's metadata for consistency, repairing what
+    /// `repair` allows. Formats without a checker say so (qemu-img exits 63).
+    fn check(&self, _repair: Repair) -> Result<CheckReport> {
+        Err(Error::Unsupported(format!(
+            "format '{}' does not support checks",
+            self.format_name()
+        )))
+    }
+    /// Drops everything allocated in this layer so it reads through to its
+    /// backing file again (after `commit`).
+    fn make_empty(&self) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "format '{}' cannot empty an image",
+            self.format_name()
+        )))
     }
     /// Internal snapshots stored in the image (none for most formats).
     fn snapshots(&self) -> Vec<SnapshotInfo> {

@@ -154,7 +154,7 @@ pub fn parse_size(s: &str) -> Result<u64> {
     }
     let f: f64 = num.parse().map_err(|_| bad())?;
     let v = f * mult as f64;
-    if !v.is_finite() || v < 0.0 || v >= 18446744073709551615.0 {
+    if !v.is_finite() || !(0.0..18446744073709551615.0).contains(&v) {
         return Err(Error::TooLarge(format!("size '{s}'")));
     }
     Ok(v as u64)

@@ -67,6 +67,9 @@ impl Format for Raw {
             len,
         ))
     }
+    fn passthrough(&self) -> bool {
+        true
+    }
     fn data_file(&self) -> &Arc<dyn BlockFile> {
         &self.file
     }
@@ -78,9 +81,6 @@ impl Format for Raw {
     }
     fn link(&self, _guest: u64, _len: u64, _host: u64) -> Result<()> {
         Err(Error::Unsupported("raw images do not allocate".into()))
-    }
-    fn status_from_file(&self) -> super::FileStatus {
-        super::FileStatus::Raw
     }
     fn discard(&self, guest: u64, len: u64) -> Result<()> {
         self.file.discard(guest, len)

@@ -5,12 +5,16 @@
 //! list is kept as raw `iovec`s whose lifetime is tied to the borrowed
 //! buffers by `PhantomData`.
 
+use smallvec::{smallvec, SmallVec};
 use std::marker::PhantomData;
+
+/// Segments kept inline: most requests have one or a few.
+type Segs = SmallVec<[libc::iovec; 4]>;
 
 /// A borrowed list of memory segments. `'a` is the lifetime of the memory.
 #[derive(Clone)]
 pub struct IoVec<'a> {
-    segs: Vec<libc::iovec>,
+    segs: Segs,
     len: usize,
     _mem: PhantomData<&'a mut [u8]>,
 }
@@ -25,7 +29,7 @@ impl<'a> IoVec<'a> {
     pub fn from_mut(buf: &'a mut [u8]) -> Self {
         let len = buf.len();
         IoVec {
-            segs: vec![libc::iovec {
+            segs: smallvec![libc::iovec {
                 iov_base: buf.as_mut_ptr().cast(),
                 iov_len: len,
             }],
@@ -39,7 +43,7 @@ impl<'a> IoVec<'a> {
     pub fn from_ref(buf: &'a [u8]) -> Self {
         let len = buf.len();
         IoVec {
-            segs: vec![libc::iovec {
+            segs: smallvec![libc::iovec {
                 iov_base: buf.as_ptr() as *mut libc::c_void,
                 iov_len: len,
             }],
@@ -54,7 +58,7 @@ impl<'a> IoVec<'a> {
     /// Every segment must be valid for reads (and for writes if the list is
     /// used for a read request) for `'a`, and segments must not overlap.
     pub unsafe fn from_raw(iov: *const libc::iovec, n: usize) -> Self {
-        let mut segs = Vec::with_capacity(n);
+        let mut segs = Segs::with_capacity(n);
         let mut len = 0usize;
         if n > 0 && !iov.is_null() {
             for s in std::slice::from_raw_parts(iov, n) {
@@ -88,7 +92,7 @@ impl<'a> IoVec<'a> {
     /// The sub-list covering bytes `[off, off + len)` of this one.
     pub fn slice(&self, off: usize, len: usize) -> IoVec<'a> {
         assert!(off.checked_add(len).is_some_and(|e| e <= self.len));
-        let mut out = Vec::new();
+        let mut out = Segs::new();
         let mut skip = off;
         let mut want = len;
         for s in &self.segs {

@@ -16,6 +16,7 @@ pub use iov::IoVec;
 
 /// A byte-addressed file. All methods take `&self`: implementations must be
 /// safe to call from many threads at once.
+#[allow(clippy::len_without_is_empty)] // a file's emptiness is never asked
 pub trait BlockFile: Send + Sync {
     /// Reads `iov.len()` bytes at `off`; bytes past the end of the file read
     /// as zeros.
@@ -37,11 +38,12 @@ pub trait BlockFile: Send + Sync {
     fn discard(&self, _off: u64, _len: u64) -> Result<()> {
         Ok(())
     }
-    /// Whether `[off, off + len)` starts with data (`true`) or a hole that
-    /// reads as zeros (`false`), and how many bytes (1..=len) share that.
-    /// For block status only; files that cannot tell say data.
-    fn data_run(&self, _off: u64, len: u64) -> Result<(bool, u64)> {
-        Ok((true, len))
+    /// Whether `[off, ...)` holds data (`true`) or is a hole that reads
+    /// zeros (`false`), and how many bytes (at most `len`, at least 1) share
+    /// that state. `None` when the file cannot tell (then assume data).
+    /// Lets block status report holes as QEMU does (SEEK_DATA/SEEK_HOLE).
+    fn data_run(&self, _off: u64, _len: u64) -> Result<Option<(bool, u64)>> {
+        Ok(None)
     }
     /// Bytes the file occupies on its medium (for `info`'s disk size).
     fn allocated_size(&self) -> Result<u64> {

@@ -166,7 +166,7 @@ impl Bitmap {
             while pos < stop {
                 let byte = data[(self.byte_pos(pos) - k * BLOCK) as usize];
                 // Whole bytes of one state skip eight bits at a time.
-                if pos % 8 == 0 && pos + 8 <= stop && (byte == 0 || byte == 0xff) {
+                if pos.is_multiple_of(8) && pos + 8 <= stop && (byte == 0 || byte == 0xff) {
                     let s = byte == 0xff;
                     match state {
                         None => state = Some(s),
@@ -202,7 +202,7 @@ impl Bitmap {
             let mut changed = false;
             while pos < stop {
                 let i = (self.byte_pos(pos) - k * BLOCK) as usize;
-                if pos % 8 == 0 && pos + 8 <= stop {
+                if pos.is_multiple_of(8) && pos + 8 <= stop {
                     let v = if value { 0xff } else { 0 };
                     changed |= e.data[i] != v;
                     e.data[i] = v;

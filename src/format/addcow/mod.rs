@@ -5,8 +5,8 @@ pub mod bitmap;
 pub mod header;
 
 use super::{
-    options, resolve_relative, BackingSpec, CreateCtx, Driver, Extent, Format, FormatInfo, Mapping,
-    OldReader, OpenCtx, OptDesc, OptKind,
+    options, resolve_relative, BackingSpec, CheckReport, CreateCtx, Driver, Extent, Format,
+    FormatInfo, Mapping, OldReader, OpenCtx, OptDesc, OptKind, Repair,
 };
 use crate::error::{Error, Result};
 use crate::io::{Access, BlockFile, IoVec};
@@ -17,10 +17,11 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Default cluster size: see docs/specs/add-cow.txt ("Choosing a cluster size").
-pub const DEFAULT_CLUSTER_SIZE: u64 = 64 * 1024;
-/// Default bitmap cache: 1 MiB covers 512 GiB of guest at 64 KiB clusters.
-pub const DEFAULT_CACHE_SIZE: u64 = 1 << 20;
+/// Default cluster size: the largest that keeps 4 KiB first writes free of
+/// copy-on-write (docs/specs/add-cow.txt, "Choosing a cluster size").
+pub const DEFAULT_CLUSTER_SIZE: u64 = 4096;
+/// Default bitmap cache: 4 MiB covers 128 GiB of guest at 4 KiB clusters.
+pub const DEFAULT_CACHE_SIZE: u64 = 4 << 20;
 
 pub const IMAGE_FILE: &str = "image_file";
 pub const CLUSTER_SIZE: &str = "cluster_size";
@@ -58,7 +59,7 @@ static CREATE_OPTS: [OptDesc; 5] = [
     OptDesc {
         name: CLUSTER_SIZE,
         kind: OptKind::Size,
-        help: "Bytes covered by one bitmap bit (512 to 2M, power of two; default 64k)",
+        help: "Bytes covered by one bitmap bit (512 to 2M, power of two; default 4k)",
     },
 ];
 
@@ -172,6 +173,26 @@ fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
     meta.read_at(&mut buf, 0)?;
     let hdr = Header::parse(&buf)?;
     let image_path = resolve_relative(ctx.path, &hdr.image_file);
+    // A hostile header must not turn writes onto the backing file or onto
+    // the add-cow file itself.
+    let image_canon = ctx.storage.canonical(&image_path);
+    if image_canon == ctx.storage.canonical(ctx.path) {
+        return Err(Error::Corrupt(format!(
+            "image file '{}' is the add-cow file itself",
+            hdr.image_file
+        )));
+    }
+    if !hdr.backing_file.is_empty()
+        && image_canon
+            == ctx
+                .storage
+                .canonical(&resolve_relative(ctx.path, &hdr.backing_file))
+    {
+        return Err(Error::Corrupt(format!(
+            "image file '{}' is the backing file",
+            hdr.image_file
+        )));
+    }
     let access = if ctx.read_only {
         Access::ReadOnly
     } else {
@@ -208,6 +229,12 @@ fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
         ctx.cache_size
     };
     let clusters = size.div_ceil(1 << hdr.cluster_bits);
+    if !ctx.read_only && hdr.autoclear & !header::AUTOCLEAR_KNOWN != 0 {
+        // Data kept for autoclear features we do not know goes stale with
+        // our first write: drop their bits now (serialize masks them).
+        meta.write_at(&hdr.serialize()?, 0)?;
+        meta.flush()?;
+    }
     Ok(Box::new(AddCow {
         bitmap: Bitmap::new(meta.clone(), image.clone(), HEADER_SIZE, clusters, cache),
         meta,
@@ -261,7 +288,7 @@ impl AddCow {
         // 2. A cluster straddling the old end must not show backing data
         //    past it: copy its old head into the image file and own it.
         let mut first_new = old.div_ceil(cs);
-        if old % cs != 0 {
+        if !old.is_multiple_of(cs) {
             let b = old / cs;
             if !self.bitmap.run(b, 1)?.0 {
                 let mut head = vec![0u8; (old - b * cs) as usize];
@@ -427,13 +454,66 @@ impl Format for AddCow {
         Ok(())
     }
 
+    fn check(&self, repair: Repair) -> Result<CheckReport> {
+        // Bits are checked as the bitmap holds them, so write back first.
+        if !self.read_only {
+            self.flush()?;
+        }
+        let size = self.size();
+        let clusters = size.div_ceil(self.cs());
+        let need = HEADER_SIZE + Header::bitmap_len(size, self.cluster_bits);
+        let mut r = CheckReport {
+            total_clusters: Some(clusters),
+            allocated_clusters: Some(self.bitmap.count_set()?),
+            image_end_offset: Some(need),
+            ..Default::default()
+        };
+        // The open already refused a bitmap shorter than `need`.
+        let meta_len = self.meta.len()?;
+        if meta_len > need {
+            r.leaks += 1;
+            r.messages.push(format!(
+                "Leaked bytes: the add-cow file is {meta_len} bytes, its bitmap ends at {need}"
+            ));
+            if repair != Repair::None {
+                self.meta.set_len(need)?;
+                self.meta.flush()?;
+                r.leaks_fixed += 1;
+            }
+        }
+        // Set bits over bytes the image file does not have promise data
+        // that is not there; the image file must cover the virtual size.
+        let img_len = self.image.len()?;
+        if img_len < size {
+            r.corruptions += 1;
+            r.messages.push(format!(
+                "ERROR image file '{}' is {img_len} bytes, shorter than the virtual size {size}",
+                self.image_path.display()
+            ));
+            if repair == Repair::All {
+                self.image.set_len(size)?;
+                self.image.flush()?;
+                r.corruptions_fixed += 1;
+            }
+        }
+        Ok(r)
+    }
+
+    fn make_empty(&self) -> Result<()> {
+        self.flush()?;
+        let clusters = self.size().div_ceil(self.cs());
+        self.bitmap.set_range(0, clusters, false)?;
+        self.bitmap.write_back()?;
+        self.meta.flush()
+    }
+
     fn allocated_bytes(&self) -> Result<u64> {
         let set = self.bitmap.count_set()?;
         // The last cluster may extend past the end.
         let cs = self.cs();
         let size = self.size();
         let mut bytes = set * cs;
-        if size % cs != 0 && self.bitmap.run(size / cs, 1)?.0 {
+        if !size.is_multiple_of(cs) && self.bitmap.run(size / cs, 1)?.0 {
             bytes -= cs - size % cs;
         }
         Ok(bytes)

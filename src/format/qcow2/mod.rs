@@ -31,8 +31,8 @@ pub mod snapshot;
 mod tests;
 
 use super::{
-    resolve_relative, BackingSpec, CreateCtx, Driver, Extent, FileStatus, Format, FormatInfo,
-    Mapping, OldReader, OpenCtx, SnapshotInfo,
+    resolve_relative, BackingSpec, CreateCtx, Driver, Extent, Format, FormatInfo, Mapping,
+    OldReader, OpenCtx, SnapshotInfo,
 };
 use crate::error::{Error, Result};
 use crate::io::{Access, BlockFile, IoVec};
@@ -568,15 +568,10 @@ impl Format for Qcow2 {
         Ok(n)
     }
 
-    fn status_from_file(&self) -> FileStatus {
-        if *self
+    fn zero_holes_under_data(&self) -> bool {
+        *self
             .prealloc
             .get_or_init(|| self.detect_prealloc().unwrap_or(false))
-        {
-            FileStatus::Recurse
-        } else {
-            FileStatus::Ignore
-        }
     }
 
     fn snapshots(&self) -> Vec<SnapshotInfo> {

@@ -1,0 +1,239 @@
+//! `make bench`: add-cow against plain pread/pwrite on the same files, in
+//! the same run. Each figure is a throughput ratio (add-cow / plain):
+//! 1.00 means as fast as the raw syscalls, 0.50 means twice as slow.
+
+use cowblk::{CreateOptions, Image, OpenOptions};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+const SIZE: u64 = 256 << 20;
+
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 17
+    }
+}
+
+/// Offsets for `n` requests of `bs` bytes: a shuffled walk over the image
+/// so first writes really are first.
+fn offsets(n: usize, bs: u64, seed: u64) -> Vec<u64> {
+    let slots = SIZE / bs;
+    let mut v: Vec<u64> = (0..slots).map(|i| i * bs).collect();
+    let mut r = Lcg(seed);
+    for i in (1..v.len()).rev() {
+        v.swap(i, (r.next() % (i as u64 + 1)) as usize);
+    }
+    v.truncate(n.min(v.len()));
+    v
+}
+
+/// Best of three runs of `f(offset)` over `offs` split across `threads`,
+/// in MB/s (the machine is shared; the best run is the least disturbed).
+fn run(threads: usize, offs: &[u64], bs: u64, f: &(dyn Fn(u64) + Sync)) -> f64 {
+    (0..3)
+        .map(|_| run_once(threads, offs, bs, f))
+        .fold(0.0, f64::max)
+}
+
+/// One timed pass (first writes must use this: a second pass is no longer first).
+fn run_once(threads: usize, offs: &[u64], bs: u64, f: &(dyn Fn(u64) + Sync)) -> f64 {
+    let t0 = Instant::now();
+    std::thread::scope(|s| {
+        for chunk in offs.chunks(offs.len().div_ceil(threads)) {
+            s.spawn(move || {
+                for &o in chunk {
+                    f(o);
+                }
+            });
+        }
+    });
+    let secs = t0.elapsed().as_secs_f64();
+    (offs.len() as f64 * bs as f64) / secs / 1e6
+}
+
+fn fill_file(p: &Path, seed: u64) {
+    let f = File::create(p).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut r = Lcg(seed);
+    for i in 0..(SIZE >> 20) {
+        for c in buf.chunks_mut(8) {
+            c.copy_from_slice(&r.next().to_le_bytes());
+        }
+        f.write_all_at(&buf, i << 20).unwrap();
+    }
+    f.sync_all().unwrap();
+}
+
+fn overlay(dir: &Path, name: &str, cluster: u64) -> PathBuf {
+    let p = dir.join(format!("{name}.add-cow"));
+    let _ = std::fs::remove_file(dir.join(format!("{name}.img")));
+    let mut o = CreateOptions::new();
+    o.set("backing_file", "base.raw")
+        .set("backing_fmt", "raw")
+        .set("image_file", format!("{name}.img"))
+        .set("cluster_size", cluster.to_string());
+    Image::create(&p, "add-cow", &o).unwrap();
+    p
+}
+
+fn open(p: &Path) -> Arc<Image> {
+    Arc::new(Image::open(p, &OpenOptions::default()).unwrap())
+}
+
+fn fresh_raw(p: &Path) -> File {
+    let _ = std::fs::remove_file(p);
+    let f = File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(p)
+        .unwrap();
+    f.set_len(SIZE).unwrap();
+    f
+}
+
+fn main() {
+    let dir = std::env::temp_dir().join("cowblk-bench");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    fill_file(&dir.join("base.raw"), 1);
+    let cluster = cowblk::format::addcow::DEFAULT_CLUSTER_SIZE;
+    println!(
+        "add-cow vs plain pread/pwrite, {} MiB image, {} KiB clusters, page cache warm",
+        SIZE >> 20,
+        cluster >> 10
+    );
+    println!();
+    println!("| request | threads | add-cow MB/s | plain MB/s | ratio |");
+    println!("|---|---|---|---|---|");
+    let base = File::open(dir.join("base.raw")).unwrap();
+    for bs in [4096u64, 65536] {
+        let n = ((64u64 << 20) / bs) as usize;
+        for threads in [1usize, 2] {
+            let row = |name: &str, ours: f64, plain: f64| {
+                println!(
+                    "| {name} {}K | {threads} | {ours:.0} | {plain:.0} | {:.2} |",
+                    bs >> 10,
+                    plain.max(1e-9).recip() * ours
+                );
+            };
+            let offs = offsets(n, bs, bs + threads as u64);
+            // Unallocated reads go through to the backing file.
+            let p = overlay(&dir, "ov", cluster);
+            let img = open(&p);
+            let ours = run(threads, &offs, bs, &|o| {
+                let mut b = vec![0u8; bs as usize];
+                img.read(&mut b, o).unwrap();
+            });
+            let plain = run(threads, &offs, bs, &|o| {
+                let mut b = vec![0u8; bs as usize];
+                base.read_exact_at(&mut b, o).unwrap();
+            });
+            row("read unallocated", ours, plain);
+            // First writes: fresh overlay vs a fresh sparse raw file.
+            let data = vec![0x5au8; bs as usize];
+            let ours = run_once(threads, &offs, bs, &|o| img.write(&data, o).unwrap());
+            img.flush().unwrap();
+            let raw = fresh_raw(&dir.join("plain.raw"));
+            let plain = run_once(threads, &offs, bs, &|o| raw.write_all_at(&data, o).unwrap());
+            raw.sync_data().unwrap();
+            row("first write", ours, plain);
+            // Repeat writes and reads of allocated clusters, against the
+            // overlay's own image file.
+            let imgf = File::options()
+                .read(true)
+                .write(true)
+                .open(dir.join("ov.img"))
+                .unwrap();
+            let ours = run(threads, &offs, bs, &|o| img.write(&data, o).unwrap());
+            let plain = run(threads, &offs, bs, &|o| {
+                imgf.write_all_at(&data, o).unwrap()
+            });
+            row("repeat write", ours, plain);
+            let ours = run(threads, &offs, bs, &|o| {
+                let mut b = vec![0u8; bs as usize];
+                img.read(&mut b, o).unwrap();
+            });
+            let plain = run(threads, &offs, bs, &|o| {
+                let mut b = vec![0u8; bs as usize];
+                imgf.read_exact_at(&mut b, o).unwrap();
+            });
+            row("read allocated", ours, plain);
+        }
+    }
+
+    println!();
+    println!("First writes by cluster size (1 thread; ratio to plain pwrite on a fresh file)");
+    println!();
+    println!("| cluster | 4K first write | 64K first write | bitmap for 16 TiB |");
+    println!("|---|---|---|---|");
+    for cs in [4096u64, 16384, 65536, 262144, 1 << 20] {
+        let mut cells = Vec::new();
+        for bs in [4096u64, 65536] {
+            let offs = offsets(((32u64 << 20) / bs) as usize, bs, 7 + bs);
+            let data = vec![0x5au8; bs as usize];
+            let p = overlay(&dir, "cs", cs);
+            let img = open(&p);
+            let ours = run_once(1, &offs, bs, &|o| img.write(&data, o).unwrap());
+            img.flush().unwrap();
+            let raw = fresh_raw(&dir.join("plain.raw"));
+            let plain = run_once(1, &offs, bs, &|o| raw.write_all_at(&data, o).unwrap());
+            raw.sync_data().unwrap();
+            cells.push(format!("{:.2}", ours / plain));
+        }
+        let bitmap = (16u64 << 40) / cs / 8;
+        println!(
+            "| {} KiB | {} | {} | {} MiB |",
+            cs >> 10,
+            cells[0],
+            cells[1],
+            bitmap >> 20
+        );
+    }
+
+    println!();
+    println!("Open cost by virtual size (image files sparse; ext4 caps a file just under 16 TiB)");
+    println!();
+    println!("| virtual size | open + first read (us) | RSS growth (KiB) |");
+    println!("|---|---|---|");
+    for (label, size) in [
+        ("1 GiB", 1u64 << 30),
+        ("16 TiB - 1 MiB", (16u64 << 40) - (1 << 20)),
+    ] {
+        let p = dir.join("big.add-cow");
+        let _ = std::fs::remove_file(dir.join("big.img"));
+        let mut o = CreateOptions::new();
+        o.set("image_file", "big.img").set("size", size.to_string());
+        Image::create(&p, "add-cow", &o).unwrap();
+        let rss0 = rss_kib();
+        let t0 = Instant::now();
+        let img = Image::open(&p, &OpenOptions::default()).unwrap();
+        let mut b = [0u8; 4096];
+        img.read(&mut b, size / 2).unwrap();
+        let us = t0.elapsed().as_micros();
+        let rss1 = rss_kib();
+        println!("| {label} | {us} | {} |", rss1.saturating_sub(rss0));
+        drop(img);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}

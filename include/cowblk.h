@@ -1,0 +1,605 @@
+/*
+ * cowblk: QEMU-style block format drivers (add-cow, raw) behind a C ABI.
+ *
+ * Generated from src/ffi/ by cbindgen (build.rs); do not edit. After
+ * changing src/ffi/, run `make header` and commit the result.
+ *
+ * Conventions for every function:
+ * - Returns 0 (or a documented non-negative value) on success, a negative
+ *   errno on failure; cowblk_last_error() then describes the failure on the
+ *   calling thread.
+ * - Pointer arguments are checked for NULL (-EINVAL); out-parameters are
+ *   written only on success.
+ * - No Rust panic crosses into C: it becomes -EIO with a message.
+ * - A cowblk_image may be used by many threads at once; only cowblk_close
+ *   requires that no other call on that handle runs.
+ * - Offsets and lengths are in bytes, with no alignment requirement.
+ */
+
+#ifndef COWBLK_H
+#define COWBLK_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+
+#define COWBLK_VERSION_MAJOR 0
+#define COWBLK_VERSION_MINOR 1
+#define COWBLK_VERSION_PATCH 0
+/* MAJOR * 10000 + MINOR * 100 + PATCH, for #if comparisons. */
+#define COWBLK_VERSION_NUMBER 100
+
+/**
+ * Version of the C ABI described by this header. `cowblk_abi_version()`
+ * returns the library's; a program built against this header should refuse
+ * a library whose value differs.
+ */
+#define COWBLK_ABI_VERSION 1
+
+/**
+ * Open flag: open every file read-only; writes fail with -EROFS.
+ */
+#define COWBLK_OPEN_RDONLY (1 << 0)
+
+/**
+ * Open flag: do not open the backing file; unallocated ranges read zeros
+ * and partial writes copy zeros into the rest of their cluster.
+ */
+#define COWBLK_OPEN_NO_BACKING (1 << 1)
+
+/**
+ * Open flag: the caller manages the backing file (the QEMU glue, where
+ * QEMU owns `bs->backing`). The library opens no backing file and never
+ * reads backing data: reading an unallocated range, or a write or
+ * write-zeroes that needs copy-on-write, fails with -ENOTSUP. The caller
+ * reads unallocated ranges itself (`cowblk_block_status` says which) and
+ * writes with `cowblk_cow_range` + `cowblk_pwritev_cow`. Growing the image
+ * makes the new clusters read zeros, never backing data; growing from a
+ * size inside an unallocated cluster needs its backing bytes and fails
+ * with -ENOTSUP.
+ */
+#define COWBLK_OPEN_CALLER_BACKING (1 << 2)
+
+/**
+ * Block status: reads of the run return stored data.
+ */
+#define COWBLK_BLOCK_DATA 1
+
+/**
+ * Block status: reads of the run return zeros.
+ */
+#define COWBLK_BLOCK_ZERO 2
+
+/**
+ * Block status: `*map` holds the run's offset in the data file (for
+ * add-cow the image file, for raw the file itself).
+ */
+#define COWBLK_BLOCK_OFFSET_VALID 4
+
+/**
+ * Block status: the run is allocated in this layer (not in the backing).
+ */
+#define COWBLK_BLOCK_ALLOCATED 16
+
+/**
+ * Block status: the run ends at the end of the image.
+ */
+#define COWBLK_BLOCK_EOF 32
+
+/**
+ * Capability: the image accepts writes (not opened read-only).
+ */
+#define COWBLK_CAP_WRITE (1 << 0)
+
+/**
+ * Capability: `cowblk_discard` is accepted (a hint; it may keep data).
+ */
+#define COWBLK_CAP_DISCARD (1 << 1)
+
+/**
+ * Capability: `cowblk_write_zeroes` is supported.
+ */
+#define COWBLK_CAP_WRITE_ZEROES (1 << 2)
+
+/**
+ * Capability: `cowblk_block_status` reports allocation in this layer.
+ */
+#define COWBLK_CAP_BLOCK_STATUS (1 << 3)
+
+/**
+ * Capability: `cowblk_truncate` can resize the image.
+ */
+#define COWBLK_CAP_TRUNCATE (1 << 4)
+
+/**
+ * Capability: the format records a backing file.
+ */
+#define COWBLK_CAP_BACKING (1 << 5)
+
+/**
+ * Capability: the handle was opened with `COWBLK_OPEN_CALLER_BACKING`.
+ */
+#define COWBLK_CAP_CALLER_BACKING (1 << 6)
+
+/**
+ * An open image. Opaque; made by `cowblk_open*`, freed by `cowblk_close`.
+ *
+ * Thread-safety: every call except `cowblk_close` may run on the same
+ * handle from many threads at once. Reads and writes to different clusters
+ * run in parallel; writes that allocate the same cluster are serialised
+ * inside the library.
+ */
+typedef struct cowblk_image cowblk_image;
+
+/**
+ * What `cowblk_get_info` reports about an image.
+ *
+ * Ownership: every `char *` member is a NUL-terminated string allocated by
+ * the library with malloc, or NULL where the image has no such thing.
+ * Release them with `cowblk_info_free` (or free() each). Before the call,
+ * zero the struct and set `struct_size = sizeof(struct cowblk_info)`.
+ */
+typedef struct cowblk_info {
+  /**
+   * sizeof(struct cowblk_info) as the caller compiled it.
+   */
+  size_t struct_size;
+  /**
+   * Format name ("add-cow", "raw").
+   */
+  char *format;
+  /**
+   * The image's path as opened.
+   */
+  char *filename;
+  /**
+   * Virtual size in bytes.
+   */
+  uint64_t virtual_size;
+  /**
+   * Bytes one allocation unit covers; 0 for raw.
+   */
+  uint64_t cluster_size;
+  /**
+   * The external data file (add-cow's image file), resolved; or NULL.
+   */
+  char *data_file;
+  /**
+   * The backing file name as recorded in the image, or NULL.
+   */
+  char *backing_file;
+  /**
+   * The backing file name resolved against the image's directory, or NULL.
+   */
+  char *backing_path;
+  /**
+   * The recorded backing format, or NULL.
+   */
+  char *backing_format;
+  /**
+   * Guest bytes allocated in this layer.
+   */
+  uint64_t allocated_bytes;
+  /**
+   * Bytes the image's files occupy on disk.
+   */
+  uint64_t disk_size;
+  /**
+   * Whether the handle was opened read-only.
+   */
+  bool read_only;
+} cowblk_info;
+
+/**
+ * Callbacks that serve a backing image from the caller's own code, for
+ * `cowblk_open_with_backing`.
+ *
+ * Set `struct_size = sizeof(struct cowblk_backing_ops)`; the library copies
+ * the table at open, so it may be freed afterwards, but `opaque` must stay
+ * valid until `cowblk_close`. The callbacks run on whichever thread issues
+ * the I/O, possibly on several threads at once when the handle is shared,
+ * so they must be thread-safe in that case.
+ */
+typedef struct cowblk_backing_ops {
+  /**
+   * sizeof(struct cowblk_backing_ops) as the caller compiled it.
+   */
+  size_t struct_size;
+  /**
+   * Stores the backing image's length in `*len`; returns 0 or a negative
+   * errno. Called once, by `cowblk_open_with_backing`.
+   */
+  int (*get_length)(void *opaque, uint64_t *len);
+  /**
+   * Fills the `iovcnt` buffers with the backing bytes at `offset` (all of
+   * them lie before the length `get_length` reported); returns 0 or a
+   * negative errno. Never asked for bytes past the end: the library
+   * zero-fills those itself.
+   */
+  int (*preadv)(void *opaque, uint64_t offset, const struct iovec *iov, int iovcnt);
+} cowblk_backing_ops;
+
+/**
+ * A format's entry points, like QEMU's `BlockDriver`. Tables are static
+ * and owned by the library (valid until it is unloaded); never write to
+ * them. A NULL member means the format does not support that operation.
+ *
+ * Versioning: members are only ever appended. A host checks
+ * `abi_version == COWBLK_ABI_VERSION` and uses only members that lie
+ * within `struct_size`.
+ *
+ * Each member behaves as the flat function of the same name (probe,
+ * create and open are bound to this table's format); see those for
+ * arguments, ownership and thread-safety.
+ */
+typedef struct cowblk_driver {
+  /**
+   * sizeof(struct cowblk_driver) in the library.
+   */
+  size_t struct_size;
+  /**
+   * COWBLK_ABI_VERSION of the library.
+   */
+  uint32_t abi_version;
+  /**
+   * The format's name, e.g. "add-cow".
+   */
+  const char *format_name;
+  /**
+   * Scores 0..100 how likely the first `buf_size` bytes of a file (give
+   * at least 512, ideally 4096) are this format; `filename` may be NULL.
+   */
+  int (*probe)(const uint8_t *buf, size_t buf_size, const char *filename);
+  /**
+   * As `cowblk_create` with this format.
+   */
+  int (*create)(const char *path, const char *options);
+  /**
+   * As `cowblk_open` with this format.
+   */
+  int (*open)(const char *path, uint32_t flags, uint64_t cache_size, struct cowblk_image **out);
+  int (*close)(struct cowblk_image **img);
+  int (*readv)(struct cowblk_image *img, uint64_t offset, const struct iovec *iov, int iovcnt);
+  int (*writev)(struct cowblk_image *img, uint64_t offset, const struct iovec *iov, int iovcnt);
+  int (*flush)(struct cowblk_image *img);
+  int (*truncate)(struct cowblk_image *img, uint64_t size);
+  int (*is_allocated)(struct cowblk_image *img, uint64_t offset, uint64_t bytes, uint64_t *pnum);
+  int (*block_status)(struct cowblk_image *img,
+                      uint64_t offset,
+                      uint64_t bytes,
+                      uint64_t *pnum,
+                      uint64_t *map);
+  int (*get_info)(struct cowblk_image *img, struct cowblk_info *info);
+  int (*discard)(struct cowblk_image *img, uint64_t offset, uint64_t bytes);
+  int (*write_zeroes)(struct cowblk_image *img, uint64_t offset, uint64_t bytes);
+  int (*get_length)(struct cowblk_image *img, uint64_t *length);
+  int (*change_backing_file)(struct cowblk_image *img,
+                             const char *backing_file,
+                             const char *backing_fmt);
+} cowblk_driver;
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
+/**
+ * The message of the last failed cowblk call on the calling thread, or ""
+ * if the last call succeeded. Every call except this one,
+ * `cowblk_version` and `cowblk_abi_version` clears it first.
+ *
+ * The string belongs to the library and lives in thread-local storage: it
+ * stays valid until the next cowblk call on the same thread (which may
+ * overwrite it) or until the thread exits. Copy it to keep it. Each thread
+ * has its own message; this call never fails and never changes it.
+ */
+const char *cowblk_last_error(void);
+
+/**
+ * The library's C ABI version (COWBLK_ABI_VERSION of the header it was
+ * built with).
+ */
+uint32_t cowblk_abi_version(void);
+
+/**
+ * The library's version, "MAJOR.MINOR.PATCH", a static string.
+ */
+const char *cowblk_version(void);
+
+/**
+ * Fills `*info` (see `cowblk_info` for ownership). Nothing is written on
+ * failure. -EINVAL if `info->struct_size` is smaller than this version's
+ * struct; a larger one (a newer header) gets this version's fields.
+ *
+ * # Safety
+ * `img` is a live handle; `info` points to `info->struct_size` writable
+ * bytes.
+ */
+int cowblk_get_info(struct cowblk_image *img, struct cowblk_info *info);
+
+/**
+ * Frees the strings `cowblk_get_info` stored in `*info` and sets them to
+ * NULL; numbers are left alone. NULL is a no-op; calling it twice is safe.
+ *
+ * # Safety
+ * `info` is NULL or a struct whose string members are NULL or from
+ * `cowblk_get_info`.
+ */
+void cowblk_info_free(struct cowblk_info *info);
+
+/**
+ * A mask of COWBLK_CAP_* for this handle, so a host can advertise what it
+ * supports. 0 for NULL.
+ *
+ * # Safety
+ * `img` is NULL or a live handle.
+ */
+uint32_t cowblk_capabilities(struct cowblk_image *img);
+
+/**
+ * Creates an image. `options` is a qemu-img style list
+ * ("size=1G,backing_file=base.raw,backing_fmt=raw,image_file=disk.img";
+ * ",," stands for a comma inside a value) or NULL.
+ *
+ * add-cow options: size, backing_file, backing_fmt (required with a
+ * backing file), image_file (required; created at the virtual size when
+ * missing, an existing one is used and never shrunk), cluster_size. raw:
+ * size. Without size, the backing file's size is used. Names resolve
+ * relative to the directory of `path`. On failure nothing is left behind.
+ *
+ * Returns 0, or a negative errno (-EINVAL for a bad option, -EEXIST, -EACCES,
+ * -ENOENT for a missing backing file, ...).
+ *
+ * # Safety
+ * `format`, `path` and a non-NULL `options` are NUL-terminated strings.
+ */
+int cowblk_create(const char *format, const char *path, const char *options);
+
+/**
+ * Creates an image from `count` option keys and values (no escaping
+ * needed). Same options and result as `cowblk_create`.
+ *
+ * # Safety
+ * `keys` and `values` point to `count` NUL-terminated strings each (they
+ * may be NULL when `count` is 0).
+ */
+int cowblk_create_kv(const char *format,
+                     const char *path,
+                     const char *const *keys,
+                     const char *const *values,
+                     size_t count);
+
+/**
+ * Names the format of the file at `path` from its first bytes, as QEMU's
+ * probing does (a file no driver recognises is "raw"). On success stores a
+ * string owned by the library, valid until it is unloaded, in `*format`.
+ *
+ * # Safety
+ * `path` is a NUL-terminated string; `format` is writable.
+ */
+int cowblk_probe(const char *path, const char **format);
+
+/**
+ * Opens `path` as `format` and the rest of the chain and stores a new
+ * handle in `*out`, or does nothing to `*out` on failure.
+ *
+ * `format` NULL probes the file (see `cowblk_probe`). `flags` is a mask of
+ * COWBLK_OPEN_*. `cache_size` is the metadata cache budget in bytes per
+ * image (0 = the driver's default; for add-cow one bitmap byte covers 8
+ * clusters, and the cache bounds memory however large the image is).
+ * Backing files open read-only with the format recorded in the image.
+ *
+ * # Safety
+ * `path` and a non-NULL `format` are NUL-terminated strings; `out` is
+ * writable.
+ */
+int cowblk_open(const char *path,
+                const char *format,
+                uint32_t flags,
+                uint64_t cache_size,
+                struct cowblk_image **out);
+
+/**
+ * Like `cowblk_open`, but the backing image is read through `ops` (called
+ * with `opaque`) instead of the file the image names. `ops->get_length` is
+ * called once, here. `flags` may not hold COWBLK_OPEN_NO_BACKING or
+ * COWBLK_OPEN_CALLER_BACKING.
+ *
+ * # Safety
+ * As `cowblk_open`; `ops` points to `ops->struct_size` readable bytes and
+ * `opaque` stays valid, and the callbacks callable from any thread using
+ * the handle, until `cowblk_close`.
+ */
+int cowblk_open_with_backing(const char *path,
+                             const char *format,
+                             uint32_t flags,
+                             uint64_t cache_size,
+                             const struct cowblk_backing_ops *ops,
+                             void *opaque,
+                             struct cowblk_image **out);
+
+/**
+ * Flushes and frees the handle in `*img` and sets `*img` to NULL. NULL or
+ * a NULL `*img` is a no-op returning 0. The handle is freed even when the
+ * final flush fails (the negative errno then says the last writes may not
+ * be durable).
+ *
+ * The caller must make sure no other thread is using the handle.
+ *
+ * # Safety
+ * `img` is NULL or points to NULL or to a live handle.
+ */
+int cowblk_close(struct cowblk_image **img);
+
+/**
+ * Records a new backing file name and format in the image without copying
+ * any data (`qemu-img rebase -u`); `backing_file` NULL detaches the image
+ * from its backing file. The name resolves relative to the image's
+ * directory. When the library manages the chain, the new backing file is
+ * opened first (a failure changes nothing) and used from then on; with
+ * COWBLK_OPEN_CALLER_BACKING or backing callbacks only the record changes.
+ *
+ * # Safety
+ * `img` is a live handle; the strings are NUL-terminated or NULL.
+ */
+int cowblk_change_backing_file(struct cowblk_image *img,
+                               const char *backing_file,
+                               const char *backing_fmt);
+
+/**
+ * Reads `iovcnt` buffers' worth of bytes at `offset` into `iov`. Any offset
+ * and length inside the image work. Unallocated ranges read from the
+ * backing chain, or zeros. A range past the end fails with -EINVAL.
+ *
+ * # Safety
+ * `img` is a live handle; `iov` holds `iovcnt` entries of writable memory
+ * that stays valid for the call.
+ */
+int cowblk_preadv(struct cowblk_image *img, uint64_t offset, const struct iovec *iov, int iovcnt);
+
+/**
+ * Writes the `iovcnt` buffers at `offset`. The unwritten rest of a
+ * partially written, unallocated cluster is first copied from the backing
+ * chain. Durable only after `cowblk_flush` (or `cowblk_close`).
+ *
+ * # Safety
+ * `img` is a live handle; `iov` holds `iovcnt` entries of readable memory
+ * that stays valid for the call.
+ */
+int cowblk_pwritev(struct cowblk_image *img, uint64_t offset, const struct iovec *iov, int iovcnt);
+
+/**
+ * Makes every completed write durable: data first, then the metadata that
+ * points at it.
+ *
+ * # Safety
+ * `img` is a live handle.
+ */
+int cowblk_flush(struct cowblk_image *img);
+
+/**
+ * Changes the virtual size to `size` bytes, crash-safely. Grown space
+ * reads zeros (never backing data).
+ *
+ * # Safety
+ * `img` is a live handle.
+ */
+int cowblk_truncate(struct cowblk_image *img, uint64_t size);
+
+/**
+ * Hints that `[offset, offset + bytes)` is no longer needed. Contents stay
+ * defined: a format drops only what it can without changing what reads
+ * return (add-cow with a backing file keeps everything).
+ *
+ * # Safety
+ * `img` is a live handle.
+ */
+int cowblk_discard(struct cowblk_image *img, uint64_t offset, uint64_t bytes);
+
+/**
+ * Makes `[offset, offset + bytes)` read as zeros.
+ *
+ * # Safety
+ * `img` is a live handle.
+ */
+int cowblk_write_zeroes(struct cowblk_image *img, uint64_t offset, uint64_t bytes);
+
+/**
+ * Stores the virtual size in bytes in `*length`.
+ *
+ * # Safety
+ * `img` is a live handle; `length` is writable.
+ */
+int cowblk_get_length(struct cowblk_image *img, uint64_t *length);
+
+/**
+ * QEMU's `bdrv_is_allocated` for this layer: returns 1 if the bytes at
+ * `offset` are allocated in this image, 0 if they come from the backing
+ * file (or read zeros), or a negative errno; `*pnum` gets the number of
+ * bytes from `offset` (at most `bytes`, clamped to the image's end) that
+ * share that state. At or past the end, or for 0 bytes: returns 0 with
+ * `*pnum` = 0.
+ *
+ * # Safety
+ * `img` is a live handle; `pnum` is writable.
+ */
+int cowblk_is_allocated(struct cowblk_image *img, uint64_t offset, uint64_t bytes, uint64_t *pnum);
+
+/**
+ * QEMU's block status for this layer: returns a mask of COWBLK_BLOCK_*
+ * flags (DATA, ZERO, OFFSET_VALID, ALLOCATED, EOF, with QEMU's
+ * BDRV_BLOCK_* values) for the run at `offset`, or a negative errno.
+ * `*pnum` gets the run's length (at most `bytes`, clamped to the end);
+ * `*map`, if `map` is not NULL, gets the run's offset in the data file
+ * when OFFSET_VALID is set (else 0). At or past the end: returns
+ * COWBLK_BLOCK_EOF with `*pnum` = 0; for 0 bytes: 0 with `*pnum` = 0.
+ * An unallocated run reports ZERO only when there is no backing layer.
+ *
+ * # Safety
+ * `img` is a live handle; `pnum` is writable; `map` is NULL or writable.
+ */
+int cowblk_block_status(struct cowblk_image *img,
+                        uint64_t offset,
+                        uint64_t bytes,
+                        uint64_t *pnum,
+                        uint64_t *map);
+
+/**
+ * For hosts that supply backing data themselves: the range of old
+ * contents a write of `[offset, offset + bytes)` would copy (cluster
+ * aligned, covering the partially written, unallocated clusters at either
+ * end). Stores it in `*cow_offset` and `*cow_bytes`; `*cow_bytes` = 0 (and
+ * `*cow_offset` = 0) means the write needs no old contents. Read those
+ * bytes from the backing file (zeros past its end) and pass them to
+ * `cowblk_pwritev_cow`.
+ *
+ * # Safety
+ * `img` is a live handle; `cow_offset` and `cow_bytes` are writable.
+ */
+int cowblk_cow_range(struct cowblk_image *img,
+                     uint64_t offset,
+                     uint64_t bytes,
+                     uint64_t *cow_offset,
+                     uint64_t *cow_bytes);
+
+/**
+ * Writes like `cowblk_pwritev`, taking the old contents of partially
+ * written, unallocated clusters from `cow_iov` instead of the backing
+ * chain: `cow_iov` holds the backing bytes `[cow_offset, cow_offset +
+ * its total length)`, normally the range `cowblk_cow_range` reported.
+ * If the write needs old bytes outside that range it fails with -EINVAL
+ * before writing anything (only a concurrent shrink-and-grow on another
+ * thread could make that check pass and the write still fail part way).
+ *
+ * # Safety
+ * `img` is a live handle; `iov` and `cow_iov` hold `iovcnt` and
+ * `cow_iovcnt` entries of readable memory valid for the call.
+ */
+int cowblk_pwritev_cow(struct cowblk_image *img,
+                       uint64_t offset,
+                       const struct iovec *iov,
+                       int iovcnt,
+                       uint64_t cow_offset,
+                       const struct iovec *cow_iov,
+                       int cow_iovcnt);
+
+/**
+ * The driver table of format `name` ("add-cow", "raw"), or NULL with the
+ * last error set if there is none. The table is static: never free it.
+ *
+ * # Safety
+ * `name` is a NUL-terminated string.
+ */
+const struct cowblk_driver *cowblk_driver_find(const char *name);
+
+/**
+ * The `index`-th driver table (0, 1, ...), or NULL past the last one:
+ * lets a host list every format. Static; never free it.
+ */
+const struct cowblk_driver *cowblk_driver_get(size_t index);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+#endif  /* COWBLK_H */

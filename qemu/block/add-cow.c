@@ -1,0 +1,1070 @@
+/*
+ * add-cow (and the library's other formats) for QEMU 7.2, through libcowblk.
+ *
+ * This file is compiled inside a QEMU tree (see scripts/qemu-build.sh); it
+ * forwards every block-driver call to libcowblk, a Rust library with a C ABI.
+ *
+ * Who does what:
+ *  - libcowblk reads and writes the add-cow file and its raw image file.  It
+ *    opens files by path, so this driver takes the file name of its "file"
+ *    child (a local file, possibly under filters; see add_cow_local_file)
+ *    and hands it to the library.  The file child stays open so that QEMU's
+ *    image locking and permission system still cover the add-cow file.
+ *  - QEMU owns the backing chain (supports_backing, bs->backing): the library
+ *    is opened in its "caller manages the backing file" mode.  Reads fill
+ *    unallocated ranges from bs->backing; writes that partly cover an
+ *    unallocated cluster first read the cluster's old contents from
+ *    bs->backing and pass them to the library (cowblk_pwritev_cow).
+ *  - Every library call on the request path (read, write, block status,
+ *    zeroes, flush, truncate, check, create) runs on the AioContext's thread
+ *    pool (thread_pool_submit_co), so the event loop never waits for the
+ *    disk.  Worker functions call only cowblk_* (and QEMU's iovec helpers);
+ *    every bdrv_* call stays in coroutine context.  Open, close, reopen,
+ *    getlength, allocated size and change_backing_file run in the main loop
+ *    synchronously, as QEMU's own drivers do there.
+ *
+ * The library's qcow2 driver, when the library has one, is registered as
+ * format "cowblk-qcow2" (never chosen by probing) so that qemu-img bench can
+ * compare it with QEMU's own qcow2 in one binary.
+ */
+
+#include "qemu/osdep.h"
+#include "qapi/error.h"
+#include "qapi/qapi-types-block-core.h"
+#include "block/block_int.h"
+#include "block/thread-pool.h"
+#include "qemu/cutils.h"
+#include "qemu/error-report.h"
+#include "qemu/module.h"
+#include "qemu/option.h"
+#include "qemu/memalign.h"
+#include "qapi/qmp/qdict.h"
+
+#include <cowblk.h>
+
+#define ADD_COW_ERR_LEN 512
+
+/* The most unallocated runs one read task reports before returning. */
+#define ADD_COW_MAX_HOLES 32
+
+typedef struct BDRVAddCowState {
+    struct cowblk_image *img;
+    const char *lib_format;     /* library format name */
+    uint64_t cluster_size;
+    bool writable;
+    char *image_file;           /* the raw image file, resolved (for info) */
+} BDRVAddCowState;
+
+/* The library format behind a QEMU format name. */
+static const char *lib_format_of(BlockDriverState *bs);
+
+/* ---- running library calls on the thread pool ---- */
+
+static int coroutine_fn add_cow_submit(BlockDriverState *bs,
+                                       ThreadPoolFunc *fn, void *arg)
+{
+    ThreadPool *pool = aio_get_thread_pool(bdrv_get_aio_context(bs));
+    return thread_pool_submit_co(pool, fn, arg);
+}
+
+/* Copies the library's (thread-local) message for a failed call. */
+static void save_err(char *dst, int ret)
+{
+    const char *m = cowblk_last_error();
+    snprintf(dst, ADD_COW_ERR_LEN, "%s", m && *m ? m : strerror(-ret));
+}
+
+/* ---- probe, open, close ---- */
+
+static int add_cow_probe(const uint8_t *buf, int buf_size,
+                         const char *filename)
+{
+    const struct cowblk_driver *d = cowblk_driver_find("add-cow");
+    int score;
+
+    if (!d || !d->probe || buf_size <= 0) {
+        return 0;
+    }
+    score = d->probe(buf, buf_size, filename);
+    return score < 0 ? 0 : score;
+}
+
+/* Whether a blkdebug node was given rules that act on I/O (errors, states). */
+static bool blkdebug_has_rules(BlockDriverState *f)
+{
+    const QDictEntry *e;
+
+    for (e = qdict_first(f->options); e; e = qdict_next(f->options, e)) {
+        const char *k = qdict_entry_key(e);
+        if (strstart(k, "inject-error", NULL) || strstart(k, "set-state", NULL)
+            || strstart(k, "config", NULL)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/*
+ * The local file under the "file" child, for the library to open by path.
+ * Filters between are passed over: the library does its own I/O, so they
+ * never see it.  That is harmless for filters that only shape requests
+ * (blkdebug's align, throttle), but error injection would silently not
+ * happen, so a blkdebug with rules is refused.
+ */
+static BlockDriverState *add_cow_local_file(BlockDriverState *bs,
+                                            Error **errp)
+{
+    BlockDriverState *f = bs->file->bs;
+
+    while (f && f->drv && f->drv->is_filter) {
+        if (!strcmp(f->drv->format_name, "blkdebug") && blkdebug_has_rules(f)) {
+            error_setg(errp, "%s: blkdebug error injection cannot reach the "
+                       "files libcowblk opens itself", bs->drv->format_name);
+            return NULL;
+        }
+        f = bdrv_filter_bs(f);
+    }
+    if (!f || !f->drv || (strcmp(f->drv->format_name, "file") &&
+                          strcmp(f->drv->format_name, "host_device"))) {
+        error_setg(errp, "%s images must be local files (protocol 'file'), "
+                   "not '%s'", bs->drv->format_name,
+                   f && f->drv ? f->drv->format_name : "?");
+        return NULL;
+    }
+    return f;
+}
+
+static int add_cow_open_lib(BlockDriverState *bs, int flags,
+                            struct cowblk_image **out, Error **errp)
+{
+    BlockDriverState *file = add_cow_local_file(bs, errp);
+    uint32_t oflags = COWBLK_OPEN_CALLER_BACKING;
+    int ret;
+
+    if (!file) {
+        return -ENOTSUP;
+    }
+    if (!(flags & BDRV_O_RDWR)) {
+        oflags |= COWBLK_OPEN_RDONLY;
+    }
+    ret = cowblk_open(file->filename, lib_format_of(bs), oflags, 0, out);
+    if (ret < 0) {
+        error_setg(errp, "%s", cowblk_last_error());
+    }
+    return ret;
+}
+
+static int add_cow_open(BlockDriverState *bs, QDict *options, int flags,
+                        Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+    struct cowblk_info info = { .struct_size = sizeof(info) };
+    uint64_t len;
+    int ret;
+
+    ret = bdrv_open_file_child(NULL, options, "file", bs, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    s->lib_format = lib_format_of(bs);
+    ret = add_cow_open_lib(bs, flags, &s->img, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    s->writable = flags & BDRV_O_RDWR;
+
+    ret = cowblk_get_info(s->img, &info);
+    if (ret < 0) {
+        error_setg(errp, "%s", cowblk_last_error());
+        cowblk_close(&s->img);
+        return ret;
+    }
+    s->cluster_size = info.cluster_size;
+    s->image_file = g_strdup(info.data_file);
+    pstrcpy(bs->backing_file, sizeof(bs->backing_file),
+            info.backing_file ? info.backing_file : "");
+    pstrcpy(bs->backing_format, sizeof(bs->backing_format),
+            info.backing_format ? info.backing_format : "");
+    pstrcpy(bs->auto_backing_file, sizeof(bs->auto_backing_file),
+            bs->backing_file);
+    cowblk_info_free(&info);
+    ret = cowblk_get_length(s->img, &len);
+    if (ret < 0) {
+        error_setg(errp, "%s", cowblk_last_error());
+        cowblk_close(&s->img);
+        return ret;
+    }
+    bs->total_sectors = DIV_ROUND_UP(len, BDRV_SECTOR_SIZE);
+    /* the library makes grown space read zeros in caller-backing mode */
+    bs->supported_truncate_flags = BDRV_REQ_ZERO_WRITE;
+    /* zeroing never falls back to writing zeros inside the library */
+    bs->supported_zero_flags = BDRV_REQ_NO_FALLBACK;
+    return 0;
+}
+
+static void add_cow_close(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+
+    if (s->img && cowblk_close(&s->img) < 0) {
+        error_report("%s: close failed: %s", bs->filename,
+                     cowblk_last_error());
+    }
+    g_free(s->image_file);
+    s->image_file = NULL;
+}
+
+static int64_t add_cow_getlength(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+    uint64_t len;
+    int ret = cowblk_get_length(s->img, &len);
+
+    return ret < 0 ? ret : (int64_t)len;
+}
+
+/*
+ * Reopen: a change between read-only and read-write opens a new library
+ * handle in prepare (so that errors are reported there) and swaps it in on
+ * commit.  The block layer has drained and flushed the node before prepare.
+ */
+static int add_cow_reopen_prepare(BDRVReopenState *state,
+                                  BlockReopenQueue *queue, Error **errp)
+{
+    BDRVAddCowState *s = state->bs->opaque;
+    struct cowblk_image *img = NULL;
+    bool rw = state->flags & BDRV_O_RDWR;
+    int ret;
+
+    state->opaque = NULL;
+    if (rw == s->writable) {
+        return 0;
+    }
+    if (s->writable) {
+        ret = cowblk_flush(s->img);
+        if (ret < 0) {
+            error_setg(errp, "%s", cowblk_last_error());
+            return ret;
+        }
+    }
+    ret = add_cow_open_lib(state->bs, state->flags, &img, errp);
+    if (ret < 0) {
+        return ret;
+    }
+    state->opaque = img;
+    return 0;
+}
+
+static void add_cow_reopen_commit(BDRVReopenState *state)
+{
+    BDRVAddCowState *s = state->bs->opaque;
+    struct cowblk_image *old = s->img;
+
+    if (!state->opaque) {
+        return;
+    }
+    s->img = state->opaque;
+    s->writable = state->flags & BDRV_O_RDWR;
+    state->opaque = NULL;
+    if (cowblk_close(&old) < 0) {
+        error_report("%s: closing the old handle failed: %s",
+                     state->bs->filename, cowblk_last_error());
+    }
+}
+
+static void add_cow_reopen_abort(BDRVReopenState *state)
+{
+    if (state->opaque) {
+        struct cowblk_image *img = state->opaque;
+        cowblk_close(&img);
+        state->opaque = NULL;
+    }
+}
+
+/* ---- reads ---- */
+
+typedef struct AddCowHole {
+    uint64_t off, len;
+} AddCowHole;
+
+/*
+ * A read task: on a worker, reads every allocated run of the request
+ * through the library and notes the unallocated runs ("holes") for the
+ * coroutine to fill from the backing file.  It stops early when the hole
+ * list is full; done says how far it got.
+ */
+typedef struct AddCowReadTask {
+    struct cowblk_image *img;
+    QEMUIOVector *qiov;
+    uint64_t offset;            /* guest offset of qiov byte 0 */
+    uint64_t start, bytes;      /* the part of qiov to do, relative */
+    uint64_t done;
+    AddCowHole holes[ADD_COW_MAX_HOLES];
+    int nholes;
+    char err[ADD_COW_ERR_LEN];
+} AddCowReadTask;
+
+static int add_cow_read_worker(void *opaque)
+{
+    AddCowReadTask *t = opaque;
+    QEMUIOVector part;
+    int ret = 0;
+
+    qemu_iovec_init(&part, t->qiov->niov);
+    t->done = 0;
+    t->nholes = 0;
+    while (t->done < t->bytes) {
+        uint64_t pos = t->offset + t->start + t->done;
+        uint64_t n = 0;
+        int st;
+
+        st = ret = cowblk_block_status(t->img, pos, t->bytes - t->done, &n,
+                                       NULL);
+        if (ret < 0) {
+            break;
+        }
+        if (n == 0 || n > t->bytes - t->done) {
+            qemu_iovec_destroy(&part);
+            snprintf(t->err, sizeof(t->err), "library block status returned "
+                     "%" PRIu64 " bytes at offset %" PRIu64, n, pos);
+            return -EIO;
+        }
+        if (st & COWBLK_BLOCK_ALLOCATED) {
+            qemu_iovec_reset(&part);
+            qemu_iovec_concat(&part, t->qiov, t->start + t->done, n);
+            ret = cowblk_preadv(t->img, pos, (const struct iovec *)part.iov,
+                                part.niov);
+            if (ret < 0) {
+                break;
+            }
+        } else {
+            if (t->nholes == ADD_COW_MAX_HOLES) {
+                break;
+            }
+            t->holes[t->nholes].off = t->start + t->done;
+            t->holes[t->nholes].len = n;
+            t->nholes++;
+        }
+        t->done += n;
+    }
+    qemu_iovec_destroy(&part);
+    if (ret < 0) {
+        save_err(t->err, ret);
+    }
+    return ret;
+}
+
+/*
+ * Reads [qiov_off, qiov_off + len) of qiov at guest offset off + qiov_off
+ * from the backing file; zeros past its end or without one.
+ */
+static int coroutine_fn add_cow_read_backing(BlockDriverState *bs,
+                                             uint64_t off, QEMUIOVector *qiov,
+                                             uint64_t qiov_off, uint64_t len)
+{
+    uint64_t pos = off + qiov_off;
+    uint64_t have = 0;
+
+    if (bs->backing) {
+        int64_t blen = bdrv_getlength(bs->backing->bs);
+        if (blen < 0) {
+            return blen;
+        }
+        if ((uint64_t)blen > pos) {
+            have = MIN(len, (uint64_t)blen - pos);
+        }
+    }
+    if (have) {
+        int ret = bdrv_co_preadv_part(bs->backing, pos, have, qiov, qiov_off,
+                                      0);
+        if (ret < 0) {
+            return ret;
+        }
+    }
+    if (have < len) {
+        qemu_iovec_memset(qiov, qiov_off + have, 0, len - have);
+    }
+    return 0;
+}
+
+static int coroutine_fn add_cow_co_preadv(BlockDriverState *bs,
+                                          int64_t offset, int64_t bytes,
+                                          QEMUIOVector *qiov,
+                                          BdrvRequestFlags flags)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowReadTask *t = g_new0(AddCowReadTask, 1);
+    uint64_t start = 0;
+    int ret = 0;
+
+    t->img = s->img;
+    t->qiov = qiov;
+    t->offset = offset;
+    while (start < (uint64_t)bytes) {
+        t->start = start;
+        t->bytes = bytes - start;
+        ret = add_cow_submit(bs, add_cow_read_worker, t);
+        if (ret < 0) {
+            error_report("%s: read failed: %s", bs->filename, t->err);
+            break;
+        }
+        for (int i = 0; i < t->nholes; i++) {
+            ret = add_cow_read_backing(bs, offset, qiov, t->holes[i].off,
+                                       t->holes[i].len);
+            if (ret < 0) {
+                goto out;
+            }
+        }
+        start += t->done;
+    }
+out:
+    g_free(t);
+    return ret;
+}
+
+/* ---- writes ---- */
+
+/*
+ * A write task.  First pass (cow_buf NULL): asks the library which old
+ * contents the write needs; if none, writes at once.  Otherwise it returns
+ * with need_cow set, the coroutine reads those bytes from the backing file,
+ * and a second pass writes with them.
+ */
+typedef struct AddCowWriteTask {
+    struct cowblk_image *img;
+    struct iovec *iov;
+    int niov;
+    uint64_t offset, bytes;
+    uint64_t cow_off, cow_len;
+    void *cow_buf;
+    bool need_cow;
+    char err[ADD_COW_ERR_LEN];
+} AddCowWriteTask;
+
+static int add_cow_write_worker(void *opaque)
+{
+    AddCowWriteTask *t = opaque;
+    int ret;
+
+    if (t->cow_buf) {
+        struct iovec cow = { .iov_base = t->cow_buf, .iov_len = t->cow_len };
+        ret = cowblk_pwritev_cow(t->img, t->offset, t->iov, t->niov,
+                                 t->cow_off, &cow, 1);
+    } else {
+        ret = cowblk_cow_range(t->img, t->offset, t->bytes, &t->cow_off,
+                               &t->cow_len);
+        if (ret >= 0 && t->cow_len) {
+            t->need_cow = true;
+            return 0;
+        }
+        if (ret >= 0) {
+            ret = cowblk_pwritev(t->img, t->offset, t->iov, t->niov);
+        }
+    }
+    if (ret < 0) {
+        save_err(t->err, ret);
+    }
+    return ret;
+}
+
+/* Writes one piece that needs at most one cluster of old contents. */
+static int coroutine_fn add_cow_write_piece(BlockDriverState *bs,
+                                            uint64_t offset, uint64_t bytes,
+                                            QEMUIOVector *qiov,
+                                            size_t qiov_off)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowWriteTask t = { .img = s->img, .offset = offset, .bytes = bytes };
+    QEMUIOVector part;
+    QEMUIOVector cowq;
+    int ret;
+
+    qemu_iovec_init(&part, qiov->niov);
+    qemu_iovec_concat(&part, qiov, qiov_off, bytes);
+    t.iov = part.iov;
+    t.niov = part.niov;
+
+    ret = add_cow_submit(bs, add_cow_write_worker, &t);
+    if (ret >= 0 && t.need_cow) {
+        t.cow_buf = qemu_try_blockalign(bs, t.cow_len);
+        if (!t.cow_buf) {
+            ret = -ENOMEM;
+            goto out;
+        }
+        qemu_iovec_init_buf(&cowq, t.cow_buf, t.cow_len);
+        ret = add_cow_read_backing(bs, t.cow_off, &cowq, 0, t.cow_len);
+        if (ret >= 0) {
+            ret = add_cow_submit(bs, add_cow_write_worker, &t);
+        }
+        qemu_vfree(t.cow_buf);
+    }
+    if (ret < 0 && t.err[0]) {
+        error_report("%s: write failed: %s", bs->filename, t.err);
+    }
+out:
+    qemu_iovec_destroy(&part);
+    return ret;
+}
+
+/*
+ * Splits a write so that each piece needs at most one cluster of old
+ * contents: the partial first cluster, the whole clusters, the partial
+ * last cluster.
+ */
+static int coroutine_fn add_cow_co_pwritev(BlockDriverState *bs,
+                                           int64_t offset, int64_t bytes,
+                                           QEMUIOVector *qiov,
+                                           BdrvRequestFlags flags)
+{
+    BDRVAddCowState *s = bs->opaque;
+    uint64_t cs = s->cluster_size ? s->cluster_size : 1;
+    uint64_t end = offset + bytes;
+    uint64_t head_end = MIN(end, ROUND_UP(offset, cs));
+    uint64_t tail_start = MAX(head_end, QEMU_ALIGN_DOWN(end, cs));
+    uint64_t cuts[4] = { offset, head_end, tail_start, end };
+    int ret = 0;
+
+    for (int i = 0; i < 3 && ret >= 0; i++) {
+        if (cuts[i + 1] > cuts[i]) {
+            ret = add_cow_write_piece(bs, cuts[i], cuts[i + 1] - cuts[i],
+                                      qiov, cuts[i] - offset);
+        }
+    }
+    return ret;
+}
+
+/* ---- flush, truncate, status ---- */
+
+typedef struct AddCowSimpleTask {
+    struct cowblk_image *img;
+    int op;
+    uint64_t a, b;
+    uint64_t pnum;
+    int status;
+    uint64_t map;
+    char err[ADD_COW_ERR_LEN];
+} AddCowSimpleTask;
+
+enum { OP_FLUSH, OP_TRUNCATE, OP_STATUS, OP_ZEROES };
+
+static int add_cow_simple_worker(void *opaque)
+{
+    AddCowSimpleTask *t = opaque;
+    int ret = -EINVAL;
+
+    switch (t->op) {
+    case OP_FLUSH:
+        ret = cowblk_flush(t->img);
+        break;
+    case OP_TRUNCATE:
+        ret = cowblk_truncate(t->img, t->a);
+        break;
+    case OP_STATUS:
+        ret = t->status = cowblk_block_status(t->img, t->a, t->b, &t->pnum,
+                                              &t->map);
+        break;
+    case OP_ZEROES: {
+        /*
+         * Zeroing part of an unallocated cluster needs its old contents,
+         * which only QEMU can read: leave that to the block layer's
+         * fallback (a write of zeros through add_cow_co_pwritev).
+         */
+        uint64_t cow_off, cow_len;
+        ret = cowblk_cow_range(t->img, t->a, t->b, &cow_off, &cow_len);
+        if (ret >= 0 && cow_len) {
+            return -ENOTSUP;
+        }
+        if (ret >= 0) {
+            ret = cowblk_write_zeroes(t->img, t->a, t->b);
+        }
+        break;
+    }
+    }
+    if (ret < 0) {
+        save_err(t->err, ret);
+    }
+    return ret;
+}
+
+static int coroutine_fn add_cow_co_pwrite_zeroes(BlockDriverState *bs,
+                                                 int64_t offset, int64_t bytes,
+                                                 BdrvRequestFlags flags)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowSimpleTask t = {
+        .img = s->img, .op = OP_ZEROES, .a = offset, .b = bytes,
+    };
+    int ret = add_cow_submit(bs, add_cow_simple_worker, &t);
+
+    if (ret < 0 && ret != -ENOTSUP) {
+        error_report("%s: write zeroes failed: %s", bs->filename, t.err);
+    }
+    return ret;
+}
+
+static int coroutine_fn add_cow_co_flush(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowSimpleTask t = { .img = s->img, .op = OP_FLUSH };
+    int ret;
+
+    if (!s->writable) {
+        return 0;
+    }
+    ret = add_cow_submit(bs, add_cow_simple_worker, &t);
+    if (ret < 0) {
+        error_report("%s: flush failed: %s", bs->filename, t.err);
+    }
+    return ret;
+}
+
+static int coroutine_fn add_cow_own_last_cluster(BlockDriverState *bs,
+                                                 uint64_t new_size)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int64_t old = add_cow_getlength(bs);
+    uint64_t cs = s->cluster_size;
+    uint64_t start;
+    QEMUIOVector qiov;
+    void *buf;
+    int ret;
+
+    if (old < 0) {
+        return old;
+    }
+    if (!cs || new_size <= (uint64_t)old || old % cs == 0) {
+        return 0;
+    }
+    start = QEMU_ALIGN_DOWN(old, cs);
+    buf = qemu_try_blockalign(bs, old - start);
+    if (!buf) {
+        return -ENOMEM;
+    }
+    qemu_iovec_init_buf(&qiov, buf, old - start);
+    ret = add_cow_co_preadv(bs, start, old - start, &qiov, 0);
+    if (ret >= 0) {
+        ret = add_cow_co_pwritev(bs, start, old - start, &qiov, 0);
+    }
+    qemu_vfree(buf);
+    return ret;
+}
+
+static int coroutine_fn add_cow_co_truncate(BlockDriverState *bs,
+                                            int64_t offset, bool exact,
+                                            PreallocMode prealloc,
+                                            BdrvRequestFlags flags,
+                                            Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowSimpleTask t = { .img = s->img, .a = offset };
+    int ret;
+
+    if (prealloc != PREALLOC_MODE_OFF) {
+        error_setg(errp, "Unsupported preallocation mode '%s'",
+                   PreallocMode_str(prealloc));
+        return -ENOTSUP;
+    }
+    /*
+     * Grown space reads zeros: in caller-backing mode the library owns every
+     * new cluster.  A cluster straddling the old end must keep its backing
+     * bytes below the end, which the library cannot read in that mode, so
+     * rewrite them first: that allocates the cluster with its contents.
+     */
+    ret = add_cow_own_last_cluster(bs, offset);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not copy the last cluster");
+        return ret;
+    }
+    t.op = OP_TRUNCATE;
+    ret = add_cow_submit(bs, add_cow_simple_worker, &t);
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "%s", t.err);
+    }
+    return ret;
+}
+
+static int coroutine_fn add_cow_co_block_status(BlockDriverState *bs,
+                                                bool want_zero,
+                                                int64_t offset, int64_t bytes,
+                                                int64_t *pnum, int64_t *map,
+                                                BlockDriverState **file)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowSimpleTask t = {
+        .img = s->img, .op = OP_STATUS, .a = offset, .b = bytes,
+    };
+    int ret = add_cow_submit(bs, add_cow_simple_worker, &t);
+
+    if (ret < 0) {
+        error_report("%s: block status failed: %s", bs->filename, t.err);
+        return ret;
+    }
+    *pnum = t.pnum;
+    *map = 0;
+    *file = NULL;
+    if (!(t.status & COWBLK_BLOCK_ALLOCATED)) {
+        /* the block layer asks bs->backing */
+        return 0;
+    }
+    /*
+     * The data lives in the raw image file, which the library opened and
+     * QEMU has no node for: no OFFSET_VALID, so nobody reads around us.
+     */
+    return (t.status & COWBLK_BLOCK_ZERO) ? BDRV_BLOCK_ZERO : BDRV_BLOCK_DATA;
+}
+
+/* ---- info, backing file, check ---- */
+
+static int add_cow_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
+{
+    BDRVAddCowState *s = bs->opaque;
+
+    bdi->cluster_size = s->cluster_size;
+    return 0;
+}
+
+/* Both files: the add-cow file and the raw image file. */
+static int64_t add_cow_get_allocated_file_size(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+    struct cowblk_info info = { .struct_size = sizeof(info) };
+    int ret = cowblk_get_info(s->img, &info);
+
+    if (ret < 0) {
+        return ret;
+    }
+    cowblk_info_free(&info);
+    return info.disk_size;
+}
+
+static ImageInfoSpecific *add_cow_get_specific_info(BlockDriverState *bs,
+                                                    Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+    ImageInfoSpecific *spec;
+
+    if (strcmp(s->lib_format, "add-cow") || !s->image_file) {
+        return NULL;
+    }
+    spec = g_new0(ImageInfoSpecific, 1);
+    spec->type = IMAGE_INFO_SPECIFIC_KIND_ADD_COW;
+    spec->u.add_cow.data = g_new0(ImageInfoSpecificAddCow, 1);
+    spec->u.add_cow.data->image_file = g_strdup(s->image_file);
+    return spec;
+}
+
+static int add_cow_change_backing_file(BlockDriverState *bs,
+                                       const char *backing_file,
+                                       const char *backing_fmt)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int ret;
+
+    if (backing_file && !*backing_file) {
+        backing_file = NULL;
+    }
+    ret = cowblk_change_backing_file(s->img, backing_file,
+                                     backing_file ? backing_fmt : NULL);
+    if (ret < 0) {
+        error_report("%s: cannot change the backing file: %s", bs->filename,
+                     cowblk_last_error());
+        return ret;
+    }
+    pstrcpy(bs->backing_file, sizeof(bs->backing_file),
+            backing_file ? backing_file : "");
+    pstrcpy(bs->backing_format, sizeof(bs->backing_format),
+            backing_file && backing_fmt ? backing_fmt : "");
+    return 0;
+}
+
+/*
+ * qemu-img check.  The library has no check call yet (a header or bitmap it
+ * cannot trust already fails at open), so this walks the allocation map
+ * through the library and checks what the glue can see: that every run is
+ * reported sanely and that the image file covers the virtual size.
+ */
+typedef struct AddCowCheckTask {
+    struct cowblk_image *img;
+    uint64_t size, cluster_size;
+    uint64_t allocated, corruptions;
+    char err[ADD_COW_ERR_LEN];
+} AddCowCheckTask;
+
+static int add_cow_check_worker(void *opaque)
+{
+    AddCowCheckTask *t = opaque;
+    struct cowblk_info info = { .struct_size = sizeof(info) };
+    struct stat st;
+    uint64_t off = 0;
+    int ret;
+
+    ret = cowblk_get_info(t->img, &info);
+    if (ret < 0) {
+        save_err(t->err, ret);
+        return ret;
+    }
+    if (info.data_file) {
+        if (stat(info.data_file, &st) < 0) {
+            snprintf(t->err, sizeof(t->err), "image file '%s': %s",
+                     info.data_file, strerror(errno));
+            t->corruptions++;
+        } else if ((uint64_t)st.st_size < t->size) {
+            snprintf(t->err, sizeof(t->err),
+                     "image file '%s' is %" PRIu64 " bytes, shorter than the "
+                     "virtual size %" PRIu64, info.data_file,
+                     (uint64_t)st.st_size, t->size);
+            t->corruptions++;
+        }
+    }
+    cowblk_info_free(&info);
+    while (off < t->size) {
+        uint64_t n = 0;
+        ret = cowblk_block_status(t->img, off, t->size - off, &n, NULL);
+        if (ret < 0) {
+            save_err(t->err, ret);
+            return ret;
+        }
+        if (n == 0 || n > t->size - off) {
+            snprintf(t->err, sizeof(t->err), "bad allocation run at %" PRIu64,
+                     off);
+            t->corruptions++;
+            break;
+        }
+        if (ret & COWBLK_BLOCK_ALLOCATED) {
+            t->allocated += n;
+        }
+        off += n;
+    }
+    return 0;
+}
+
+static int coroutine_fn add_cow_co_check(BlockDriverState *bs,
+                                         BdrvCheckResult *result,
+                                         BdrvCheckMode fix)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowCheckTask t = { .img = s->img, .cluster_size = s->cluster_size };
+    int64_t size = add_cow_getlength(bs);
+    uint64_t cs = s->cluster_size ? s->cluster_size : BDRV_SECTOR_SIZE;
+    int ret;
+
+    if (size < 0) {
+        result->check_errors++;
+        return size;
+    }
+    t.size = size;
+    ret = add_cow_submit(bs, add_cow_check_worker, &t);
+    if (ret < 0) {
+        error_report("%s: check failed: %s", bs->filename, t.err);
+        result->check_errors++;
+        return ret;
+    }
+    if (t.corruptions) {
+        fprintf(stderr, "ERROR %s\n", t.err);
+    }
+    result->corruptions += t.corruptions;
+    result->bfi.total_clusters = DIV_ROUND_UP(t.size, cs);
+    result->bfi.allocated_clusters = DIV_ROUND_UP(t.allocated, cs);
+    return 0;
+}
+
+/* ---- create ---- */
+
+/* Appends key=value to opts, doubling commas as QEMU's option syntax wants. */
+static void opt_append(GString *opts, const char *key, const char *val)
+{
+    if (opts->len) {
+        g_string_append_c(opts, ',');
+    }
+    g_string_append_printf(opts, "%s=", key);
+    for (; *val; val++) {
+        if (*val == ',') {
+            g_string_append_c(opts, ',');
+        }
+        g_string_append_c(opts, *val);
+    }
+}
+
+typedef struct AddCowCreateTask {
+    const char *path, *format, *opts;
+    char err[ADD_COW_ERR_LEN];
+} AddCowCreateTask;
+
+static int add_cow_create_worker(void *opaque)
+{
+    AddCowCreateTask *t = opaque;
+    int ret = cowblk_create(t->format, t->path, t->opts);
+
+    if (ret < 0) {
+        save_err(t->err, ret);
+    }
+    return ret;
+}
+
+static const char *const create_keys[] = {
+    BLOCK_OPT_BACKING_FILE, BLOCK_OPT_BACKING_FMT, "image_file",
+    NULL,
+};
+
+static int coroutine_fn add_cow_co_create_opts(BlockDriver *drv,
+                                               const char *filename,
+                                               QemuOpts *opts, Error **errp)
+{
+    AddCowCreateTask t = { 0 };
+    g_autoptr(GString) o = g_string_new("");
+    g_autofree char *size = NULL;
+    g_autofree char *cs = NULL;
+    int ret;
+
+    strstart(filename, "file:", &filename);
+    size = g_strdup_printf("%" PRIu64,
+                           qemu_opt_get_size_del(opts, BLOCK_OPT_SIZE, 0));
+    opt_append(o, BLOCK_OPT_SIZE, size);
+    for (int i = 0; create_keys[i]; i++) {
+        g_autofree char *v = qemu_opt_get_del(opts, create_keys[i]);
+        if (v) {
+            opt_append(o, create_keys[i], v);
+        }
+    }
+    if (qemu_opt_find(opts, BLOCK_OPT_CLUSTER_SIZE)) {
+        cs = g_strdup_printf("%" PRIu64,
+                             qemu_opt_get_size_del(opts,
+                                                   BLOCK_OPT_CLUSTER_SIZE, 0));
+        opt_append(o, BLOCK_OPT_CLUSTER_SIZE, cs);
+    }
+
+    t.path = filename;
+    t.format = strcmp(drv->format_name, "add-cow") ? "qcow2" : "add-cow";
+    t.opts = o->str;
+    ret = thread_pool_submit_co(aio_get_thread_pool(qemu_get_aio_context()),
+                                add_cow_create_worker, &t);
+    if (ret < 0) {
+        error_setg(errp, "%s", t.err);
+    }
+    return ret;
+}
+
+static QemuOptsList add_cow_create_opts = {
+    .name = "add-cow-create-opts",
+    .head = QTAILQ_HEAD_INITIALIZER(add_cow_create_opts.head),
+    .desc = {
+        {
+            .name = BLOCK_OPT_SIZE,
+            .type = QEMU_OPT_SIZE,
+            .help = "Virtual disk size"
+        },
+        {
+            .name = BLOCK_OPT_BACKING_FILE,
+            .type = QEMU_OPT_STRING,
+            .help = "File name of a base image"
+        },
+        {
+            .name = BLOCK_OPT_BACKING_FMT,
+            .type = QEMU_OPT_STRING,
+            .help = "Image format of the base image"
+        },
+        {
+            .name = "image_file",
+            .type = QEMU_OPT_STRING,
+            .help = "File name of the raw image file (relative to the "
+                    "add-cow file; created if absent)"
+        },
+        {
+            .name = BLOCK_OPT_CLUSTER_SIZE,
+            .type = QEMU_OPT_SIZE,
+            .help = "Bytes covered by one bitmap bit (512 to 2M, power "
+                    "of two; default: the library's)"
+        },
+        { /* end of list */ }
+    }
+};
+
+static QemuOptsList cowblk_qcow2_create_opts = {
+    .name = "cowblk-qcow2-create-opts",
+    .head = QTAILQ_HEAD_INITIALIZER(cowblk_qcow2_create_opts.head),
+    .desc = {
+        {
+            .name = BLOCK_OPT_SIZE,
+            .type = QEMU_OPT_SIZE,
+            .help = "Virtual disk size"
+        },
+        {
+            .name = BLOCK_OPT_BACKING_FILE,
+            .type = QEMU_OPT_STRING,
+            .help = "File name of a base image"
+        },
+        {
+            .name = BLOCK_OPT_BACKING_FMT,
+            .type = QEMU_OPT_STRING,
+            .help = "Image format of the base image"
+        },
+        {
+            .name = BLOCK_OPT_CLUSTER_SIZE,
+            .type = QEMU_OPT_SIZE,
+            .help = "qcow2 cluster size"
+        },
+        { /* end of list */ }
+    }
+};
+
+/* ---- registration ---- */
+
+#define ADD_COW_COMMON_FIELDS                                       \
+    .instance_size              = sizeof(BDRVAddCowState),          \
+    .is_format                  = true,                             \
+    .supports_backing           = true,                             \
+    .bdrv_open                  = add_cow_open,                     \
+    .bdrv_close                 = add_cow_close,                    \
+    .bdrv_reopen_prepare        = add_cow_reopen_prepare,           \
+    .bdrv_reopen_commit         = add_cow_reopen_commit,            \
+    .bdrv_reopen_abort          = add_cow_reopen_abort,             \
+    .bdrv_child_perm            = bdrv_default_perms,               \
+    .bdrv_co_create_opts        = add_cow_co_create_opts,           \
+    .bdrv_co_preadv             = add_cow_co_preadv,                \
+    .bdrv_co_pwritev            = add_cow_co_pwritev,               \
+    .bdrv_co_pwrite_zeroes      = add_cow_co_pwrite_zeroes,         \
+    .bdrv_co_flush_to_disk      = add_cow_co_flush,                 \
+    .bdrv_co_truncate           = add_cow_co_truncate,              \
+    .bdrv_getlength             = add_cow_getlength,                \
+    .bdrv_co_block_status       = add_cow_co_block_status,          \
+    .bdrv_get_info              = add_cow_get_info,                 \
+    .bdrv_get_allocated_file_size = add_cow_get_allocated_file_size, \
+    .bdrv_get_specific_info     = add_cow_get_specific_info,        \
+    .bdrv_change_backing_file   = add_cow_change_backing_file,      \
+    .bdrv_co_check              = add_cow_co_check
+
+static BlockDriver bdrv_add_cow = {
+    .format_name    = "add-cow",
+    .bdrv_probe     = add_cow_probe,
+    .create_opts    = &add_cow_create_opts,
+    ADD_COW_COMMON_FIELDS,
+};
+
+/* The library's qcow2, for side-by-side comparison; never probed. */
+static BlockDriver bdrv_cowblk_qcow2 = {
+    .format_name    = "cowblk-qcow2",
+    .create_opts    = &cowblk_qcow2_create_opts,
+    ADD_COW_COMMON_FIELDS,
+};
+
+static const char *lib_format_of(BlockDriverState *bs)
+{
+    return bs->drv == &bdrv_cowblk_qcow2 ? "qcow2" : "add-cow";
+}
+
+static void bdrv_add_cow_init(void)
+{
+    if (cowblk_abi_version() != COWBLK_ABI_VERSION) {
+        error_report("add-cow: libcowblk has C ABI version %u, this QEMU was "
+                     "built for %u; add-cow is not available",
+                     cowblk_abi_version(), COWBLK_ABI_VERSION);
+        return;
+    }
+    bdrv_register(&bdrv_add_cow);
+    /* Registered only when this build of the library has a qcow2 driver. */
+    if (cowblk_driver_find("qcow2")) {
+        bdrv_register(&bdrv_cowblk_qcow2);
+    }
+}
+
+block_init(bdrv_add_cow_init);

@@ -1,0 +1,1187 @@
+//! cowblk-img: qemu-img's commands, options, outputs and exit codes over
+//! the cowblk library. Every operation is a library call (`cowblk::ops`,
+//! `Image`); this file only parses arguments and prints.
+
+#[path = "../shared/mod.rs"]
+mod shared;
+
+use cowblk::format::{self, CheckReport, OptKind, Repair, SnapshotInfo};
+use cowblk::ops::{self, BenchOptions};
+use cowblk::{CreateOptions, Error, Image, ImageInfo, OpenOptions};
+use lexopt::prelude::*;
+use serde_json::{json, Map, Value};
+use shared::{describe, qemu_json, size_to_str, ProgressBar};
+use std::ffi::OsString;
+use std::os::unix::fs::MetadataExt;
+
+const PROG: &str = "cowblk-img";
+
+/// A command's failure: what to print and the exit code.
+struct Fail {
+    msg: String,
+    code: i32,
+    /// Point at `cowblk-img CMD --help` (bad usage).
+    usage: Option<&'static str>,
+}
+
+type Res = Result<i32, Fail>;
+
+fn fail(msg: impl Into<String>) -> Fail {
+    Fail {
+        msg: msg.into(),
+        code: 1,
+        usage: None,
+    }
+}
+
+fn usage_err(cmd: &'static str, msg: impl Into<String>) -> Fail {
+    Fail {
+        msg: msg.into(),
+        code: 1,
+        usage: Some(cmd),
+    }
+}
+
+fn lib(e: Error) -> Fail {
+    fail(describe(&e))
+}
+
+const HELP: &str = "QEMU-style disk image utility over the cowblk library.  Usage:
+
+  cowblk-img [-h | -V] COMMAND [--help | command options]
+
+Commands (run cowblk-img COMMAND --help for command-specific help):
+
+  bench - Run simple image benchmark
+  check - Check basic image integrity
+  commit - Commit image to its backing file
+  compare - Check if two images have the same contents
+  convert - Copy one image to another with optional format conversion
+  create - Create and format new image file
+  info - Display information about image
+  map - Dump image metadata
+  rebase - Change backing file of the image
+  resize - Resize the image to the new size
+  snapshot - List snapshots within image
+
+Exit codes are qemu-img's: 0 success, 1 error; check: 2 corruptions,
+3 leaks, 63 no checks for the format; compare: 1 different, 2 error.";
+
+fn cmd_help(cmd: &str) -> &'static str {
+    match cmd {
+        "create" => {
+            "Create and format a new image file.  Usage:
+
+  cowblk-img create [-q] [-f FMT] [-b BACKING_FILE -F BACKING_FMT]
+        [-o OPTIONS] FILENAME [SIZE]
+
+  -f FMT            format of the new image (default raw)
+  -b BACKING_FILE   backing file (relative names resolve against FILENAME's directory)
+  -F BACKING_FMT    format of the backing file (required with -b)
+  -o OPTIONS        KEY=VALUE,... format options; '-o help' lists them
+  -q                quiet
+  SIZE              size with an optional k, M, G, T suffix"
+        }
+        "info" => {
+            "Display information about an image.  Usage:
+
+  cowblk-img info [-f FMT] [-b | --backing-chain] [-U] [--output human|json] FILENAME"
+        }
+        "map" => {
+            "Dump the image's allocation map.  Usage:
+
+  cowblk-img map [-f FMT] [--output human|json] [-s | --start-offset OFFSET]
+        [-l | --max-length LENGTH] [-U] FILENAME
+
+JSON entries carry start, length, depth, present, zero, data, compressed, offset."
+        }
+        "check" => {
+            "Check an image's metadata.  Usage:
+
+  cowblk-img check [-q] [-f FMT] [-r leaks|all] [--output human|json] [-U] FILENAME
+
+Exit codes: 0 clean, 1 check error, 2 corruptions, 3 leaks, 63 format has no checks."
+        }
+        "convert" => {
+            "Copy an image into a new one, possibly of another format.  Usage:
+
+  cowblk-img convert [-p] [-q] [-n] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS]
+        [-l snapshot.id=ID|snapshot.name=NAME] [-s SNAPSHOT] FILENAME OUTPUT
+
+  -n    the output exists already: do not create it
+  -p    show progress on a terminal"
+        }
+        "snapshot" => {
+            "List internal snapshots.  Usage:
+
+  cowblk-img snapshot [-f FMT] [-U] -l FILENAME"
+        }
+        "compare" => {
+            "Compare the contents of two images.  Usage:
+
+  cowblk-img compare [-f FMT] [-F FMT] [-p] [-q] [-s] [-U] FILENAME1 FILENAME2
+
+  -s    strict: images of different sizes differ
+Exit codes: 0 identical, 1 different, 2 error."
+        }
+        "resize" => {
+            "Resize an image.  Usage:
+
+  cowblk-img resize [-f FMT] [-q] [--shrink] FILENAME [+|-]SIZE"
+        }
+        "commit" => {
+            "Write an overlay's own data into its backing file.  Usage:
+
+  cowblk-img commit [-q] [-p] [-f FMT] [-d] [-b BASE] FILENAME
+
+  -d    keep the overlay's data (do not empty it)"
+        }
+        "rebase" => {
+            "Change an image's backing file.  Usage:
+
+  cowblk-img rebase [-q] [-p] [-u] [-f FMT] -b BACKING_FILE [-F BACKING_FMT] FILENAME
+
+  -u            unsafe: only record the new name, copy nothing
+  -b \"\"         detach: copy in everything the image still reads from its
+                backing file (for add-cow: the raw image file then stands alone)"
+        }
+        "bench" => {
+            "Run a simple request benchmark.  Usage:
+
+  cowblk-img bench [-c COUNT] [-d DEPTH] [-f FMT] [--flush-interval=N] [-n] [-p]
+        [--no-drain] [-o OFFSET] [--pattern=PATTERN] [-q] [-s BUFFER_SIZE]
+        [-S STEP_SIZE] [-t CACHE] [-i AIO] [-w] [-U] FILENAME"
+        }
+        _ => HELP,
+    }
+}
+
+fn main() {
+    shared::init(PROG);
+    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if args.is_empty() {
+        shared::error(PROG, "Not enough arguments");
+        eprintln!("Try '{PROG} --help' for more info");
+        std::process::exit(1);
+    }
+    let cmd = args.remove(0).to_string_lossy().into_owned();
+    let r = match cmd.as_str() {
+        "-h" | "--help" => {
+            println!("{HELP}");
+            Ok(0)
+        }
+        "-V" | "--version" => {
+            println!("{PROG} version {}", env!("CARGO_PKG_VERSION"));
+            Ok(0)
+        }
+        _ if args.iter().any(|a| a == "--help" || a == "-h") && cmd_help(&cmd) != HELP => {
+            println!("{}", cmd_help(&cmd));
+            Ok(0)
+        }
+        "create" => create(args),
+        "info" => info(args),
+        "map" => map(args),
+        "check" => check(args),
+        "convert" => convert(args),
+        "snapshot" => snapshot(args),
+        "compare" => compare(args),
+        "resize" => resize(args),
+        "commit" => commit(args),
+        "rebase" => rebase(args),
+        "bench" => bench(args),
+        other => Err(Fail {
+            msg: format!("Command not found: {other}"),
+            code: 1,
+            usage: Some(""),
+        }),
+    };
+    let code = match r {
+        Ok(c) => c,
+        Err(f) => {
+            shared::error(PROG, &f.msg);
+            match f.usage {
+                Some("") => eprintln!("Try '{PROG} --help' for more info"),
+                Some(c) => eprintln!("Try '{PROG} {c} --help' for more info"),
+                None => {}
+            }
+            f.code
+        }
+    };
+    std::process::exit(code);
+}
+
+// ---- argument helpers ----
+
+fn parser(args: Vec<OsString>) -> lexopt::Parser {
+    lexopt::Parser::from_args(args)
+}
+
+fn val(p: &mut lexopt::Parser, cmd: &'static str) -> Result<String, Fail> {
+    p.value()
+        .map(|v| v.to_string_lossy().into_owned())
+        .map_err(|e| usage_err(cmd, e.to_string()))
+}
+
+fn unexpected(a: lexopt::Arg, cmd: &'static str) -> Fail {
+    usage_err(cmd, a.unexpected().to_string())
+}
+
+fn one_file(files: Vec<String>, cmd: &'static str) -> Result<String, Fail> {
+    let mut files = files;
+    if files.len() != 1 {
+        return Err(usage_err(cmd, "Expecting one image file name"));
+    }
+    Ok(files.remove(0))
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Output {
+    Human,
+    Json,
+}
+
+fn output_arg(s: &str, cmd: &'static str) -> Result<Output, Fail> {
+    match s {
+        "human" => Ok(Output::Human),
+        "json" => Ok(Output::Json),
+        _ => Err(usage_err(
+            cmd,
+            format!("--output expects 'human' or 'json', not '{s}'"),
+        )),
+    }
+}
+
+fn size_arg(s: &str) -> Result<u64, Fail> {
+    shared::size_arg(s).map_err(|_| {
+        fail(
+            "Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n\
+             kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
+        )
+    })
+}
+
+fn open(file: &str, fmt: Option<String>, read_only: bool) -> Result<Image, Fail> {
+    open_with(
+        file,
+        &OpenOptions {
+            format: fmt,
+            read_only,
+            ..Default::default()
+        },
+    )
+}
+
+/// Opens an image and prints what the library warns about (as qemu-img's
+/// "warning:" lines).
+fn open_with(file: &str, opts: &OpenOptions) -> Result<Image, Fail> {
+    let img = Image::open(file, opts).map_err(lib)?;
+    for w in img.warnings() {
+        eprintln!("{PROG}: warning: {w}");
+    }
+    Ok(img)
+}
+
+/// A progress callback for `-p`, with its bar.
+fn with_progress<T>(enabled: bool, f: impl FnOnce(ops::Progress) -> T) -> T {
+    let mut bar = ProgressBar::new(enabled);
+    let r = f(&mut |d, t| bar.update(d, t));
+    bar.finish();
+    r
+}
+
+// ---- create ----
+
+fn kind_name(k: OptKind) -> &'static str {
+    match k {
+        OptKind::Size => "size",
+        OptKind::Str => "str",
+        OptKind::Bool => "bool (on/off)",
+        OptKind::Number => "num",
+    }
+}
+
+fn print_opts_help(fmt: &str) -> Res {
+    let d = format::find_driver(fmt).map_err(lib)?;
+    println!("Supported {fmt} options:");
+    for o in d.create_opts {
+        let key = format!("{}=<{}>", o.name, kind_name(o.kind));
+        println!("  {key:<22} - {}", o.help);
+    }
+    Ok(0)
+}
+
+fn create(args: Vec<OsString>) -> Res {
+    const C: &str = "create";
+    let mut p = parser(args);
+    let (mut fmt, mut backing, mut bfmt, mut quiet) = ("raw".to_string(), None, None, false);
+    let mut opts = CreateOptions::new();
+    let mut opt_strs = Vec::new();
+    let mut pos = Vec::new();
+    while let Some(a) = p.next().map_err(|e| usage_err(C, e.to_string()))? {
+        match a {
+            Short('f') => fmt = val(&mut p, C)?,
+            Short('b') => backing = Some(val(&mut p, C)?),
+            Short('F') => bfmt = Some(val(&mut p, C)?),
+            Short('o') => opt_strs.push(val(&mut p, C)?),
+            Short('q') => quiet = true,
+            // The library always opens the backing file to check it.
+            Short('u') => {
+                return Err(fail(
+                    "create -u is not supported: the backing file must exist and open",
+                ))
+            }
+            Value(v) => pos.push(v.to_string_lossy().into_owned()),
+            a => return Err(unexpected(a, C)),
+        }
+    }
+    if opt_strs.iter().any(|o| o == "help" || o == "?") {
+        return print_opts_help(&fmt);
+    }
+    for o in &opt_strs {
+        opts.parse_into(o).map_err(lib)?;
+    }
+    if pos.is_empty() || pos.len() > 2 {
+        return Err(usage_err(C, "Expecting image file name"));
+    }
+    let file = pos[0].clone();
+    if let Some(s) = pos.get(1) {
+        opts.set(format::options::SIZE, size_arg(s)?.to_string());
+    }
+    if let Some(b) = &backing {
+        opts.set(format::options::BACKING_FILE, b.clone());
+    }
+    if let Some(f) = &bfmt {
+        opts.set(format::options::BACKING_FMT, f.clone());
+    }
+    let driver = format::find_driver(&fmt).map_err(lib)?;
+    if backing.is_some() && !driver.supports_backing {
+        return Err(fail(format!(
+            "{file}: Backing file not supported for file format '{fmt}'"
+        )));
+    }
+    if opts.get(format::options::SIZE).is_none() && backing.is_none() {
+        return Err(fail(format!(
+            "{file}: Image creation needs a size parameter"
+        )));
+    }
+    Image::create(&file, &fmt, &opts).map_err(lib)?;
+    if !quiet {
+        // Report the options as created, in the driver's order.
+        let created = Image::open(
+            &file,
+            &OpenOptions {
+                format: Some(fmt.clone()),
+                read_only: true,
+                no_backing: true,
+                ..Default::default()
+            },
+        )
+        .map_err(lib)?;
+        let mut line = format!("Formatting '{file}', fmt={fmt}");
+        for d in driver.create_opts {
+            let v = if d.name == format::options::SIZE {
+                Some(created.size().to_string())
+            } else {
+                opts.get(d.name).map(str::to_owned)
+            };
+            if let Some(v) = v {
+                line += &format!(" {}={v}", d.name);
+            }
+        }
+        println!("{line}");
+    }
+    Ok(0)
+}
+
+// ---- info ----
+
+fn file_node(path: &str) -> (u64, u64) {
+    std::fs::metadata(path)
+        .map(|m| (m.len(), m.blocks() * 512))
+        .unwrap_or((0, 0))
+}
+
+fn json_scalar(v: &str) -> Value {
+    if let Ok(n) = v.parse::<u64>() {
+        return json!(n);
+    }
+    match v {
+        "true" => json!(true),
+        "false" => json!(false),
+        _ => json!(v),
+    }
+}
+
+fn info_json(i: &ImageInfo, snaps: &[SnapshotInfo]) -> Value {
+    let (flen, fdisk) = file_node(&i.filename);
+    let mut m = Map::new();
+    m.insert(
+        "children".into(),
+        json!([{ "name": "file", "info": {
+            "children": [],
+            "virtual-size": flen,
+            "filename": i.filename,
+            "format": "file",
+            "actual-size": fdisk,
+            "format-specific": { "type": "file", "data": {} },
+            "dirty-flag": false,
+        }}]),
+    );
+    if let Some(f) = &i.backing_format {
+        m.insert("backing-filename-format".into(), json!(f));
+    }
+    if !snaps.is_empty() {
+        let list: Vec<Value> = snaps
+            .iter()
+            .map(|s| {
+                let mut o = Map::new();
+                if let Some(ic) = s.icount {
+                    o.insert("icount".into(), json!(ic));
+                }
+                o.insert(
+                    "vm-clock-nsec".into(),
+                    json!(s.vm_clock_nsec % 1_000_000_000),
+                );
+                o.insert("name".into(), json!(s.name));
+                o.insert("date-sec".into(), json!(s.date_sec));
+                o.insert("date-nsec".into(), json!(s.date_nsec));
+                o.insert(
+                    "vm-clock-sec".into(),
+                    json!(s.vm_clock_nsec / 1_000_000_000),
+                );
+                o.insert("id".into(), json!(s.id));
+                o.insert("vm-state-size".into(), json!(s.vm_state_size));
+                Value::Object(o)
+            })
+            .collect();
+        m.insert("snapshots".into(), Value::Array(list));
+    }
+    m.insert("virtual-size".into(), json!(i.virtual_size));
+    m.insert("filename".into(), json!(i.filename));
+    if i.cluster_size > 0 {
+        m.insert("cluster-size".into(), json!(i.cluster_size));
+    }
+    m.insert("format".into(), json!(i.format));
+    m.insert("actual-size".into(), json!(i.disk_size));
+    if !i.specific.is_empty() {
+        let mut data = Map::new();
+        for (k, v) in &i.specific {
+            data.insert(k.replace(' ', "-"), json_scalar(v));
+        }
+        m.insert(
+            "format-specific".into(),
+            json!({ "type": i.format, "data": data }),
+        );
+    }
+    if let (Some(b), Some(p)) = (&i.backing_file, &i.backing_path) {
+        m.insert("full-backing-filename".into(), json!(p));
+        m.insert("backing-filename".into(), json!(b));
+    }
+    m.insert("dirty-flag".into(), json!(false));
+    Value::Object(m)
+}
+
+fn date_str(sec: u64) -> String {
+    // SAFETY: localtime_r fills the caller's struct; strftime writes at most
+    // the buffer's size.
+    unsafe {
+        let t = sec as libc::time_t;
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return String::new();
+        }
+        let mut buf = [0u8; 64];
+        let n = libc::strftime(
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            c"%Y-%m-%d %H:%M:%S".as_ptr(),
+            &tm,
+        );
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+fn snapshot_table(snaps: &[SnapshotInfo]) -> String {
+    let mut s = format!(
+        "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}\n",
+        "ID", "TAG", "VM_SIZE", "DATE", "VM_CLOCK", "ICOUNT"
+    );
+    for sn in snaps {
+        let ms = sn.vm_clock_nsec / 1_000_000;
+        let clock = format!(
+            "{:04}:{:02}:{:02}.{:03}",
+            ms / 3_600_000,
+            ms / 60_000 % 60,
+            ms / 1000 % 60,
+            ms % 1000
+        );
+        let icount = sn.icount.map(|i| i.to_string()).unwrap_or_default();
+        s += &format!(
+            "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}\n",
+            sn.id,
+            sn.name,
+            size_to_str(sn.vm_state_size),
+            date_str(sn.date_sec),
+            clock,
+            icount
+        );
+    }
+    s
+}
+
+fn info_human(i: &ImageInfo, snaps: &[SnapshotInfo]) -> String {
+    let mut s = format!(
+        "image: {}\nfile format: {}\nvirtual size: {} ({} bytes)\ndisk size: {}\n",
+        i.filename,
+        i.format,
+        size_to_str(i.virtual_size),
+        i.virtual_size,
+        size_to_str(i.disk_size)
+    );
+    if i.cluster_size > 0 {
+        s += &format!("cluster_size: {}\n", i.cluster_size);
+    }
+    if let (Some(b), Some(p)) = (&i.backing_file, &i.backing_path) {
+        if b == p {
+            s += &format!("backing file: {b}\n");
+        } else {
+            s += &format!("backing file: {b} (actual path: {p})\n");
+        }
+    }
+    if let Some(f) = &i.backing_format {
+        s += &format!("backing file format: {f}\n");
+    }
+    if !snaps.is_empty() {
+        s += "Snapshot list:\n";
+        s += &snapshot_table(snaps);
+    }
+    if !i.specific.is_empty() {
+        s += "Format specific information:\n";
+        for (k, v) in &i.specific {
+            s += &format!("    {k}: {v}\n");
+        }
+    }
+    let (flen, fdisk) = file_node(&i.filename);
+    s += &format!(
+        "Child node '/file':\n    filename: {}\n    protocol type: file\n    file length: {} ({flen} bytes)\n    disk size: {}\n",
+        i.filename,
+        size_to_str(flen),
+        size_to_str(fdisk)
+    );
+    s
+}
+
+fn info(args: Vec<OsString>) -> Res {
+    const C: &str = "info";
+    let mut p = parser(args);
+    let (mut fmt, mut out, mut chain, mut files) = (None, Output::Human, false, Vec::new());
+    while let Some(a) = p.next().map_err(|e| usage_err(C, e.to_string()))? {
+        match a {
+            Short('f') | Long("format") => fmt = Some(val(&mut p, C)?),
+            Long("output") => out = output_arg(&val(&mut p, C)?, C)?,
+            Short('b') | Long("backing-chain") => chain = true,
+            Short('U') | Long("force-share") => {}
+            Value(v) => files.push(v.to_string_lossy().into_owned()),
+            a => return Err(unexpected(a, C)),
+        }
+    }
+    let file = one_file(files, C)?;
+    let img = open(&file, fmt, true)?;
+    let mut layers = Vec::new();
+    let mut cur: Option<&Image> = Some(&img);
+    let mut holder;
+    while let Some(l) = cur {
+        layers.push((l.info().map_err(lib)?, l.snapshots()));
+        if !chain {
+            break;
+        }
+        holder = l.backing();
+        cur = holder.as_deref().and_then(|b| b.as_image());
+        // `holder` keeps the layer alive while `cur` borrows it.
+        let _ = &holder;
+    }
+    match out {
+        Output::Json if chain => {
+            let arr: Vec<Value> = layers.iter().map(|(i, s)| info_json(i, s)).collect();
+            println!("{}", qemu_json(&Value::Array(arr)));
+        }
+        Output::Json => println!("{}", qemu_json(&info_json(&layers[0].0, &layers[0].1))),
+        Output::Human => {
+            let parts: Vec<String> = layers.iter().map(|(i, s)| info_human(i, s)).collect();
+            print!("{}", parts.join("\n"));
+        }
+    }
+    Ok(0)
+}
+
+// ---- map ----
+
+fn hex(v: u64) -> String {
+    if v == 0 {
+        "0".into()
+    } else {
+        format!("{v:#x}")
+    }
+}
+
+fn map(args: Vec<OsString>) -> Res {
+    const C: &str = "map";
+    let mut p = parser(args);
+    let (mut fmt, mut out, mut files) = (None, Output::Human, Vec::new());
+    let (mut start, mut max_len) = (0u64, u64::MAX);
+    while let Some(a) = p.next().map_err(|e| usage_err(C, e.to_string()))? {
+        match a {
+            Short('f') | Long("format") => fmt = Some(val(&mut p, C)?),
+            Long("output") => out = output_arg(&val(&mut p, C)?, C)?,
+            Short('s') | Long("start-offset") => start = size_arg(&val(&mut p, C)?)?,
+            Short('l') | Long("max-length") => max_len = size_arg(&val(&mut p, C)?)?,
+            Short('U') | Long("force-share") => {}
+            Value(v) => files.push(v.to_string_lossy().into_owned()),
+            a => return Err(unexpected(a, C)),
+        }
+    }
+    let file = one_file(files, C)?;
+    let img = open(&file, fmt, true)?;
+    let entries = ops::map(&img, start, max_len).map_err(lib)?;
+    match out {
+        Output::Json => {
+            let lines: Vec<String> = entries
+                .iter()
+                .map(|e| {
+                    let mut s = format!(
+                        "{{ \"start\": {}, \"length\": {}, \"depth\": {}, \"present\": {}, \"zero\": {}, \"data\": {}, \"compressed\": {}",
+                        e.start, e.length, e.depth, e.present, e.zero, e.data, e.compressed
+                    );
+                    if let Some(o) = e.offset {
+                        s += &format!(", \"offset\": {o}");
+                    }
+                    s + "}"
+                })
+                .collect();
+            println!("[{}]", lines.join(",\n"));
+        }
+        Output::Human => {
+            println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
+            for e in entries.iter().filter(|e| e.data) {
+                if let (Some(o), Some(f)) = (e.offset, &e.file) {
+                    println!("{:<16}{:<16}{:<16}{f}", hex(e.start), hex(e.length), hex(o));
+                }
+            }
+        }
+    }
+    Ok(0)
+}
+
+// ---- check ----
+
+fn check(args: Vec<OsString>) -> Res {
+    const C: &str = "check";
+    let mut p = parser(args);
+    let (mut fmt, mut out, mut files, mut repair, mut quiet) =
+        (None, Output::Human, Vec::new(), Repair::None, false);
+    while let Some(a) = p.next().map_err(|e| usage_err(C, e.to_string()))? {
+        match a {
+            Short('f') | Long("format") => fmt = Some(val(&mut p, C)?),
+            Long("output") => out = output_arg(&val(&mut p, C)?, C)?,
+            Short('r') | Long("repair") => {
+                repair = match val(&mut p, C)?.as_str() {
+                    "leaks" => Repair::Leaks,
+                    "all" => Repair::All,
+                    o => {
+                        return Err(usage_err(
+                            C,
+                            format!(
+                                "Unknown option value for -r (expecting 'leaks' or 'all'): {o}"
+                            ),
+                        ))
+                    }
+                }
+            }
+            Short('q') | Long("quiet") => quiet = true,
+            // Checks read metadata only and finish quickly: no bar needed.
+            Short('p') => {}
+            Short('U') | Long("force-share") => {}
+            Value(v) => files.push(v.to_string_lossy().into_owned()),
+            a => return Err(unexpected(a, C)),
+        }
+    }
+    let file = one_file(files, C)?;
+    let img = open(&file, fmt, repair == Repair::None)?;
+    let r: CheckReport = match img.check(repair) {
+        Ok(r) => r,
+        Err(Error::Unsupported(_)) => {
+            return Err(Fail {
+                msg: "This image format does not support checks".into(),
+                code: 63,
+                usage: None,
+            })
+        }
+        Err(e) => return Err(lib(e)),
+    };
+    img.close().map_err(lib)?;
+    match out {
+        Output::Json => {
+            let mut m = Map::new();
+            if let Some(e) = r.image_end_offset {
+                m.insert("image-end-offset".into(), json!(e));
+            }
+            if let Some(t) = r.total_clusters {
+                m.insert("total-clusters".into(), json!(t));
+            }
+            m.insert("check-errors".into(), json!(r.check_errors));
+            for (k, v) in [
+                ("corruptions", r.corruptions),
+                ("leaks", r.leaks),
+                ("corruptions-fixed", r.corruptions_fixed),
+                ("leaks-fixed", r.leaks_fixed),
+            ] {
+                if v > 0 {
+                    m.insert(k.into(), json!(v));
+                }
+            }
+            if let Some(a) = r.allocated_clusters {
+                m.insert("allocated-clusters".into(), json!(a));
+            }
+            m.insert("filename".into(), json!(file));
+            m.insert("format".into(), json!(img_format(&file)));
+            println!("{}", qemu_json(&Value::Object(m)));
+        }
+        Output::Human if !quiet => {
+            for msg in &r.messages {
+                eprintln!("{msg}");
+            }
+            if r.leaks_fixed > 0 || r.corruptions_fixed > 0 {
+                println!(
+                    "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...",
+                    r.leaks_fixed, r.corruptions_fixed
+                );
+            }
+            let corr = r.corruptions - r.corruptions_fixed;
+            let leaks = r.leaks - r.leaks_fixed;
+            if corr == 0 && leaks == 0 && r.check_errors == 0 {
+                println!("No errors were found on the image.");
+            }
+            if corr > 0 {
+                println!("\n{corr} errors were found on the image.\nData may be corrupted, or further writes to the image may corrupt it.");
+            }
+            if leaks > 0 {
+                println!("\n{leaks} leaked clusters were found on the image.\nThis means waste of disk space, but no harm to data.");
+            }
+            if r.check_errors > 0 {
+                println!(
+                    "\n{} internal errors have occurred during the check.",
+                    r.check_errors
+                );
+            }
+            if let (Some(t), Some(a)) = (r.total_clusters, r.allocated_clusters) {
+                if t > 0 {
+                    println!(
+                        "{a}/{t} = {:.2}% allocated, 0.00% fragmented, 0.00% compressed clusters",
+                        a as f64 * 100.0 / t as f64
+                    );
+                }
+            }
+            if let Some(e) = r.image_end_offset {
+                println!("Image end offset: {e}");
+            }
+        }
+        Output::Human => {}
+    }
+    Ok(if r.check_errors > 0 {
+        1
+    } else if r.corruptions > r.corruptions_fixed {
+        2
+    } else if r.leaks > r.leaks_fixed {
+        3
+    } else {
+        0
+    })
+}
+
+fn img_format(file: &str) -> String {
+    open(file, None, true)
+        .map(|i| i.format_name().to_string())
+        .unwrap_or_default()
+}
+
+// ---- convert ----
+
+/// `-l snapshot.id=ID`, `-l snapshot.name=NAME` or `-l NAME`: the library
+/// matches the string against ids, then names.
+fn snapshot_ref(s: &str) -> Result<String, Fail> {
+    if let Some(id) = s.strip_prefix("snapshot.id=") {
+        Ok(id.into())
+    } else if let Some(n) = s.strip_prefix("snapshot.name=") {
+        Ok(n.into())
+    } else if s.contains('=') {
+        Err(usage_err(
+            "convert",
+            format!("Failed in parsing snapshot param '{s}'"),
+        ))
+    } else {
+        Ok(s.into())
+    }
+}
+
+fn convert(args: Vec<OsString>) -> Res {
+    const C: &str = "convert";
+    let mut p = parser(args);
+    let (mut fmt, mut ofmt, mut progress, mut quiet, mut no_create) =
+        (None, "raw".to_string(), false, false, false);
+    let (mut opt_strs, mut files, mut snap) = (Vec::new(), Vec::new(), None);
+    while let Some(a) = p.next().map_err(|e| usage_err(C, e.to_string()))? {
+        match a {
+            Short('f') => fmt = Some(val(&mut p, C)?),
+            Short('O') => ofmt = val(&mut p, C)?,
+            Short('o') => opt_strs.push(val(&mut p, C)?),
+            Short('p') => progress = true,
+            Short('q') => quiet = true,
+            Short('n') => no_create = true,
+            Short('l') => snap = Some(snapshot_ref(&val(&mut p, C)?)?),
+            Short('s') => snap = Some(val(&mut p, C)?),
+            // Cache modes, sparse size, coroutines, out-of-order: the
+            // library has one way of doing each; accepted for scripts.
+            Short('t') | Short('T') | Short('S') | Short('m') => {
+                val(&mut p, C)?;
+            }
+            Short('W') | Short('U') => {}
+            Short('c') => {
+                return Err(fail(
+                    "Compression is not supported by cowblk's output drivers",
+                ))
+            }
+            Value(v) => files.push(v.to_string_lossy().into_owned()),
+            a => return Err(unexpected(a, C)),
+        }
+    }
+    if opt_strs.iter().any(|o| o == "help" || o == "?") {
+        return print_opts_help(&ofmt);
+    }
+    if files.len() != 2 {
+        return Err(usage_err(C, "Expecting one input and one output file name"));
+    }
+    let src = open_with(
+        &files[0],
+        &OpenOptions {
+            format: fmt,
+            read_only: true,
+            snapshot: snap,
+            ..Default::default()
+        },
+    )?;
+    let out = &files[1];
+    if !no_create {
+        let mut opts = CreateOptions::new();
+        for o in &opt_strs {
+            opts.parse_into(o).map_err(lib)?;
+        }
+        opts.set(format::options::SIZE, src.size().to_string());
+        Image::create(out, &ofmt, &opts).map_err(lib)?;
+    }
+    let dst = open(out, Some(ofmt), false)?;
+    with_progress(progress && !quiet, |pr| {
+        ops::convert(&src, &dst, !no_create, pr)
+    })
+    .map_err(lib)?;
+    dst.close().map_err(lib)?;
+    Ok(0)
+}
+
+// ---- snapshot ----
+
+fn snapshot(args: Vec<OsString>) -> Res {
+    const C: &str = "snapshot";
+    let mut p = parser(args);
+    let (mut fmt, mut list, mut files) = (None, false, Vec::new());
+    while let Some(a) = p.next().map_err(|e| usage_err(C, e.to_string()))? {
+        match a {
+            Short('f') => fmt = Some(val(&mut p, C)?),
+            Short('l') => list = true,
+            Short('U') | Short('q') => {}
+            Short(c @ ('a' | 'c' | 'd')) => {
+                let _ = val(&mut p, C)?;
+                return Err(fail(format!(
+                    "snapshot -{c} is not supported: cowblk opens snapshots read-only"
+                )));
+            }
+            Value(v) => files.push(v.to_string_lossy().into_owned()),
+            a => return Err(unexpected(a, C)),
+        }
+    }
+    if !list {
+        return Err(usage_err(C, "Expecting -l (only listing is supported)"));
+    }
+    let file = one_file(files, C)?;
+    let img = open(&file, fmt, true)?;
+    let snaps = img.snapshots();
+    if !snaps.is_empty() {
+        print!("Snapshot list:\n{}", snapshot_table(&snaps));
+    }
+    Ok(0)
+}
+
+// ---- compare ----
+
+fn compare(args: Vec<OsString>) -> Res {
+    const C: &str = "compare";
+    let mut p = parser(args);
+    let (mut fa, mut fb, mut strict, mut quiet, mut progress, mut files) =
+        (None, None, false, false, false, Vec::new());
+    while let Some(a) = p.next().map_err(|e| Fail {
+        code: 2,
+        ..usage_err(C, e.to_string())
+    })? {
+        match a {
+            Short('f') => fa = Some(val(&mut p, C)?),
+            Short('F') => fb = Some(val(&mut p, C)?),
+            Short('s') => strict = true,
+            Short('q') => quiet = true,
+            Short('p') => progress = true,
+            Short('U') => {}
+            Short('T') => {
+                val(&mut p, C)?;
+            }
+            Value(v) => files.push(v.to_string_lossy().into_owned()),
+            a => {
+                return Err(Fail {
+                    code: 2,
+                    ..unexpected(a, C)
+                })
+            }
+        }
+    }
+    if files.len() != 2 {
+        return Err(Fail {
+            code: 2,
+            ..usage_err(C, "Expecting two image file names")
+        });
+    }
+    let err2 = |f: Fail| Fail { code: 2, ..f };
+    let a = open(&files[0], fa.clone(), true).map_err(err2)?;
+    // One format given applies to both, as in qemu-img.
+    let b = open(&files[1], fb.or(fa), true).map_err(err2)?;
+    let r = with_progress(progress && !quiet, |pr| ops::compare(&a, &b, strict, pr))
+        .map_err(|e| err2(lib(e)))?;
+    let say = |s: String| {
+        if !quiet {
+            println!("{s}");
+        }
+    };
+    if r.size_mismatch {
+        if strict {
+            say("Strict mode: Image size mismatch!".into());
+            return Ok(1);
+        }
+        say("Warning: Image size mismatch!".into());
+    }
+    match r.first_mismatch {
+        Some(off) => {
+            say(format!("Content mismatch at offset {off}!"));
+            Ok(1)
+        }
+        None => {
+            say("Images are identical.".into());
+            Ok(0)
+        }
+    }
+}
+
+// ---- resize ----
+
+fn resize(mut args: Vec<OsString>) -> Res {
+    const C: &str = "resize";
+    // The size comes last and may start with '-': take it before options
+    // are parsed, as qemu-img does.
+    let Some(size_s) = args.pop() else {
+        return Err(usage_err(C, "Expecting image file name and size"));
+    };
+    let size_s = size_s.to_string_lossy().into_owned();
+    if args.last().is_some_and(|a| a == "--") {
+        args.pop();
+    }
+    let mut p = parser(args);
+    let (mut fmt, mut quiet, mut shrink, mut files) = (None, false, false, Vec::new());
+    while let Some(a) = p.next().map_err(|e| usage_err(C, e.to_string()))? {
+        match a {
+            Short('f') => fmt = Some(val(&mut p, C)?),
+            Short('q') => quiet = true,
+            Long("shrink") => shrink = true,
+            Short('U') => {}
+            Long("preallocation") => {
+                let v = val(&mut p, C)?;
+                if v != "off" {
+                    return Err(fail(format!("Preallocation mode '{v}' is not supported")));
+                }
+            }
+            Value(v) => files.push(v.to_string_lossy().into_owned()),
+            a => return Err(unexpected(a, C)),
+        }
+    }
+    let file = one_file(files, C)?;
+    let img = open(&file, fmt, false)?;
+    let cur = img.size();
+    let new = if let Some(d) = size_s.strip_prefix('+') {
+        cur.checked_add(size_arg(d)?)
+            .ok_or_else(|| fail("Image size too large"))?
+    } else if let Some(d) = size_s.strip_prefix('-') {
+        cur.checked_sub(size_arg(d)?)
+            .ok_or_else(|| fail("New image size must be positive"))?
+    } else {
+        size_arg(&size_s)?
+    };
+    if new < cur && !shrink {
+        eprintln!("{PROG}: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.");
+        return Err(fail(
+            "Use the --shrink option to perform a shrink operation.",
+        ));
+    }
+    img.truncate(new).map_err(lib)?;
+    img.close().map_err(lib)?;
+    if !quiet {
+        println!("Image resized.");
+    }
+    Ok(0)
+}
+
+// ---- commit ----
+
+fn commit(args: Vec<OsString>) -> Res {
+    const C: &str = "commit";
+    let mut p = parser(args);
+    let (mut fmt, mut quiet, mut progress, mut keep, mut base, mut files) =
+        (None, false, false, false, None, Vec::new());
+    while let Some(a) = p.next().map_err(|e| usage_err(C, e.to_string()))? {
+        match a {
+            Short('f') => fmt = Some(val(&mut p, C)?),
+            Short('q') => quiet = true,
+            Short('p') => progress = true,
+            Short('d') => keep = true,
+            Short('b') => base = Some(val(&mut p, C)?),
+            Short('t') | Short('r') => {
+                val(&mut p, C)?;
+            }
+            Value(v) => files.push(v.to_string_lossy().into_owned()),
+            a => return Err(unexpected(a, C)),
+        }
+    }
+    let file = one_file(files, C)?;
+    let img = open(&file, fmt, false)?;
+    if let Some(b) = base {
+        let direct = img.backing_spec().map(|s| s.name);
+        if direct.as_deref() != Some(b.as_str()) {
+            return Err(fail(format!(
+                "'{b}' is not the backing file of '{file}': only commits into the direct backing file are supported"
+            )));
+        }
+    }
+    with_progress(progress && !quiet, |pr| ops::commit(&img, keep, pr)).map_err(lib)?;
+    img.close().map_err(lib)?;
+    if !quiet {
+        println!("Image committed.");
+    }
+    Ok(0)
+}
+
+// ---- rebase ----
+
+fn rebase(args: Vec<OsString>) -> Res {
+    const C: &str = "rebase";
+    let mut p = parser(args);
+    let (mut fmt, mut quiet, mut progress, mut unsafe_, mut base, mut bfmt, mut files) =
+        (None, false, false, false, None, None, Vec::new());
+    while let Some(a) = p.next().map_err(|e| usage_err(C, e.to_string()))? {
+        match a {
+            Short('f') => fmt = Some(val(&mut p, C)?),
+            Short('q') => quiet = true,
+            Short('p') => progress = true,
+            Short('u') => unsafe_ = true,
+            Short('b') => base = Some(val(&mut p, C)?),
+            Short('F') => bfmt = Some(val(&mut p, C)?),
+            Short('t') | Short('T') => {
+                val(&mut p, C)?;
+            }
+            Short('U') => {}
+            Short('c') => return Err(fail("Compression is not supported")),
+            Value(v) => files.push(v.to_string_lossy().into_owned()),
+            a => return Err(unexpected(a, C)),
+        }
+    }
+    let file = one_file(files, C)?;
+    let Some(base) = base else {
+        return Err(usage_err(
+            C,
+            "Must specify backing file (-b) or use unsafe mode (-u)",
+        ));
+    };
+    let img = open(&file, fmt, false)?;
+    let new = (!base.is_empty()).then(|| ops::rebase::NewBacking {
+        name: &base,
+        format: bfmt.as_deref(),
+    });
+    with_progress(progress && !quiet, |pr| ops::rebase(&img, new, unsafe_, pr)).map_err(lib)?;
+    img.close().map_err(lib)?;
+    Ok(0)
+}
+
+// ---- bench ----
+
+fn bench(args: Vec<OsString>) -> Res {
+    const C: &str = "bench";
+    let mut p = parser(args);
+    let mut o = BenchOptions::default();
+    let (mut fmt, mut quiet, mut progress, mut files) = (None, false, false, Vec::new());
+    let num = |s: String| -> Result<u64, Fail> {
+        s.parse::<u64>()
+            .map_err(|_| usage_err(C, format!("Invalid number: '{s}'")))
+    };
+    while let Some(a) = p.next().map_err(|e| usage_err(C, e.to_string()))? {
+        match a {
+            Short('c') => o.count = num(val(&mut p, C)?)?,
+            Short('d') => o.depth = num(val(&mut p, C)?)?,
+            Short('f') => fmt = Some(val(&mut p, C)?),
+            Short('o') => o.offset = size_arg(&val(&mut p, C)?)?,
+            Short('s') => o.buf_size = size_arg(&val(&mut p, C)?)?,
+            Short('S') => o.step = size_arg(&val(&mut p, C)?)?,
+            Short('w') => o.write = true,
+            Short('q') => quiet = true,
+            Short('p') => progress = true,
+            Short('n') | Short('U') | Long("no-drain") => {}
+            Short('t') | Short('i') => {
+                val(&mut p, C)?;
+            }
+            Long("flush-interval") => o.flush_interval = num(val(&mut p, C)?)?,
+            Long("pattern") => {
+                let v = num(val(&mut p, C)?)?;
+                o.pattern = u8::try_from(v)
+                    .map_err(|_| usage_err(C, format!("Invalid pattern byte specified: {v}")))?;
+            }
+            Value(v) => files.push(v.to_string_lossy().into_owned()),
+            a => return Err(unexpected(a, C)),
+        }
+    }
+    if o.flush_interval > 0 && !o.write {
+        return Err(fail("--flush-interval is only available in write tests"));
+    }
+    let file = one_file(files, C)?;
+    let img = open(&file, fmt, !o.write)?;
+    if !quiet {
+        println!(
+            "Sending {} {} requests, {} bytes each, {} in parallel (starting at offset {}, step size {})",
+            o.count,
+            if o.write { "write" } else { "read" },
+            o.buf_size,
+            o.depth,
+            o.offset,
+            o.step()
+        );
+        if o.flush_interval > 0 {
+            println!("Sending flush every {} requests", o.flush_interval);
+        }
+    }
+    let t = with_progress(progress && !quiet, |pr| ops::bench(&img, &o, pr)).map_err(lib)?;
+    img.close().map_err(lib)?;
+    if !quiet {
+        println!("Run completed in {:.3} seconds.", t.as_secs_f64());
+    }
+    Ok(0)
+}

@@ -1,0 +1,857 @@
+//! cowblk-io: qemu-io's syntax and output over the cowblk library.
+//!
+//! `cowblk-io [-f FMT] [-r] [-c CMD]... FILE`; commands run in order, each
+//! printing what qemu-io prints; the exit code is 1 if any failed.
+
+#[path = "../shared/mod.rs"]
+mod shared;
+
+use cowblk::{Image, OpenOptions};
+use shared::{cvtstr, errno_text};
+use std::io::{BufRead, IsTerminal, Write};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const PROG: &str = "cowblk-io";
+/// Largest single request, as qemu's block layer (INT_MAX, sector aligned).
+const MAX_REQUEST: u64 = 2147483136;
+
+const USAGE: &str = "Usage: cowblk-io [OPTIONS]... [-c STRING]... [file]
+Exercise a disk image with qemu-io's commands, through the cowblk library.
+
+  -c, --cmd STRING     execute command with its arguments from the given string
+  -f, --format FMT     specifies the block driver to use
+  -r, --read-only      open read-only
+  -n, --nocache        accepted for compatibility (host cache is not bypassed)
+  -t, --cache=MODE     accepted for compatibility
+  -d, --discard=MODE   accepted for compatibility
+  -i, --aio=MODE       accepted for compatibility (aio runs on threads)
+  -U, --force-share    accepted for compatibility
+  -h, --help           display this help and exit
+  -V, --version        output version information and exit
+
+Without -c, commands are read from standard input.
+See 'cowblk-io -c help' for the commands.";
+
+/// One command's table entry: name, argument synopsis, description.
+struct CmdInfo {
+    name: &'static str,
+    args: &'static str,
+    help: &'static str,
+    min: usize,
+    max: Option<usize>,
+}
+
+const CMDS: &[CmdInfo] = &[
+    CmdInfo {
+        name: "aio_flush",
+        args: "",
+        help: "completes all outstanding aio requests",
+        min: 0,
+        max: Some(0),
+    },
+    CmdInfo {
+        name: "aio_read",
+        args: "[-qv] [-P pattern] off len [len..]",
+        help: "asynchronously reads a number of bytes",
+        min: 2,
+        max: None,
+    },
+    CmdInfo {
+        name: "aio_write",
+        args: "[-fquz] [-P pattern] off len [len..]",
+        help: "asynchronously writes a number of bytes",
+        min: 2,
+        max: None,
+    },
+    CmdInfo {
+        name: "alloc",
+        args: "offset [count]",
+        help: "checks if offset is allocated in the file",
+        min: 1,
+        max: Some(2),
+    },
+    CmdInfo {
+        name: "discard",
+        args: "[-q] off len",
+        help: "discards a number of bytes at a specified offset",
+        min: 2,
+        max: Some(2),
+    },
+    CmdInfo {
+        name: "flush",
+        args: "",
+        help: "flush all in-core file state to disk",
+        min: 0,
+        max: Some(0),
+    },
+    CmdInfo {
+        name: "help",
+        args: "[command]",
+        help: "help for one or all commands",
+        min: 0,
+        max: Some(1),
+    },
+    CmdInfo {
+        name: "info",
+        args: "",
+        help: "prints information about the current file",
+        min: 0,
+        max: Some(0),
+    },
+    CmdInfo {
+        name: "length",
+        args: "",
+        help: "gets the length of the current file",
+        min: 0,
+        max: Some(0),
+    },
+    CmdInfo {
+        name: "map",
+        args: "",
+        help: "prints the allocated areas of a file",
+        min: 0,
+        max: Some(0),
+    },
+    CmdInfo {
+        name: "quit",
+        args: "",
+        help: "exit the program",
+        min: 0,
+        max: Some(0),
+    },
+    CmdInfo {
+        name: "read",
+        args: "[-qv] [-P pattern [-s off] [-l len]] off len",
+        help: "reads a number of bytes at a specified offset",
+        min: 2,
+        max: None,
+    },
+    CmdInfo {
+        name: "readv",
+        args: "[-qv] [-P pattern] off len [len..]",
+        help: "reads a number of bytes at a specified offset",
+        min: 2,
+        max: None,
+    },
+    CmdInfo {
+        name: "sleep",
+        args: "ms",
+        help: "waits for the given value in milliseconds",
+        min: 1,
+        max: Some(1),
+    },
+    CmdInfo {
+        name: "truncate",
+        args: "off",
+        help: "truncates the current file at the given offset",
+        min: 1,
+        max: Some(1),
+    },
+    CmdInfo {
+        name: "write",
+        args: "[-fquz] [-P pattern] off len",
+        help: "writes a number of bytes at a specified offset",
+        min: 0,
+        max: None,
+    },
+    CmdInfo {
+        name: "writev",
+        args: "[-fq] [-P pattern] off len [len..]",
+        help: "writes a number of bytes at a specified offset",
+        min: 2,
+        max: None,
+    },
+];
+
+fn find_cmd(name: &str) -> Option<&'static CmdInfo> {
+    CMDS.iter().find(|c| c.name == name)
+}
+
+fn print_cmd_help(c: &CmdInfo) {
+    let sep = if c.args.is_empty() { "" } else { " " };
+    println!("{}{sep}{} -- {}", c.name, c.args, c.help);
+}
+
+/// Why a command failed; the message has been printed already.
+struct Failed;
+
+type CmdResult = Result<(), Failed>;
+
+/// The open image and outstanding aio requests.
+struct Session {
+    img: Arc<Image>,
+    aio: Vec<JoinHandle<String>>,
+    quit: bool,
+}
+
+/// Options of one command, qemu-io's getopt flags.
+#[derive(Default)]
+struct Flags {
+    pattern: Option<u8>,
+    pattern_off: Option<u64>,
+    pattern_len: Option<u64>,
+    quiet: bool,
+    verbose: bool,
+    zero: bool,
+    fua: bool,
+    args: Vec<String>,
+}
+
+fn cvtnum(s: &str) -> Result<u64, Failed> {
+    match shared::size_arg(s) {
+        Ok(v) => Ok(v),
+        Err(_) => {
+            println!(
+                "Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- {s}"
+            );
+            Err(Failed)
+        }
+    }
+}
+
+/// A pattern byte as qemu_strtol reads it (decimal, 0x hex or 0 octal).
+fn parse_pattern(s: &str) -> Result<u8, Failed> {
+    let v = if let Some(h) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        i64::from_str_radix(h, 16).ok()
+    } else if s.len() > 1 && s.starts_with('0') {
+        i64::from_str_radix(&s[1..], 8).ok()
+    } else {
+        s.parse::<i64>().ok()
+    };
+    match v {
+        Some(v) if (0..=255).contains(&v) => Ok(v as u8),
+        _ => {
+            println!("{s} is not a valid pattern byte");
+            Err(Failed)
+        }
+    }
+}
+
+/// Parses `argv` (command name first) against the flags `allowed`.
+fn parse_flags(argv: &[String], allowed: &str) -> Result<Flags, Failed> {
+    let name = &argv[0];
+    let info = find_cmd(name).ok_or(Failed)?;
+    let mut f = Flags::default();
+    let mut p = lexopt::Parser::from_args(argv[1..].iter().cloned());
+    let bad = |msg: String| {
+        println!("{name}: {msg}");
+        print_cmd_help(info);
+        Failed
+    };
+    loop {
+        let arg = match p.next() {
+            Ok(Some(a)) => a,
+            Ok(None) => break,
+            Err(e) => return Err(bad(e.to_string())),
+        };
+        use lexopt::Arg::*;
+        match arg {
+            Short(c) if allowed.contains(c) => {
+                let mut val = || -> Result<String, Failed> {
+                    p.value()
+                        .map_err(|e| bad(e.to_string()))
+                        .map(|v| v.to_string_lossy().into_owned())
+                };
+                match c {
+                    'P' => f.pattern = Some(parse_pattern(&val()?)?),
+                    's' => f.pattern_off = Some(cvtnum(&val()?)?),
+                    'l' => f.pattern_len = Some(cvtnum(&val()?)?),
+                    'q' => f.quiet = true,
+                    'v' => f.verbose = true,
+                    'z' => f.zero = true,
+                    'f' => f.fua = true,
+                    // Unmap is a hint; zeroing may deallocate anyway.
+                    'u' => {}
+                    _ => return Err(bad(format!("unhandled option -- '{c}'"))),
+                }
+            }
+            Short(c) => {
+                eprintln!("{name}: invalid option -- '{c}'");
+                print_cmd_help(info);
+                return Err(Failed);
+            }
+            Long(l) => return Err(bad(format!("unrecognized option '--{l}'"))),
+            Value(v) => f.args.push(v.to_string_lossy().into_owned()),
+        }
+    }
+    let n = f.args.len();
+    if n < info.min || info.max.is_some_and(|m| n > m) {
+        let expect = match info.max {
+            Some(m) if m == info.min => format!("expected {m} arguments"),
+            Some(m) => format!("expected between {} and {m} arguments", info.min),
+            None => format!("expected at least {} arguments", info.min),
+        };
+        eprintln!("bad argument count {n} to {name}, {expect}");
+        return Err(Failed);
+    }
+    Ok(f)
+}
+
+/// read and write take more words than they use; like qemu-io, refuse
+/// extras with the command's usage line.
+fn exactly_two(f: &Flags, name: &str) -> Result<(), Failed> {
+    if f.args.len() != 2 {
+        if let Some(c) = find_cmd(name) {
+            print_cmd_help(c);
+        }
+        return Err(Failed);
+    }
+    Ok(())
+}
+
+fn timestr(t: Duration) -> String {
+    let secs = t.as_secs();
+    let frac = t.subsec_nanos() as f64 / 1e9;
+    if secs == 0 {
+        format!("{frac:05.2} sec")
+    } else {
+        format!(
+            "{}:{:02}:{:05.2}",
+            secs / 3600,
+            (secs / 60) % 60,
+            (secs % 60) as f64 + frac
+        )
+    }
+}
+
+/// qemu-io's two-line report after a data command.
+fn report(op: &str, t: Duration, off: u64, count: u64, total: u64, cnt: u64) -> String {
+    let secs = t.as_secs_f64().max(1e-9);
+    format!(
+        "{op} {total}/{count} bytes at offset {off}\n{}, {cnt} ops; {} ({}/sec and {:.4} ops/sec)\n",
+        cvtstr(total as f64),
+        timestr(t),
+        cvtstr(total as f64 / secs),
+        cnt as f64 / secs
+    )
+}
+
+/// Like qemu-io's dump_buffer: 16 bytes a line, hex then printable text.
+fn dump(buf: &[u8], off: u64) -> String {
+    let mut s = String::new();
+    for (i, line) in buf.chunks(16).enumerate() {
+        s += &format!("{:08x}:  ", off + 16 * i as u64);
+        for b in line {
+            s += &format!("{b:02x} ");
+        }
+        s.push(' ');
+        for &b in line {
+            s.push(if b.is_ascii_alphanumeric() {
+                b as char
+            } else {
+                '.'
+            });
+        }
+        s.push('\n');
+    }
+    s
+}
+
+fn check_len(len: u64) -> Result<(), Failed> {
+    if len > MAX_REQUEST {
+        println!("length cannot exceed {MAX_REQUEST}, given {len}");
+        return Err(Failed);
+    }
+    Ok(())
+}
+
+fn fail(op: &str, e: &cowblk::Error) -> Failed {
+    println!("{op} failed: {}", errno_text(e.errno()));
+    Failed
+}
+
+/// Offsets and lengths: `off len [len..]`.
+fn off_lens(args: &[String]) -> Result<(u64, Vec<u64>), Failed> {
+    let off = cvtnum(&args[0])?;
+    let lens = args[1..]
+        .iter()
+        .map(|a| cvtnum(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let total: u64 = lens.iter().sum();
+    check_len(total)?;
+    Ok((off, lens))
+}
+
+/// Checks `buf` against `pattern`; prints qemu-io's message on mismatch.
+fn verify(buf: &[u8], pattern: u8, off: u64) -> Option<String> {
+    (!buf.iter().all(|&b| b == pattern)).then(|| {
+        format!(
+            "Pattern verification failed at offset {off}, {} bytes\n",
+            buf.len()
+        )
+    })
+}
+
+impl Session {
+    fn run(&mut self, line: &str) -> CmdResult {
+        let argv: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
+        let Some(name) = argv.first() else {
+            return Ok(());
+        };
+        let Some(info) = find_cmd(name) else {
+            eprintln!("command \"{name}\" not found");
+            return Err(Failed);
+        };
+        match info.name {
+            "read" => self.read(&argv),
+            "readv" => self.readv(&argv),
+            "write" => self.write(&argv),
+            "writev" => self.writev(&argv),
+            "aio_read" => self.aio(&argv, false),
+            "aio_write" => self.aio(&argv, true),
+            "aio_flush" => {
+                parse_flags(&argv, "")?;
+                self.drain();
+                self.img.flush().map_err(|e| fail("aio_flush", &e))
+            }
+            "discard" => self.discard(&argv),
+            "flush" => {
+                parse_flags(&argv, "")?;
+                self.img.flush().map_err(|e| fail("flush", &e))
+            }
+            "truncate" => {
+                let f = parse_flags(&argv, "")?;
+                let size = cvtnum(&f.args[0])?;
+                self.img.truncate(size).map_err(|e| fail("truncate", &e))
+            }
+            "length" => {
+                parse_flags(&argv, "")?;
+                println!("{}", cvtstr(self.img.size() as f64));
+                Ok(())
+            }
+            "map" => self.map(&argv),
+            "alloc" => self.alloc(&argv),
+            "info" => self.info(&argv),
+            "help" => {
+                let f = parse_flags(&argv, "")?;
+                match f.args.first() {
+                    Some(c) => match find_cmd(c) {
+                        Some(ci) => print_cmd_help(ci),
+                        None => {
+                            eprintln!("command {c} not found");
+                            return Err(Failed);
+                        }
+                    },
+                    None => {
+                        for c in CMDS {
+                            print_cmd_help(c);
+                        }
+                        println!("\nUse 'help commandname' for extended help.");
+                    }
+                }
+                Ok(())
+            }
+            "quit" => {
+                parse_flags(&argv, "")?;
+                self.quit = true;
+                Ok(())
+            }
+            "sleep" => {
+                let f = parse_flags(&argv, "")?;
+                let ms: u64 = f.args[0].parse().map_err(|_| {
+                    println!("Invalid value for milliseconds: {}", f.args[0]);
+                    Failed
+                })?;
+                std::thread::sleep(Duration::from_millis(ms));
+                Ok(())
+            }
+            _ => Err(Failed),
+        }
+    }
+
+    fn read(&mut self, argv: &[String]) -> CmdResult {
+        let f = parse_flags(argv, "P:s:l:qv")?;
+        exactly_two(&f, "read")?;
+        let off = cvtnum(&f.args[0])?;
+        let count = cvtnum(&f.args[1])?;
+        check_len(count)?;
+        let (poff, plen) = match f.pattern {
+            Some(_) => {
+                let po = f.pattern_off.unwrap_or(0);
+                let pl = f.pattern_len.unwrap_or(count.saturating_sub(po));
+                if po.checked_add(pl).is_none_or(|e| e > count) {
+                    println!("pattern verification range exceeds end of read data");
+                    return Err(Failed);
+                }
+                (po, pl)
+            }
+            None => (0, 0),
+        };
+        let mut buf = vec![0u8; count as usize];
+        let t = Instant::now();
+        self.img.read(&mut buf, off).map_err(|e| fail("read", &e))?;
+        let t = t.elapsed();
+        let mut res = Ok(());
+        if let Some(p) = f.pattern {
+            let r = &buf[poff as usize..(poff + plen) as usize];
+            if let Some(m) = verify(r, p, off + poff) {
+                print!("{m}");
+                res = Err(Failed);
+            }
+        }
+        if !f.quiet {
+            if f.verbose {
+                print!("{}", dump(&buf, off));
+            }
+            print!("{}", report("read", t, off, count, count, 1));
+        }
+        res
+    }
+
+    fn readv(&mut self, argv: &[String]) -> CmdResult {
+        let f = parse_flags(argv, "P:qv")?;
+        let (off, lens) = off_lens(&f.args)?;
+        let mut bufs: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0u8; l as usize]).collect();
+        let count: u64 = lens.iter().sum();
+        let t = Instant::now();
+        {
+            let mut parts = bufs.iter_mut().map(|b| cowblk::IoVec::from_mut(b));
+            let mut iov = parts.next().ok_or(Failed)?;
+            for p in parts {
+                iov.append(p);
+            }
+            self.img.readv(&iov, off).map_err(|e| fail("readv", &e))?;
+        }
+        let t = t.elapsed();
+        let all: Vec<u8> = bufs.concat();
+        let mut res = Ok(());
+        if let Some(p) = f.pattern {
+            if let Some(m) = verify(&all, p, off) {
+                print!("{m}");
+                res = Err(Failed);
+            }
+        }
+        if !f.quiet {
+            if f.verbose {
+                print!("{}", dump(&all, off));
+            }
+            print!("{}", report("read", t, off, count, count, 1));
+        }
+        res
+    }
+
+    fn write(&mut self, argv: &[String]) -> CmdResult {
+        let f = parse_flags(argv, "P:fquz")?;
+        exactly_two(&f, "write")?;
+        if f.zero && f.pattern.is_some() {
+            println!("-z and -P cannot be specified at the same time");
+            return Err(Failed);
+        }
+        let off = cvtnum(&f.args[0])?;
+        let count = cvtnum(&f.args[1])?;
+        check_len(count)?;
+        let t = Instant::now();
+        let r = if f.zero {
+            self.img.write_zeroes(off, count)
+        } else {
+            let buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
+            self.img.write(&buf, off)
+        };
+        r.and_then(|_| if f.fua { self.img.flush() } else { Ok(()) })
+            .map_err(|e| fail("write", &e))?;
+        if !f.quiet {
+            print!("{}", report("wrote", t.elapsed(), off, count, count, 1));
+        }
+        Ok(())
+    }
+
+    fn writev(&mut self, argv: &[String]) -> CmdResult {
+        let f = parse_flags(argv, "P:fq")?;
+        let (off, lens) = off_lens(&f.args)?;
+        let count: u64 = lens.iter().sum();
+        let buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
+        let t = Instant::now();
+        {
+            // One iovec entry per length, as the command asks.
+            let mut at = 0usize;
+            let mut parts = lens.iter().map(|&l| {
+                at += l as usize;
+                cowblk::IoVec::from_ref(&buf[at - l as usize..at])
+            });
+            let mut iov = parts.next().ok_or(Failed)?;
+            for p in parts {
+                iov.append(p);
+            }
+            self.img
+                .writev(&iov, off)
+                .and_then(|_| if f.fua { self.img.flush() } else { Ok(()) })
+                .map_err(|e| fail("writev", &e))?;
+        }
+        if !f.quiet {
+            print!("{}", report("wrote", t.elapsed(), off, count, count, 1));
+        }
+        Ok(())
+    }
+
+    /// Starts a request on its own thread; its report is printed when the
+    /// requests are drained (aio_flush, or exit), in submission order.
+    fn aio(&mut self, argv: &[String], write: bool) -> CmdResult {
+        let f = parse_flags(argv, if write { "P:fquz" } else { "P:qv" })?;
+        if f.zero && f.pattern.is_some() {
+            println!("-z and -P cannot be specified at the same time");
+            return Err(Failed);
+        }
+        let (off, lens) = off_lens(&f.args)?;
+        let count: u64 = lens.iter().sum();
+        let img = self.img.clone();
+        self.aio.push(std::thread::spawn(move || {
+            let t = Instant::now();
+            let mut buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
+            let (op, r) = if !write {
+                ("aio_read", img.read(&mut buf, off))
+            } else if f.zero {
+                ("aio_write", img.write_zeroes(off, count))
+            } else {
+                ("aio_write", img.write(&buf, off))
+            };
+            let r = r.and_then(|_| if f.fua { img.flush() } else { Ok(()) });
+            let t = t.elapsed();
+            if let Err(e) = r {
+                return format!("{op} failed: {}\n", errno_text(e.errno()));
+            }
+            let mut out = String::new();
+            if !write {
+                // As qemu-io: the mismatch is reported, then the request.
+                if let Some(m) = f.pattern.and_then(|p| verify(&buf, p, off)) {
+                    out += &m;
+                }
+            }
+            if !f.quiet {
+                if f.verbose {
+                    out += &dump(&buf, off);
+                }
+                let verb = if write { "wrote" } else { "read" };
+                out += &report(verb, t, off, count, count, 1);
+            }
+            out
+        }));
+        Ok(())
+    }
+
+    /// Waits for every outstanding aio request and prints its report.
+    fn drain(&mut self) {
+        for h in self.aio.drain(..) {
+            match h.join() {
+                Ok(s) => print!("{s}"),
+                Err(_) => println!("aio request failed: internal error"),
+            }
+        }
+    }
+
+    fn discard(&mut self, argv: &[String]) -> CmdResult {
+        let f = parse_flags(argv, "q")?;
+        let off = cvtnum(&f.args[0])?;
+        let count = cvtnum(&f.args[1])?;
+        check_len(count)?;
+        let t = Instant::now();
+        self.img
+            .discard(off, count)
+            .map_err(|e| fail("discard", &e))?;
+        if !f.quiet {
+            print!("{}", report("discard", t.elapsed(), off, count, count, 1));
+        }
+        Ok(())
+    }
+
+    fn map(&mut self, argv: &[String]) -> CmdResult {
+        parse_flags(argv, "")?;
+        let size = self.img.size();
+        let mut off = 0;
+        while off < size {
+            let (alloc, n) = self
+                .img
+                .is_allocated(off, size - off)
+                .map_err(|e| fail("map", &e))?;
+            println!(
+                "{} (0x{n:x}) bytes {} at offset {} (0x{off:x})",
+                cvtstr(n as f64),
+                if alloc {
+                    "    allocated"
+                } else {
+                    "not allocated"
+                },
+                cvtstr(off as f64)
+            );
+            off += n;
+        }
+        Ok(())
+    }
+
+    fn alloc(&mut self, argv: &[String]) -> CmdResult {
+        let f = parse_flags(argv, "")?;
+        let off = cvtnum(&f.args[0])?;
+        let count = match f.args.get(1) {
+            Some(c) => cvtnum(c)?,
+            None => 1,
+        };
+        let mut sum = 0;
+        let mut pos = off;
+        while pos < off + count {
+            let (a, n) = self
+                .img
+                .is_allocated(pos, off + count - pos)
+                .map_err(|e| fail("is_allocated", &e))?;
+            if a {
+                sum += n;
+            }
+            pos += n;
+        }
+        println!(
+            "{sum}/{count} bytes allocated at offset {}",
+            cvtstr(off as f64)
+        );
+        Ok(())
+    }
+
+    fn info(&mut self, argv: &[String]) -> CmdResult {
+        parse_flags(argv, "")?;
+        let i = self.img.info().map_err(|e| fail("info", &e))?;
+        println!("format name: {}", i.format);
+        println!("cluster size: {}", cvtstr(i.cluster_size as f64));
+        println!("vm state offset: {}", cvtstr(0.0));
+        if !i.specific.is_empty() {
+            println!("Format specific information:");
+            for (k, v) in &i.specific {
+                println!("    {k}: {v}");
+            }
+        }
+        Ok(())
+    }
+}
+
+struct Args {
+    cmds: Vec<String>,
+    format: Option<String>,
+    read_only: bool,
+    file: Option<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    use lexopt::prelude::*;
+    let mut a = Args {
+        cmds: Vec::new(),
+        format: None,
+        read_only: false,
+        file: None,
+    };
+    let mut p = lexopt::Parser::from_env();
+    while let Some(arg) = p.next().map_err(|e| e.to_string())? {
+        let val = |p: &mut lexopt::Parser| -> Result<String, String> {
+            Ok(p.value()
+                .map_err(|e| e.to_string())?
+                .to_string_lossy()
+                .into_owned())
+        };
+        match arg {
+            Short('c') | Long("cmd") => a.cmds.push(val(&mut p)?),
+            Short('f') | Long("format") => a.format = Some(val(&mut p)?),
+            Short('r') | Long("read-only") => a.read_only = true,
+            Short('n') | Long("nocache") | Short('k') | Long("native-aio") | Short('U')
+            | Long("force-share") | Short('m') | Long("misalign") => {}
+            Short('t') | Long("cache") | Short('d') | Long("discard") | Short('i')
+            | Long("aio") => {
+                val(&mut p)?;
+            }
+            Short('C') | Long("copy-on-read") => return Err("copy-on-read is not supported".into()),
+            Short('s') | Long("snapshot") => {
+                return Err("-s (snapshot mode) is not supported".into())
+            }
+            Short('h') | Long("help") => {
+                println!("{USAGE}");
+                std::process::exit(0);
+            }
+            Short('V') | Long("version") => {
+                println!("cowblk-io version {}", env!("CARGO_PKG_VERSION"));
+                std::process::exit(0);
+            }
+            Value(v) if a.file.is_none() => a.file = Some(v.to_string_lossy().into_owned()),
+            Value(v) => return Err(format!("unexpected argument '{}'", v.to_string_lossy())),
+            other => return Err(other.unexpected().to_string()),
+        }
+    }
+    Ok(a)
+}
+
+fn main() {
+    shared::init(PROG);
+    let args = match parse_args() {
+        Ok(a) => a,
+        Err(e) => {
+            shared::error(PROG, e);
+            eprintln!("Try '{PROG} --help' for more information.");
+            std::process::exit(1);
+        }
+    };
+    let Some(file) = args.file else {
+        shared::error(PROG, "no image file given");
+        eprintln!("Try '{PROG} --help' for more information.");
+        std::process::exit(1);
+    };
+    let opts = OpenOptions {
+        format: args.format,
+        read_only: args.read_only,
+        ..Default::default()
+    };
+    let img = match Image::open(&file, &opts) {
+        Ok(i) => {
+            for w in i.warnings() {
+                shared::error(PROG, format!("warning: {w}"));
+            }
+            Arc::new(i)
+        }
+        Err(e) => {
+            shared::error(
+                PROG,
+                format!("can't open device {file}: {}", shared::describe(&e)),
+            );
+            std::process::exit(1);
+        }
+    };
+    let mut s = Session {
+        img,
+        aio: Vec::new(),
+        quit: false,
+    };
+    let mut failed = false;
+    if args.cmds.is_empty() {
+        let stdin = std::io::stdin();
+        let tty = stdin.is_terminal();
+        loop {
+            if tty {
+                print!("{PROG}> ");
+                let _ = std::io::stdout().flush();
+            }
+            let mut line = String::new();
+            match stdin.lock().read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            failed |= s.run(line.trim()).is_err();
+            let _ = std::io::stdout().flush();
+            if s.quit {
+                break;
+            }
+        }
+    } else {
+        for c in &args.cmds {
+            failed |= s.run(c).is_err();
+            if s.quit {
+                break;
+            }
+        }
+    }
+    s.drain();
+    let Session { img, .. } = s;
+    let close = match Arc::try_unwrap(img) {
+        Ok(img) => img.close(),
+        Err(img) => img.flush(),
+    };
+    if let Err(e) = close {
+        shared::error(PROG, shared::describe(&e));
+        failed = true;
+    }
+    let _ = std::io::stdout().flush();
+    std::process::exit(if failed { 1 } else { 0 });
+}

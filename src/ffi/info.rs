@@ -1,0 +1,193 @@
+//! Facts about the library and an open image: versions, `cowblk_info`,
+//! capabilities.
+
+use super::error::{guard, guard_value};
+use super::handle::{cowblk_image, image, BackingMode};
+use super::{
+    COWBLK_ABI_VERSION, COWBLK_CAP_BACKING, COWBLK_CAP_BLOCK_STATUS, COWBLK_CAP_CALLER_BACKING,
+    COWBLK_CAP_DISCARD, COWBLK_CAP_TRUNCATE, COWBLK_CAP_WRITE, COWBLK_CAP_WRITE_ZEROES,
+};
+use crate::error::{Error, Result};
+use crate::format;
+use std::ffi::{c_char, c_int};
+
+/// The library's C ABI version (COWBLK_ABI_VERSION of the header it was
+/// built with).
+#[no_mangle]
+pub extern "C" fn cowblk_abi_version() -> u32 {
+    COWBLK_ABI_VERSION
+}
+
+/// The library's version, "MAJOR.MINOR.PATCH", a static string.
+#[no_mangle]
+pub extern "C" fn cowblk_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// What `cowblk_get_info` reports about an image.
+///
+/// Ownership: every `char *` member is a NUL-terminated string allocated by
+/// the library with malloc, or NULL where the image has no such thing.
+/// Release them with `cowblk_info_free` (or free() each). Before the call,
+/// zero the struct and set `struct_size = sizeof(struct cowblk_info)`.
+#[repr(C)]
+pub struct cowblk_info {
+    /// sizeof(struct cowblk_info) as the caller compiled it.
+    pub struct_size: usize,
+    /// Format name ("add-cow", "raw").
+    pub format: *mut c_char,
+    /// The image's path as opened.
+    pub filename: *mut c_char,
+    /// Virtual size in bytes.
+    pub virtual_size: u64,
+    /// Bytes one allocation unit covers; 0 for raw.
+    pub cluster_size: u64,
+    /// The external data file (add-cow's image file), resolved; or NULL.
+    pub data_file: *mut c_char,
+    /// The backing file name as recorded in the image, or NULL.
+    pub backing_file: *mut c_char,
+    /// The backing file name resolved against the image's directory, or NULL.
+    pub backing_path: *mut c_char,
+    /// The recorded backing format, or NULL.
+    pub backing_format: *mut c_char,
+    /// Guest bytes allocated in this layer.
+    pub allocated_bytes: u64,
+    /// Bytes the image's files occupy on disk.
+    pub disk_size: u64,
+    /// Whether the handle was opened read-only.
+    pub read_only: bool,
+}
+
+/// A malloc'd copy of `s` (up to any NUL), for C to free.
+fn c_string(s: &str) -> Result<*mut c_char> {
+    let b = s.as_bytes();
+    let b = &b[..b.iter().position(|&c| c == 0).unwrap_or(b.len())];
+    // SAFETY: malloc'd block of len + 1 bytes, filled and terminated below.
+    unsafe {
+        let p = libc::malloc(b.len() + 1) as *mut u8;
+        if p.is_null() {
+            return Err(Error::io(
+                "allocating an info string",
+                std::io::Error::from_raw_os_error(libc::ENOMEM),
+            ));
+        }
+        std::ptr::copy_nonoverlapping(b.as_ptr(), p, b.len());
+        *p.add(b.len()) = 0;
+        Ok(p.cast())
+    }
+}
+
+/// Frees the strings of an info struct and sets them to NULL.
+fn free_strings(i: &mut cowblk_info) {
+    for p in [
+        &mut i.format,
+        &mut i.filename,
+        &mut i.data_file,
+        &mut i.backing_file,
+        &mut i.backing_path,
+        &mut i.backing_format,
+    ] {
+        // SAFETY: each is NULL or came from malloc in c_string.
+        unsafe { libc::free(p.cast()) };
+        *p = std::ptr::null_mut();
+    }
+}
+
+/// Fills `*info` (see `cowblk_info` for ownership). Nothing is written on
+/// failure. -EINVAL if `info->struct_size` is smaller than this version's
+/// struct; a larger one (a newer header) gets this version's fields.
+///
+/// # Safety
+/// `img` is a live handle; `info` points to `info->struct_size` writable
+/// bytes.
+#[no_mangle]
+pub unsafe extern "C" fn cowblk_get_info(img: *mut cowblk_image, info: *mut cowblk_info) -> c_int {
+    guard(|| {
+        let h = image(img)?;
+        if info.is_null() {
+            return Err(Error::InvalidArgument("info is NULL".into()));
+        }
+        let own = std::mem::size_of::<cowblk_info>();
+        let given = (*info).struct_size;
+        if given < own {
+            return Err(Error::InvalidArgument(format!(
+                "info struct_size {given} is smaller than {own} (set it to sizeof(struct cowblk_info))"
+            )));
+        }
+        let ii = h.img.info()?;
+        let mut out = cowblk_info {
+            struct_size: own,
+            format: std::ptr::null_mut(),
+            filename: std::ptr::null_mut(),
+            virtual_size: ii.virtual_size,
+            cluster_size: ii.cluster_size,
+            data_file: std::ptr::null_mut(),
+            backing_file: std::ptr::null_mut(),
+            backing_path: std::ptr::null_mut(),
+            backing_format: std::ptr::null_mut(),
+            allocated_bytes: ii.allocated_bytes,
+            disk_size: ii.disk_size,
+            read_only: ii.read_only,
+        };
+        let strings = (|| -> Result<()> {
+            out.format = c_string(&ii.format)?;
+            out.filename = c_string(&ii.filename)?;
+            let opt = |s: &Option<String>| s.as_deref().map_or(Ok(std::ptr::null_mut()), c_string);
+            out.data_file = opt(&ii.data_file)?;
+            out.backing_file = opt(&ii.backing_file)?;
+            out.backing_path = opt(&ii.backing_path)?;
+            out.backing_format = opt(&ii.backing_format)?;
+            Ok(())
+        })();
+        if let Err(e) = strings {
+            free_strings(&mut out);
+            return Err(e);
+        }
+        // Keep the caller's struct_size: it describes their buffer.
+        out.struct_size = given;
+        std::ptr::write(info, out);
+        Ok(0)
+    })
+}
+
+/// Frees the strings `cowblk_get_info` stored in `*info` and sets them to
+/// NULL; numbers are left alone. NULL is a no-op; calling it twice is safe.
+///
+/// # Safety
+/// `info` is NULL or a struct whose string members are NULL or from
+/// `cowblk_get_info`.
+#[no_mangle]
+pub unsafe extern "C" fn cowblk_info_free(info: *mut cowblk_info) {
+    guard(|| {
+        if let Some(i) = info.as_mut() {
+            free_strings(i);
+        }
+        Ok(0)
+    });
+}
+
+/// A mask of COWBLK_CAP_* for this handle, so a host can advertise what it
+/// supports. 0 for NULL.
+///
+/// # Safety
+/// `img` is NULL or a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn cowblk_capabilities(img: *mut cowblk_image) -> u32 {
+    guard_value(0, || {
+        let h = image(img)?;
+        let mut caps = COWBLK_CAP_BLOCK_STATUS;
+        if !h.img.read_only() {
+            caps |= COWBLK_CAP_WRITE
+                | COWBLK_CAP_DISCARD
+                | COWBLK_CAP_WRITE_ZEROES
+                | COWBLK_CAP_TRUNCATE;
+        }
+        if format::find_driver(h.img.format_name()).is_ok_and(|d| d.supports_backing) {
+            caps |= COWBLK_CAP_BACKING;
+        }
+        if h.backing == BackingMode::Caller {
+            caps |= COWBLK_CAP_CALLER_BACKING;
+        }
+        Ok(caps)
+    })
+}

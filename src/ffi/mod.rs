@@ -1,0 +1,100 @@
+//! The C ABI.
+//!
+//! Conventions (stated once here, repeated where they matter in the header):
+//! - Every function returns 0 (or a non-negative value where documented) on
+//!   success and a negative errno on failure. After a failure,
+//!   `cowblk_last_error()` on the same thread says what went wrong.
+//! - Every function runs inside a panic boundary: a Rust panic becomes -EIO
+//!   and a message; it never unwinds into C.
+//! - Pointer arguments are checked for NULL (-EINVAL). Out-parameters are
+//!   written only when the call succeeds.
+//! - One `cowblk_image` may be used by many threads at once for I/O, info
+//!   and status calls. Only `cowblk_close` needs the caller to make sure no
+//!   other call on the same handle is running or will start.
+//! - Byte offsets and lengths are in bytes and need no alignment.
+//!
+//! cbindgen reads this module alone (see build.rs), so the header holds
+//! exactly what is declared here.
+
+// C names for C types: the header is the interface, Rust names follow it.
+#![allow(non_camel_case_types)]
+
+// Declaration order is the header's order: errors and versions first.
+mod error;
+
+mod info;
+
+mod handle;
+
+mod io;
+
+mod backing;
+
+mod driver;
+
+mod args;
+
+pub use backing::cowblk_backing_ops;
+pub use driver::{cowblk_driver, cowblk_driver_find, cowblk_driver_get};
+pub use error::cowblk_last_error;
+pub use handle::{
+    cowblk_change_backing_file, cowblk_close, cowblk_create, cowblk_create_kv, cowblk_image,
+    cowblk_open, cowblk_open_with_backing, cowblk_probe,
+};
+pub use info::{
+    cowblk_abi_version, cowblk_capabilities, cowblk_get_info, cowblk_info, cowblk_info_free,
+    cowblk_version,
+};
+pub use io::{
+    cowblk_block_status, cowblk_cow_range, cowblk_discard, cowblk_flush, cowblk_get_length,
+    cowblk_is_allocated, cowblk_preadv, cowblk_pwritev, cowblk_pwritev_cow, cowblk_truncate,
+    cowblk_write_zeroes,
+};
+
+/// Version of the C ABI described by this header. `cowblk_abi_version()`
+/// returns the library's; a program built against this header should refuse
+/// a library whose value differs.
+pub const COWBLK_ABI_VERSION: u32 = 1;
+
+/// Open flag: open every file read-only; writes fail with -EROFS.
+pub const COWBLK_OPEN_RDONLY: u32 = 1 << 0;
+/// Open flag: do not open the backing file; unallocated ranges read zeros
+/// and partial writes copy zeros into the rest of their cluster.
+pub const COWBLK_OPEN_NO_BACKING: u32 = 1 << 1;
+/// Open flag: the caller manages the backing file (the QEMU glue, where
+/// QEMU owns `bs->backing`). The library opens no backing file and never
+/// reads backing data: reading an unallocated range, or a write or
+/// write-zeroes that needs copy-on-write, fails with -ENOTSUP. The caller
+/// reads unallocated ranges itself (`cowblk_block_status` says which) and
+/// writes with `cowblk_cow_range` + `cowblk_pwritev_cow`. Growing the image
+/// makes the new clusters read zeros, never backing data; growing from a
+/// size inside an unallocated cluster needs its backing bytes and fails
+/// with -ENOTSUP.
+pub const COWBLK_OPEN_CALLER_BACKING: u32 = 1 << 2;
+
+/// Block status: reads of the run return stored data.
+pub const COWBLK_BLOCK_DATA: u32 = 0x01;
+/// Block status: reads of the run return zeros.
+pub const COWBLK_BLOCK_ZERO: u32 = 0x02;
+/// Block status: `*map` holds the run's offset in the data file (for
+/// add-cow the image file, for raw the file itself).
+pub const COWBLK_BLOCK_OFFSET_VALID: u32 = 0x04;
+/// Block status: the run is allocated in this layer (not in the backing).
+pub const COWBLK_BLOCK_ALLOCATED: u32 = 0x10;
+/// Block status: the run ends at the end of the image.
+pub const COWBLK_BLOCK_EOF: u32 = 0x20;
+
+/// Capability: the image accepts writes (not opened read-only).
+pub const COWBLK_CAP_WRITE: u32 = 1 << 0;
+/// Capability: `cowblk_discard` is accepted (a hint; it may keep data).
+pub const COWBLK_CAP_DISCARD: u32 = 1 << 1;
+/// Capability: `cowblk_write_zeroes` is supported.
+pub const COWBLK_CAP_WRITE_ZEROES: u32 = 1 << 2;
+/// Capability: `cowblk_block_status` reports allocation in this layer.
+pub const COWBLK_CAP_BLOCK_STATUS: u32 = 1 << 3;
+/// Capability: `cowblk_truncate` can resize the image.
+pub const COWBLK_CAP_TRUNCATE: u32 = 1 << 4;
+/// Capability: the format records a backing file.
+pub const COWBLK_CAP_BACKING: u32 = 1 << 5;
+/// Capability: the handle was opened with `COWBLK_OPEN_CALLER_BACKING`.
+pub const COWBLK_CAP_CALLER_BACKING: u32 = 1 << 6;

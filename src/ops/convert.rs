@@ -1,0 +1,47 @@
+//! Copying one image's guest contents into another (`qemu-img convert`).
+
+use super::{zero_blocks, zero_run, Progress, CHUNK};
+use crate::error::{Error, Result};
+use crate::image::Image;
+
+/// Bytes below which a run of zeros is written rather than skipped.
+const ZERO_GRAN: usize = 4096;
+
+/// Copies every guest byte of `src` into `dst` (same size or larger).
+/// Runs that read as zeros are skipped when `dst_is_zero` (a fresh image
+/// reads zeros) and zeroed otherwise, so the copy stays sparse.
+pub fn convert(src: &Image, dst: &Image, dst_is_zero: bool, progress: Progress) -> Result<()> {
+    let size = src.size();
+    if dst.size() < size {
+        return Err(Error::InvalidArgument(format!(
+            "target is {} bytes, smaller than the source ({size} bytes)",
+            dst.size()
+        )));
+    }
+    let mut buf = Vec::new();
+    let mut off = 0;
+    progress(0, size);
+    while off < size {
+        let want = (size - off).min(CHUNK);
+        let (zero, n) = zero_run(src, off, want)?;
+        if zero {
+            if !dst_is_zero {
+                dst.write_zeroes(off, n)?;
+            }
+        } else {
+            buf.resize(n as usize, 0);
+            src.read(&mut buf, off)?;
+            for (z, at, len) in zero_blocks(&buf, ZERO_GRAN) {
+                let pos = off + at as u64;
+                if !z {
+                    dst.write(&buf[at..at + len], pos)?;
+                } else if !dst_is_zero {
+                    dst.write_zeroes(pos, len as u64)?;
+                }
+            }
+        }
+        off += n;
+        progress(off, size);
+    }
+    dst.flush()
+}
