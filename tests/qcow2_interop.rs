@@ -843,6 +843,12 @@ fn feature_bits_dirty_corrupt_unknown_and_encryption() {
         "{w:?}"
     );
     assert_same_bytes(&p, &our_bytes(&p, &ro()), &qemu_bytes(&p, None));
+    // An overlay reports its backing file's warning, naming that file.
+    let top = d.join("over-corrupt.qcow2");
+    create(&top, "backing_file=corrupt.qcow2,backing_fmt=qcow2", "1M");
+    let w = Image::open(&top, &ro()).unwrap().warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("corrupt.qcow2'"), "{w:?}");
 
     // Unknown incompatible bits are named from the feature name table:
     // rename QEMU's "extended L2 entries" entry to bit 20 and set bit 20.
