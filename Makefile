@@ -130,6 +130,14 @@ install: build
 # --- benchmarks (owner: bench) ---
 bench:
 	$(CARGO) bench --bench addcow
+	$(CARGO) bench --bench qcow2_read
+
+# --- fuzzing (owner: qcow2) ---
+# Each cargo-fuzz target for FUZZ_SECONDS; needs cargo-fuzz and a C++ compiler.
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz
+fuzz:
+	scripts/fuzz.sh $(FUZZ_SECONDS)
 
 # --- QEMU: a patched QEMU 7.2 running add-cow through the library (owner: qemu) ---
 # See docs/QEMU.md. Needs root (apt) and network for the first run.

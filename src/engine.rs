@@ -301,8 +301,10 @@ impl Image {
         let st = match ext.mapping {
             Mapping::Data { host, .. } => {
                 // In a passthrough format (raw) a hole in the file reads
-                // zeros: say so, as QEMU's file layer does.
-                let hole = if self.fmt.passthrough() {
+                // zeros: say so, as QEMU's file layer does. A format with
+                // preallocated metadata keeps "data" and adds "zero".
+                let pass = self.fmt.passthrough();
+                let hole = if pass || self.fmt.zero_holes_under_data() {
                     match self.fmt.data_file().data_run(host, ext.len.min(len))? {
                         Some((is_data, n)) => {
                             ext.len = ext.len.min(n);
@@ -315,7 +317,7 @@ impl Image {
                 };
                 BlockStatus {
                     allocated: true,
-                    data: !hole,
+                    data: !(hole && pass),
                     zero: hole,
                     offset: Some(host),
                     compressed: false,

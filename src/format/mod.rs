@@ -4,6 +4,7 @@
 pub mod addcow;
 pub mod check;
 pub mod options;
+pub mod qcow2;
 pub mod raw;
 
 use crate::error::{Error, Result};
@@ -163,6 +164,12 @@ pub trait Format: Send + Sync {
     fn passthrough(&self) -> bool {
         false
     }
+    /// Whether block status also asks the data file about holes under
+    /// `Data` runs and reports them as zero while keeping data, as QEMU
+    /// does for qcow2 images it finds metadata-preallocated.
+    fn zero_holes_under_data(&self) -> bool {
+        false
+    }
     /// Checks the image's metadata for consistency, repairing what
     /// `repair` allows. Formats without a checker say so (qemu-img exits 63).
     fn check(&self, _repair: Repair) -> Result<CheckReport> {
@@ -228,7 +235,7 @@ pub struct Driver {
 
 /// Every driver this build has.
 pub fn drivers() -> &'static [&'static Driver] {
-    static ALL: [&Driver; 2] = [&addcow::DRIVER, &raw::DRIVER];
+    static ALL: [&Driver; 3] = [&addcow::DRIVER, &qcow2::DRIVER, &raw::DRIVER];
     &ALL
 }
 

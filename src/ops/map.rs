@@ -63,6 +63,8 @@ fn layer_run(img: &Image, off: u64, len: u64, depth: usize) -> Result<Run> {
     let backing = img.backing();
     match backing.as_ref().and_then(|b| b.as_image()) {
         Some(b) if off < b.size() => layer_run(b, off, n.min(b.size() - off), depth + 1),
+        // Zeros at this layer; QEMU keeps the layer's offset when it has
+        // one (a qcow2 unallocated subcluster of an allocated cluster).
         _ => Ok(Run {
             depth,
             present: false,
@@ -70,11 +72,11 @@ fn layer_run(img: &Image, off: u64, len: u64, depth: usize) -> Result<Run> {
                 allocated: false,
                 data: false,
                 zero: true,
-                offset: None,
+                offset: st.offset,
                 compressed: false,
             },
             len: n,
-            file: None,
+            file: st.offset.map(|_| img.data_file_name()),
         }),
     }
 }

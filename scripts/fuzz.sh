@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target for a bounded time: scripts/fuzz.sh SECONDS
+# (per target; default 60). Seeds come from fuzz/corpus/<target> (committed,
+# left untouched); new inputs go to a temporary directory. A crash leaves
+# its input in fuzz/artifacts/<target>/ and makes this script fail.
+#
+# Needs: cargo-fuzz (`cargo install cargo-fuzz --locked`) and a C++
+# compiler (libfuzzer-sys builds libFuzzer). cargo-fuzz needs nightly
+# features (-Zsanitizer); on a stable toolchain RUSTC_BOOTSTRAP=1 enables
+# them, which this script sets.
+set -euo pipefail
+secs="${1:-60}"
+cd "$(dirname "$0")/../fuzz"
+export RUSTC_BOOTSTRAP=1
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "fuzz.sh: cargo-fuzz is not installed (cargo install cargo-fuzz --locked)" >&2
+    exit 1
+fi
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+for t in $(cargo fuzz list); do
+    mkdir -p "$work/$t"
+    echo "== fuzzing $t for ${secs}s"
+    cargo fuzz run "$t" "$work/$t" "corpus/$t" -- \
+        -max_total_time="$secs" -max_len=131072 -rss_limit_mb=1024 \
+        -timeout=10 -print_final_stats=1
+done
+echo "fuzz.sh: all targets ran ${secs}s without a crash"

@@ -1,0 +1,244 @@
+//! A bounded cache of metadata tables (L2 tables; refcount blocks once the
+//! write side exists), keyed by host offset, least recently used first out.
+//!
+//! Tables are immutable `Arc<[u64]>` (entries already decoded to native
+//! order), so a reader keeps using the table it looked up while the lock is
+//! released: the mutex is held only to find, insert or evict an entry,
+//! never across file I/O. A miss loads the table with no lock held; if two
+//! readers miss at once both load and the first insert wins.
+//!
+//! For the write side: a writer replaces a table with `put(.., dirty)`
+//! (copy, modify, put: readers holding the old `Arc` see a consistent old
+//! table), dirty tables are never evicted, and `dirty()` lists what a flush
+//! must write back (after whatever those writes depend on).
+
+use crate::error::Result;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub type Table = Arc<[u64]>;
+
+struct Slot {
+    table: Table,
+    tick: u64,
+    dirty: bool,
+}
+
+#[derive(Default)]
+struct Inner {
+    map: HashMap<u64, Slot>,
+    /// Use order: tick -> key.
+    lru: BTreeMap<u64, u64>,
+    tick: u64,
+    hits: u64,
+    misses: u64,
+}
+
+impl Inner {
+    fn touch(&mut self, key: u64) -> Option<Table> {
+        self.tick += 1;
+        let tick = self.tick;
+        let slot = self.map.get_mut(&key)?;
+        self.lru.remove(&slot.tick);
+        slot.tick = tick;
+        self.lru.insert(tick, key);
+        Some(slot.table.clone())
+    }
+
+    fn evict_to(&mut self, capacity: usize) {
+        if self.map.len() <= capacity {
+            return;
+        }
+        let victims: Vec<(u64, u64)> = self
+            .lru
+            .iter()
+            .filter(|(_, k)| !self.map[k].dirty)
+            .take(self.map.len() - capacity)
+            .map(|(t, k)| (*t, *k))
+            .collect();
+        for (t, k) in victims {
+            self.lru.remove(&t);
+            self.map.remove(&k);
+        }
+    }
+}
+
+/// Cache statistics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stats {
+    pub entries: usize,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+pub struct TableCache {
+    inner: Mutex<Inner>,
+    capacity: usize,
+}
+
+impl TableCache {
+    /// A cache holding at most `capacity` tables (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        TableCache {
+            inner: Mutex::new(Inner::default()),
+            capacity: capacity.max(1),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub fn stats(&self) -> Stats {
+        let g = self.lock();
+        Stats {
+            entries: g.map.len(),
+            hits: g.hits,
+            misses: g.misses,
+        }
+    }
+
+    /// The table at `key`, loading it with `load` (no lock held) on a miss.
+    pub fn get(&self, key: u64, load: impl FnOnce() -> Result<Vec<u64>>) -> Result<Table> {
+        {
+            let mut g = self.lock();
+            if let Some(t) = g.touch(key) {
+                g.hits += 1;
+                return Ok(t);
+            }
+            g.misses += 1;
+        }
+        let table: Table = load()?.into();
+        let mut g = self.lock();
+        if let Some(t) = g.touch(key) {
+            return Ok(t);
+        }
+        self.insert(&mut g, key, table.clone(), false);
+        Ok(table)
+    }
+
+    fn insert(&self, g: &mut Inner, key: u64, table: Table, dirty: bool) {
+        g.tick += 1;
+        let tick = g.tick;
+        if let Some(old) = g.map.insert(key, Slot { table, tick, dirty }) {
+            g.lru.remove(&old.tick);
+        }
+        g.lru.insert(tick, key);
+        g.evict_to(self.capacity);
+    }
+
+    /// Stores a (new version of a) table; a dirty one stays until
+    /// `mark_clean`.
+    pub fn put(&self, key: u64, table: Table, dirty: bool) {
+        let mut g = self.lock();
+        let dirty = dirty || g.map.get(&key).is_some_and(|s| s.dirty);
+        self.insert(&mut g, key, table, dirty);
+    }
+
+    /// Keys and tables that must be written back, oldest use first.
+    pub fn dirty(&self) -> Vec<(u64, Table)> {
+        let g = self.lock();
+        g.lru
+            .values()
+            .filter_map(|k| {
+                let s = &g.map[k];
+                s.dirty.then(|| (*k, s.table.clone()))
+            })
+            .collect()
+    }
+
+    /// Records that `key` was written back as `table` (unless it changed
+    /// again since).
+    pub fn mark_clean(&self, key: u64, table: &Table) {
+        let mut g = self.lock();
+        if let Some(s) = g.map.get_mut(&key) {
+            if Arc::ptr_eq(&s.table, table) {
+                s.dirty = false;
+            }
+        }
+        g.evict_to(self.capacity);
+    }
+
+    /// Forgets `key` (a freed table).
+    pub fn invalidate(&self, key: u64) {
+        let mut g = self.lock();
+        if let Some(s) = g.map.remove(&key) {
+            g.lru.remove(&s.tick);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn bounded_lru() {
+        let c = TableCache::new(2);
+        let loads = AtomicUsize::new(0);
+        let load = |v: u64| {
+            let loads = &loads;
+            move || {
+                loads.fetch_add(1, Ordering::SeqCst);
+                Ok(vec![v])
+            }
+        };
+        assert_eq!(c.get(1, load(10)).unwrap()[0], 10);
+        assert_eq!(c.get(2, load(20)).unwrap()[0], 20);
+        assert_eq!(c.get(1, load(99)).unwrap()[0], 10); // hit, 1 is now newest
+        c.get(3, load(30)).unwrap(); // evicts 2
+        assert_eq!(c.stats().entries, 2);
+        assert_eq!(loads.load(Ordering::SeqCst), 3);
+        assert_eq!(c.get(2, load(21)).unwrap()[0], 21); // reloaded
+        assert_eq!(c.get(3, load(99)).unwrap()[0], 30);
+        let s = c.stats();
+        assert_eq!((s.hits, s.misses), (2, 4));
+    }
+
+    #[test]
+    fn dirty_tables_are_not_evicted() {
+        let c = TableCache::new(1);
+        let t: Table = vec![1].into();
+        c.put(7, t.clone(), true);
+        c.get(8, || Ok(vec![2])).unwrap();
+        assert_eq!(c.dirty().len(), 1);
+        assert_eq!(c.stats().entries, 1, "clean 8 went, dirty 7 stayed");
+        c.mark_clean(7, &t);
+        assert!(c.dirty().is_empty());
+        c.invalidate(7);
+        assert_eq!(c.stats().entries, 0);
+    }
+
+    #[test]
+    fn failed_loads_are_not_cached() {
+        let c = TableCache::new(4);
+        assert!(c.get(1, || Err(crate::Error::Corrupt("x".into()))).is_err());
+        assert_eq!(c.get(1, || Ok(vec![5])).unwrap()[0], 5);
+    }
+
+    #[test]
+    fn concurrent_readers() {
+        let c = Arc::new(TableCache::new(8));
+        let hs: Vec<_> = (0..4)
+            .map(|t| {
+                let c = c.clone();
+                std::thread::spawn(move || {
+                    for i in 0..2000u64 {
+                        let k = (i * 7 + t) % 16;
+                        let tab = c.get(k, || Ok(vec![k * 3; 4])).unwrap();
+                        assert_eq!(tab[0], k * 3);
+                    }
+                })
+            })
+            .collect();
+        for h in hs {
+            h.join().unwrap();
+        }
+        assert!(c.stats().entries <= 8);
+    }
+}

@@ -1,0 +1,116 @@
+//! Feature bits and the feature name table (header extension 0x6803f857).
+
+/// Incompatible feature bits.
+pub const INCOMPAT_DIRTY: u64 = 1 << 0;
+pub const INCOMPAT_CORRUPT: u64 = 1 << 1;
+pub const INCOMPAT_DATA_FILE: u64 = 1 << 2;
+pub const INCOMPAT_COMPRESSION: u64 = 1 << 3;
+pub const INCOMPAT_EXTL2: u64 = 1 << 4;
+/// Every incompatible bit this build understands.
+pub const INCOMPAT_KNOWN: u64 =
+    INCOMPAT_DIRTY | INCOMPAT_CORRUPT | INCOMPAT_DATA_FILE | INCOMPAT_COMPRESSION | INCOMPAT_EXTL2;
+
+/// Compatible feature bits.
+pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
+
+/// Autoclear feature bits.
+pub const AUTOCLEAR_BITMAPS: u64 = 1 << 0;
+pub const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
+
+/// Which of the three feature bitmaps a name table entry describes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FeatureKind {
+    Incompatible,
+    Compatible,
+    Autoclear,
+}
+
+/// One entry of the feature name table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FeatureName {
+    pub kind: FeatureKind,
+    pub bit: u8,
+    pub name: String,
+}
+
+/// Bytes per feature name table entry.
+pub const ENTRY_SIZE: usize = 48;
+
+/// Parses the feature name table. Entries with an unknown type or a bit
+/// number above 63 are skipped (the table is informational only).
+pub fn parse_name_table(data: &[u8]) -> Vec<FeatureName> {
+    data.chunks_exact(ENTRY_SIZE)
+        .filter_map(|e| {
+            let kind = match e[0] {
+                0 => FeatureKind::Incompatible,
+                1 => FeatureKind::Compatible,
+                2 => FeatureKind::Autoclear,
+                _ => return None,
+            };
+            if e[1] > 63 {
+                return None;
+            }
+            let raw = &e[2..];
+            let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+            Some(FeatureName {
+                kind,
+                bit: e[1],
+                name: String::from_utf8_lossy(&raw[..end]).into_owned(),
+            })
+        })
+        .collect()
+}
+
+/// Describes the incompatible bits in `bits` for an error message, using
+/// the image's own name table where it has one.
+pub fn describe_incompatible(bits: u64, table: &[FeatureName]) -> String {
+    (0..64u8)
+        .filter(|b| bits & (1u64 << b) != 0)
+        .map(|b| {
+            match table
+                .iter()
+                .find(|f| f.kind == FeatureKind::Incompatible && f.bit == b)
+            {
+                Some(f) if !f.name.is_empty() => format!("'{}' (bit {b})", f.name),
+                _ => format!("unknown incompatible feature bit {b}"),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(kind: u8, bit: u8, name: &str) -> Vec<u8> {
+        let mut e = vec![0u8; ENTRY_SIZE];
+        e[0] = kind;
+        e[1] = bit;
+        e[2..2 + name.len()].copy_from_slice(name.as_bytes());
+        e
+    }
+
+    #[test]
+    fn names_unknown_bits_from_the_table() {
+        let mut t = entry(0, 9, "time travel");
+        t.extend(entry(1, 0, "lazy refcounts"));
+        t.extend(entry(7, 1, "bogus type"));
+        t.extend([1, 2, 3]); // a trailing partial entry is ignored
+        let names = parse_name_table(&t);
+        assert_eq!(names.len(), 2);
+        let d = describe_incompatible((1 << 9) | (1 << 40), &names);
+        assert_eq!(
+            d,
+            "'time travel' (bit 9), unknown incompatible feature bit 40"
+        );
+    }
+
+    #[test]
+    fn full_length_names_need_no_terminator() {
+        let long = "x".repeat(46);
+        let names = parse_name_table(&entry(2, 63, &long));
+        assert_eq!(names[0].name, long);
+        assert_eq!(names[0].kind, FeatureKind::Autoclear);
+    }
+}

@@ -1,0 +1,600 @@
+//! qcow2, read side: every image qemu-img makes (v2 and v3, 512 B to 2 MiB
+//! clusters, any refcount width, zero and compressed clusters, extended L2
+//! entries, external data files, internal snapshots) reads back as
+//! `qemu-img convert -O raw` does.
+//!
+//! Read-write opens are refused: this build does not write qcow2 yet, and
+//! failing at open is clearer than failing at the first write. Images with
+//! the dirty bit (lazy refcounts, not closed cleanly) therefore only open
+//! read-only, which needs no refcount repair; images with the corrupt bit
+//! open read-only with a warning (`Image::warnings`); unknown incompatible
+//! features are refused by name (from the image's feature name table);
+//! encrypted images are refused as unsupported.
+//!
+//! Modules: `header` (cluster 0, extensions, limits), `features`, `l2`
+//! (entry decoding), `compress`, `snapshot`, `cache` (bounded L2 cache).
+//! Parsers take byte slices; file I/O stays in this file.
+//!
+//! Made for the write side to come: the L1 table sits behind a lock, L2
+//! tables are immutable `Arc`s in a cache that can hold dirty versions
+//! (see `cache`), and `map` reports COPIED (`in_place`) and preallocated
+//! space (`Extent::reserved`).
+
+pub mod cache;
+pub mod compress;
+pub mod features;
+pub mod header;
+pub mod l2;
+pub mod refcount;
+pub mod snapshot;
+#[cfg(test)]
+mod tests;
+
+use super::{
+    resolve_relative, BackingSpec, CreateCtx, Driver, Extent, Format, FormatInfo, Mapping,
+    OldReader, OpenCtx, SnapshotInfo,
+};
+use crate::error::{Error, Result};
+use crate::io::{Access, BlockFile, IoVec};
+use byteorder::{BigEndian, ByteOrder};
+use cache::{Table, TableCache};
+use header::{Compression, Header};
+use l2::{Geometry, Kind, OFFSET_MASK, OFLAG_COPIED};
+use snapshot::Snapshot;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, RwLock};
+
+/// QEMU's default L2 cache limit (Linux): 32 MiB, or less when that
+/// covers the whole disk; never less than two tables.
+pub const DEFAULT_L2_CACHE_BYTES: u64 = 32 << 20;
+pub const MIN_L2_CACHE_TABLES: usize = 2;
+
+pub static DRIVER: Driver = Driver {
+    name: "qcow2",
+    probe: |buf, _| header::probe(buf),
+    create,
+    open,
+    create_opts: &[],
+    supports_backing: true,
+};
+
+fn create(_ctx: &CreateCtx) -> Result<()> {
+    Err(Error::Unsupported(
+        "creating qcow2 images is not implemented yet (use qemu-img create)".into(),
+    ))
+}
+
+/// An open qcow2 image (read-only).
+pub struct Qcow2 {
+    file: Arc<dyn BlockFile>,
+    /// The external data file, or `file`.
+    data: Arc<dyn BlockFile>,
+    data_file_path: Option<PathBuf>,
+    header: Header,
+    geo: Geometry,
+    size: u64,
+    /// The L1 table in use (active or a snapshot's); entries past the end
+    /// of the file are not stored and read as 0.
+    l1: RwLock<Arc<[u64]>>,
+    l1_size: u64,
+    l2_cache: TableCache,
+    snapshots: Vec<Snapshot>,
+    backing: Option<BackingSpec>,
+    warnings: Vec<String>,
+    /// Whether the image looks metadata-preallocated (QEMU's heuristic,
+    /// computed on first use): block status then asks the data file about
+    /// holes under data clusters.
+    prealloc: OnceLock<bool>,
+}
+
+fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
+    Ok(Box::new(Qcow2::open(ctx)?))
+}
+
+impl Qcow2 {
+    pub fn open(ctx: &OpenCtx) -> Result<Qcow2> {
+        let file = ctx.file.clone();
+        let file_len = file.len()?;
+        let mut first = [0u8; 104];
+        file.read_at(&mut first, 0)?;
+        let cluster_bits = Header::peek_cluster_bits(&first)?;
+        let mut c0 = vec![0u8; 1 << cluster_bits];
+        file.read_at(&mut c0, 0)?;
+        let h = Header::parse(&c0)?;
+        Self::check_features(&h, ctx.read_only)?;
+        let mut warnings = Vec::new();
+        if h.incompatible & features::INCOMPAT_CORRUPT != 0 {
+            warnings.push(
+                "the image is marked corrupt (opened read-only; its data may be wrong; \
+                 'qemu-img check -r all' repairs it)"
+                    .to_string(),
+            );
+        }
+        let geo = Geometry {
+            cluster_bits,
+            extended: h.extended_l2(),
+            data_file: h.has_data_file(),
+        };
+        let (data, data_file_path) = if h.has_data_file() {
+            let name = h.data_file.as_deref().ok_or_else(|| {
+                Error::Corrupt("the image uses an external data file but does not name it".into())
+            })?;
+            let p = resolve_relative(ctx.path, name);
+            let f = ctx
+                .storage
+                .open(&p, Access::ReadOnly)
+                .map_err(|e| e.context(format!("external data file '{name}'")))?;
+            (f, Some(p))
+        } else {
+            (file.clone(), None)
+        };
+        let snapshots = if h.nb_snapshots > 0 {
+            let read = |buf: &mut [u8], off: u64| file.read_at(buf, off);
+            snapshot::read_table(&read, h.snapshots_offset, h.nb_snapshots)?
+        } else {
+            Vec::new()
+        };
+        // At a snapshot: its L1 table under the current virtual size, as
+        // `qemu-img convert -l` (QEMU's load_tmp keeps the size).
+        let size = h.size;
+        let (l1_off, l1_size) = match ctx.snapshot {
+            None => (h.l1_table_offset, h.l1_size as u64),
+            Some(want) => {
+                let s = snapshots
+                    .iter()
+                    .find(|s| s.id == want)
+                    .or_else(|| snapshots.iter().find(|s| s.name == want))
+                    .ok_or_else(|| {
+                        Error::NotFound(format!(
+                            "snapshot '{want}' (the image has {})",
+                            snapshots.len()
+                        ))
+                    })?;
+                snapshot::check_l1(s, cluster_bits)?;
+                (s.l1_table_offset, s.l1_size as u64)
+            }
+        };
+        // Only the part of the L1 table inside the file is read: memory
+        // stays bounded by the file, and the rest reads as zeros anyway.
+        let stored = l1_size.min(file_len.saturating_sub(l1_off) / 8);
+        let mut raw = vec![0u8; (stored * 8) as usize];
+        file.read_at(&mut raw, l1_off)?;
+        let l1: Arc<[u64]> = raw.chunks_exact(8).map(BigEndian::read_u64).collect();
+        let cs = 1u64 << cluster_bits;
+        let tables_for_disk = size.div_ceil(geo.l2_coverage());
+        let tables = if ctx.cache_size > 0 {
+            ctx.cache_size / cs
+        } else {
+            (DEFAULT_L2_CACHE_BYTES / cs).min(tables_for_disk)
+        };
+        let tables = (tables.min(usize::MAX as u64) as usize).max(MIN_L2_CACHE_TABLES);
+        let backing = h.backing_file.as_ref().map(|name| BackingSpec {
+            name: name.clone(),
+            path: resolve_relative(ctx.path, name),
+            format: h.backing_fmt.clone(),
+        });
+        Ok(Qcow2 {
+            file,
+            data,
+            data_file_path,
+            geo,
+            size,
+            l1: RwLock::new(l1),
+            l1_size,
+            l2_cache: TableCache::new(tables),
+            snapshots,
+            backing,
+            warnings,
+            header: h,
+            prealloc: OnceLock::new(),
+        })
+    }
+
+    /// Refuses what this build cannot read or must not write.
+    fn check_features(h: &Header, read_only: bool) -> Result<()> {
+        let unknown = h.incompatible & !features::INCOMPAT_KNOWN;
+        if unknown != 0 {
+            return Err(Error::Unsupported(format!(
+                "qcow2 feature(s) {}",
+                features::describe_incompatible(unknown, &h.feature_names)
+            )));
+        }
+        if h.crypt_method != header::CRYPT_NONE {
+            let what = match h.crypt_method {
+                header::CRYPT_AES => "AES".to_string(),
+                header::CRYPT_LUKS => "LUKS".to_string(),
+                m => format!("method {m}"),
+            };
+            return Err(Error::Unsupported(format!(
+                "encrypted qcow2 images ({what}) cannot be read by this library"
+            )));
+        }
+        if !read_only {
+            let mut why = String::from(
+                "writing qcow2 images is not implemented yet; open the image read-only",
+            );
+            if h.incompatible & features::INCOMPAT_DIRTY != 0 {
+                why += " (it was not closed cleanly: the dirty bit is set)";
+            }
+            if h.incompatible & features::INCOMPAT_CORRUPT != 0 {
+                why += " (it is marked corrupt)";
+            }
+            return Err(Error::ReadOnly(why));
+        }
+        Ok(())
+    }
+
+    fn cs(&self) -> u64 {
+        1 << self.geo.cluster_bits
+    }
+
+    /// The L2 table at host offset `off`, checked and cached.
+    fn l2_table(&self, off: u64, l1_index: u64) -> Result<Table> {
+        let cs = self.cs();
+        if !off.is_multiple_of(cs) {
+            return Err(Error::Corrupt(format!(
+                "L2 table offset {off:#x} is not cluster aligned (L1 index {l1_index})"
+            )));
+        }
+        self.l2_cache.get(off, || {
+            let flen = self.file.len()?;
+            if off.checked_add(cs).is_none_or(|end| end > flen) {
+                return Err(Error::Corrupt(format!(
+                    "L2 table at {off:#x} (L1 index {l1_index}) lies outside the image file ({flen} bytes)"
+                )));
+            }
+            let mut raw = vec![0u8; cs as usize];
+            self.file.read_at(&mut raw, off)?;
+            Ok(raw.chunks_exact(8).map(BigEndian::read_u64).collect())
+        })
+    }
+
+    fn l1_entry(&self, index: u64) -> u64 {
+        if index >= self.l1_size {
+            return 0;
+        }
+        let l1 = self.l1.read().unwrap_or_else(|p| p.into_inner());
+        l1.get(index as usize).copied().unwrap_or(0)
+    }
+
+    /// Raw entry words and the kind of the unit holding guest `pos`.
+    fn unit(&self, table: &[u64], pos: u64) -> (u64, Kind) {
+        let (_, idx) = self.geo.indices(pos);
+        let w = self.geo.entry_words();
+        let entry = table[idx * w];
+        let (bitmap, sc) = if self.geo.extended {
+            (
+                table[idx * w + 1],
+                ((pos >> self.geo.unit_bits()) & 31) as u32,
+            )
+        } else {
+            (0, 0)
+        };
+        (entry, self.geo.kind(entry, bitmap, sc))
+    }
+
+    /// Checks a unit's host cluster as QEMU does before using it.
+    fn check_unit(&self, kind: Kind, pos: u64, l1_index: u64) -> Result<()> {
+        let cs = self.cs();
+        match kind {
+            Kind::Invalid => Err(Error::Corrupt(format!(
+                "invalid L2 entry for guest offset {pos:#x} (L1 index {l1_index})"
+            ))),
+            Kind::Compressed { .. } if self.geo.data_file => Err(Error::Corrupt(format!(
+                "compressed cluster at guest offset {pos:#x} in an image with an external data file"
+            ))),
+            k => match k.host_cluster() {
+                Some(h) if !h.is_multiple_of(cs) => Err(Error::Corrupt(format!(
+                    "host cluster offset {h:#x} for guest offset {pos:#x} is not cluster aligned"
+                ))),
+                Some(h) if self.geo.data_file && h != pos / cs * cs => {
+                    Err(Error::Corrupt(format!(
+                        "external data file offset {h:#x} does not match guest cluster {:#x}",
+                        pos / cs * cs
+                    )))
+                }
+                _ => Ok(()),
+            },
+        }
+    }
+
+    /// QEMU's metadata preallocation heuristic: clearly more clusters have
+    /// a refcount than the file has allocated on disk. Bounded by the file
+    /// length; any error says no.
+    fn detect_prealloc(&self) -> Result<bool> {
+        let h = &self.header;
+        let (cb, order) = (self.geo.cluster_bits, h.refcount_order);
+        let cs = self.cs();
+        let flen = self.file.len()?;
+        let real = self.file.allocated_size()? / cs;
+        let threshold = (real * 10 / 9).max(real + 2);
+        let end = flen.div_ceil(cs);
+        let per_block = 1u64 << (cb + 3 - order);
+        let rt_entries = ((h.refcount_table_clusters as u64) << cb) / 8;
+        let mut block = vec![0u8; cs as usize];
+        let (mut count, mut cluster) = (0u64, 0u64);
+        while cluster < end && count < threshold {
+            let (ti, bi) = refcount::position(cluster, cb, order);
+            if ti >= rt_entries {
+                break;
+            }
+            let mut e = [0u8; 8];
+            self.file
+                .read_at(&mut e, h.refcount_table_offset + ti * 8)?;
+            let boff = u64::from_be_bytes(e) & !(cs - 1);
+            let stop = ((ti + 1) * per_block).min(end);
+            if boff == 0 || boff >= flen {
+                cluster = stop;
+                continue;
+            }
+            self.file.read_at(&mut block, boff)?;
+            for i in bi..bi + (stop - cluster) {
+                count += (refcount::entry(&block, i, order)? != 0) as u64;
+                if count >= threshold {
+                    break;
+                }
+            }
+            cluster = stop;
+        }
+        Ok(count >= threshold)
+    }
+
+    /// Counts guest bytes with data in this layer, scanning every L2 table
+    /// once (a table listed twice is corruption: it would multiply work).
+    fn count_allocated(&self) -> Result<u64> {
+        let cov = self.geo.l2_coverage();
+        let tables = self.size.div_ceil(cov);
+        let unit = 1u64 << self.geo.unit_bits();
+        let mut seen = HashSet::new();
+        let mut total = 0u64;
+        for i in 0..tables {
+            let l2off = self.l1_entry(i) & OFFSET_MASK;
+            if l2off == 0 {
+                continue;
+            }
+            if !seen.insert(l2off) {
+                return Err(Error::Corrupt(format!(
+                    "L2 table {l2off:#x} is used by more than one L1 entry"
+                )));
+            }
+            let table = self.l2_table(l2off, i)?;
+            let end = ((i + 1) * cov).min(self.size);
+            let mut pos = i * cov;
+            while pos < end {
+                let (_, k) = self.unit(&table, pos);
+                let step = match k {
+                    Kind::Compressed { .. } => self.cs(),
+                    _ => unit,
+                };
+                if matches!(k, Kind::Normal(_) | Kind::Compressed { .. }) {
+                    total += step.min(end - pos);
+                }
+                pos += step;
+            }
+        }
+        Ok(total)
+    }
+}
+
+impl Format for Qcow2 {
+    fn format_name(&self) -> &'static str {
+        "qcow2"
+    }
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn cluster_size(&self) -> u64 {
+        self.cs()
+    }
+
+    fn backing(&self) -> Option<BackingSpec> {
+        self.backing.clone()
+    }
+
+    fn map(&self, off: u64, len: u64) -> Result<Extent> {
+        let cs = self.cs();
+        let cov = self.geo.l2_coverage();
+        let end = off
+            .saturating_add(len)
+            .min((off / cov + 1).saturating_mul(cov))
+            .min(self.size.max(off + 1));
+        let (l1_index, _) = self.geo.indices(off);
+        let l2off = self.l1_entry(l1_index) & OFFSET_MASK;
+        if l2off == 0 {
+            return Ok(Extent::new(Mapping::Unallocated, end - off));
+        }
+        let table = self.l2_table(l2off, l1_index)?;
+        let (entry, first) = self.unit(&table, off);
+        self.check_unit(first, off, l1_index)?;
+        if let Kind::Compressed { host, csize } = first {
+            let cend = (off / cs + 1) * cs;
+            return Ok(Extent::new(
+                Mapping::Compressed { host, csize },
+                end.min(cend) - off,
+            ));
+        }
+        let copied = entry & OFLAG_COPIED;
+        // The host offset of `off` for kinds with a host cluster.
+        let host_at = |k: Kind, p: u64| k.host_cluster().map(|h| h + p % cs);
+        let first_host = host_at(first, off);
+        let unit_bits = self.geo.unit_bits();
+        let mut pos = ((off >> unit_bits) + 1) << unit_bits;
+        while pos < end {
+            let (e, k) = self.unit(&table, pos);
+            if !k.same_class(first)
+                || e & OFLAG_COPIED != copied
+                || first_host.map(|h| h + (pos - off)) != host_at(k, pos)
+            {
+                break;
+            }
+            pos += 1 << unit_bits;
+        }
+        let n = pos.min(end) - off;
+        let ext = match first {
+            Kind::Normal(_) => Extent::new(
+                Mapping::Data {
+                    host: first_host.unwrap_or(0),
+                    in_place: copied != 0 || self.geo.data_file,
+                },
+                n,
+            ),
+            Kind::ZeroPlain => Extent::new(Mapping::Zero, n),
+            Kind::UnallocPlain => Extent::new(Mapping::Unallocated, n),
+            Kind::ZeroAlloc(_) => Extent {
+                mapping: Mapping::Zero,
+                len: n,
+                reserved: first_host,
+            },
+            Kind::UnallocAlloc(_) => Extent {
+                mapping: Mapping::Unallocated,
+                len: n,
+                reserved: first_host,
+            },
+            // Both returned early above.
+            Kind::Compressed { .. } | Kind::Invalid => {
+                return Err(Error::Corrupt(format!("bad L2 entry at {off:#x}")))
+            }
+        };
+        Ok(ext)
+    }
+
+    fn data_file(&self) -> &Arc<dyn BlockFile> {
+        &self.data
+    }
+
+    fn read_compressed(&self, host: u64, csize: u64, skip: u64, iov: &IoVec) -> Result<()> {
+        let cs = self.cs();
+        let flen = self.file.len()?;
+        // The last sector may run past the end of the file (QEMU does not
+        // pad it), but no further.
+        if host >= flen || host + csize > flen.div_ceil(512) * 512 {
+            return Err(Error::Corrupt(format!(
+                "compressed cluster at {host:#x} ({csize} bytes) runs past the end of the image file ({flen} bytes)"
+            )));
+        }
+        if skip + iov.len() as u64 > cs {
+            return Err(Error::InvalidArgument(format!(
+                "read of {} bytes at {skip} in a compressed cluster of {cs}",
+                iov.len()
+            )));
+        }
+        let mut input = vec![0u8; csize as usize];
+        self.file.read_at(&mut input, host)?;
+        let mut out = vec![0u8; cs as usize];
+        compress::decompress(self.header.compression, &input, &mut out)
+            .map_err(|e| e.context(format!("compressed cluster at {host:#x}")))?;
+        iov.copy_from(0, &out[skip as usize..skip as usize + iov.len()]);
+        Ok(())
+    }
+
+    fn read_only(&self) -> bool {
+        true
+    }
+
+    fn allocate(&self, _guest: u64, _len: u64) -> Result<(u64, u64)> {
+        Err(Error::ReadOnly(
+            "qcow2 images are read-only in this build".into(),
+        ))
+    }
+
+    fn link(&self, _guest: u64, _len: u64, _host: u64) -> Result<()> {
+        Err(Error::ReadOnly(
+            "qcow2 images are read-only in this build".into(),
+        ))
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn truncate(&self, _size: u64, _backing_len: Option<u64>, _old: OldReader) -> Result<()> {
+        Err(Error::ReadOnly(
+            "qcow2 images are read-only in this build".into(),
+        ))
+    }
+
+    fn allocated_bytes(&self) -> Result<u64> {
+        self.count_allocated()
+    }
+
+    fn info(&self) -> FormatInfo {
+        let h = &self.header;
+        let yes = |b: bool| if b { "true" } else { "false" }.to_string();
+        let mut s = vec![
+            (
+                "compat".into(),
+                if h.version >= 3 { "1.1" } else { "0.10" }.into(),
+            ),
+            (
+                "compression type".into(),
+                match h.compression {
+                    Compression::Zlib => "zlib",
+                    Compression::Zstd => "zstd",
+                }
+                .into(),
+            ),
+            (
+                "lazy refcounts".into(),
+                yes(h.compatible & features::COMPAT_LAZY_REFCOUNTS != 0),
+            ),
+            ("refcount bits".into(), h.refcount_bits().to_string()),
+            (
+                "corrupt".into(),
+                yes(h.incompatible & features::INCOMPAT_CORRUPT != 0),
+            ),
+            ("extended l2".into(), yes(h.extended_l2())),
+        ];
+        if let Some(d) = &h.data_file {
+            s.push(("data file".into(), d.clone()));
+            s.push(("data file raw".into(), yes(h.data_file_raw())));
+        }
+        FormatInfo {
+            specific: s,
+            data_file: self
+                .data_file_path
+                .as_ref()
+                .map(|p| p.display().to_string()),
+        }
+    }
+
+    fn disk_size(&self) -> Result<u64> {
+        let mut n = self.file.allocated_size()?;
+        if self.data_file_path.is_some() {
+            n += self.data.allocated_size()?;
+        }
+        Ok(n)
+    }
+
+    fn zero_holes_under_data(&self) -> bool {
+        *self
+            .prealloc
+            .get_or_init(|| self.detect_prealloc().unwrap_or(false))
+    }
+
+    fn snapshots(&self) -> Vec<SnapshotInfo> {
+        self.snapshots
+            .iter()
+            .map(|s| SnapshotInfo {
+                id: s.id.clone(),
+                name: s.name.clone(),
+                vm_state_size: s.vm_state_size,
+                date_sec: s.date_sec as u64,
+                date_nsec: s.date_nsec,
+                vm_clock_nsec: s.vm_clock_nsec,
+                disk_size: s.disk_size.unwrap_or(self.header.size),
+                icount: s.icount,
+            })
+            .collect()
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
+    }
+
+    fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
