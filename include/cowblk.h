@@ -584,7 +584,7 @@ int cowblk_pwritev_cow(struct cowblk_image *img,
                        int cow_iovcnt);
 
 /**
- * The driver table of format `name` ("add-cow", "raw"), or NULL with the
+ * The driver table of format `name` ("add-cow", "raw", "qcow2"), or NULL with the
  * last error set if there is none. The table is static: never free it.
  *
  * # Safety

@@ -182,10 +182,12 @@ driver_table!(
 );
 // raw records no backing file.
 driver_table!(RAW, "raw", raw_probe, raw_create, raw_open, None);
+// qcow2 is read-only for now: its write entries fail with -EROFS.
+driver_table!(QCOW2, "qcow2", qcow2_probe, qcow2_create, qcow2_open, None);
 
-static TABLES: [&cowblk_driver; 2] = [&ADDCOW, &RAW];
+static TABLES: [&cowblk_driver; 3] = [&ADDCOW, &RAW, &QCOW2];
 
-/// The driver table of format `name` ("add-cow", "raw"), or NULL with the
+/// The driver table of format `name` ("add-cow", "raw", "qcow2"), or NULL with the
 /// last error set if there is none. The table is static: never free it.
 ///
 /// # Safety
