@@ -46,14 +46,22 @@ impl Image {
             if n == 0 {
                 return Err(Error::Corrupt(format!("empty mapping at offset {pos}")));
             }
-            let part = iov.slice(done as usize, n as usize);
+            // One extent covering the whole request (the common case)
+            // needs no sub-list.
+            let sliced;
+            let part = if n == len {
+                iov
+            } else {
+                sliced = iov.slice(done as usize, n as usize);
+                &sliced
+            };
             match ext.mapping {
-                Mapping::Data { host, .. } => self.fmt.data_file().preadv(&part, host)?,
+                Mapping::Data { host, .. } => self.fmt.data_file().preadv(part, host)?,
                 Mapping::Zero => part.zero(),
-                Mapping::Unallocated => self.read_unallocated(&part, pos, over)?,
+                Mapping::Unallocated => self.read_unallocated(part, pos, over)?,
                 Mapping::Compressed { host, csize } => {
                     let cs = self.fmt.cluster_size().max(1);
-                    self.fmt.read_compressed(host, csize, pos % cs, &part)?
+                    self.fmt.read_compressed(host, csize, pos % cs, part)?
                 }
             }
             done += n;
@@ -105,9 +113,12 @@ impl Image {
                     host,
                     in_place: true,
                 } => {
-                    self.fmt
-                        .data_file()
-                        .pwritev(&iov.slice(done as usize, n as usize), host)?;
+                    let file = self.fmt.data_file();
+                    if n == len {
+                        file.pwritev(iov, host)?;
+                    } else {
+                        file.pwritev(&iov.slice(done as usize, n as usize), host)?;
+                    }
                     n
                 }
                 _ => self.write_allocating(pos, n, Payload::Data(iov, done as usize), over)?,

@@ -8,9 +8,9 @@
 
 use crate::error::{Error, Result};
 use crate::io::BlockFile;
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Cache block size (bytes of the add-cow file).
 pub const BLOCK: u64 = 4096;
@@ -19,15 +19,26 @@ struct Entry {
     data: Box<[u8]>,
     /// 0 = clean; otherwise the generation of the last change.
     dirty: u64,
-    last_use: u64,
+    /// Second-chance bit for eviction. Readers set it only when clear, so
+    /// hot blocks cost no shared-cache-line writes.
+    referenced: AtomicBool,
+}
+
+impl Entry {
+    fn touch(&self) {
+        if !self.referenced.load(Ordering::Relaxed) {
+            self.referenced.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 struct Inner {
-    blocks: HashMap<u64, Entry>,
-    tick: u64,
+    blocks: FxHashMap<u64, Entry>,
     generation: u64,
 }
 
+/// Lookups (the hot path) share a read lock; loads, evictions and bit
+/// changes take the write lock.
 pub struct Bitmap {
     file: Arc<dyn BlockFile>,
     /// Flushed before any bitmap block is written.
@@ -36,7 +47,7 @@ pub struct Bitmap {
     /// Number of valid bits (clusters).
     bits: AtomicU64,
     capacity: usize,
-    inner: Mutex<Inner>,
+    inner: RwLock<Inner>,
     /// Serialises write-back so an older snapshot never lands after a newer one.
     writeback: Mutex<()>,
 }
@@ -61,13 +72,20 @@ impl Bitmap {
             base,
             bits: AtomicU64::new(bits),
             capacity,
-            inner: Mutex::new(Inner {
-                blocks: HashMap::new(),
-                tick: 0,
+            inner: RwLock::new(Inner {
+                blocks: FxHashMap::default(),
                 generation: 0,
             }),
             writeback: Mutex::new(()),
         }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn bits(&self) -> u64 {
@@ -81,7 +99,7 @@ impl Bitmap {
 
     /// Cached blocks (for tests of the memory bound).
     pub fn cached_blocks(&self) -> usize {
-        lock(&self.inner).blocks.len()
+        self.read().blocks.len()
     }
 
     /// The file range of block `k` that holds bitmap bytes.
@@ -91,24 +109,41 @@ impl Bitmap {
         (start, end.max(start))
     }
 
-    /// Makes block `k` resident and returns the guard (loading under the
-    /// lock, so a stale copy can never replace a newer one).
-    fn resident(&self, k: u64) -> Result<MutexGuard<'_, Inner>> {
+    /// A read guard with block `k` resident.
+    fn resident(&self, k: u64) -> Result<RwLockReadGuard<'_, Inner>> {
         loop {
-            let mut g = lock(&self.inner);
-            g.tick += 1;
-            let t = g.tick;
-            if let Some(e) = g.blocks.get_mut(&k) {
-                e.last_use = t;
+            let g = self.read();
+            if let Some(e) = g.blocks.get(&k) {
+                e.touch();
+                return Ok(g);
+            }
+            drop(g);
+            drop(self.resident_mut(k)?);
+        }
+    }
+
+    /// A write guard with block `k` resident (loading under the lock, so a
+    /// stale copy can never replace a newer one).
+    fn resident_mut(&self, k: u64) -> Result<RwLockWriteGuard<'_, Inner>> {
+        loop {
+            let mut g = self.write();
+            if g.blocks.contains_key(&k) {
                 return Ok(g);
             }
             if g.blocks.len() >= self.capacity {
-                let victim = g
-                    .blocks
-                    .iter()
-                    .filter(|(_, e)| e.dirty == 0)
-                    .min_by_key(|(_, e)| e.last_use)
-                    .map(|(k, _)| *k);
+                // Second chance: a clean block not used since the last
+                // sweep, else any clean block.
+                let mut victim = None;
+                for (bk, e) in g.blocks.iter() {
+                    if e.dirty != 0 {
+                        continue;
+                    }
+                    if !e.referenced.swap(false, Ordering::Relaxed) {
+                        victim = Some(*bk);
+                        break;
+                    }
+                    victim.get_or_insert(*bk);
+                }
                 match victim {
                     Some(v) => {
                         g.blocks.remove(&v);
@@ -134,7 +169,7 @@ impl Bitmap {
                 Entry {
                     data,
                     dirty: 0,
-                    last_use: t,
+                    referenced: AtomicBool::new(true),
                 },
             );
             return Ok(g);
@@ -159,7 +194,10 @@ impl Bitmap {
         while pos < end {
             let k = self.byte_pos(pos) / BLOCK;
             let g = self.resident(k)?;
-            let data = &g.blocks[&k].data;
+            let Some(entry) = g.blocks.get(&k) else {
+                continue; // evicted between the calls: look again
+            };
+            let data = &entry.data;
             // Bits covered by this block.
             let block_last_bit = ((k + 1) * BLOCK - self.base) * 8;
             let stop = end.min(block_last_bit);
@@ -193,7 +231,7 @@ impl Bitmap {
         let mut pos = start;
         while pos < end {
             let k = self.byte_pos(pos) / BLOCK;
-            let mut g = self.resident(k)?;
+            let mut g = self.resident_mut(k)?;
             g.generation += 1;
             let gen = g.generation;
             let e = g.blocks.get_mut(&k).expect("resident");
@@ -226,7 +264,7 @@ impl Bitmap {
     pub fn write_back(&self) -> Result<()> {
         let _wb = lock(&self.writeback);
         let snap: Vec<(u64, u64, Vec<u8>)> = {
-            let g = lock(&self.inner);
+            let g = self.read();
             g.blocks
                 .iter()
                 .filter(|(_, e)| e.dirty != 0)
@@ -248,7 +286,7 @@ impl Bitmap {
                     .map_err(|e| e.context("writing add-cow bitmap"))?;
             }
         }
-        let mut g = lock(&self.inner);
+        let mut g = self.write();
         for (k, gen, _) in snap {
             if let Some(e) = g.blocks.get_mut(&k) {
                 if e.dirty == gen {
@@ -271,7 +309,7 @@ impl Bitmap {
             let block_last_bit = ((kb + 1) * BLOCK - self.base) * 8;
             self.set_range(bits, old.min(block_last_bit), false)?;
             self.bits.store(bits, Ordering::Release);
-            lock(&self.inner).blocks.retain(|k, _| *k <= kb);
+            self.write().blocks.retain(|k, _| *k <= kb);
         } else {
             self.bits.store(bits, Ordering::Release);
         }
@@ -290,7 +328,7 @@ impl Bitmap {
             self.file.read_at(&mut buf[..n as usize], self.base + off)?;
             // Cached blocks may be newer than the disk.
             {
-                let g = lock(&self.inner);
+                let g = self.read();
                 for (k, e) in g.blocks.iter() {
                     let (s, end) = self.block_span(*k);
                     let (ws, we) = (s.max(self.base + off), end.min(self.base + off + n));
