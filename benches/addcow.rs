@@ -35,12 +35,22 @@ fn offsets(n: usize, bs: u64, seed: u64) -> Vec<u64> {
     v
 }
 
-/// Best of three runs of `f(offset)` over `offs` split across `threads`,
-/// in MB/s (the machine is shared; the best run is the least disturbed).
-fn run(threads: usize, offs: &[u64], bs: u64, f: &(dyn Fn(u64) + Sync)) -> f64 {
-    (0..3)
-        .map(|_| run_once(threads, offs, bs, f))
-        .fold(0.0, f64::max)
+/// Runs `ours` and `plain` alternately five times each and keeps each
+/// one's best MB/s (the machine is shared; the best run is the least
+/// disturbed, and alternating spreads any drift over both).
+fn pair(
+    threads: usize,
+    offs: &[u64],
+    bs: u64,
+    ours: &(dyn Fn(u64) + Sync),
+    plain: &(dyn Fn(u64) + Sync),
+) -> (f64, f64) {
+    let (mut a, mut b) = (0f64, 0f64);
+    for _ in 0..5 {
+        a = a.max(run_once(threads, offs, bs, ours));
+        b = b.max(run_once(threads, offs, bs, plain));
+    }
+    (a, b)
 }
 
 /// One timed pass (first writes must use this: a second pass is no longer first).
@@ -130,14 +140,19 @@ fn main() {
             // Unallocated reads go through to the backing file.
             let p = overlay(&dir, "ov", cluster);
             let img = open(&p);
-            let ours = run(threads, &offs, bs, &|o| {
-                let mut b = vec![0u8; bs as usize];
-                img.read(&mut b, o).unwrap();
-            });
-            let plain = run(threads, &offs, bs, &|o| {
-                let mut b = vec![0u8; bs as usize];
-                base.read_exact_at(&mut b, o).unwrap();
-            });
+            let (ours, plain) = pair(
+                threads,
+                &offs,
+                bs,
+                &|o| {
+                    let mut b = vec![0u8; bs as usize];
+                    img.read(&mut b, o).unwrap();
+                },
+                &|o| {
+                    let mut b = vec![0u8; bs as usize];
+                    base.read_exact_at(&mut b, o).unwrap();
+                },
+            );
             row("read unallocated", ours, plain);
             // First writes: fresh overlay vs a fresh sparse raw file.
             let data = vec![0x5au8; bs as usize];
@@ -154,19 +169,27 @@ fn main() {
                 .write(true)
                 .open(dir.join("ov.img"))
                 .unwrap();
-            let ours = run(threads, &offs, bs, &|o| img.write(&data, o).unwrap());
-            let plain = run(threads, &offs, bs, &|o| {
-                imgf.write_all_at(&data, o).unwrap()
-            });
+            let (ours, plain) = pair(
+                threads,
+                &offs,
+                bs,
+                &|o| img.write(&data, o).unwrap(),
+                &|o| imgf.write_all_at(&data, o).unwrap(),
+            );
             row("repeat write", ours, plain);
-            let ours = run(threads, &offs, bs, &|o| {
-                let mut b = vec![0u8; bs as usize];
-                img.read(&mut b, o).unwrap();
-            });
-            let plain = run(threads, &offs, bs, &|o| {
-                let mut b = vec![0u8; bs as usize];
-                imgf.read_exact_at(&mut b, o).unwrap();
-            });
+            let (ours, plain) = pair(
+                threads,
+                &offs,
+                bs,
+                &|o| {
+                    let mut b = vec![0u8; bs as usize];
+                    img.read(&mut b, o).unwrap();
+                },
+                &|o| {
+                    let mut b = vec![0u8; bs as usize];
+                    imgf.read_exact_at(&mut b, o).unwrap();
+                },
+            );
             row("read allocated", ours, plain);
         }
     }

@@ -73,8 +73,8 @@ impl Image {
         if let Some(b) = over {
             return b.read_backing(iov, off);
         }
-        match self.backing() {
-            Some(b) => b.read_backing(iov, off),
+        match self.backing.load().as_ref() {
+            Some(b) => b.0.read_backing(iov, off),
             None => {
                 iov.zero();
                 Ok(())

@@ -8,9 +8,10 @@ use crate::format::{
 use crate::io::posix::PosixStorage;
 use crate::io::{Access, IoVec, Storage};
 use crate::rangelock::RangeLocks;
+use arc_swap::ArcSwapOption;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 /// Backing chains deeper than this are refused (a loop guard as well).
 pub const MAX_CHAIN_DEPTH: usize = 64;
@@ -83,10 +84,14 @@ pub struct ImageInfo {
     pub specific: Vec<(String, String)>,
 }
 
+/// A sized holder for the backing layer (arc-swap needs thin pointers).
+pub(crate) struct BackingSlot(pub(crate) Arc<dyn Backing>);
+
 /// An open image. Safe to share between threads (`Arc<Image>`).
 pub struct Image {
     pub(crate) fmt: Box<dyn Format>,
-    pub(crate) backing: RwLock<Option<Arc<dyn Backing>>>,
+    /// Swappable without a lock, so the read path takes no shared write.
+    pub(crate) backing: ArcSwapOption<BackingSlot>,
     pub(crate) alloc_locks: RangeLocks,
     storage: Arc<dyn Storage>,
     path: PathBuf,
@@ -184,7 +189,7 @@ impl Image {
             };
         Ok(Image {
             fmt,
-            backing: RwLock::new(backing),
+            backing: ArcSwapOption::new(backing.map(|b| Arc::new(BackingSlot(b)))),
             alloc_locks: RangeLocks::default(),
             storage,
             path: path.to_path_buf(),
@@ -285,16 +290,13 @@ impl Image {
 
     /// The open backing layer.
     pub fn backing(&self) -> Option<Arc<dyn Backing>> {
-        self.backing
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.backing.load_full().map(|s| s.0.clone())
     }
 
     /// Replaces the backing layer in memory (the recorded name is not
     /// changed; see `set_backing_file`).
     pub fn set_backing_layer(&self, b: Option<Arc<dyn Backing>>) {
-        *self.backing.write().unwrap_or_else(|p| p.into_inner()) = b;
+        self.backing.store(b.map(|b| Arc::new(BackingSlot(b))));
     }
 
     /// Records a new backing file name and format in the image (`None`
