@@ -462,6 +462,8 @@ fn rebase_detach_leaves_a_standalone_raw_file() {
         "qemu-img",
         &["compare", "-f", "raw", "c.img", "q.qcow2"],
     );
+    // -f names the first image only: the add-cow file is still probed.
+    ok(&d, COWBLK_IMG, &["compare", "-f", "raw", "c.img", "c.acow"]);
     // Deleting the old base changes nothing.
     std::fs::remove_file(d.join("base.raw")).unwrap();
     ok(&d, COWBLK_IMG, &["compare", "c.acow", "c.before"]);

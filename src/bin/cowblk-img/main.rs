@@ -958,8 +958,9 @@ fn compare(args: Vec<OsString>) -> Res {
     }
     let err2 = |f: Fail| Fail { code: 2, ..f };
     let a = open(&files[0], fa.clone(), true).map_err(err2)?;
-    // One format given applies to both, as in qemu-img.
-    let b = open(&files[1], fb.or(fa), true).map_err(err2)?;
+    // -f names the first image's format only; the second is probed
+    // unless -F names it (qemu-img does the same).
+    let b = open(&files[1], fb, true).map_err(err2)?;
     let r = with_progress(progress && !quiet, |pr| ops::compare(&a, &b, strict, pr))
         .map_err(|e| err2(lib(e)))?;
     let say = |s: String| {
