@@ -277,6 +277,19 @@ nbd_ok() {
 }
 check "NBD: patched qemu-nbd, system qemu-io (QEMU 10) reads and writes" nbd_ok
 
+# ---- the library's qcow2, registered as cowblk-qcow2 beside QEMU's own ----
+cowblk_qcow2_ok() {
+    "$SYS_QIMG" create -q -f qcow2 cq.qcow2 16M &&
+    "$SYS_QIO" -f qcow2 -c "write -P 0x61 0 4M" -c "write -c -P 0x62 8M 64k" \
+        -c "write -z 9M 1M" cq.qcow2 >/dev/null &&
+    t "$QIO" -r -f cowblk-qcow2 -c "read -P 0x61 0 4M" -c "read -P 0x62 8M 64k" \
+        -c "read -P 0 9M 1M" cq.qcow2 &&
+    t "$QIMG" compare -f cowblk-qcow2 -F qcow2 cq.qcow2 cq.qcow2 &&
+    t "$QIMG" bench -c 2000 -d 8 -f cowblk-qcow2 cq.qcow2 &&
+    t "$QIMG" bench -c 2000 -d 8 -f qcow2 cq.qcow2
+}
+check "the library's qcow2 as cowblk-qcow2: reads and qemu-img bench beside qcow2" cowblk_qcow2_ok
+
 # ---- bad input gives a clear error ----
 bad_ok() {
     t "$QIMG" create -f add-cow -o backing_file=base.raw,backing_fmt=raw noimg.add-cow 8M 2>err.txt
