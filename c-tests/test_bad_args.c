@@ -83,12 +83,12 @@ int main(void)
     OK(cowblk_pwritev(img, SIZE, NULL, 0));
 
     /* Ranges past the end. */
-    ERR(cowblk_preadv(img, SIZE - 100, &v, 1), EINVAL);
-    ERR(cowblk_pwritev(img, SIZE - 100, &v, 1), EINVAL);
-    ERR(cowblk_pwritev(img, UINT64_MAX - 10, &v, 1), EINVAL);
-    ERR(cowblk_write_zeroes(img, SIZE, 1), EINVAL);
-    ERR(cowblk_discard(img, 0, UINT64_MAX), EINVAL);
-    ERR(cowblk_cow_range(img, SIZE, 1, &n, &m), EINVAL);
+    ERR(cowblk_preadv(img, SIZE - 100, &v, 1), EIO);
+    ERR(cowblk_pwritev(img, SIZE - 100, &v, 1), EIO);
+    ERR(cowblk_pwritev(img, UINT64_MAX - 10, &v, 1), EIO);
+    ERR(cowblk_write_zeroes(img, SIZE, 1), EIO);
+    ERR(cowblk_discard(img, 0, UINT64_MAX), EIO);
+    ERR(cowblk_cow_range(img, SIZE, 1, &n, &m), EIO);
     CHECK(n == 77 && m == 78);
     /* Status past the end is QEMU's answer, not an error. */
     CHECK(OK(cowblk_block_status(img, SIZE, 1, &n, &m)) == COWBLK_BLOCK_EOF);

@@ -449,7 +449,7 @@ int cowblk_change_backing_file(struct cowblk_image *img,
 /**
  * Reads `iovcnt` buffers' worth of bytes at `offset` into `iov`. Any offset
  * and length inside the image work. Unallocated ranges read from the
- * backing chain, or zeros. A range past the end fails with -EINVAL.
+ * backing chain, or zeros. A range past the end fails with -EIO, as in QEMU.
  *
  * # Safety
  * `img` is a live handle; `iov` holds `iovcnt` entries of writable memory

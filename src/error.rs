@@ -57,7 +57,8 @@ impl Error {
             Error::Corrupt(_) => libc::EINVAL,
             Error::Unsupported(_) => libc::ENOTSUP,
             Error::InvalidArgument(_) => libc::EINVAL,
-            Error::OutOfRange(_) => libc::EINVAL,
+            // QEMU's block layer answers requests past the end with EIO.
+            Error::OutOfRange(_) => libc::EIO,
             Error::ReadOnly(_) => libc::EROFS,
             Error::NotFound(_) => libc::ENOENT,
             Error::TooLarge(_) => libc::EFBIG,
