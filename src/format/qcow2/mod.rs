@@ -24,6 +24,7 @@ pub mod cache;
 pub mod compress;
 pub mod features;
 pub mod header;
+pub mod l1;
 pub mod l2;
 pub mod refcount;
 pub mod snapshot;
@@ -38,12 +39,13 @@ use crate::error::{Error, Result};
 use crate::io::{Access, BlockFile, IoVec};
 use byteorder::{BigEndian, ByteOrder};
 use cache::{Table, TableCache};
+use l1::L1Table;
 use header::{Compression, Header};
 use l2::{Geometry, Kind, OFFSET_MASK, OFLAG_COPIED};
 use snapshot::Snapshot;
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 
 /// QEMU's default L2 cache limit (Linux): 32 MiB, or less when that
 /// covers the whole disk; never less than two tables.
@@ -74,10 +76,8 @@ pub struct Qcow2 {
     header: Header,
     geo: Geometry,
     size: u64,
-    /// The L1 table in use (active or a snapshot's); entries past the end
-    /// of the file are not stored and read as 0.
-    l1: RwLock<Arc<[u64]>>,
-    l1_size: u64,
+    /// The L1 table in use (active or a snapshot's), read on demand.
+    l1: L1Table,
     l2_cache: TableCache,
     snapshots: Vec<Snapshot>,
     backing: Option<BackingSpec>,
@@ -155,12 +155,9 @@ impl Qcow2 {
                 (s.l1_table_offset, s.l1_size as u64)
             }
         };
-        // Only the part of the L1 table inside the file is read: memory
-        // stays bounded by the file, and the rest reads as zeros anyway.
-        let stored = l1_size.min(file_len.saturating_sub(l1_off) / 8);
-        let mut raw = vec![0u8; (stored * 8) as usize];
-        file.read_at(&mut raw, l1_off)?;
-        let l1: Arc<[u64]> = raw.chunks_exact(8).map(BigEndian::read_u64).collect();
+        // Nothing of the L1 table is read yet: open costs the same for any
+        // virtual size (entries past the end of the file read as 0).
+        let l1 = L1Table::new(file.clone(), l1_off, l1_size, file_len);
         let cs = 1u64 << cluster_bits;
         let tables_for_disk = size.div_ceil(geo.l2_coverage());
         let tables = if ctx.cache_size > 0 {
@@ -180,8 +177,7 @@ impl Qcow2 {
             data_file_path,
             geo,
             size,
-            l1: RwLock::new(l1),
-            l1_size,
+            l1,
             l2_cache: TableCache::new(tables),
             snapshots,
             backing,
@@ -250,12 +246,8 @@ impl Qcow2 {
         })
     }
 
-    fn l1_entry(&self, index: u64) -> u64 {
-        if index >= self.l1_size {
-            return 0;
-        }
-        let l1 = self.l1.read().unwrap_or_else(|p| p.into_inner());
-        l1.get(index as usize).copied().unwrap_or(0)
+    fn l1_entry(&self, index: u64) -> Result<u64> {
+        self.l1.entry(index)
     }
 
     /// Raw entry words and the kind of the unit holding guest `pos`.
@@ -349,7 +341,7 @@ impl Qcow2 {
         let mut seen = HashSet::new();
         let mut total = 0u64;
         for i in 0..tables {
-            let l2off = self.l1_entry(i) & OFFSET_MASK;
+            let l2off = self.l1_entry(i)? & OFFSET_MASK;
             if l2off == 0 {
                 continue;
             }
@@ -402,7 +394,7 @@ impl Format for Qcow2 {
             .min((off / cov + 1).saturating_mul(cov))
             .min(self.size.max(off + 1));
         let (l1_index, _) = self.geo.indices(off);
-        let l2off = self.l1_entry(l1_index) & OFFSET_MASK;
+        let l2off = self.l1_entry(l1_index)? & OFFSET_MASK;
         if l2off == 0 {
             return Ok(Extent::new(Mapping::Unallocated, end - off));
         }

@@ -246,8 +246,15 @@ fn l1_table_past_the_end_of_the_file_reads_zeros() {
     let mut buf = vec![1u8; 4096];
     img.read(&mut buf, size - 4096).unwrap();
     assert!(buf.iter().all(|&x| x == 0));
-    // Only the L1 entries inside the 12 KiB file are held.
-    assert_eq!(b.driver(0).l1.read().unwrap().len(), 512);
+    // Open reads none of the table; a lookup past the file loads nothing,
+    // one inside it loads one chunk.
+    use crate::format::Format;
+    let d = b.driver(0);
+    assert_eq!(d.l1.loaded_chunks(), 0);
+    d.map(size - 4096, 4096).unwrap();
+    assert_eq!(d.l1.loaded_chunks(), 0);
+    d.map(0, 4096).unwrap();
+    assert_eq!(d.l1.loaded_chunks(), 1);
 }
 
 #[test]
