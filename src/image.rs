@@ -350,10 +350,19 @@ impl Image {
     /// Checks this layer's metadata (`qemu-img check`); `Unsupported` for
     /// formats without a checker.
     pub fn check(&self, repair: Repair) -> Result<CheckReport> {
+        self.check_progress(repair, &mut |_, _| {})
+    }
+
+    /// `check`, reporting (done, total) to `progress` as it goes.
+    pub fn check_progress(
+        &self,
+        repair: Repair,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<CheckReport> {
         if repair != Repair::None {
             self.check_writable()?;
         }
-        self.fmt.check(repair)
+        self.fmt.check(repair, progress)
     }
 
     /// Drops everything allocated in this layer (see `Format::make_empty`).

@@ -461,3 +461,50 @@ fn unknown_autoclear_bits_are_cleared_by_a_writer_only() {
         "unknown autoclear bits survived a writer"
     );
 }
+
+#[test]
+fn check_finds_and_repairs_stray_padding_bits() {
+    let d = tmpdir("rules-check");
+    // 10 clusters: bits 10..16 of the two bitmap bytes are padding.
+    let p = overlay(
+        &d,
+        "o",
+        None,
+        &[("size", "40960"), ("cluster_size", "4096")],
+    );
+    {
+        let img = Image::open(&p, &rw()).unwrap();
+        img.write(&[1; 4096], 0).unwrap();
+        let r = img.check(cowblk::format::check::Repair::None).unwrap();
+        assert_eq!((r.leaks, r.corruptions), (0, 0), "{:?}", r.messages);
+        assert_eq!(r.allocated_clusters, Some(1));
+        img.close().unwrap();
+    }
+    let mut b = std::fs::read(&p).unwrap();
+    b[2561] |= 0x80;
+    std::fs::write(&p, &b).unwrap();
+    let img = Image::open(&p, &ro()).unwrap();
+    let mut seen = 0;
+    let r = img
+        .check_progress(cowblk::format::check::Repair::None, &mut |done, total| {
+            assert!(done <= total);
+            seen += 1;
+        })
+        .unwrap();
+    assert!(seen > 0, "no progress reported");
+    assert_eq!(r.leaks, 1, "{:?}", r.messages);
+    assert_eq!(r.allocated_clusters, Some(1));
+    drop(img);
+    let img = Image::open(&p, &rw()).unwrap();
+    let r = img.check(cowblk::format::check::Repair::Leaks).unwrap();
+    assert_eq!(r.leaks_fixed, 1);
+    img.close().unwrap();
+    assert_eq!(std::fs::read(&p).unwrap()[2561], 0);
+    let img = Image::open(&p, &ro()).unwrap();
+    assert_eq!(
+        img.check(cowblk::format::check::Repair::None)
+            .unwrap()
+            .leaks,
+        0
+    );
+}

@@ -171,8 +171,9 @@ pub trait Format: Send + Sync {
         false
     }
     /// Checks the image's metadata for consistency, repairing what
-    /// `repair` allows. Formats without a checker say so (qemu-img exits 63).
-    fn check(&self, _repair: Repair) -> Result<CheckReport> {
+    /// `repair` allows, reporting (done, total) work units to `progress`.
+    /// Formats without a checker say so (qemu-img exits 63).
+    fn check(&self, _repair: Repair, _progress: &mut dyn FnMut(u64, u64)) -> Result<CheckReport> {
         Err(Error::Unsupported(format!(
             "format '{}' does not support checks",
             self.format_name()

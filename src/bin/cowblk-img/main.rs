@@ -677,8 +677,8 @@ fn map(args: Vec<OsString>) -> Res {
 fn check(args: Vec<OsString>) -> Res {
     const C: &str = "check";
     let mut p = parser(args);
-    let (mut fmt, mut out, mut files, mut repair, mut quiet) =
-        (None, Output::Human, Vec::new(), Repair::None, false);
+    let (mut fmt, mut out, mut files, mut repair, mut quiet, mut progress) =
+        (None, Output::Human, Vec::new(), Repair::None, false, false);
     while let Some(a) = p.next().map_err(|e| usage_err(C, e.to_string()))? {
         match a {
             Short('f') | Long("format") => fmt = Some(val(&mut p, C)?),
@@ -698,8 +698,7 @@ fn check(args: Vec<OsString>) -> Res {
                 }
             }
             Short('q') | Long("quiet") => quiet = true,
-            // Checks read metadata only and finish quickly: no bar needed.
-            Short('p') => {}
+            Short('p') => progress = true,
             Short('U') | Long("force-share") => {}
             Value(v) => files.push(v.to_string_lossy().into_owned()),
             a => return Err(unexpected(a, C)),
@@ -707,17 +706,18 @@ fn check(args: Vec<OsString>) -> Res {
     }
     let file = one_file(files, C)?;
     let img = open(&file, fmt, repair == Repair::None)?;
-    let r: CheckReport = match img.check(repair) {
-        Ok(r) => r,
-        Err(Error::Unsupported(_)) => {
-            return Err(Fail {
-                msg: "This image format does not support checks".into(),
-                code: 63,
-                usage: None,
-            })
-        }
-        Err(e) => return Err(lib(e)),
-    };
+    let r: CheckReport =
+        match with_progress(progress && !quiet, |pr| img.check_progress(repair, pr)) {
+            Ok(r) => r,
+            Err(Error::Unsupported(_)) => {
+                return Err(Fail {
+                    msg: "This image format does not support checks".into(),
+                    code: 63,
+                    usage: None,
+                })
+            }
+            Err(e) => return Err(lib(e)),
+        };
     img.close().map_err(lib)?;
     match out {
         Output::Json => {

@@ -318,7 +318,14 @@ impl Bitmap {
 
     /// Number of set bits (reads through the cache; does not fill it).
     pub fn count_set(&self) -> Result<u64> {
+        Ok(self.scan(&mut |_, _| {})?.0)
+    }
+
+    /// Counts set bits, reporting bitmap bytes scanned to `progress`; also
+    /// says whether any padding bit past the last cluster is set.
+    pub fn scan(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<(u64, bool)> {
         let bits = self.bits();
+        let mut stray = false;
         let len = self.byte_len();
         let mut count = 0u64;
         let mut off = 0u64;
@@ -346,12 +353,22 @@ impl Bitmap {
                     count += b.count_ones() as u64;
                 } else if first < bits {
                     let valid = bits - first;
-                    count += (b & ((1u16 << valid) - 1) as u8).count_ones() as u64;
+                    let mask = ((1u16 << valid) - 1) as u8;
+                    count += (b & mask).count_ones() as u64;
+                    stray |= b & !mask != 0;
                 }
             }
             off += n;
+            progress(off, len);
         }
-        Ok(count)
+        Ok((count, stray))
+    }
+
+    /// Clears the padding bits past the last cluster (in the cache; written
+    /// back like any change).
+    pub fn clear_padding(&self) -> Result<()> {
+        let bits = self.bits();
+        self.set_range(bits, bits.div_ceil(8) * 8, false)
     }
 }
 

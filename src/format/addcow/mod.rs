@@ -454,7 +454,7 @@ impl Format for AddCow {
         Ok(())
     }
 
-    fn check(&self, repair: Repair) -> Result<CheckReport> {
+    fn check(&self, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckReport> {
         // Bits are checked as the bitmap holds them, so write back first.
         if !self.read_only {
             self.flush()?;
@@ -462,12 +462,26 @@ impl Format for AddCow {
         let size = self.size();
         let clusters = size.div_ceil(self.cs());
         let need = HEADER_SIZE + Header::bitmap_len(size, self.cluster_bits);
+        let (allocated, stray) = self.bitmap.scan(progress)?;
         let mut r = CheckReport {
             total_clusters: Some(clusters),
-            allocated_clusters: Some(self.bitmap.count_set()?),
+            allocated_clusters: Some(allocated),
             image_end_offset: Some(need),
             ..Default::default()
         };
+        // The spec keeps the bits past the last cluster zero: a later grow
+        // must not find stray bits there.
+        if stray {
+            r.leaks += 1;
+            r.messages
+                .push("Leaked bits: padding bits past the last cluster are set".into());
+            if repair != Repair::None {
+                self.bitmap.clear_padding()?;
+                self.bitmap.write_back()?;
+                self.meta.flush()?;
+                r.leaks_fixed += 1;
+            }
+        }
         // The open already refused a bitmap shorter than `need`.
         let meta_len = self.meta.len()?;
         if meta_len > need {

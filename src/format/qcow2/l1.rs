@@ -40,7 +40,12 @@ impl L1Table {
         }
         let c = index / CHUNK;
         let i = (index % CHUNK) as usize;
-        if let Some(chunk) = self.chunks.read().unwrap_or_else(|p| p.into_inner()).get(&c) {
+        if let Some(chunk) = self
+            .chunks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&c)
+        {
             return Ok(chunk[i]);
         }
         // Loaded without the lock held; two racing loads read the same
