@@ -98,7 +98,9 @@ JSON entries carry start, length, depth, present, zero, data, compressed, offset
         "check" => {
             "Check an image's metadata.  Usage:
 
-  cowblk-img check [-q] [-f FMT] [-r leaks|all] [--output human|json] [-U] FILENAME
+  cowblk-img check [-p] [-q] [-f FMT] [-r leaks|all] [--output human|json] [-U] FILENAME
+
+  -p    show progress on a terminal
 
 Exit codes: 0 clean, 1 check error, 2 corruptions, 3 leaks, 63 format has no checks."
         }
