@@ -62,6 +62,21 @@
 #define COWBLK_OPEN_CALLER_BACKING (1 << 2)
 
 /**
+ * Bytes of `cowblk_check_result.messages`.
+ */
+#define COWBLK_CHECK_MESSAGES_LEN 1024
+
+/**
+ * `cowblk_check` flag: repair leaks (QEMU's BDRV_FIX_LEAKS).
+ */
+#define COWBLK_CHECK_FIX_LEAKS 1
+
+/**
+ * `cowblk_check` flag: repair errors too (QEMU's BDRV_FIX_ERRORS).
+ */
+#define COWBLK_CHECK_FIX_ERRORS 2
+
+/**
  * Block status: reads of the run return stored data.
  */
 #define COWBLK_BLOCK_DATA 1
@@ -221,6 +236,46 @@ typedef struct cowblk_backing_ops {
 } cowblk_backing_ops;
 
 /**
+ * What `cowblk_check` found. Before the call, zero the struct and set
+ * `struct_size = sizeof(struct cowblk_check_result)`. No member needs
+ * freeing.
+ */
+typedef struct cowblk_check_result {
+  /**
+   * sizeof(struct cowblk_check_result) as the caller compiled it.
+   */
+  size_t struct_size;
+  /**
+   * Errors that may corrupt data (qemu-img check exits 2).
+   */
+  uint64_t corruptions;
+  /**
+   * Wasted space that harms no data (exit 3).
+   */
+  uint64_t leaks;
+  /**
+   * Errors that stopped the check from completing (exit 1).
+   */
+  uint64_t check_errors;
+  uint64_t corruptions_fixed;
+  uint64_t leaks_fixed;
+  /**
+   * Allocation units the image addresses and those allocated in this
+   * layer; 0 where the format has none.
+   */
+  uint64_t total_clusters;
+  uint64_t allocated_clusters;
+  /**
+   * First byte past the format's metadata, or 0.
+   */
+  uint64_t image_end_offset;
+  /**
+   * One line per problem found, NUL-terminated (cut at 1023 bytes).
+   */
+  char messages[COWBLK_CHECK_MESSAGES_LEN];
+} cowblk_check_result;
+
+/**
  * A format's entry points, like QEMU's `BlockDriver`. Tables are static
  * and owned by the library (valid until it is unloaded); never write to
  * them. A NULL member means the format does not support that operation.
@@ -277,6 +332,11 @@ typedef struct cowblk_driver {
   int (*change_backing_file)(struct cowblk_image *img,
                              const char *backing_file,
                              const char *backing_fmt);
+  /**
+   * `cowblk_check` (added in ABI 1 after the members above: check
+   * `struct_size` before using it).
+   */
+  int (*check)(struct cowblk_image *img, uint32_t fix, struct cowblk_check_result *result);
 } cowblk_driver;
 
 #ifdef __cplusplus
@@ -582,6 +642,18 @@ int cowblk_pwritev_cow(struct cowblk_image *img,
                        uint64_t cow_offset,
                        const struct iovec *cow_iov,
                        int cow_iovcnt);
+
+/**
+ * Checks the image's metadata like `qemu-img check`, repairing what
+ * `fix` allows (`COWBLK_CHECK_FIX_LEAKS`, `COWBLK_CHECK_FIX_ERRORS`; a
+ * repair needs a read-write handle). Returns 0 with `*result` filled, or
+ * -ENOTSUP for a format without checks (raw), or another negative errno.
+ *
+ * # Safety
+ * `img` is a live handle; `result` points at a `cowblk_check_result` with
+ * `struct_size` set.
+ */
+int cowblk_check(struct cowblk_image *img, uint32_t fix, struct cowblk_check_result *result);
 
 /**
  * The driver table of format `name` ("add-cow", "raw", "qcow2"), or NULL with the

@@ -778,64 +778,29 @@ static int add_cow_change_backing_file(BlockDriverState *bs,
 }
 
 /*
- * qemu-img check.  The library has no check call yet (a header or bitmap it
- * cannot trust already fails at open), so this walks the allocation map
- * through the library and checks what the glue can see: that every run is
- * reported sanely and that the image file covers the virtual size.
+ * qemu-img check: the library's cowblk_check, on the thread pool.  It checks
+ * the bitmap (padding bits), the add-cow file's length (leaks) and that the
+ * image file covers the virtual size (corruption), and repairs what `fix`
+ * allows.
  */
 typedef struct AddCowCheckTask {
     struct cowblk_image *img;
-    uint64_t size, cluster_size;
-    uint64_t allocated, corruptions;
+    uint32_t fix;
+    struct cowblk_check_result r;
     char err[ADD_COW_ERR_LEN];
 } AddCowCheckTask;
 
 static int add_cow_check_worker(void *opaque)
 {
     AddCowCheckTask *t = opaque;
-    struct cowblk_info info = { .struct_size = sizeof(info) };
-    struct stat st;
-    uint64_t off = 0;
     int ret;
 
-    ret = cowblk_get_info(t->img, &info);
+    t->r.struct_size = sizeof(t->r);
+    ret = cowblk_check(t->img, t->fix, &t->r);
     if (ret < 0) {
         save_err(t->err, ret);
-        return ret;
     }
-    if (info.data_file) {
-        if (stat(info.data_file, &st) < 0) {
-            snprintf(t->err, sizeof(t->err), "image file '%s': %s",
-                     info.data_file, strerror(errno));
-            t->corruptions++;
-        } else if ((uint64_t)st.st_size < t->size) {
-            snprintf(t->err, sizeof(t->err),
-                     "image file '%s' is %" PRIu64 " bytes, shorter than the "
-                     "virtual size %" PRIu64, info.data_file,
-                     (uint64_t)st.st_size, t->size);
-            t->corruptions++;
-        }
-    }
-    cowblk_info_free(&info);
-    while (off < t->size) {
-        uint64_t n = 0;
-        ret = cowblk_block_status(t->img, off, t->size - off, &n, NULL);
-        if (ret < 0) {
-            save_err(t->err, ret);
-            return ret;
-        }
-        if (n == 0 || n > t->size - off) {
-            snprintf(t->err, sizeof(t->err), "bad allocation run at %" PRIu64,
-                     off);
-            t->corruptions++;
-            break;
-        }
-        if (ret & COWBLK_BLOCK_ALLOCATED) {
-            t->allocated += n;
-        }
-        off += n;
-    }
-    return 0;
+    return ret;
 }
 
 static int coroutine_fn add_cow_co_check(BlockDriverState *bs,
@@ -843,28 +808,34 @@ static int coroutine_fn add_cow_co_check(BlockDriverState *bs,
                                          BdrvCheckMode fix)
 {
     BDRVAddCowState *s = bs->opaque;
-    AddCowCheckTask t = { .img = s->img, .cluster_size = s->cluster_size };
-    int64_t size = add_cow_getlength(bs);
-    uint64_t cs = s->cluster_size ? s->cluster_size : BDRV_SECTOR_SIZE;
+    AddCowCheckTask t = { .img = s->img };
     int ret;
 
-    if (size < 0) {
-        result->check_errors++;
-        return size;
+    if (fix & BDRV_FIX_LEAKS) {
+        t.fix |= COWBLK_CHECK_FIX_LEAKS;
     }
-    t.size = size;
+    if (fix & BDRV_FIX_ERRORS) {
+        t.fix |= COWBLK_CHECK_FIX_ERRORS;
+    }
     ret = add_cow_submit(bs, add_cow_check_worker, &t);
     if (ret < 0) {
         error_report("%s: check failed: %s", bs->filename, t.err);
         result->check_errors++;
         return ret;
     }
-    if (t.corruptions) {
-        fprintf(stderr, "ERROR %s\n", t.err);
+    if (t.r.messages[0]) {
+        fprintf(stderr, "%s\n", t.r.messages);
     }
-    result->corruptions += t.corruptions;
-    result->bfi.total_clusters = DIV_ROUND_UP(t.size, cs);
-    result->bfi.allocated_clusters = DIV_ROUND_UP(t.allocated, cs);
+    /* As qcow2 reports them: what is left after repairs, plus what was
+     * fixed. */
+    result->corruptions += t.r.corruptions - t.r.corruptions_fixed;
+    result->leaks += t.r.leaks - t.r.leaks_fixed;
+    result->corruptions_fixed += t.r.corruptions_fixed;
+    result->leaks_fixed += t.r.leaks_fixed;
+    result->check_errors += t.r.check_errors;
+    result->image_end_offset = t.r.image_end_offset;
+    result->bfi.total_clusters = t.r.total_clusters;
+    result->bfi.allocated_clusters = t.r.allocated_clusters;
     return 0;
 }
 

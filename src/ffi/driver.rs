@@ -3,6 +3,7 @@
 //! symbol.
 
 use super::args::{opt_str_arg, str_arg};
+use super::check::{cowblk_check, cowblk_check_result};
 use super::error::{guard, guard_value};
 use super::handle::{
     cowblk_change_backing_file, cowblk_close, cowblk_create, cowblk_image, cowblk_open,
@@ -104,6 +105,15 @@ pub struct cowblk_driver {
             backing_fmt: *const c_char,
         ) -> c_int,
     >,
+    /// `cowblk_check` (added in ABI 1 after the members above: check
+    /// `struct_size` before using it).
+    pub check: Option<
+        unsafe extern "C" fn(
+            img: *mut cowblk_image,
+            fix: u32,
+            result: *mut cowblk_check_result,
+        ) -> c_int,
+    >,
 }
 
 // SAFETY: tables are immutable statics; their pointers name static data
@@ -168,6 +178,7 @@ macro_rules! driver_table {
             write_zeroes: Some(cowblk_write_zeroes),
             get_length: Some(cowblk_get_length),
             change_backing_file: $rebase,
+            check: Some(cowblk_check),
         };
     };
 }

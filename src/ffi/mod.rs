@@ -30,11 +30,14 @@ mod io;
 
 mod backing;
 
+mod check;
+
 mod driver;
 
 mod args;
 
 pub use backing::cowblk_backing_ops;
+pub use check::{cowblk_check, cowblk_check_result};
 pub use driver::{cowblk_driver, cowblk_driver_find, cowblk_driver_get};
 pub use error::cowblk_last_error;
 pub use handle::{
@@ -71,6 +74,13 @@ pub const COWBLK_OPEN_NO_BACKING: u32 = 1 << 1;
 /// size inside an unallocated cluster needs its backing bytes and fails
 /// with -ENOTSUP.
 pub const COWBLK_OPEN_CALLER_BACKING: u32 = 1 << 2;
+
+/// Bytes of `cowblk_check_result.messages`.
+pub const COWBLK_CHECK_MESSAGES_LEN: usize = 1024;
+/// `cowblk_check` flag: repair leaks (QEMU's BDRV_FIX_LEAKS).
+pub const COWBLK_CHECK_FIX_LEAKS: u32 = 1;
+/// `cowblk_check` flag: repair errors too (QEMU's BDRV_FIX_ERRORS).
+pub const COWBLK_CHECK_FIX_ERRORS: u32 = 2;
 
 /// Block status: reads of the run return stored data.
 pub const COWBLK_BLOCK_DATA: u32 = 0x01;

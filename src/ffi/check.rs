@@ -1,0 +1,96 @@
+//! `cowblk_check`: qemu-img check through the C ABI.
+
+use super::error::guard;
+use super::handle::{cowblk_image, image};
+use super::{COWBLK_CHECK_FIX_ERRORS, COWBLK_CHECK_FIX_LEAKS, COWBLK_CHECK_MESSAGES_LEN};
+
+const MESSAGES_LEN: usize = COWBLK_CHECK_MESSAGES_LEN;
+use crate::error::Error;
+use crate::format::check::Repair;
+use std::ffi::{c_char, c_int};
+
+/// What `cowblk_check` found. Before the call, zero the struct and set
+/// `struct_size = sizeof(struct cowblk_check_result)`. No member needs
+/// freeing.
+#[repr(C)]
+pub struct cowblk_check_result {
+    /// sizeof(struct cowblk_check_result) as the caller compiled it.
+    pub struct_size: usize,
+    /// Errors that may corrupt data (qemu-img check exits 2).
+    pub corruptions: u64,
+    /// Wasted space that harms no data (exit 3).
+    pub leaks: u64,
+    /// Errors that stopped the check from completing (exit 1).
+    pub check_errors: u64,
+    pub corruptions_fixed: u64,
+    pub leaks_fixed: u64,
+    /// Allocation units the image addresses and those allocated in this
+    /// layer; 0 where the format has none.
+    pub total_clusters: u64,
+    pub allocated_clusters: u64,
+    /// First byte past the format's metadata, or 0.
+    pub image_end_offset: u64,
+    /// One line per problem found, NUL-terminated (cut at 1023 bytes).
+    pub messages: [c_char; COWBLK_CHECK_MESSAGES_LEN],
+}
+
+/// Checks the image's metadata like `qemu-img check`, repairing what
+/// `fix` allows (`COWBLK_CHECK_FIX_LEAKS`, `COWBLK_CHECK_FIX_ERRORS`; a
+/// repair needs a read-write handle). Returns 0 with `*result` filled, or
+/// -ENOTSUP for a format without checks (raw), or another negative errno.
+///
+/// # Safety
+/// `img` is a live handle; `result` points at a `cowblk_check_result` with
+/// `struct_size` set.
+#[no_mangle]
+pub unsafe extern "C" fn cowblk_check(
+    img: *mut cowblk_image,
+    fix: u32,
+    result: *mut cowblk_check_result,
+) -> c_int {
+    guard(|| {
+        let h = image(img)?;
+        if result.is_null() {
+            return Err(Error::InvalidArgument("result is NULL".into()));
+        }
+        let own = std::mem::size_of::<cowblk_check_result>();
+        let given = (*result).struct_size;
+        if given < own {
+            return Err(Error::InvalidArgument(format!(
+                "check result struct_size {given} is smaller than {own}"
+            )));
+        }
+        if fix & !(COWBLK_CHECK_FIX_LEAKS | COWBLK_CHECK_FIX_ERRORS) != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "unknown check flags {fix:#x}"
+            )));
+        }
+        let repair = if fix & COWBLK_CHECK_FIX_ERRORS != 0 {
+            Repair::All
+        } else if fix & COWBLK_CHECK_FIX_LEAKS != 0 {
+            Repair::Leaks
+        } else {
+            Repair::None
+        };
+        let r = h.img.check(repair)?;
+        let mut out = cowblk_check_result {
+            struct_size: own,
+            corruptions: r.corruptions,
+            leaks: r.leaks,
+            check_errors: r.check_errors,
+            corruptions_fixed: r.corruptions_fixed,
+            leaks_fixed: r.leaks_fixed,
+            total_clusters: r.total_clusters.unwrap_or(0),
+            allocated_clusters: r.allocated_clusters.unwrap_or(0),
+            image_end_offset: r.image_end_offset.unwrap_or(0),
+            messages: [0; MESSAGES_LEN],
+        };
+        let text = r.messages.join("\n");
+        let n = text.len().min(MESSAGES_LEN - 1);
+        for (d, s) in out.messages.iter_mut().zip(&text.as_bytes()[..n]) {
+            *d = *s as c_char;
+        }
+        result.write(out);
+        Ok(0)
+    })
+}
