@@ -350,14 +350,7 @@ fn resize_matches_qemu_img() {
         (vec!["resize", "-q", "--shrink", "F", "3584k"], 0),
         (vec!["resize", "F", "12Q"], 1),
     ] {
-        let qa: Vec<&str> = args
-            .iter()
-            .map(|a| if *a == "F" { "q.raw" } else { a })
-            .collect();
-        let ca: Vec<&str> = args
-            .iter()
-            .map(|a| if *a == "F" { "c.raw" } else { a })
-            .collect();
+        let (qa, ca) = (with_file(&args, "q.raw"), with_file(&args, "c.raw"));
         let q = run(&d, "qemu-img", &qa);
         let c = run(&d, COWBLK_IMG, &ca);
         assert_eq!((c.code, &c.stdout), (q.code, &q.stdout), "{args:?}");
@@ -586,14 +579,7 @@ fn bench_matches_qemu_img() {
             "F",
         ],
     ] {
-        let qa: Vec<&str> = args
-            .iter()
-            .map(|a| if *a == "F" { "q.raw" } else { a })
-            .collect();
-        let ca: Vec<&str> = args
-            .iter()
-            .map(|a| if *a == "F" { "c.raw" } else { a })
-            .collect();
+        let (qa, ca) = (with_file(&args, "q.raw"), with_file(&args, "c.raw"));
         let q = ok(&d, "qemu-img", &qa);
         let c = ok(&d, COWBLK_IMG, &ca);
         let head = |s: &str| {

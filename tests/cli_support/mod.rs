@@ -17,6 +17,13 @@ pub struct Out {
 
 /// Runs `prog args...` in `dir`. QEMU's tools must be installed: a missing
 /// one fails the test rather than skipping it.
+/// `args` with every "F" replaced by `file` (one script, two tools).
+pub fn with_file<'a>(args: &[&'a str], file: &'a str) -> Vec<&'a str> {
+    args.iter()
+        .map(|a| if *a == "F" { file } else { a })
+        .collect()
+}
+
 pub fn run(dir: &Path, prog: &str, args: &[&str]) -> Out {
     let o = Command::new(prog)
         .args(args)
