@@ -184,6 +184,13 @@ fn errors_are_one_line_with_qemu_exit_codes() {
     assert_eq!(c.code, 1);
     assert!(c.stdout.starts_with("read failed: "), "{}", c.stdout);
     assert_eq!(c.stderr, "command \"nosuch\" not found\n");
+    // Out of range and oversized requests print what qemu-io prints.
+    for cmd in ["read 4M 1", "read 0 100G", "write 0 3G", "discard 0 4G"] {
+        let args = ["-f", "raw", "-c", cmd, "b.raw"];
+        let q = run(&d, "qemu-io", &args);
+        let c = run(&d, COWBLK_IO, &args);
+        assert_eq!((c.code, &c.stdout), (q.code, &q.stdout), "{cmd}");
+    }
     // A bad option to the tool itself.
     let c = run(&d, COWBLK_IO, &["--bogus", "b.raw"]);
     assert_eq!(c.code, 1);

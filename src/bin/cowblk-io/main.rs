@@ -349,9 +349,16 @@ fn dump(buf: &[u8], off: u64) -> String {
     s
 }
 
-fn check_len(len: u64) -> Result<(), Failed> {
+/// Refuses requests QEMU would refuse; `given` is the argument as typed
+/// (qemu-io echoes it, suffix and all).
+fn check_len(len: u64, given: &str) -> Result<(), Failed> {
+    check_len_note(len, given, "")
+}
+
+/// `check_len` with qemu-io's note for the command (" without -n" for write).
+fn check_len_note(len: u64, given: &str, note: &str) -> Result<(), Failed> {
     if len > MAX_REQUEST {
-        println!("length cannot exceed {MAX_REQUEST}, given {len}");
+        println!("length cannot exceed {MAX_REQUEST}{note}, given {given}");
         return Err(Failed);
     }
     Ok(())
@@ -370,7 +377,7 @@ fn off_lens(args: &[String]) -> Result<(u64, Vec<u64>), Failed> {
         .map(|a| cvtnum(a))
         .collect::<Result<Vec<_>, _>>()?;
     let total: u64 = lens.iter().sum();
-    check_len(total)?;
+    check_len(total, &total.to_string())?;
     Ok((off, lens))
 }
 
@@ -466,7 +473,7 @@ impl Session {
         exactly_two(&f, "read")?;
         let off = cvtnum(&f.args[0])?;
         let count = cvtnum(&f.args[1])?;
-        check_len(count)?;
+        check_len(count, &f.args[1])?;
         let (poff, plen) = match f.pattern {
             Some(_) => {
                 let po = f.pattern_off.unwrap_or(0);
@@ -541,7 +548,7 @@ impl Session {
         }
         let off = cvtnum(&f.args[0])?;
         let count = cvtnum(&f.args[1])?;
-        check_len(count)?;
+        check_len_note(count, &f.args[1], " without -n")?;
         let t = Instant::now();
         let r = if f.zero {
             self.img.write_zeroes(off, count)
@@ -644,7 +651,7 @@ impl Session {
         let f = parse_flags(argv, "q")?;
         let off = cvtnum(&f.args[0])?;
         let count = cvtnum(&f.args[1])?;
-        check_len(count)?;
+        check_len(count, &f.args[1])?;
         let t = Instant::now();
         self.img
             .discard(off, count)
