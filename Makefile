@@ -3,14 +3,21 @@
 CARGO ?= cargo
 PREFIX ?= /usr/local
 
-.PHONY: all build test rust-test ctest demo bench clean
+.PHONY: all build check test rust-test ctest demo bench clean
 
 all: build
 
 build:
 	$(CARGO) build --release
 
-# The whole test suite (README's test command).
+# The whole test suite (README's test command): the patched QEMU's tests,
+# a bounded fuzz run, then the Rust and C tests.
+check:
+	$(MAKE) qemu-test
+	$(MAKE) fuzz
+	$(MAKE) test
+
+# The Rust and C tests alone (no QEMU build, no fuzzing).
 test: rust-test ctest
 
 rust-test:

@@ -4,7 +4,7 @@
 # left untouched); new inputs go to a temporary directory. A crash leaves
 # its input in fuzz/artifacts/<target>/ and makes this script fail.
 #
-# Needs: cargo-fuzz (`cargo install cargo-fuzz --locked`) and a C++
+# Needs: cargo-fuzz (installed here if missing) and a C++
 # compiler (libfuzzer-sys builds libFuzzer). cargo-fuzz needs nightly
 # features (-Zsanitizer); on a stable toolchain RUSTC_BOOTSTRAP=1 enables
 # them, which this script sets.
@@ -13,8 +13,8 @@ secs="${1:-60}"
 cd "$(dirname "$0")/../fuzz"
 export RUSTC_BOOTSTRAP=1
 if ! cargo fuzz --version >/dev/null 2>&1; then
-    echo "fuzz.sh: cargo-fuzz is not installed (cargo install cargo-fuzz --locked)" >&2
-    exit 1
+    echo "fuzz.sh: installing cargo-fuzz 0.13.2 from crates.io" >&2
+    cargo install cargo-fuzz --locked --version 0.13.2
 fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
