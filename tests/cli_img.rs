@@ -206,15 +206,7 @@ fn convert_between_formats() {
     let want = qemu_view(&d, "q.qcow2", "q.view");
     same_bytes(&read(&d, "c.view"), &want, "bytes");
     // The converted raw file is sparse where the guest reads zeros.
-    let m = json(
-        &ok(
-            &d,
-            "qemu-img",
-            &["map", "--output=json", "-f", "raw", "c.view"],
-        )
-        .stdout,
-    );
-    assert!(m.as_array().unwrap().iter().any(|e| e["data"] == false));
+    assert!(has_hole(&d, "c.view"), "c.view has no hole");
     // raw -> add-cow (no backing) and back; qemu-img agrees they match.
     // -p draws nothing when not on a terminal.
     let c = ok(
@@ -439,15 +431,7 @@ fn rebase_detach_leaves_a_standalone_raw_file() {
         .all(|e| e["depth"] == 0 && e["present"] == true));
     // Zeros became holes, not written zeros: the overlay's own zero
     // cluster and the base's unwritten space.
-    let m = json(
-        &ok(
-            &d,
-            "qemu-img",
-            &["map", "--output=json", "-f", "raw", "c.img"],
-        )
-        .stdout,
-    );
-    assert!(m.as_array().unwrap().iter().any(|e| e["data"] == false));
+    assert!(has_hole(&d, "c.img"), "c.img has no hole");
     // qemu-img's own rebase of the qcow2 twin gives the same view.
     ok(&d, "qemu-img", &["rebase", "-b", "", "q.qcow2"]);
     ok(
@@ -693,4 +677,10 @@ fn usage_errors_and_help() {
     assert!(c
         .stdout
         .contains("rebase - Change backing file of the image"));
+}
+
+/// Whether qemu-img sees a hole (a run that is not data) in raw file `f`.
+fn has_hole(d: &Path, f: &str) -> bool {
+    let m = json(&ok(d, "qemu-img", &["map", "--output=json", "-f", "raw", f]).stdout);
+    m.as_array().unwrap().iter().any(|e| e["data"] == false)
 }
