@@ -112,8 +112,9 @@ pub fn check_table(what: &str, offset: u64, bytes: u64, cluster_bits: u32) -> Re
             "{what} offset {offset:#x} is not aligned to the cluster size ({cs})"
         )));
     }
+    // The start must be a valid host offset even for an empty table.
     match offset.checked_add(bytes) {
-        Some(end) if end <= MAX_HOST_OFFSET => Ok(()),
+        Some(end) if offset < MAX_HOST_OFFSET && end <= MAX_HOST_OFFSET => Ok(()),
         _ => Err(corrupt(format!(
             "{what} at offset {offset:#x} ({bytes} bytes) lies beyond the 2^56 byte limit"
         ))),
@@ -565,6 +566,9 @@ pub(crate) mod tests {
         let mut b = good();
         set64(&mut b, 40, u64::MAX - 0xffff);
         assert!(err(&b).contains("2^56"));
+        // An empty table still needs a valid offset (found by fuzzing).
+        assert!(check_table("L1 table", 1 << 56, 0, 16).is_err());
+        assert!(check_table("L1 table", (1 << 56) - 65536, 0, 16).is_ok());
     }
 
     #[test]
