@@ -14,7 +14,7 @@ build:
 # a bounded fuzz run, then the Rust and C tests.
 check:
 	$(MAKE) qemu-test
-	$(MAKE) fuzz
+	FUZZ_SEED=$${FUZZ_SEED:-1} $(MAKE) fuzz
 	$(MAKE) test
 
 # The Rust and C tests alone (no QEMU build, no fuzzing).

@@ -10,6 +10,8 @@
 # them, which this script sets.
 set -euo pipefail
 secs="${1:-60}"
+# FUZZ_SEED fixes libFuzzer's seed (CI does, so a run replays the same
+# inputs); unset, every run explores anew.
 cd "$(dirname "$0")/../fuzz"
 export RUSTC_BOOTSTRAP=1
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -23,6 +25,7 @@ for t in $(cargo fuzz list); do
     echo "== fuzzing $t for ${secs}s"
     cargo fuzz run "$t" "$work/$t" "corpus/$t" -- \
         -max_total_time="$secs" -max_len=131072 -rss_limit_mb=1024 \
+        ${FUZZ_SEED:+-seed="$FUZZ_SEED"} \
         -timeout=10 -print_final_stats=1
 done
 echo "fuzz.sh: all targets ran ${secs}s without a crash"
