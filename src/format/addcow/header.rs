@@ -274,7 +274,7 @@ mod tests {
 
     #[test]
     fn size_sector_is_the_aligned_sector_holding_the_size() {
-        const { assert!(SIZE_SECTOR % 512 == 0 && SIZE_SECTOR + 512 == HEADER_SIZE as usize) };
+        const { assert!(SIZE_SECTOR.is_multiple_of(512) && SIZE_SECTOR + 512 == HEADER_SIZE as usize) };
         const { assert!(SIZE_SECTOR <= OFF_SIZE && OFF_SIZE + 8 <= HEADER_SIZE as usize) };
         let h = sample();
         let sec = h.size_sector().unwrap();
