@@ -6,7 +6,8 @@ mod common;
 
 use common::{pattern, Rng};
 use cowblk::io::fault::MemStorage;
-use cowblk::{CreateOptions, Image, OpenOptions};
+use cowblk::io::{Access, BlockFile, Storage};
+use cowblk::{CreateOptions, Image, IoVec, OpenOptions};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -675,4 +676,122 @@ fn no_backing_handle_refuses_what_needs_backing_data() {
     want[12288..16384].fill(0x55);
     want[4096 + 512..5120].fill(0x66);
     assert!(got == want, "no-backing writes changed other data");
+}
+
+/// A storage that records the writes made to the add-cow file.
+struct Recording {
+    inner: MemStorage,
+    writes: Arc<std::sync::Mutex<Vec<(u64, usize)>>>,
+}
+
+struct RecFile {
+    inner: Arc<dyn BlockFile>,
+    writes: Arc<std::sync::Mutex<Vec<(u64, usize)>>>,
+}
+
+impl BlockFile for RecFile {
+    fn preadv(&self, iov: &IoVec, off: u64) -> cowblk::Result<()> {
+        self.inner.preadv(iov, off)
+    }
+    fn pwritev(&self, iov: &IoVec, off: u64) -> cowblk::Result<()> {
+        self.writes.lock().unwrap().push((off, iov.len()));
+        self.inner.pwritev(iov, off)
+    }
+    fn flush(&self) -> cowblk::Result<()> {
+        self.inner.flush()
+    }
+    fn len(&self) -> cowblk::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> cowblk::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+}
+
+impl Storage for Recording {
+    fn open(&self, path: &Path, access: Access) -> cowblk::Result<Arc<dyn BlockFile>> {
+        let f = self.inner.open(path, access)?;
+        Ok(if path == Path::new("ov.add-cow") {
+            Arc::new(RecFile {
+                inner: f,
+                writes: self.writes.clone(),
+            })
+        } else {
+            f
+        })
+    }
+    fn create(&self, path: &Path, truncate: bool) -> cowblk::Result<Arc<dyn BlockFile>> {
+        self.inner.create(path, truncate)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.inner.exists(path)
+    }
+    fn remove(&self, path: &Path) -> cowblk::Result<()> {
+        self.inner.remove(path)
+    }
+}
+
+#[test]
+fn resize_writes_the_size_as_one_aligned_sector() {
+    for size0 in [false, true] {
+        let (st, view) = start(&Start {
+            cluster: 512,
+            size0,
+            ..BASE
+        });
+        let writes = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let rec = Arc::new(Recording {
+            inner: st,
+            writes: writes.clone(),
+        });
+        let img = Image::open_in(rec.clone(), Path::new("ov.add-cow"), &open_opts(0)).unwrap();
+        let size = view.len() as u64;
+        for new in [size + 4096, size - 3000, size + 100] {
+            img.truncate(new).unwrap();
+        }
+        img.close().unwrap();
+        // Every write to the header (the first 2560 bytes) is the sector
+        // 2048..2560, whole: a disk with 512-byte sectors writes it or not.
+        let header: Vec<_> = writes
+            .lock()
+            .unwrap()
+            .iter()
+            .copied()
+            .filter(|&(off, _)| off < 2560)
+            .collect();
+        assert!(!header.is_empty());
+        assert!(
+            header.iter().all(|&w| w == (2048, 512)),
+            "size0 {size0}: header writes {header:?}"
+        );
+        let img = reopen_ro(rec.inner.crash(|_, _| true)).unwrap();
+        assert_eq!(img.size(), size + 100);
+    }
+}
+
+#[test]
+fn guest_flush_costs_two_fdatasyncs() {
+    // The order (image file, bits, add-cow file) is what the crash tests
+    // above prove; here, that it costs no more than the two files' flushes.
+    let (st, _) = setup(256 << 10, 4096);
+    let st = Arc::new(st);
+    let img = Image::open_in(st.clone(), Path::new("ov.add-cow"), &open_opts(0)).unwrap();
+    img.write(&[1; 512], 8192 + 512).unwrap();
+    let f0 = st.flush_count();
+    img.flush().unwrap();
+    assert_eq!(st.flush_count() - f0, 2, "allocating write, then flush");
+    // In place only: no bit changed, the image file alone.
+    img.write(&[2; 512], 8192).unwrap();
+    let f0 = st.flush_count();
+    img.flush().unwrap();
+    assert_eq!(st.flush_count() - f0, 1, "in-place write, then flush");
+    let crashed = st.crash(|_, _| false);
+    let img = reopen_ro(crashed).unwrap();
+    let mut b = [0u8; 1024];
+    img.read(&mut b, 8192).unwrap();
+    assert_eq!(&b[..512], &[2; 512]);
+    assert_eq!(&b[512..], &[1; 512]);
 }
