@@ -392,9 +392,11 @@ impl Image {
     }
 
     /// Held by every request (see `requests`). Never taken twice by one
-    /// thread: a waiting resize would block the second acquire.
-    pub(crate) fn shared(&self) -> RwLockReadGuard<'_, ()> {
-        self.requests.read().unwrap_or_else(|p| p.into_inner())
+    /// thread: a waiting resize would block the second acquire. A read-only
+    /// image never changes its shape, so its requests (reads through a
+    /// backing chain, for one) skip the lock.
+    pub(crate) fn shared(&self) -> Option<RwLockReadGuard<'_, ()>> {
+        (!self.read_only()).then(|| self.requests.read().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Held by a resize: waits for running requests, holds off new ones.
