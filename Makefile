@@ -139,7 +139,7 @@ install: build
 # --- nbdkit plugin: serve any image over NBD (owner: nbd) ---
 # See README's "Serve it". scripts/nbdkit-deps.sh installs nbdkit, its plugin
 # headers and libnbd's tools from Debian when missing.
-.PHONY: nbdkit nbdkit-test install-nbdkit
+.PHONY: nbdkit nbdkit-test bench-nbd install-nbdkit
 NBDKIT_PLUGIN := build/nbdkit/nbdkit-cowblk-plugin.so
 NBDKIT_CFLAGS = $(C_STD_FLAGS) -fPIC -shared -Iinclude $$(pkg-config --cflags nbdkit)
 nbdkit:
@@ -152,6 +152,11 @@ $(NBDKIT_PLUGIN): nbdkit/cowblk.c include/cowblk.h | c-libs
 
 nbdkit-test: nbdkit
 	scripts/nbdkit-test.sh
+
+# fio over NBD: our plugin against nbdkit's file plugin and qemu-nbd.
+bench-nbd: nbdkit
+	scripts/nbdkit-deps.sh bench
+	scripts/bench-nbd.sh
 
 # Installed where nbdkit looks for plugins (`nbdkit cowblk file=...`) when
 # installing to the default prefix, else under LIBDIR (load it by path).
@@ -172,6 +177,7 @@ install-nbdkit: | c-libs
 bench:
 	$(CARGO) bench --bench addcow
 	$(CARGO) bench --bench qcow2_read
+	$(MAKE) bench-nbd
 
 # --- fuzzing (owner: qcow2) ---
 # Each cargo-fuzz target for FUZZ_SECONDS; needs cargo-fuzz and a C++ compiler.

@@ -8,6 +8,8 @@ need=()
 command -v nbdkit >/dev/null || need+=(nbdkit)
 command -v nbdinfo >/dev/null && command -v nbdcopy >/dev/null || need+=(libnbd-bin)
 /usr/bin/python3 -c "import nbd" 2>/dev/null || need+=(python3-libnbd)
+# `nbdkit-deps.sh bench`: also fio (its nbd engine) for make bench-nbd.
+[ "${1:-}" != bench ] || command -v fio >/dev/null || need+=(fio)
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=
 [ "$(id -u)" = 0 ] || SUDO=sudo

@@ -164,5 +164,30 @@ eight_clients() {
 }
 check "eight clients on eight overlays of one base, each equal to its model, base unchanged" eight_clients
 
+# SIGKILL in the middle of writes: after a restart the image opens and every
+# write that a flush had covered before the kill is there.
+killed_server() {
+    local img=$1 fmt=$2 pid
+    rm -f "$T/kill.log"
+    serve k file="$T/$img" format="$fmt" || return 1
+    t $PY "$ROOT/scripts/nbd-kill-writer.py" write "$T/k.sock" "$T/kill.log" 4096 &
+    local writer=$!
+    for _ in $(seq 300); do
+        [ "$(tail -n 1 "$T/kill.log" 2>/dev/null || echo 0)" -ge 128 ] && break
+        sleep 0.05
+    done
+    pid=$(cat "$T/k.pid")
+    kill -9 "$pid"
+    wait "$writer"
+    echo "killed after $(tail -n 1 "$T/kill.log") flushed chunks"
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.05; done
+    serve k file="$T/$img" format="$fmt" || return 1
+    t $PY "$ROOT/scripts/nbd-kill-writer.py" verify "$T/k.sock" "$T/kill.log" || return 1
+    stop k
+}
+t $CIMG create -q -f add-cow -o image_file=kill.img kill.add-cow 256M
+check "add-cow: server SIGKILLed during writes, restarted: flushed writes all there" \
+    killed_server kill.add-cow add-cow
+
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]
