@@ -142,6 +142,35 @@ check "stop the qcow2 server" stop q
 check "serve add-cow again" serve ov file="$T/ov.add-cow"
 check "a read past the end is refused" sh -c "! timeout $TO $QIO -f raw -c 'read 64M 512' '$(url ov)'"
 check "stop it" stop ov
+# Flags and capabilities: FUA, zero with and without may-trim, fast zero,
+# trim, cache, multi-conn, block status (scripts/nbd-flags.py).
+t $CIMG create -q -f add-cow -o image_file=flags.img flags.add-cow 16M
+check "serve a fresh add-cow" serve fl file="$T/flags.add-cow"
+check "FUA, zero (may-trim, fast), trim, cache, multi-conn, extents" \
+    t $PY "$ROOT/scripts/nbd-flags.py" "$T/fl.sock"
+check "stop it" stop fl
+
+# A library error reaches the client with its errno and nbdkit's log with
+# the library's message: a qcow2 whose first L1 entry points past the end.
+corrupt_qcow2() {
+    t $QIMG create -q -f qcow2 bad.qcow2 4M && t $QIO -c 'write -P 1 0 64k' bad.qcow2 >/dev/null &&
+    $PY -c '
+import struct, sys
+f = open("bad.qcow2", "r+b")
+f.seek(40); l1 = struct.unpack(">Q", f.read(8))[0]
+f.seek(l1); f.write(struct.pack(">Q", (1 << 63) | (1 << 40)))
+' && serve bad -r file="$T/bad.qcow2" && $PY -c '
+import errno, nbd, sys
+h = nbd.NBD(); h.connect_unix(sys.argv[1])
+try:
+    h.pread(4096, 0)
+except nbd.Error as e:
+    print("client got", e.errno)
+    sys.exit(0 if e.errnum == errno.EINVAL else 1)
+sys.exit(1)
+' "$T/bad.sock" && stop bad && grep "cowblk: read:" "$T/bad.err"
+}
+check "a corrupt image: the client gets the errno, the log the message" corrupt_qcow2
 check "a missing image fails at startup with a message" \
     sh -c "! timeout $TO nbdkit -f -U $T/x.sock $PLUGIN file=$T/nope.add-cow 2>$T/x.err && grep -q nope $T/x.err"
 
