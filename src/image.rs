@@ -81,7 +81,11 @@ pub struct ImageInfo {
     /// Bytes the image's files take on disk.
     pub disk_size: u64,
     pub read_only: bool,
-    pub specific: Vec<(String, String)>,
+    pub specific: Vec<(String, crate::format::info::InfoValue)>,
+    /// Not closed cleanly (qcow2's dirty bit).
+    pub dirty: bool,
+    /// Where VM state is kept (qcow2), for qemu-io's `info`.
+    pub vm_state_offset: Option<u64>,
 }
 
 /// A sized holder for the backing layer (arc-swap needs thin pointers).
@@ -344,6 +348,8 @@ impl Image {
             disk_size: self.fmt.disk_size()?,
             read_only: self.read_only(),
             specific: fi.specific,
+            dirty: fi.dirty,
+            vm_state_offset: fi.vm_state_offset,
         })
     }
 

@@ -5,6 +5,7 @@
 #[path = "../shared/mod.rs"]
 mod shared;
 
+use cowblk::format::info::{fields_human, fields_json};
 use cowblk::format::{self, CheckReport, OptKind, Repair, SnapshotInfo};
 use cowblk::ops::{self, BenchOptions};
 use cowblk::{CreateOptions, Error, Image, ImageInfo, OpenOptions};
@@ -253,13 +254,23 @@ fn output_arg(s: &str, cmd: &'static str) -> Result<Output, Fail> {
     }
 }
 
-fn size_arg(s: &str) -> Result<u64, Fail> {
-    shared::size_arg(s).map_err(|_| {
-        fail(
-            "Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n\
-             kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
-        )
-    })
+/// A number argument in QEMU's grammar, bounded, with qemu-img's messages
+/// ("Invalid image size specified: 'x'.").
+fn cvtnum(name: &str, s: &str, min: u64, max: u64) -> Result<u64, Fail> {
+    match format::options::cvtnum(s) {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        Err(format::options::SizeError::Invalid) => {
+            Err(fail(format!("Invalid {name} specified: '{s}'.")))
+        }
+        _ => Err(fail(format!(
+            "Invalid {name} specified. Must be between {min} and {max}."
+        ))),
+    }
+}
+
+/// `cvtnum` for a 64-bit offset or size (0 to 2^63 - 1).
+fn size_arg(name: &str, s: &str) -> Result<u64, Fail> {
+    cvtnum(name, s, 0, i64::MAX as u64)
 }
 
 fn open(file: &str, fmt: Option<String>, read_only: bool) -> Result<Image, Fail> {
@@ -347,7 +358,10 @@ fn create(args: Vec<OsString>) -> Res {
     }
     let file = pos[0].clone();
     if let Some(s) = pos.get(1) {
-        opts.set(format::options::SIZE, size_arg(s)?.to_string());
+        opts.set(
+            format::options::SIZE,
+            size_arg("image size", s)?.to_string(),
+        );
     }
     if let Some(b) = &backing {
         opts.set(format::options::BACKING_FILE, b.clone());
@@ -397,21 +411,12 @@ fn create(args: Vec<OsString>) -> Res {
 
 // ---- info ----
 
+/// The image file's length and disk usage as QEMU's file driver reports
+/// them: the length in whole 512-byte sectors, rounded up.
 fn file_node(path: &str) -> (u64, u64) {
     std::fs::metadata(path)
-        .map(|m| (m.len(), m.blocks() * 512))
+        .map(|m| (m.len().div_ceil(512) * 512, m.blocks() * 512))
         .unwrap_or((0, 0))
-}
-
-fn json_scalar(v: &str) -> Value {
-    if let Ok(n) = v.parse::<u64>() {
-        return json!(n);
-    }
-    match v {
-        "true" => json!(true),
-        "false" => json!(false),
-        _ => json!(v),
-    }
 }
 
 fn info_json(i: &ImageInfo, snaps: &[SnapshotInfo]) -> Value {
@@ -466,20 +471,16 @@ fn info_json(i: &ImageInfo, snaps: &[SnapshotInfo]) -> Value {
     m.insert("format".into(), json!(i.format));
     m.insert("actual-size".into(), json!(i.disk_size));
     if !i.specific.is_empty() {
-        let mut data = Map::new();
-        for (k, v) in &i.specific {
-            data.insert(k.replace(' ', "-"), json_scalar(v));
-        }
         m.insert(
             "format-specific".into(),
-            json!({ "type": i.format, "data": data }),
+            json!({ "type": i.format, "data": fields_json(&i.specific) }),
         );
     }
     if let (Some(b), Some(p)) = (&i.backing_file, &i.backing_path) {
         m.insert("full-backing-filename".into(), json!(p));
         m.insert("backing-filename".into(), json!(b));
     }
-    m.insert("dirty-flag".into(), json!(false));
+    m.insert("dirty-flag".into(), json!(i.dirty));
     Value::Object(m)
 }
 
@@ -543,6 +544,9 @@ fn info_human(i: &ImageInfo, snaps: &[SnapshotInfo]) -> String {
     if i.cluster_size > 0 {
         s += &format!("cluster_size: {}\n", i.cluster_size);
     }
+    if i.dirty {
+        s += "cleanly shut down: no\n";
+    }
     if let (Some(b), Some(p)) = (&i.backing_file, &i.backing_path) {
         if b == p {
             s += &format!("backing file: {b}\n");
@@ -559,9 +563,7 @@ fn info_human(i: &ImageInfo, snaps: &[SnapshotInfo]) -> String {
     }
     if !i.specific.is_empty() {
         s += "Format specific information:\n";
-        for (k, v) in &i.specific {
-            s += &format!("    {k}: {v}\n");
-        }
+        s += &fields_human(&i.specific, 4);
     }
     let (flen, fdisk) = file_node(&i.filename);
     s += &format!(
@@ -635,8 +637,10 @@ fn map(args: Vec<OsString>) -> Res {
         match a {
             Short('f') | Long("format") => fmt = Some(val(&mut p, C)?),
             Long("output") => out = output_arg(&val(&mut p, C)?, C)?,
-            Short('s') | Long("start-offset") => start = size_arg(&val(&mut p, C)?)?,
-            Short('l') | Long("max-length") => max_len = size_arg(&val(&mut p, C)?)?,
+            Short('s') | Long("start-offset") => {
+                start = size_arg("start offset", &val(&mut p, C)?)?
+            }
+            Short('l') | Long("max-length") => max_len = size_arg("max length", &val(&mut p, C)?)?,
             Short('U') | Long("force-share") => {}
             Value(v) => files.push(v.to_string_lossy().into_owned()),
             a => return Err(unexpected(a, C)),
@@ -1021,22 +1025,47 @@ fn resize(mut args: Vec<OsString>) -> Res {
         }
     }
     let file = one_file(files, C)?;
+    // As qemu-img: the number is checked before the image is opened, as a
+    // 64-bit option value; the sum as a signed 64-bit size.
+    let (sign, digits) = match size_s.as_bytes().first() {
+        Some(b'+') => (1i128, &size_s[1..]),
+        Some(b'-') => (-1, &size_s[1..]),
+        _ => (0, size_s.as_str()),
+    };
+    let n = match format::options::strtosz(digits) {
+        Ok(n) => n,
+        Err(format::options::SizeError::TooLarge) => {
+            return Err(fail(format!(
+                "Value '{digits}' is out of range for parameter 'size'"
+            )))
+        }
+        Err(format::options::SizeError::Invalid) => {
+            return Err(fail(
+                "Parameter 'size' expects a non-negative number below 2^64\n\
+                 Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
+                 and exabytes, respectively.",
+            ))
+        }
+    };
     let img = open(&file, fmt, false)?;
     let cur = img.size();
-    let new = if let Some(d) = size_s.strip_prefix('+') {
-        cur.checked_add(size_arg(d)?)
-            .ok_or_else(|| fail("Image size too large"))?
-    } else if let Some(d) = size_s.strip_prefix('-') {
-        cur.checked_sub(size_arg(d)?)
-            .ok_or_else(|| fail("New image size must be positive"))?
+    let total = if sign == 0 {
+        i128::from(n as i64)
     } else {
-        size_arg(&size_s)?
+        i128::from(cur) + sign * i128::from(n as i64)
     };
+    if total <= 0 || total > i128::from(i64::MAX) {
+        return Err(fail("New image size must be positive"));
+    }
+    let new = total as u64;
     if new < cur && !shrink {
-        eprintln!("{PROG}: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.");
-        return Err(fail(
-            "Use the --shrink option to perform a shrink operation.",
-        ));
+        // The error, then the warning, as qemu-img orders them.
+        return Err(fail(format!(
+            "Use the --shrink option to perform a shrink operation.\n\
+             {PROG}: warning: Shrinking an image will delete all data beyond the shrunken \
+             image's end. Before performing such an operation, make sure there is no \
+             important data there."
+        )));
     }
     img.truncate(new).map_err(lib)?;
     img.close().map_err(lib)?;
@@ -1142,9 +1171,9 @@ fn bench(args: Vec<OsString>) -> Res {
             Short('c') => o.count = num(val(&mut p, C)?)?,
             Short('d') => o.depth = num(val(&mut p, C)?)?,
             Short('f') => fmt = Some(val(&mut p, C)?),
-            Short('o') => o.offset = size_arg(&val(&mut p, C)?)?,
-            Short('s') => o.buf_size = size_arg(&val(&mut p, C)?)?,
-            Short('S') => o.step = size_arg(&val(&mut p, C)?)?,
+            Short('o') => o.offset = size_arg("offset", &val(&mut p, C)?)?,
+            Short('s') => o.buf_size = cvtnum("buffer size", &val(&mut p, C)?, 1, i32::MAX as u64)?,
+            Short('S') => o.step = size_arg("step size", &val(&mut p, C)?)?,
             Short('w') => o.write = true,
             Short('q') => quiet = true,
             Short('p') => progress = true,

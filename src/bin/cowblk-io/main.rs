@@ -199,10 +199,16 @@ struct Flags {
     args: Vec<String>,
 }
 
+/// A number in QEMU's grammar, with qemu-io's messages.
 fn cvtnum(s: &str) -> Result<u64, Failed> {
-    match shared::size_arg(s) {
+    use cowblk::format::options::{cvtnum, SizeError};
+    match cvtnum(s) {
         Ok(v) => Ok(v),
-        Err(_) => {
+        Err(SizeError::TooLarge) => {
+            println!("Parsing error: argument too large -- {s}");
+            Err(Failed)
+        }
+        Err(SizeError::Invalid) => {
             println!(
                 "Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- {s}"
             );
@@ -717,12 +723,13 @@ impl Session {
         let i = self.img.info().map_err(|e| fail("info", &e))?;
         println!("format name: {}", i.format);
         println!("cluster size: {}", cvtstr(i.cluster_size as f64));
-        println!("vm state offset: {}", cvtstr(0.0));
+        println!(
+            "vm state offset: {}",
+            cvtstr(i.vm_state_offset.unwrap_or(0) as f64)
+        );
         if !i.specific.is_empty() {
             println!("Format specific information:");
-            for (k, v) in &i.specific {
-                println!("    {k}: {v}");
-            }
+            print!("{}", cowblk::format::info::fields_human(&i.specific, 4));
         }
         Ok(())
     }

@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use cowblk::format::options::parse_size;
 use std::io::IsTerminal;
 
 /// Exit code of a failed command.
@@ -75,11 +74,6 @@ pub fn errno_text(n: i32) -> String {
         }
         std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
     }
-}
-
-/// A size argument with qemu's suffixes (k/M/G/T/P/E, powers of 1024).
-pub fn size_arg(s: &str) -> Result<u64, String> {
-    parse_size(s).map_err(|_| format!("Invalid size '{s}'"))
 }
 
 /// qemu's size_to_str: three significant digits and a binary unit
