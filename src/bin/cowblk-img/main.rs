@@ -284,14 +284,10 @@ fn open(file: &str, fmt: Option<String>, read_only: bool) -> Result<Image, Fail>
     )
 }
 
-/// Opens an image and prints what the library warns about (as qemu-img's
-/// "warning:" lines).
+/// Opens an image. The library's warnings (a corrupt bit on a read-only
+/// open) are not printed: qemu-img opens such images silently too.
 fn open_with(file: &str, opts: &OpenOptions) -> Result<Image, Fail> {
-    let img = Image::open(file, opts).map_err(lib)?;
-    for w in img.warnings() {
-        eprintln!("{PROG}: warning: {w}");
-    }
-    Ok(img)
+    Image::open(file, opts).map_err(lib)
 }
 
 /// A progress callback for `-p`, with its bar.
@@ -648,7 +644,22 @@ fn map(args: Vec<OsString>) -> Res {
     }
     let file = one_file(files, C)?;
     let img = open(&file, fmt, true)?;
-    let entries = ops::map(&img, start, max_len).map_err(lib)?;
+    let mut entries = ops::map(&img, start, max_len).map_err(lib)?;
+    if entries.is_empty() {
+        // Nothing to map (an empty image, a start at or past the end):
+        // qemu-img still prints one empty run.
+        entries.push(ops::MapEntry {
+            start,
+            length: 0,
+            depth: 0,
+            present: false,
+            zero: false,
+            data: false,
+            compressed: false,
+            offset: None,
+            file: None,
+        });
+    }
     match out {
         Output::Json => {
             let lines: Vec<String> = entries
@@ -668,7 +679,13 @@ fn map(args: Vec<OsString>) -> Res {
         }
         Output::Human => {
             println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
-            for e in entries.iter().filter(|e| e.data) {
+            for e in entries.iter().filter(|e| e.data || e.compressed) {
+                // A compressed run has no host offset to show.
+                if e.compressed {
+                    return Err(fail(
+                        "File contains external, encrypted or compressed clusters.",
+                    ));
+                }
                 if let (Some(o), Some(f)) = (e.offset, &e.file) {
                     println!("{:<16}{:<16}{:<16}{f}", hex(e.start), hex(e.length), hex(o));
                 }
@@ -957,10 +974,7 @@ fn compare(args: Vec<OsString>) -> Res {
         }
     }
     if files.len() != 2 {
-        return Err(Fail {
-            code: 2,
-            ..usage_err(C, "Expecting two image file names")
-        });
+        return Err(usage_err(C, "Expecting two image file names"));
     }
     let err2 = |f: Fail| Fail { code: 2, ..f };
     let a = open(&files[0], fa.clone(), true).map_err(err2)?;
@@ -980,6 +994,10 @@ fn compare(args: Vec<OsString>) -> Res {
             return Ok(1);
         }
         say("Warning: Image size mismatch!".into());
+    }
+    if let Some(off) = r.status_mismatch {
+        say(format!("Strict mode: Offset {off} block status mismatch!"));
+        return Ok(1);
     }
     match r.first_mismatch {
         Some(off) => {

@@ -93,13 +93,12 @@ fn corrupt(msg: impl Into<String>) -> Error {
     Error::Corrupt(msg.into())
 }
 
-/// Whether `buf` starts like a qcow2 image.
+/// Whether `buf` starts like a qcow2 image: the magic and a version of 2
+/// or more, as QEMU probes (an unknown version then fails to open as
+/// qcow2 rather than opening as raw).
 pub fn probe(buf: &[u8]) -> i32 {
-    if buf.len() >= 8 && &buf[..4] == MAGIC {
-        let v = BigEndian::read_u32(&buf[4..8]);
-        if v == 2 || v == 3 {
-            return 100;
-        }
+    if buf.len() >= 8 && &buf[..4] == MAGIC && BigEndian::read_u32(&buf[4..8]) >= 2 {
+        return 100;
     }
     0
 }
