@@ -62,6 +62,22 @@
 #define COWBLK_OPEN_CALLER_BACKING (1 << 2)
 
 /**
+ * Open flag, read-only opens only: take no lock that keeps writers out
+ * (QEMU's force-share, qemu-img -U). Reads may then see data change under
+ * them. With a read-write open the call fails with -EINVAL.
+ */
+#define COWBLK_OPEN_FORCE_SHARE (1 << 3)
+
+/**
+ * Open flag: take no image locks on any file of the chain. For hosts that
+ * lock the files themselves (the QEMU glue, whose file children QEMU's
+ * file-posix locks). Without it every file is locked the way QEMU locks
+ * images (docs/C-API.md, "Image locking") and an image in use by another
+ * writer fails to open with -EAGAIN.
+ */
+#define COWBLK_OPEN_NO_LOCK (1 << 5)
+
+/**
  * Bytes of `cowblk_check_result.messages`.
  */
 #define COWBLK_CHECK_MESSAGES_LEN 1024

@@ -6,6 +6,7 @@
 
 pub mod fault;
 pub mod iov;
+pub mod lock;
 pub mod posix;
 
 use crate::error::Result;
@@ -51,6 +52,12 @@ pub trait BlockFile: Send + Sync {
     }
     /// A name for messages.
     fn name(&self) -> &str;
+    /// Takes QEMU-compatible image locks (`lock`) for as long as the file
+    /// stays open; fails if another open holds conflicting ones. Files
+    /// that no other process can see need none (the default).
+    fn lock(&self, _spec: lock::LockSpec) -> Result<()> {
+        Ok(())
+    }
 
     /// Convenience: reads into one buffer.
     fn read_at(&self, buf: &mut [u8], off: u64) -> Result<()> {

@@ -197,6 +197,10 @@ impl BlockFile for PosixFile {
         &self.name
     }
 
+    fn lock(&self, spec: super::lock::LockSpec) -> Result<()> {
+        super::lock::lock(self.file.as_raw_fd(), spec, &self.name)
+    }
+
     fn read_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
         // Single-buffer fast path without building an iovec list.
         let mut done = 0;

@@ -27,7 +27,7 @@ Exercise a disk image with qemu-io's commands, through the cowblk library.
   -t, --cache=MODE     accepted for compatibility
   -d, --discard=MODE   accepted for compatibility
   -i, --aio=MODE       accepted for compatibility (aio runs on threads)
-  -U, --force-share    accepted for compatibility
+  -U, --force-share    force shared permissions (read-only opens only)
   -h, --help           display this help and exit
   -V, --version        output version information and exit
 
@@ -732,6 +732,7 @@ struct Args {
     cmds: Vec<String>,
     format: Option<String>,
     read_only: bool,
+    force_share: bool,
     file: Option<String>,
 }
 
@@ -741,6 +742,7 @@ fn parse_args() -> Result<Args, String> {
         cmds: Vec::new(),
         format: None,
         read_only: false,
+        force_share: false,
         file: None,
     };
     let mut p = lexopt::Parser::from_env();
@@ -755,8 +757,9 @@ fn parse_args() -> Result<Args, String> {
             Short('c') | Long("cmd") => a.cmds.push(val(&mut p)?),
             Short('f') | Long("format") => a.format = Some(val(&mut p)?),
             Short('r') | Long("read-only") => a.read_only = true,
-            Short('n') | Long("nocache") | Short('k') | Long("native-aio") | Short('U')
-            | Long("force-share") | Short('m') | Long("misalign") => {}
+            Short('U') | Long("force-share") => a.force_share = true,
+            Short('n') | Long("nocache") | Short('k') | Long("native-aio") | Short('m')
+            | Long("misalign") => {}
             Short('t') | Long("cache") | Short('d') | Long("discard") | Short('i')
             | Long("aio") => {
                 val(&mut p)?;
@@ -796,9 +799,19 @@ fn main() {
         eprintln!("Try '{PROG} --help' for more information.");
         std::process::exit(1);
     };
+    if args.force_share && !args.read_only {
+        shared::error(
+            PROG,
+            format!(
+                "can't open device {file}: force-share=on can only be used with read-only images"
+            ),
+        );
+        std::process::exit(1);
+    }
     let opts = OpenOptions {
         format: args.format,
         read_only: args.read_only,
+        force_share: args.force_share,
         ..Default::default()
     };
     let img = match Image::open(&file, &opts) {
