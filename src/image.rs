@@ -72,6 +72,9 @@ pub struct BlockStatus {
     pub compressed: bool,
 }
 
+/// `ImageInfo::allocated_bytes` when it was not computed (`info_cheap`).
+pub const ALLOCATED_UNKNOWN: u64 = u64::MAX;
+
 /// Facts for `info`.
 #[derive(Clone, Debug)]
 pub struct ImageInfo {
@@ -359,7 +362,24 @@ impl Image {
         w
     }
 
+    /// Facts for `info`, `allocated_bytes` included (which may scan all
+    /// of the image's metadata).
     pub fn info(&self) -> Result<ImageInfo> {
+        let mut i = self.info_cheap()?;
+        i.allocated_bytes = self.allocated_bytes()?;
+        Ok(i)
+    }
+
+    /// Guest bytes allocated in this layer. May read all of the image's
+    /// allocation metadata (the whole add-cow bitmap): hosts call it off
+    /// their event loop.
+    pub fn allocated_bytes(&self) -> Result<u64> {
+        self.fmt.allocated_bytes()
+    }
+
+    /// `info` from what is in memory plus a stat of the image's files:
+    /// `allocated_bytes` is `ALLOCATED_UNKNOWN` (see `allocated_bytes`).
+    pub fn info_cheap(&self) -> Result<ImageInfo> {
         let b = self.fmt.backing();
         let fi = self.fmt.info();
         Ok(ImageInfo {
@@ -371,7 +391,7 @@ impl Image {
             backing_path: b.as_ref().map(|b| b.path.display().to_string()),
             backing_format: b.and_then(|b| b.format),
             data_file: fi.data_file,
-            allocated_bytes: self.fmt.allocated_bytes()?,
+            allocated_bytes: ALLOCATED_UNKNOWN,
             disk_size: self.fmt.disk_size()?,
             read_only: self.read_only(),
             specific: fi.specific,

@@ -85,6 +85,17 @@ pub const COWBLK_OPEN_FORCE_SHARE: u32 = 1 << 3;
 /// writer fails to open with -EAGAIN.
 pub const COWBLK_OPEN_NO_LOCK: u32 = 1 << 5;
 
+/// `cowblk_write_zeroes_flags` flag: the range may be deallocated (holes
+/// punched), as QEMU's BDRV_REQ_MAY_UNMAP.
+pub const COWBLK_ZERO_MAY_UNMAP: u32 = 1 << 0;
+/// `cowblk_write_zeroes_flags` flag: fail with -ENOTSUP rather than write
+/// zeros as data, as QEMU's BDRV_REQ_NO_FALLBACK.
+pub const COWBLK_ZERO_NO_FALLBACK: u32 = 1 << 1;
+
+/// `cowblk_info.allocated_bytes`: not computed (ask
+/// `cowblk_get_allocated_bytes`).
+pub const COWBLK_ALLOCATED_UNKNOWN: u64 = u64::MAX;
+
 /// Bytes of `cowblk_check_result.messages`.
 pub const COWBLK_CHECK_MESSAGES_LEN: usize = 1024;
 /// `cowblk_check` flag: repair leaks (QEMU's BDRV_FIX_LEAKS).

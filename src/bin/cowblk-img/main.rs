@@ -615,7 +615,7 @@ fn info(args: Vec<OsString>) -> Res {
     let mut cur: Option<&Image> = Some(&img);
     let mut holder;
     while let Some(l) = cur {
-        layers.push((l.info().map_err(lib)?, l.snapshots()));
+        layers.push((l.info_cheap().map_err(lib)?, l.snapshots()));
         if !chain {
             break;
         }

@@ -714,7 +714,7 @@ impl Session {
 
     fn info(&mut self, argv: &[String]) -> CmdResult {
         parse_flags(argv, "")?;
-        let i = self.img.info().map_err(|e| fail("info", &e))?;
+        let i = self.img.info_cheap().map_err(|e| fail("info", &e))?;
         println!("format name: {}", i.format);
         println!("cluster size: {}", cvtstr(i.cluster_size as f64));
         println!("vm state offset: {}", cvtstr(0.0));
