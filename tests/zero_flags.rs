@@ -92,3 +92,32 @@ fn no_fallback_refuses_partial_unallocated_clusters_and_leaves_them_alone() {
     drop(img);
     std::fs::remove_dir_all(&d).unwrap();
 }
+
+/// cowblk-io's `write -z` keeps blocks and `write -z -u` frees them, as
+/// qemu-io's do on the same raw file.
+#[test]
+fn cowblk_io_write_z_allocates_like_qemu_io() {
+    let d = common::tmpdir("zero-flags-cli");
+    let data = vec![0x5au8; 1 << 20];
+    let mut sizes = Vec::new();
+    for prog in ["qemu-io", env!("CARGO_BIN_EXE_cowblk-io")] {
+        let p = d.join("z.raw");
+        std::fs::write(&p, &data).unwrap();
+        let mut seen = vec![blocks(&p)];
+        for cmd in ["write -z 0 512k", "write -z -u 0 512k"] {
+            let o = std::process::Command::new(prog)
+                .args(["-f", "raw", "-c", cmd])
+                .arg(&p)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{prog} {cmd}: {o:?}");
+            seen.push(blocks(&p));
+        }
+        sizes.push(seen);
+    }
+    assert_eq!(sizes[0], sizes[1], "qemu-io vs cowblk-io st_blocks");
+    // And the figures say what the flags mean: kept, then freed.
+    assert_eq!(sizes[1][1], sizes[1][0]);
+    assert!(sizes[1][2] < sizes[1][1]);
+    std::fs::remove_dir_all(&d).unwrap();
+}

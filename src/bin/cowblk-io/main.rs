@@ -6,6 +6,7 @@
 #[path = "../shared/mod.rs"]
 mod shared;
 
+use cowblk::io::ZeroFlags;
 use cowblk::{Image, OpenOptions};
 use shared::{cvtstr, errno_text};
 use std::io::{BufRead, IsTerminal, Write};
@@ -165,6 +166,14 @@ const CMDS: &[CmdInfo] = &[
     },
 ];
 
+/// How `write -z` zeroes: holes only with -u, as qemu-io.
+fn zero_flags(f: &Flags) -> ZeroFlags {
+    ZeroFlags {
+        may_unmap: f.unmap,
+        no_fallback: false,
+    }
+}
+
 fn find_cmd(name: &str) -> Option<&'static CmdInfo> {
     CMDS.iter().find(|c| c.name == name)
 }
@@ -195,6 +204,8 @@ struct Flags {
     quiet: bool,
     verbose: bool,
     zero: bool,
+    /// With -z: the range may be deallocated (QEMU's MAY_UNMAP).
+    unmap: bool,
     fua: bool,
     args: Vec<String>,
 }
@@ -262,8 +273,7 @@ fn parse_flags(argv: &[String], allowed: &str) -> Result<Flags, Failed> {
                     'v' => f.verbose = true,
                     'z' => f.zero = true,
                     'f' => f.fua = true,
-                    // Unmap is a hint; zeroing may deallocate anyway.
-                    'u' => {}
+                    'u' => f.unmap = true,
                     _ => return Err(bad(format!("unhandled option -- '{c}'"))),
                 }
             }
@@ -551,7 +561,7 @@ impl Session {
         check_len_note(count, &f.args[1], " without -n")?;
         let t = Instant::now();
         let r = if f.zero {
-            self.img.write_zeroes(off, count)
+            self.img.write_zeroes_flags(off, count, zero_flags(&f))
         } else {
             let buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
             self.img.write(&buf, off)
@@ -609,7 +619,10 @@ impl Session {
             let (op, r) = if !write {
                 ("aio_read", img.read(&mut buf, off))
             } else if f.zero {
-                ("aio_write", img.write_zeroes(off, count))
+                (
+                    "aio_write",
+                    img.write_zeroes_flags(off, count, zero_flags(&f)),
+                )
             } else {
                 ("aio_write", img.write(&buf, off))
             };
