@@ -669,6 +669,30 @@ int cowblk_block_status(struct cowblk_image *img,
                         uint64_t *map);
 
 /**
+ * Block status of the whole chain, as `qemu-img map` reports it and as
+ * an NBD server answers block status: walking down from this image, the
+ * first layer whose run holds data or reads zeros (or the bottom layer).
+ * Returns a COWBLK_BLOCK_* mask: DATA, ZERO (also for ranges that no
+ * layer allocates and that read zeros), ALLOCATED (set when some layer
+ * allocates the run: map's "present"), OFFSET_VALID (then `*map`, if not
+ * NULL, gets the offset in that layer's data file) and EOF. `*pnum` gets
+ * the run's length (at most `bytes`, clamped to the end) and `*depth`, if
+ * not NULL, the layer (0 = this image). With a caller-supplied backing
+ * layer the walk stops at this image. At or past the end: COWBLK_BLOCK_EOF
+ * with `*pnum` = 0; for 0 bytes: 0 with `*pnum` = 0.
+ *
+ * # Safety
+ * `img` is a live handle; `pnum` is writable; `map` and `depth` are NULL
+ * or writable.
+ */
+int cowblk_chain_status(struct cowblk_image *img,
+                        uint64_t offset,
+                        uint64_t bytes,
+                        uint64_t *pnum,
+                        uint64_t *map,
+                        uint32_t *depth);
+
+/**
  * For hosts that supply backing data themselves: the range of old
  * contents a write of `[offset, offset + bytes)` would copy (cluster
  * aligned, covering the partially written, unallocated clusters at either

@@ -49,9 +49,9 @@ pub use info::{
     cowblk_version,
 };
 pub use io::{
-    cowblk_block_status, cowblk_cow_range, cowblk_discard, cowblk_flush, cowblk_get_length,
-    cowblk_is_allocated, cowblk_preadv, cowblk_pwritev, cowblk_pwritev_cow, cowblk_truncate,
-    cowblk_write_zeroes,
+    cowblk_block_status, cowblk_chain_status, cowblk_cow_range, cowblk_discard, cowblk_flush,
+    cowblk_get_length, cowblk_is_allocated, cowblk_preadv, cowblk_pwritev, cowblk_pwritev_cow,
+    cowblk_truncate, cowblk_write_zeroes,
 };
 
 /// Version of the C ABI described by this header. `cowblk_abi_version()`
