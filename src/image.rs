@@ -271,6 +271,9 @@ impl Image {
                 &OpenOptions {
                     format: fmt,
                     read_only: true,
+                    // Only its size is read: qemu-img create shares too, so
+                    // an image in use can still get an overlay.
+                    force_share: true,
                     ..Default::default()
                 },
             )

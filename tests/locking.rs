@@ -299,3 +299,44 @@ fn cowblk_reading_qcow2_is_seen_by_qemu_as_a_qemu_reader_would_be() {
     }
     ok(&d, "qemu-img", &["check", "q.qcow2"]);
 }
+
+#[test]
+fn an_image_in_use_can_get_an_overlay_but_not_be_read_through_it() {
+    let d = tmpdir("lock-overlay");
+    ok(
+        &d,
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "b.qcow2", "4M"],
+    );
+    let _h = Holder::start(&d, "qemu-io", &["-f", "qcow2", "b.qcow2"]);
+    // Creating reads only the backing file's size, sharing it (qemu-img
+    // create does the same).
+    let q = [
+        "create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "q.qcow2",
+    ];
+    ok(&d, "qemu-img", &q);
+    let c = [
+        "create",
+        "-q",
+        "-f",
+        "add-cow",
+        "-o",
+        "image_file=c.img",
+        "-b",
+        "b.qcow2",
+        "-F",
+        "qcow2",
+        "c.add-cow",
+    ];
+    ok(&d, COWBLK_IMG, &c);
+    // Opening the overlay opens the backing file unshared: refused by both.
+    let q = run(&d, "qemu-io", &["-r", "-c", "read 0 1", "q.qcow2"]);
+    let c = run(&d, COWBLK_IO, &["-r", "-c", "read 0 1", "c.add-cow"]);
+    assert_eq!((q.code, c.code), (1, 1));
+    for o in [&q, &c] {
+        assert!(o.stderr.contains(SHARED_WRITE), "{}", o.stderr);
+    }
+    // -U reaches the backing file too, as in QEMU.
+    ok(&d, "qemu-io", &["-r", "-U", "-c", "read 0 1", "q.qcow2"]);
+    ok(&d, COWBLK_IO, &["-r", "-U", "-c", "read 0 1", "c.add-cow"]);
+}
