@@ -340,3 +340,53 @@ fn an_image_in_use_can_get_an_overlay_but_not_be_read_through_it() {
     ok(&d, "qemu-io", &["-r", "-U", "-c", "read 0 1", "q.qcow2"]);
     ok(&d, COWBLK_IO, &["-r", "-U", "-c", "read 0 1", "c.add-cow"]);
 }
+
+#[test]
+fn commit_refused_by_a_base_in_use_leaves_the_overlay_reading_it() {
+    use cowblk::{Image, OpenOptions};
+    let d = tmpdir("lock-commit");
+    ok(
+        &d,
+        "qemu-img",
+        &["create", "-q", "-f", "raw", "base.raw", "1M"],
+    );
+    ok(
+        &d,
+        "qemu-io",
+        &["-f", "raw", "-c", "write -P 1 0 1M", "base.raw"],
+    );
+    let c = [
+        "create",
+        "-q",
+        "-f",
+        "add-cow",
+        "-o",
+        "image_file=top.img",
+        "-b",
+        "base.raw",
+        "-F",
+        "raw",
+        "top.add-cow",
+    ];
+    ok(&d, COWBLK_IMG, &c);
+    let top = Image::open(d.join("top.add-cow"), &OpenOptions::default()).unwrap();
+    top.write(&[9u8; 4096], 0).unwrap();
+    let e = {
+        let _h = Holder::start(&d, "qemu-io", &["-f", "raw", "base.raw"]);
+        cowblk::ops::commit(&top, false, &mut |_, _| {}).unwrap_err()
+    };
+    assert!(e.to_string().contains(SHARED_WRITE), "{e}");
+    // The overlay still reads through to the base, and commits once the
+    // base is free.
+    let mut buf = vec![0u8; 8192];
+    top.read(&mut buf, 0).unwrap();
+    assert!(buf[..4096].iter().all(|&b| b == 9) && buf[4096..].iter().all(|&b| b == 1));
+    cowblk::ops::commit(&top, false, &mut |_, _| {}).unwrap();
+    drop(top);
+    let o = ok(
+        &d,
+        "qemu-io",
+        &["-f", "raw", "-c", "read -P 9 0 4k", "base.raw"],
+    );
+    assert!(o.stdout.contains("read 4096/4096"));
+}
