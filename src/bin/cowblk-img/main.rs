@@ -1035,7 +1035,6 @@ fn resize(mut args: Vec<OsString>) -> Res {
             Short('f') => fmt = Some(val(&mut p, C)?),
             Short('q') => quiet = true,
             Long("shrink") => shrink = true,
-            Short('U') => {}
             Long("preallocation") => {
                 let v = val(&mut p, C)?;
                 if v != "off" {
