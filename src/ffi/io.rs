@@ -7,10 +7,11 @@ use super::error::guard;
 use super::handle::{cowblk_image, image};
 use super::{
     COWBLK_BLOCK_ALLOCATED, COWBLK_BLOCK_DATA, COWBLK_BLOCK_EOF, COWBLK_BLOCK_OFFSET_VALID,
-    COWBLK_BLOCK_ZERO,
+    COWBLK_BLOCK_ZERO, COWBLK_ZERO_MAY_UNMAP, COWBLK_ZERO_NO_FALLBACK,
 };
 use crate::error::Error;
 use crate::image::{Backing, BlockStatus};
+use crate::io::ZeroFlags;
 use libc::iovec;
 use std::ffi::c_int;
 
@@ -110,6 +111,40 @@ pub unsafe extern "C" fn cowblk_write_zeroes(
 ) -> c_int {
     guard(|| {
         image(img)?.img.write_zeroes(offset, bytes)?;
+        Ok(0)
+    })
+}
+
+/// Makes `[offset, offset + bytes)` read as zeros, as `flags` (a mask of
+/// COWBLK_ZERO_*) allow: without COWBLK_ZERO_MAY_UNMAP nothing is
+/// deallocated (the file keeps its blocks, zeroed); with
+/// COWBLK_ZERO_NO_FALLBACK the call fails with -ENOTSUP instead of writing
+/// zero buffers or a partly zeroed cluster's other bytes. QEMU's
+/// BDRV_REQ_MAY_UNMAP and BDRV_REQ_NO_FALLBACK. `cowblk_write_zeroes` is
+/// this with COWBLK_ZERO_MAY_UNMAP.
+///
+/// # Safety
+/// `img` is a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn cowblk_write_zeroes_flags(
+    img: *mut cowblk_image,
+    offset: u64,
+    bytes: u64,
+    flags: u32,
+) -> c_int {
+    guard(|| {
+        let known = COWBLK_ZERO_MAY_UNMAP | COWBLK_ZERO_NO_FALLBACK;
+        if flags & !known != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "unknown zero flags {:#x}",
+                flags & !known
+            )));
+        }
+        let f = ZeroFlags {
+            may_unmap: flags & COWBLK_ZERO_MAY_UNMAP != 0,
+            no_fallback: flags & COWBLK_ZERO_NO_FALLBACK != 0,
+        };
+        image(img)?.img.write_zeroes_flags(offset, bytes, f)?;
         Ok(0)
     })
 }
