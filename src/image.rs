@@ -161,7 +161,14 @@ impl Image {
                 "force-share=on can only be used with read-only images".into(),
             ));
         }
-        let file = storage.open(path, access)?;
+        // QEMU's shape for the top image: "could not open 'X': <why>".
+        let file = storage.open(path, access).map_err(|e| {
+            if seen.len() == 1 {
+                e.context(format!("could not open '{}'", path.display()))
+            } else {
+                e
+            }
+        })?;
         let driver = match &opts.format {
             Some(f) => format::find_driver(f)?,
             None => {
@@ -219,8 +226,14 @@ impl Image {
                         force_share: opts.force_share,
                         no_lock: opts.no_lock,
                     };
-                    let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen)
-                        .map_err(|e| e.context(format!("backing file '{}'", spec.name)))?;
+                    let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen).map_err(
+                        |e| {
+                            e.context(format!(
+                                "could not open '{}': Could not open backing file",
+                                path.display()
+                            ))
+                        },
+                    )?;
                     Some(Arc::new(b))
                 }
                 _ => None,

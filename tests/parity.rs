@@ -382,6 +382,17 @@ fn our_tools_answer_as_qemus_do() {
             }
         }
         for f in &c.compare {
+            let (qf, of) = (qd.join(f), od.join(f));
+            match (qf.exists(), of.exists()) {
+                (false, false) => continue,
+                (true, true) => {}
+                (q, o) => {
+                    diff.push(format!(
+                        "written file {f}: exists after qemu {q}, after ours {o}"
+                    ));
+                    continue;
+                }
+            }
             let r = run(
                 &root,
                 "qemu-img",

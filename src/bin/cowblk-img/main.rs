@@ -24,6 +24,9 @@ struct Fail {
     code: i32,
     /// Point at `cowblk-img CMD --help` (bad usage).
     usage: Option<&'static str>,
+    /// The command whose name prefixes the message instead of the tool's
+    /// alone, as getopt's messages are ("cowblk-img info: ...").
+    getopt: Option<&'static str>,
 }
 
 type Res = Result<i32, Fail>;
@@ -33,6 +36,7 @@ fn fail(msg: impl Into<String>) -> Fail {
         msg: msg.into(),
         code: 1,
         usage: None,
+        getopt: None,
     }
 }
 
@@ -41,6 +45,7 @@ fn usage_err(cmd: &'static str, msg: impl Into<String>) -> Fail {
         msg: msg.into(),
         code: 1,
         usage: Some(cmd),
+        getopt: None,
     }
 }
 
@@ -194,15 +199,17 @@ fn main() {
         "rebase" => rebase(args),
         "bench" => bench(args),
         other => Err(Fail {
-            msg: format!("Command not found: {other}"),
-            code: 1,
             usage: Some(""),
+            ..fail(format!("Command not found: {other}"))
         }),
     };
     let code = match r {
         Ok(c) => c,
         Err(f) => {
-            shared::error(PROG, &f.msg);
+            match f.getopt {
+                Some(c) => eprintln!("{PROG} {c}: {}", f.msg),
+                None => shared::error(PROG, &f.msg),
+            }
             match f.usage {
                 Some("") => eprintln!("Try '{PROG} --help' for more info"),
                 Some(c) => eprintln!("Try '{PROG} {c} --help' for more info"),
@@ -226,8 +233,17 @@ fn val(p: &mut lexopt::Parser, cmd: &'static str) -> Result<String, Fail> {
         .map_err(|e| usage_err(cmd, e.to_string()))
 }
 
+/// An option the command does not take, in getopt's words.
 fn unexpected(a: lexopt::Arg, cmd: &'static str) -> Fail {
-    usage_err(cmd, a.unexpected().to_string())
+    let msg = match a {
+        Long(l) => format!("unrecognized option '--{l}'"),
+        Short(c) => format!("invalid option -- '{c}'"),
+        a => return usage_err(cmd, a.unexpected().to_string()),
+    };
+    Fail {
+        getopt: Some(cmd),
+        ..usage_err(cmd, msg)
+    }
 }
 
 fn one_file(files: Vec<String>, cmd: &'static str) -> Result<String, Fail> {
@@ -250,7 +266,7 @@ fn output_arg(s: &str, cmd: &'static str) -> Result<Output, Fail> {
         "json" => Ok(Output::Json),
         _ => Err(usage_err(
             cmd,
-            format!("--output expects 'human' or 'json', not '{s}'"),
+            format!("--output expects 'human' or 'json' not '{s}'"),
         )),
     }
 }
@@ -331,12 +347,18 @@ fn kind_name(k: OptKind) -> &'static str {
     }
 }
 
-fn print_opts_help(fmt: &str) -> Res {
+/// `-o help`. Without a file name qemu-img adds that the protocol layer
+/// (the file) may take more options.
+fn print_opts_help(fmt: &str, no_file: bool) -> Res {
     let d = format::find_driver(fmt).map_err(lib)?;
     println!("Supported {fmt} options:");
     for o in d.create_opts {
         let key = format!("{}=<{}>", o.name, kind_name(o.kind));
         println!("  {key:<22} - {}", o.help);
+    }
+    if no_file {
+        println!("\nThe protocol level may support further options.");
+        println!("Specify the target filename to include those options.");
     }
     Ok(0)
 }
@@ -366,7 +388,7 @@ fn create(args: Vec<OsString>) -> Res {
         }
     }
     if opt_strs.iter().any(|o| o == "help" || o == "?") {
-        return print_opts_help(&fmt);
+        return print_opts_help(&fmt, pos.is_empty());
     }
     for o in &opt_strs {
         opts.parse_into(o).map_err(lib)?;
@@ -387,7 +409,8 @@ fn create(args: Vec<OsString>) -> Res {
     if let Some(f) = &bfmt {
         opts.set(format::options::BACKING_FMT, f.clone());
     }
-    let driver = format::find_driver(&fmt).map_err(lib)?;
+    let driver =
+        format::find_driver(&fmt).map_err(|e| fail(format!("{file}: {}", describe(&e))))?;
     if backing.is_some() && !driver.supports_backing {
         return Err(fail(format!(
             "{file}: Backing file not supported for file format '{fmt}'"
@@ -756,9 +779,8 @@ fn check(args: Vec<OsString>) -> Res {
             Ok(r) => r,
             Err(Error::Unsupported(_)) => {
                 return Err(Fail {
-                    msg: "This image format does not support checks".into(),
                     code: 63,
-                    usage: None,
+                    ..fail("This image format does not support checks")
                 })
             }
             Err(e) => return Err(lib(e)),
@@ -883,7 +905,6 @@ fn convert(args: Vec<OsString>) -> Res {
             Short('q') => quiet = true,
             Short('n') => no_create = true,
             Short('l') => snap = Some(snapshot_ref(&val(&mut p, C)?)?),
-            Short('s') => snap = Some(val(&mut p, C)?),
             // Cache modes, sparse size, coroutines, out-of-order: the
             // library has one way of doing each; accepted for scripts.
             Short('t') | Short('T') | Short('S') | Short('m') => {
@@ -901,34 +922,59 @@ fn convert(args: Vec<OsString>) -> Res {
         }
     }
     if opt_strs.iter().any(|o| o == "help" || o == "?") {
-        return print_opts_help(&ofmt);
+        return print_opts_help(&ofmt, files.len() < 2);
     }
-    if files.len() != 2 {
-        return Err(usage_err(C, "Expecting one input and one output file name"));
+    if files.len() < 2 {
+        return Err(fail("Must specify image file name"));
     }
-    let src = open_with(
-        &files[0],
-        &OpenOptions {
-            format: fmt,
-            read_only: true,
-            snapshot: snap,
-            ..Default::default()
-        },
-    )?;
-    let out = &files[1];
+    let out = files.pop().unwrap_or_default();
+    // A snapshot names one source's state; with several sources qemu-img
+    // refuses it.
+    if snap.is_some() && files.len() > 1 {
+        return Err(fail("No support for concatenating multiple snapshot"));
+    }
+    let srcs = files
+        .iter()
+        .map(|f| {
+            let opts = OpenOptions {
+                format: fmt.clone(),
+                read_only: true,
+                snapshot: snap.clone(),
+                ..Default::default()
+            };
+            match Image::open(f, &opts) {
+                // qemu-img's words for a snapshot the image does not have.
+                Err(Error::NotFound(m)) if snap.is_some() && m.contains("snapshot '") => {
+                    Err(fail("Failed to load snapshot: Can't find snapshot"))
+                }
+                _ => open_with(f, &opts),
+            }
+        })
+        .collect::<Result<Vec<Image>, Fail>>()?;
+    let total = srcs.iter().map(|s| s.size()).sum::<u64>();
     if !no_create {
         let mut opts = CreateOptions::new();
         for o in &opt_strs {
             opts.parse_into(o).map_err(lib)?;
         }
-        opts.set(format::options::SIZE, src.size().to_string());
-        Image::create(out, &ofmt, &opts).map_err(lib)?;
+        // An explicit size must parse, but the sources' total wins, as in
+        // qemu-img.
+        opts.get_size(format::options::SIZE).map_err(|_| {
+            fail(
+                "Parameter 'size' expects a non-negative number below 2^64\n\
+                 Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
+                 and exabytes, respectively.",
+            )
+        })?;
+        opts.set(format::options::SIZE, total.to_string());
+        Image::create(&out, &ofmt, &opts).map_err(lib)?;
     }
     // -U covers the sources only, as in qemu-img.
     FORCE_SHARE.store(false, Ordering::Relaxed);
-    let dst = open(out, Some(ofmt), false)?;
+    let dst = open(&out, Some(ofmt), false)?;
+    let refs: Vec<&Image> = srcs.iter().collect();
     with_progress(progress && !quiet, |pr| {
-        ops::convert(&src, &dst, !no_create, pr)
+        ops::convert(&refs, &dst, !no_create, pr)
     })
     .map_err(lib)?;
     dst.close().map_err(lib)?;

@@ -932,10 +932,13 @@ fn main() {
         // qemu-io opens such images silently.
         Ok(i) => Arc::new(i),
         Err(e) => {
-            shared::error(
-                PROG,
-                format!("can't open device {file}: {}", shared::describe(&e)),
-            );
+            // qemu-io says "can't open device X:" where qemu-img says
+            // "Could not open 'X':".
+            let d = shared::describe(&e);
+            let why = d
+                .strip_prefix(&format!("Could not open '{file}': "))
+                .unwrap_or(&d);
+            shared::error(PROG, format!("can't open device {file}: {why}"));
             std::process::exit(1);
         }
     });
