@@ -17,4 +17,4 @@ pub mod rangelock;
 pub use error::{Error, Result};
 pub use format::CreateOptions;
 pub use image::{Backing, BlockStatus, Image, ImageInfo, OpenOptions};
-pub use io::IoVec;
+pub use io::{Const, IoVec, Mut};

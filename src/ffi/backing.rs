@@ -137,7 +137,7 @@ impl Backing for CallbackBacking {
 /// `cowblk_pwritev_cow` call.
 pub(crate) struct CallerBytes<'a> {
     pub start: u64,
-    pub data: IoVec<'a>,
+    pub data: IoVec<'a, crate::io::Const>,
 }
 
 impl Backing for CallerBytes<'_> {
