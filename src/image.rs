@@ -44,10 +44,64 @@ pub struct OpenOptions {
     pub cache_size: u64,
     /// A caller-supplied backing layer, used instead of the recorded one.
     pub backing: Option<Arc<dyn Backing>>,
-    /// Open this internal snapshot (matched by id, then by name, as
-    /// `qemu-img convert -l`); needs `read_only`. Applies to the top image
-    /// only.
-    pub snapshot: Option<String>,
+    /// Open this internal snapshot; needs `read_only`. Applies to the top
+    /// image only.
+    pub snapshot: Option<SnapshotRef>,
+}
+
+/// Which internal snapshot to open, with QEMU's rules
+/// (`bdrv_snapshot_load_tmp`): the first snapshot in the table that
+/// matches. `qemu-img convert -l snapshot.id=ID` is `Id`,
+/// `-l snapshot.name=NAME` is `Name`, both together `IdAndName`, and a bare
+/// `-l STRING` (or `-s`) is `IdOrName`. A string converts to `IdOrName`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotRef {
+    Id(String),
+    Name(String),
+    /// A snapshot with this id if there is one, else one with this name.
+    IdOrName(String),
+    /// A snapshot with both this id and this name.
+    IdAndName(String, String),
+}
+
+impl SnapshotRef {
+    /// The index of the snapshot selected among `(id, name)` pairs in
+    /// table order.
+    pub fn find<'s>(
+        &self,
+        snaps: impl Iterator<Item = (&'s str, &'s str)> + Clone,
+    ) -> Option<usize> {
+        let first = |f: &dyn Fn(&str, &str) -> bool| snaps.clone().position(|(i, n)| f(i, n));
+        match self {
+            SnapshotRef::Id(id) => first(&|i, _| i == id),
+            SnapshotRef::Name(name) => first(&|_, n| n == name),
+            SnapshotRef::IdOrName(s) => first(&|i, _| i == s).or_else(|| first(&|_, n| n == s)),
+            SnapshotRef::IdAndName(id, name) => first(&|i, n| i == id && n == name),
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SnapshotRef::Id(i) => write!(f, "with id '{i}'"),
+            SnapshotRef::Name(n) => write!(f, "named '{n}'"),
+            SnapshotRef::IdOrName(s) => write!(f, "'{s}' (id or name)"),
+            SnapshotRef::IdAndName(i, n) => write!(f, "with id '{i}' named '{n}'"),
+        }
+    }
+}
+
+impl From<&str> for SnapshotRef {
+    fn from(s: &str) -> Self {
+        SnapshotRef::IdOrName(s.to_string())
+    }
+}
+
+impl From<String> for SnapshotRef {
+    fn from(s: String) -> Self {
+        SnapshotRef::IdOrName(s)
+    }
 }
 
 /// The state of a run of guest bytes.
@@ -156,13 +210,16 @@ impl Image {
             file,
             read_only: opts.read_only,
             cache_size: opts.cache_size,
-            snapshot: opts.snapshot.as_deref(),
+            snapshot: opts.snapshot.as_ref(),
         })
         .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
         if let Some(s) = &opts.snapshot {
-            if !fmt.snapshots().iter().any(|x| x.id == *s || x.name == *s) {
+            let snaps = fmt.snapshots();
+            if s.find(snaps.iter().map(|x| (x.id.as_str(), x.name.as_str())))
+                .is_none()
+            {
                 return Err(Error::NotFound(format!(
-                    "snapshot '{s}' in '{}' ({} images have {} snapshots)",
+                    "snapshot {s} in '{}' ({} images have {} snapshots)",
                     path.display(),
                     fmt.format_name(),
                     fmt.snapshots().len()

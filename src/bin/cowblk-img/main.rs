@@ -7,7 +7,7 @@ mod shared;
 
 use cowblk::format::{self, CheckReport, OptKind, Repair, SnapshotInfo};
 use cowblk::ops::{self, BenchOptions};
-use cowblk::{CreateOptions, Error, Image, ImageInfo, OpenOptions};
+use cowblk::{CreateOptions, Error, Image, ImageInfo, OpenOptions, SnapshotRef};
 use lexopt::prelude::*;
 use serde_json::{json, Map, Value};
 use shared::{describe, qemu_json, size_to_str, ProgressBar};
@@ -108,7 +108,7 @@ Exit codes: 0 clean, 1 check error, 2 corruptions, 3 leaks, 63 format has no che
             "Copy an image into a new one, possibly of another format.  Usage:
 
   cowblk-img convert [-p] [-q] [-n] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS]
-        [-l snapshot.id=ID|snapshot.name=NAME] [-s SNAPSHOT] FILENAME OUTPUT
+        [-l SNAPSHOT|snapshot.id=ID|snapshot.name=NAME] FILENAME OUTPUT
 
   -n    the output exists already: do not create it
   -p    show progress on a terminal"
@@ -808,21 +808,51 @@ fn img_format(file: &str) -> String {
 
 // ---- convert ----
 
-/// `-l snapshot.id=ID`, `-l snapshot.name=NAME` or `-l NAME`: the library
-/// matches the string against ids, then names.
-fn snapshot_ref(s: &str) -> Result<String, Fail> {
-    if let Some(id) = s.strip_prefix("snapshot.id=") {
-        Ok(id.into())
-    } else if let Some(n) = s.strip_prefix("snapshot.name=") {
-        Ok(n.into())
-    } else if s.contains('=') {
-        Err(usage_err(
-            "convert",
-            format!("Failed in parsing snapshot param '{s}'"),
-        ))
-    } else {
-        Ok(s.into())
+/// `-l` as qemu-img reads it: an argument starting with "snapshot." is an
+/// option list of `snapshot.id=ID` and/or `snapshot.name=NAME` (",," is a
+/// comma in a value; the last of a repeated key wins) selecting by id, by
+/// name, or by both; anything else is a string matched as an id first,
+/// then as a name.
+fn snapshot_ref(s: &str) -> Result<SnapshotRef, Fail> {
+    if !s.starts_with("snapshot.") {
+        return Ok(SnapshotRef::IdOrName(s.into()));
     }
+    let bad = || usage_err("convert", format!("Failed in parsing snapshot param '{s}'"));
+    let (mut id, mut name) = (None, None);
+    for part in split_opts(s) {
+        match part.split_once('=') {
+            Some(("snapshot.id", v)) => id = Some(v.to_string()),
+            Some(("snapshot.name", v)) => name = Some(v.to_string()),
+            _ => return Err(bad()),
+        }
+    }
+    Ok(match (id, name) {
+        (Some(i), Some(n)) => SnapshotRef::IdAndName(i, n),
+        (Some(i), None) => SnapshotRef::Id(i),
+        (None, Some(n)) => SnapshotRef::Name(n),
+        (None, None) => return Err(bad()),
+    })
+}
+
+/// Splits a QEMU option list at single commas (",," is a literal comma);
+/// a trailing comma ends the list.
+fn split_opts(s: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != ',' {
+            out.last_mut().unwrap().push(c);
+        } else if chars.peek() == Some(&',') {
+            chars.next();
+            out.last_mut().unwrap().push(',');
+        } else {
+            out.push(String::new());
+        }
+    }
+    if out.len() > 1 && out.last().is_some_and(|p| p.is_empty()) {
+        out.pop();
+    }
+    out
 }
 
 fn convert(args: Vec<OsString>) -> Res {
@@ -840,7 +870,6 @@ fn convert(args: Vec<OsString>) -> Res {
             Short('q') => quiet = true,
             Short('n') => no_create = true,
             Short('l') => snap = Some(snapshot_ref(&val(&mut p, C)?)?),
-            Short('s') => snap = Some(val(&mut p, C)?),
             // Cache modes, sparse size, coroutines, out-of-order: the
             // library has one way of doing each; accepted for scripts.
             Short('t') | Short('T') | Short('S') | Short('m') => {
