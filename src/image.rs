@@ -5,8 +5,9 @@ use crate::error::{Error, Result};
 use crate::format::{
     self, BackingSpec, CheckReport, CreateCtx, CreateOptions, Format, OpenCtx, Repair, SnapshotInfo,
 };
+use crate::io::lock::{LockSpec, Role};
 use crate::io::posix::PosixStorage;
-use crate::io::{Access, IoVec, Storage};
+use crate::io::{Access, BlockFile, IoVec, Storage};
 use crate::rangelock::RangeLocks;
 use arc_swap::ArcSwapOption;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,12 @@ pub struct OpenOptions {
     /// Open this internal snapshot; needs `read_only`. Applies to the top
     /// image only.
     pub snapshot: Option<SnapshotRef>,
+    /// Read-only opens only: take no lock that keeps writers out (QEMU's
+    /// `force-share`); reads may then see data change underneath.
+    pub force_share: bool,
+    /// Take no image locks at all: for hosts whose own locks govern the
+    /// files (the QEMU glue). Applies to the whole chain.
+    pub no_lock: bool,
 }
 
 /// Which internal snapshot to open, with QEMU's rules
@@ -118,6 +125,9 @@ pub struct BlockStatus {
     /// Stored compressed (qcow2).
     pub compressed: bool,
 }
+
+/// `ImageInfo::allocated_bytes` when it was not computed (`info_cheap`).
+pub const ALLOCATED_UNKNOWN: u64 = u64::MAX;
 
 /// Facts for `info`.
 #[derive(Clone, Debug)]
@@ -195,6 +205,12 @@ impl Image {
         } else {
             Access::ReadWrite
         };
+        if opts.force_share && !opts.read_only {
+            // QEMU's words for the same refusal.
+            return Err(Error::InvalidArgument(
+                "force-share=on can only be used with read-only images".into(),
+            ));
+        }
         let file = storage.open(path, access)?;
         let driver = match &opts.format {
             Some(f) => format::find_driver(f)?,
@@ -204,15 +220,31 @@ impl Image {
                 format::probe(&buf, path)
             }
         };
+        // Locked before the driver reads metadata or repairs anything.
+        let role = if driver.name == format::raw::DRIVER.name {
+            Role::Raw
+        } else {
+            Role::Metadata
+        };
+        let lock = |f: &Arc<dyn BlockFile>, role| match opts.no_lock {
+            true => Ok(()),
+            false => f.lock(LockSpec::for_role(role, opts.read_only, opts.force_share)),
+        };
+        lock(&file, role)?;
         let fmt = (driver.open)(&OpenCtx {
             storage: &*storage,
             path,
-            file,
+            file: file.clone(),
             read_only: opts.read_only,
             cache_size: opts.cache_size,
             snapshot: opts.snapshot.as_ref(),
         })
         .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
+        // The data file under metadata (add-cow image file, qcow2 data file).
+        let data = fmt.data_file();
+        if Arc::as_ptr(data) as *const u8 != Arc::as_ptr(&file) as *const u8 {
+            lock(data, Role::Data)?;
+        }
         if let Some(s) = &opts.snapshot {
             let snaps = fmt.snapshots();
             if s.find(snaps.iter().map(|x| (x.id.as_str(), x.name.as_str())))
@@ -237,6 +269,8 @@ impl Image {
                         cache_size: opts.cache_size,
                         backing: None,
                         snapshot: None,
+                        force_share: opts.force_share,
+                        no_lock: opts.no_lock,
                     };
                     let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen)
                         .map_err(|e| e.context(format!("backing file '{}'", spec.name)))?;
@@ -294,6 +328,9 @@ impl Image {
                 &OpenOptions {
                     format: fmt,
                     read_only: true,
+                    // Only its size is read: qemu-img create shares too, so
+                    // an image in use can still get an overlay.
+                    force_share: true,
                     ..Default::default()
                 },
             )
@@ -385,7 +422,24 @@ impl Image {
         w
     }
 
+    /// Facts for `info`, `allocated_bytes` included (which may scan all
+    /// of the image's metadata).
     pub fn info(&self) -> Result<ImageInfo> {
+        let mut i = self.info_cheap()?;
+        i.allocated_bytes = self.allocated_bytes()?;
+        Ok(i)
+    }
+
+    /// Guest bytes allocated in this layer. May read all of the image's
+    /// allocation metadata (the whole add-cow bitmap): hosts call it off
+    /// their event loop.
+    pub fn allocated_bytes(&self) -> Result<u64> {
+        self.fmt.allocated_bytes()
+    }
+
+    /// `info` from what is in memory plus a stat of the image's files:
+    /// `allocated_bytes` is `ALLOCATED_UNKNOWN` (see `allocated_bytes`).
+    pub fn info_cheap(&self) -> Result<ImageInfo> {
         let b = self.fmt.backing();
         let fi = self.fmt.info();
         Ok(ImageInfo {
@@ -397,7 +451,7 @@ impl Image {
             backing_path: b.as_ref().map(|b| b.path.display().to_string()),
             backing_format: b.and_then(|b| b.format),
             data_file: fi.data_file,
-            allocated_bytes: self.fmt.allocated_bytes()?,
+            allocated_bytes: ALLOCATED_UNKNOWN,
             disk_size: self.fmt.disk_size()?,
             read_only: self.read_only(),
             specific: fi.specific,
