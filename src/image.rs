@@ -541,3 +541,30 @@ impl Backing for Image {
         Some(self)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::SnapshotRef::{self, *};
+
+    /// (id, name) in table order: names that collide with other ids, and
+    /// a name used twice.
+    const TABLE: [(&str, &str); 4] = [("1", "2"), ("2", "1"), ("3", "x"), ("4", "x")];
+
+    fn pick(r: SnapshotRef) -> Option<usize> {
+        r.find(TABLE.iter().map(|&(i, n)| (i, n)))
+    }
+
+    #[test]
+    fn selectors_follow_qemu() {
+        assert_eq!(pick(Id("2".into())), Some(1));
+        assert_eq!(pick(Name("2".into())), Some(0));
+        // A bare string: ids first, then names; the first match wins.
+        assert_eq!(pick("2".into()), Some(1));
+        assert_eq!(pick("x".into()), Some(2));
+        assert_eq!(pick(Name("x".into())), Some(2));
+        assert_eq!(pick(IdAndName("4".into(), "x".into())), Some(3));
+        assert_eq!(pick(IdAndName("1".into(), "1".into())), None);
+        assert_eq!(pick(Id("x".into())), None);
+        assert_eq!(pick(Name("3".into())), None);
+    }
+}
