@@ -21,8 +21,11 @@ check:
 # The Rust and C tests alone (no QEMU build, no fuzzing).
 test: rust-test ctest
 
+# The parity suite runs on its own with its output shown: it prints the
+# list of known differences from QEMU's tools (tests/parity/known.txt).
 rust-test:
-	$(CARGO) test --release
+	$(CARGO) test --release -- --skip our_tools_answer_as_qemus_do
+	$(CARGO) test --release --test parity -- --nocapture
 
 # --- C ABI: header, C tests, demo (owner: ffi) ---
 # C programs build against target/release through build/lib, which holds the

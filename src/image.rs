@@ -145,7 +145,11 @@ pub struct ImageInfo {
     /// Bytes the image's files take on disk.
     pub disk_size: u64,
     pub read_only: bool,
-    pub specific: Vec<(String, String)>,
+    pub specific: Vec<(String, crate::format::info::InfoValue)>,
+    /// Not closed cleanly (qcow2's dirty bit).
+    pub dirty: bool,
+    /// Where VM state is kept (qcow2), for qemu-io's `info`.
+    pub vm_state_offset: Option<u64>,
 }
 
 /// A sized holder for the backing layer (arc-swap needs thin pointers).
@@ -211,7 +215,14 @@ impl Image {
                 "force-share=on can only be used with read-only images".into(),
             ));
         }
-        let file = storage.open(path, access)?;
+        // QEMU's shape for the top image: "could not open 'X': <why>".
+        let file = storage.open(path, access).map_err(|e| {
+            if seen.len() == 1 {
+                e.context(format!("could not open '{}'", path.display()))
+            } else {
+                e
+            }
+        })?;
         let driver = match &opts.format {
             Some(f) => format::find_driver(f)?,
             None => {
@@ -272,8 +283,14 @@ impl Image {
                         force_share: opts.force_share,
                         no_lock: opts.no_lock,
                     };
-                    let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen)
-                        .map_err(|e| e.context(format!("backing file '{}'", spec.name)))?;
+                    let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen).map_err(
+                        |e| {
+                            e.context(format!(
+                                "could not open '{}': Could not open backing file",
+                                path.display()
+                            ))
+                        },
+                    )?;
                     Some(Arc::new(b))
                 }
                 _ => None,
@@ -455,6 +472,8 @@ impl Image {
             disk_size: self.fmt.disk_size()?,
             read_only: self.read_only(),
             specific: fi.specific,
+            dirty: fi.dirty,
+            vm_state_offset: fi.vm_state_offset,
         })
     }
 

@@ -5,6 +5,7 @@
 #[path = "../shared/mod.rs"]
 mod shared;
 
+use cowblk::format::info::{fields_human, fields_json};
 use cowblk::format::{self, CheckReport, OptKind, Repair, SnapshotInfo};
 use cowblk::ops::{self, BenchOptions};
 use cowblk::{CreateOptions, Error, Image, ImageInfo, OpenOptions, SnapshotRef};
@@ -23,6 +24,9 @@ struct Fail {
     code: i32,
     /// Point at `cowblk-img CMD --help` (bad usage).
     usage: Option<&'static str>,
+    /// The command whose name prefixes the message instead of the tool's
+    /// alone, as getopt's messages are ("cowblk-img info: ...").
+    getopt: Option<&'static str>,
 }
 
 type Res = Result<i32, Fail>;
@@ -32,6 +36,7 @@ fn fail(msg: impl Into<String>) -> Fail {
         msg: msg.into(),
         code: 1,
         usage: None,
+        getopt: None,
     }
 }
 
@@ -40,6 +45,7 @@ fn usage_err(cmd: &'static str, msg: impl Into<String>) -> Fail {
         msg: msg.into(),
         code: 1,
         usage: Some(cmd),
+        getopt: None,
     }
 }
 
@@ -193,15 +199,17 @@ fn main() {
         "rebase" => rebase(args),
         "bench" => bench(args),
         other => Err(Fail {
-            msg: format!("Command not found: {other}"),
-            code: 1,
             usage: Some(""),
+            ..fail(format!("Command not found: {other}"))
         }),
     };
     let code = match r {
         Ok(c) => c,
         Err(f) => {
-            shared::error(PROG, &f.msg);
+            match f.getopt {
+                Some(c) => eprintln!("{PROG} {c}: {}", f.msg),
+                None => shared::error(PROG, &f.msg),
+            }
             match f.usage {
                 Some("") => eprintln!("Try '{PROG} --help' for more info"),
                 Some(c) => eprintln!("Try '{PROG} {c} --help' for more info"),
@@ -225,8 +233,17 @@ fn val(p: &mut lexopt::Parser, cmd: &'static str) -> Result<String, Fail> {
         .map_err(|e| usage_err(cmd, e.to_string()))
 }
 
+/// An option the command does not take, in getopt's words.
 fn unexpected(a: lexopt::Arg, cmd: &'static str) -> Fail {
-    usage_err(cmd, a.unexpected().to_string())
+    let msg = match a {
+        Long(l) => format!("unrecognized option '--{l}'"),
+        Short(c) => format!("invalid option -- '{c}'"),
+        a => return usage_err(cmd, a.unexpected().to_string()),
+    };
+    Fail {
+        getopt: Some(cmd),
+        ..usage_err(cmd, msg)
+    }
 }
 
 fn one_file(files: Vec<String>, cmd: &'static str) -> Result<String, Fail> {
@@ -249,18 +266,28 @@ fn output_arg(s: &str, cmd: &'static str) -> Result<Output, Fail> {
         "json" => Ok(Output::Json),
         _ => Err(usage_err(
             cmd,
-            format!("--output expects 'human' or 'json', not '{s}'"),
+            format!("--output expects 'human' or 'json' not '{s}'"),
         )),
     }
 }
 
-fn size_arg(s: &str) -> Result<u64, Fail> {
-    shared::size_arg(s).map_err(|_| {
-        fail(
-            "Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n\
-             kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
-        )
-    })
+/// A number argument in QEMU's grammar, bounded, with qemu-img's messages
+/// ("Invalid image size specified: 'x'.").
+fn cvtnum(name: &str, s: &str, min: u64, max: u64) -> Result<u64, Fail> {
+    match format::options::cvtnum(s) {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        Err(format::options::SizeError::Invalid) => {
+            Err(fail(format!("Invalid {name} specified: '{s}'.")))
+        }
+        _ => Err(fail(format!(
+            "Invalid {name} specified. Must be between {min} and {max}."
+        ))),
+    }
+}
+
+/// `cvtnum` for a 64-bit offset or size (0 to 2^63 - 1).
+fn size_arg(name: &str, s: &str) -> Result<u64, Fail> {
+    cvtnum(name, s, 0, i64::MAX as u64)
 }
 
 fn open(file: &str, fmt: Option<String>, read_only: bool) -> Result<Image, Fail> {
@@ -282,22 +309,18 @@ fn force_share() {
     FORCE_SHARE.store(true, Ordering::Relaxed);
 }
 
-/// Opens an image and prints what the library warns about (as qemu-img's
-/// "warning:" lines).
+/// Opens an image. The library's warnings (a corrupt bit on a read-only
+/// open) are not printed: qemu-img opens such images silently too.
 fn open_with(file: &str, opts: &OpenOptions) -> Result<Image, Fail> {
     let mut opts = opts.clone();
     opts.force_share |= FORCE_SHARE.load(Ordering::Relaxed);
-    let img = Image::open(file, &opts).map_err(|e| match e {
+    Image::open(file, &opts).map_err(|e| match e {
         // Said as qemu-img says it.
         Error::Locked(m) | Error::InvalidArgument(m) if is_lock_refusal(&m) => {
             fail(format!("Could not open '{file}': {m}"))
         }
         e => lib(e),
-    })?;
-    for w in img.warnings() {
-        eprintln!("{PROG}: warning: {w}");
-    }
-    Ok(img)
+    })
 }
 
 /// Whether a message is a lock conflict or a refused force-share.
@@ -324,12 +347,18 @@ fn kind_name(k: OptKind) -> &'static str {
     }
 }
 
-fn print_opts_help(fmt: &str) -> Res {
+/// `-o help`. Without a file name qemu-img adds that the protocol layer
+/// (the file) may take more options.
+fn print_opts_help(fmt: &str, no_file: bool) -> Res {
     let d = format::find_driver(fmt).map_err(lib)?;
     println!("Supported {fmt} options:");
     for o in d.create_opts {
         let key = format!("{}=<{}>", o.name, kind_name(o.kind));
         println!("  {key:<22} - {}", o.help);
+    }
+    if no_file {
+        println!("\nThe protocol level may support further options.");
+        println!("Specify the target filename to include those options.");
     }
     Ok(0)
 }
@@ -359,7 +388,7 @@ fn create(args: Vec<OsString>) -> Res {
         }
     }
     if opt_strs.iter().any(|o| o == "help" || o == "?") {
-        return print_opts_help(&fmt);
+        return print_opts_help(&fmt, pos.is_empty());
     }
     for o in &opt_strs {
         opts.parse_into(o).map_err(lib)?;
@@ -369,7 +398,10 @@ fn create(args: Vec<OsString>) -> Res {
     }
     let file = pos[0].clone();
     if let Some(s) = pos.get(1) {
-        opts.set(format::options::SIZE, size_arg(s)?.to_string());
+        opts.set(
+            format::options::SIZE,
+            size_arg("image size", s)?.to_string(),
+        );
     }
     if let Some(b) = &backing {
         opts.set(format::options::BACKING_FILE, b.clone());
@@ -377,7 +409,8 @@ fn create(args: Vec<OsString>) -> Res {
     if let Some(f) = &bfmt {
         opts.set(format::options::BACKING_FMT, f.clone());
     }
-    let driver = format::find_driver(&fmt).map_err(lib)?;
+    let driver =
+        format::find_driver(&fmt).map_err(|e| fail(format!("{file}: {}", describe(&e))))?;
     if backing.is_some() && !driver.supports_backing {
         return Err(fail(format!(
             "{file}: Backing file not supported for file format '{fmt}'"
@@ -419,21 +452,12 @@ fn create(args: Vec<OsString>) -> Res {
 
 // ---- info ----
 
+/// The image file's length and disk usage as QEMU's file driver reports
+/// them: the length in whole 512-byte sectors, rounded up.
 fn file_node(path: &str) -> (u64, u64) {
     std::fs::metadata(path)
-        .map(|m| (m.len(), m.blocks() * 512))
+        .map(|m| (m.len().div_ceil(512) * 512, m.blocks() * 512))
         .unwrap_or((0, 0))
-}
-
-fn json_scalar(v: &str) -> Value {
-    if let Ok(n) = v.parse::<u64>() {
-        return json!(n);
-    }
-    match v {
-        "true" => json!(true),
-        "false" => json!(false),
-        _ => json!(v),
-    }
 }
 
 fn info_json(i: &ImageInfo, snaps: &[SnapshotInfo]) -> Value {
@@ -488,20 +512,16 @@ fn info_json(i: &ImageInfo, snaps: &[SnapshotInfo]) -> Value {
     m.insert("format".into(), json!(i.format));
     m.insert("actual-size".into(), json!(i.disk_size));
     if !i.specific.is_empty() {
-        let mut data = Map::new();
-        for (k, v) in &i.specific {
-            data.insert(k.replace(' ', "-"), json_scalar(v));
-        }
         m.insert(
             "format-specific".into(),
-            json!({ "type": i.format, "data": data }),
+            json!({ "type": i.format, "data": fields_json(&i.specific) }),
         );
     }
     if let (Some(b), Some(p)) = (&i.backing_file, &i.backing_path) {
         m.insert("full-backing-filename".into(), json!(p));
         m.insert("backing-filename".into(), json!(b));
     }
-    m.insert("dirty-flag".into(), json!(false));
+    m.insert("dirty-flag".into(), json!(i.dirty));
     Value::Object(m)
 }
 
@@ -565,6 +585,9 @@ fn info_human(i: &ImageInfo, snaps: &[SnapshotInfo]) -> String {
     if i.cluster_size > 0 {
         s += &format!("cluster_size: {}\n", i.cluster_size);
     }
+    if i.dirty {
+        s += "cleanly shut down: no\n";
+    }
     if let (Some(b), Some(p)) = (&i.backing_file, &i.backing_path) {
         if b == p {
             s += &format!("backing file: {b}\n");
@@ -581,9 +604,7 @@ fn info_human(i: &ImageInfo, snaps: &[SnapshotInfo]) -> String {
     }
     if !i.specific.is_empty() {
         s += "Format specific information:\n";
-        for (k, v) in &i.specific {
-            s += &format!("    {k}: {v}\n");
-        }
+        s += &fields_human(&i.specific, 4);
     }
     let (flen, fdisk) = file_node(&i.filename);
     s += &format!(
@@ -657,8 +678,10 @@ fn map(args: Vec<OsString>) -> Res {
         match a {
             Short('f') | Long("format") => fmt = Some(val(&mut p, C)?),
             Long("output") => out = output_arg(&val(&mut p, C)?, C)?,
-            Short('s') | Long("start-offset") => start = size_arg(&val(&mut p, C)?)?,
-            Short('l') | Long("max-length") => max_len = size_arg(&val(&mut p, C)?)?,
+            Short('s') | Long("start-offset") => {
+                start = size_arg("start offset", &val(&mut p, C)?)?
+            }
+            Short('l') | Long("max-length") => max_len = size_arg("max length", &val(&mut p, C)?)?,
             Short('U') | Long("force-share") => force_share(),
             Value(v) => files.push(v.to_string_lossy().into_owned()),
             a => return Err(unexpected(a, C)),
@@ -666,7 +689,22 @@ fn map(args: Vec<OsString>) -> Res {
     }
     let file = one_file(files, C)?;
     let img = open(&file, fmt, true)?;
-    let entries = ops::map(&img, start, max_len).map_err(lib)?;
+    let mut entries = ops::map(&img, start, max_len).map_err(lib)?;
+    if entries.is_empty() {
+        // Nothing to map (an empty image, a start at or past the end):
+        // qemu-img still prints one empty run.
+        entries.push(ops::MapEntry {
+            start,
+            length: 0,
+            depth: 0,
+            present: false,
+            zero: false,
+            data: false,
+            compressed: false,
+            offset: None,
+            file: None,
+        });
+    }
     match out {
         Output::Json => {
             let lines: Vec<String> = entries
@@ -686,7 +724,13 @@ fn map(args: Vec<OsString>) -> Res {
         }
         Output::Human => {
             println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
-            for e in entries.iter().filter(|e| e.data) {
+            for e in entries.iter().filter(|e| e.data || e.compressed) {
+                // A compressed run has no host offset to show.
+                if e.compressed {
+                    return Err(fail(
+                        "File contains external, encrypted or compressed clusters.",
+                    ));
+                }
                 if let (Some(o), Some(f)) = (e.offset, &e.file) {
                     println!("{:<16}{:<16}{:<16}{f}", hex(e.start), hex(e.length), hex(o));
                 }
@@ -735,9 +779,8 @@ fn check(args: Vec<OsString>) -> Res {
             Ok(r) => r,
             Err(Error::Unsupported(_)) => {
                 return Err(Fail {
-                    msg: "This image format does not support checks".into(),
                     code: 63,
-                    usage: None,
+                    ..fail("This image format does not support checks")
                 })
             }
             Err(e) => return Err(lib(e)),
@@ -909,34 +952,59 @@ fn convert(args: Vec<OsString>) -> Res {
         }
     }
     if opt_strs.iter().any(|o| o == "help" || o == "?") {
-        return print_opts_help(&ofmt);
+        return print_opts_help(&ofmt, files.len() < 2);
     }
-    if files.len() != 2 {
-        return Err(usage_err(C, "Expecting one input and one output file name"));
+    if files.len() < 2 {
+        return Err(fail("Must specify image file name"));
     }
-    let src = open_with(
-        &files[0],
-        &OpenOptions {
-            format: fmt,
-            read_only: true,
-            snapshot: snap,
-            ..Default::default()
-        },
-    )?;
-    let out = &files[1];
+    let out = files.pop().unwrap_or_default();
+    // A snapshot names one source's state; with several sources qemu-img
+    // refuses it.
+    if snap.is_some() && files.len() > 1 {
+        return Err(fail("No support for concatenating multiple snapshot"));
+    }
+    let srcs = files
+        .iter()
+        .map(|f| {
+            let opts = OpenOptions {
+                format: fmt.clone(),
+                read_only: true,
+                snapshot: snap.clone(),
+                ..Default::default()
+            };
+            match Image::open(f, &opts) {
+                // qemu-img's words for a snapshot the image does not have.
+                Err(Error::NotFound(m)) if snap.is_some() && m.contains("snapshot '") => {
+                    Err(fail("Failed to load snapshot: Can't find snapshot"))
+                }
+                _ => open_with(f, &opts),
+            }
+        })
+        .collect::<Result<Vec<Image>, Fail>>()?;
+    let total = srcs.iter().map(|s| s.size()).sum::<u64>();
     if !no_create {
         let mut opts = CreateOptions::new();
         for o in &opt_strs {
             opts.parse_into(o).map_err(lib)?;
         }
-        opts.set(format::options::SIZE, src.size().to_string());
-        Image::create(out, &ofmt, &opts).map_err(lib)?;
+        // An explicit size must parse, but the sources' total wins, as in
+        // qemu-img.
+        opts.get_size(format::options::SIZE).map_err(|_| {
+            fail(
+                "Parameter 'size' expects a non-negative number below 2^64\n\
+                 Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
+                 and exabytes, respectively.",
+            )
+        })?;
+        opts.set(format::options::SIZE, total.to_string());
+        Image::create(&out, &ofmt, &opts).map_err(lib)?;
     }
     // -U covers the sources only, as in qemu-img.
     FORCE_SHARE.store(false, Ordering::Relaxed);
-    let dst = open(out, Some(ofmt), false)?;
+    let dst = open(&out, Some(ofmt), false)?;
+    let refs: Vec<&Image> = srcs.iter().collect();
     with_progress(progress && !quiet, |pr| {
-        ops::convert(&src, &dst, !no_create, pr)
+        ops::convert(&refs, &dst, !no_create, pr)
     })
     .map_err(lib)?;
     dst.close().map_err(lib)?;
@@ -1008,10 +1076,7 @@ fn compare(args: Vec<OsString>) -> Res {
         }
     }
     if files.len() != 2 {
-        return Err(Fail {
-            code: 2,
-            ..usage_err(C, "Expecting two image file names")
-        });
+        return Err(usage_err(C, "Expecting two image file names"));
     }
     let err2 = |f: Fail| Fail { code: 2, ..f };
     let a = open(&files[0], fa.clone(), true).map_err(err2)?;
@@ -1031,6 +1096,10 @@ fn compare(args: Vec<OsString>) -> Res {
             return Ok(1);
         }
         say("Warning: Image size mismatch!".into());
+    }
+    if let Some(off) = r.status_mismatch {
+        say(format!("Strict mode: Offset {off} block status mismatch!"));
+        return Ok(1);
     }
     match r.first_mismatch {
         Some(off) => {
@@ -1075,22 +1144,47 @@ fn resize(mut args: Vec<OsString>) -> Res {
         }
     }
     let file = one_file(files, C)?;
+    // As qemu-img: the number is checked before the image is opened, as a
+    // 64-bit option value; the sum as a signed 64-bit size.
+    let (sign, digits) = match size_s.as_bytes().first() {
+        Some(b'+') => (1i128, &size_s[1..]),
+        Some(b'-') => (-1, &size_s[1..]),
+        _ => (0, size_s.as_str()),
+    };
+    let n = match format::options::strtosz(digits) {
+        Ok(n) => n,
+        Err(format::options::SizeError::TooLarge) => {
+            return Err(fail(format!(
+                "Value '{digits}' is out of range for parameter 'size'"
+            )))
+        }
+        Err(format::options::SizeError::Invalid) => {
+            return Err(fail(
+                "Parameter 'size' expects a non-negative number below 2^64\n\
+                 Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
+                 and exabytes, respectively.",
+            ))
+        }
+    };
     let img = open(&file, fmt, false)?;
     let cur = img.size();
-    let new = if let Some(d) = size_s.strip_prefix('+') {
-        cur.checked_add(size_arg(d)?)
-            .ok_or_else(|| fail("Image size too large"))?
-    } else if let Some(d) = size_s.strip_prefix('-') {
-        cur.checked_sub(size_arg(d)?)
-            .ok_or_else(|| fail("New image size must be positive"))?
+    let total = if sign == 0 {
+        i128::from(n as i64)
     } else {
-        size_arg(&size_s)?
+        i128::from(cur) + sign * i128::from(n as i64)
     };
+    if total <= 0 || total > i128::from(i64::MAX) {
+        return Err(fail("New image size must be positive"));
+    }
+    let new = total as u64;
     if new < cur && !shrink {
-        eprintln!("{PROG}: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.");
-        return Err(fail(
-            "Use the --shrink option to perform a shrink operation.",
-        ));
+        // The error, then the warning, as qemu-img orders them.
+        return Err(fail(format!(
+            "Use the --shrink option to perform a shrink operation.\n\
+             {PROG}: warning: Shrinking an image will delete all data beyond the shrunken \
+             image's end. Before performing such an operation, make sure there is no \
+             important data there."
+        )));
     }
     img.truncate(new).map_err(lib)?;
     img.close().map_err(lib)?;
@@ -1196,9 +1290,9 @@ fn bench(args: Vec<OsString>) -> Res {
             Short('c') => o.count = num(val(&mut p, C)?)?,
             Short('d') => o.depth = num(val(&mut p, C)?)?,
             Short('f') => fmt = Some(val(&mut p, C)?),
-            Short('o') => o.offset = size_arg(&val(&mut p, C)?)?,
-            Short('s') => o.buf_size = size_arg(&val(&mut p, C)?)?,
-            Short('S') => o.step = size_arg(&val(&mut p, C)?)?,
+            Short('o') => o.offset = size_arg("offset", &val(&mut p, C)?)?,
+            Short('s') => o.buf_size = cvtnum("buffer size", &val(&mut p, C)?, 1, i32::MAX as u64)?,
+            Short('S') => o.step = size_arg("step size", &val(&mut p, C)?)?,
             Short('w') => o.write = true,
             Short('q') => quiet = true,
             Short('p') => progress = true,
