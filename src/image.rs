@@ -91,10 +91,11 @@ impl SnapshotRef {
 impl std::fmt::Display for SnapshotRef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SnapshotRef::Id(i) => write!(f, "with id '{i}'"),
-            SnapshotRef::Name(n) => write!(f, "named '{n}'"),
+            // Messages read "snapshot 'X' ...", whatever the selector.
+            SnapshotRef::Id(i) => write!(f, "'{i}' (by id)"),
+            SnapshotRef::Name(n) => write!(f, "'{n}' (by name)"),
             SnapshotRef::IdOrName(s) => write!(f, "'{s}' (id or name)"),
-            SnapshotRef::IdAndName(i, n) => write!(f, "with id '{i}' named '{n}'"),
+            SnapshotRef::IdAndName(i, n) => write!(f, "'{i}' named '{n}'"),
         }
     }
 }

@@ -882,20 +882,31 @@ fn snapshot_ref(s: &str) -> Result<SnapshotRef, Fail> {
     if !s.starts_with("snapshot.") {
         return Ok(SnapshotRef::IdOrName(s.into()));
     }
-    let bad = || usage_err("convert", format!("Failed in parsing snapshot param '{s}'"));
     let (mut id, mut name) = (None, None);
     for part in split_opts(s) {
-        match part.split_once('=') {
-            Some(("snapshot.id", v)) => id = Some(v.to_string()),
-            Some(("snapshot.name", v)) => name = Some(v.to_string()),
-            _ => return Err(bad()),
+        // QEMU reads a bare key as KEY=on, with a warning.
+        let (key, v) = part.split_once('=').unwrap_or_else(|| {
+            eprintln!(
+                "cowblk-img: warning: short-form boolean option '{part}' deprecated\n\
+                 Please use {part}=on instead"
+            );
+            (part.as_str(), "on")
+        });
+        match key {
+            "snapshot.id" => id = Some(v.to_string()),
+            "snapshot.name" => name = Some(v.to_string()),
+            _ => {
+                eprintln!("cowblk-img: Invalid parameter '{key}'");
+                return Err(fail(format!("Failed in parsing snapshot param '{s}'")));
+            }
         }
     }
     Ok(match (id, name) {
         (Some(i), Some(n)) => SnapshotRef::IdAndName(i, n),
         (Some(i), None) => SnapshotRef::Id(i),
         (None, Some(n)) => SnapshotRef::Name(n),
-        (None, None) => return Err(bad()),
+        // split_opts yields at least one part, and each sets one or fails.
+        (None, None) => unreachable!("an option list with no option"),
     })
 }
 
