@@ -9,7 +9,7 @@
 use crate::error::{Error, Result};
 use crate::format::Mapping;
 use crate::image::{Backing, BlockStatus, Image};
-use crate::io::{BlockFile, IoVec, ZeroFlags};
+use crate::io::{BlockFile, Const, IoVec, ZeroFlags};
 
 /// The bytes QEMU's probe-protection looks at (the first sector).
 const PROBE_SECTOR: u64 = 512;
@@ -18,7 +18,7 @@ const PROBE_SECTOR: u64 = 512;
 #[derive(Clone, Copy)]
 enum Payload<'v, 'a> {
     /// Bytes `[at, at + len)` of the caller's list.
-    Data(&'v IoVec<'a>, usize),
+    Data(&'v IoVec<'a, Const>, usize),
     Zeros(ZeroFlags),
 }
 
@@ -100,18 +100,18 @@ impl Image {
     }
 
     /// Writes a scatter list at `off`.
-    pub fn writev(&self, iov: &IoVec, off: u64) -> Result<()> {
+    pub fn writev(&self, iov: &IoVec<Const>, off: u64) -> Result<()> {
         self.writev_with(iov, off, None)
     }
 
     /// Writes with `backing` supplying the old contents of partially
     /// written, unallocated clusters instead of the image's own backing
     /// layer: for hosts that manage the backing chain themselves.
-    pub fn writev_cow(&self, iov: &IoVec, off: u64, backing: &dyn Backing) -> Result<()> {
+    pub fn writev_cow(&self, iov: &IoVec<Const>, off: u64, backing: &dyn Backing) -> Result<()> {
         self.writev_with(iov, off, Some(backing))
     }
 
-    fn writev_with(&self, iov: &IoVec, off: u64, over: Option<&dyn Backing>) -> Result<()> {
+    fn writev_with(&self, iov: &IoVec<Const>, off: u64, over: Option<&dyn Backing>) -> Result<()> {
         self.check_writable()?;
         let len = iov.len() as u64;
         self.check_range(off, len)?;
