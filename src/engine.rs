@@ -144,7 +144,7 @@ impl Image {
 
     /// Refuses a write that would make a probed raw image's first sector
     /// probe as another format (QEMU refuses it with EPERM too).
-    fn check_probe_write(&self, iov: &IoVec, off: u64) -> Result<()> {
+    fn check_probe_write(&self, iov: &IoVec<Const>, off: u64) -> Result<()> {
         let mut sector = vec![0u8; PROBE_SECTOR.min(self.size()) as usize];
         self.read_inner(&IoVec::from_mut(&mut sector), 0)?;
         let n = (sector.len() as u64 - off).min(iov.len() as u64) as usize;

@@ -200,6 +200,8 @@ struct Session {
 #[derive(Default)]
 struct Flags {
     pattern: Option<u8>,
+    /// write -s: the data comes from this file (zeros past its end).
+    source: Option<String>,
     pattern_off: Option<u64>,
     pattern_len: Option<u64>,
     quiet: bool,
@@ -282,6 +284,7 @@ fn parse_flags(argv: &[String], allowed: &str) -> Result<Flags, Failed> {
                 };
                 match c {
                     'P' => f.pattern = Some(parse_pattern(&val()?)?),
+                    's' if name == "write" => f.source = Some(val()?),
                     's' => f.pattern_off = Some(cvtnum(&val()?)?),
                     'l' => f.pattern_len = Some(cvtnum(&val()?)?),
                     'q' => f.quiet = true,
@@ -621,10 +624,15 @@ impl Session {
     }
 
     fn write(&mut self, argv: &[String]) -> CmdResult {
-        let f = parse_flags(argv, "P:bcCfnqruzp")?;
+        let f = parse_flags(argv, "P:s:bcCfnqruzp")?;
         exactly_two(&f, "write")?;
-        if f.zero && f.pattern.is_some() {
-            println!("-z and -P cannot be specified at the same time");
+        if [f.zero, f.pattern.is_some(), f.source.is_some()]
+            .iter()
+            .filter(|&&b| b)
+            .count()
+            > 1
+        {
+            println!("Only one of -z, -P, and -s can be specified at the same time");
             return Err(Failed);
         }
         for (set, flag) in [(f.unmap, 'u'), (f.no_fallback, 'n')] {
@@ -639,11 +647,27 @@ impl Session {
         let off = cvtnum(&f.args[0])?;
         let count = cvtnum(&f.args[1])?;
         check_len_note(count, &f.args[1], " without -n")?;
+        let mut buf = Vec::new();
+        if let Some(src) = &f.source {
+            // The file's first bytes, zeros past its end.
+            use std::io::Read;
+            let mut data = Vec::new();
+            std::fs::File::open(src)
+                .and_then(|f| f.take(count).read_to_end(&mut data))
+                .map_err(|e| {
+                    eprintln!("{src}: {}", shared::strerror(&e));
+                    Failed
+                })?;
+            data.resize(count as usize, 0);
+            buf = data;
+        }
         let t = Instant::now();
         let r = if f.zero {
             self.image().write_zeroes_flags(off, count, zero_flags(&f))
         } else {
-            let buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
+            if f.source.is_none() {
+                buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
+            }
             self.image().write(&buf, off)
         };
         r.and_then(|_| if f.fua { self.image().flush() } else { Ok(()) })
@@ -930,7 +954,10 @@ fn main() {
     let img = args.file.map(|file| match Image::open(&file, &opts) {
         // Warnings (a corrupt bit on a read-only open) stay unprinted, as
         // qemu-io opens such images silently.
-        Ok(i) => Arc::new(i),
+        Ok(i) => {
+            shared::warn_probed_raw(&i);
+            Arc::new(i)
+        }
         Err(e) => {
             // qemu-io says "can't open device X:" where qemu-img says
             // "Could not open 'X':".
