@@ -13,14 +13,26 @@
 use crate::error::{Error, Result};
 use crate::format::Mapping;
 use crate::image::{Backing, BlockStatus, Image};
-use crate::io::IoVec;
+use crate::io::{BlockFile, Const, IoVec, ZeroFlags};
+
+/// The bytes QEMU's probe-protection looks at (the first sector).
+const PROBE_SECTOR: u64 = 512;
 
 /// What an allocating write puts between the copied head and tail.
 #[derive(Clone, Copy)]
 enum Payload<'v, 'a> {
     /// Bytes `[at, at + len)` of the caller's list.
-    Data(&'v IoVec<'a>, usize),
-    Zeros,
+    Data(&'v IoVec<'a, Const>, usize),
+    Zeros(ZeroFlags),
+}
+
+/// Zeroes `[host, host + n)` of `file` as `flags` allow.
+fn zero_file(file: &dyn BlockFile, host: u64, n: u64, flags: ZeroFlags) -> Result<()> {
+    if flags == ZeroFlags::UNMAP {
+        file.write_zeroes(host, n)
+    } else {
+        file.zero_range(host, n, flags)
+    }
 }
 
 impl Image {
@@ -131,22 +143,25 @@ impl Image {
     }
 
     /// Writes a scatter list at `off`.
-    pub fn writev(&self, iov: &IoVec, off: u64) -> Result<()> {
+    pub fn writev(&self, iov: &IoVec<Const>, off: u64) -> Result<()> {
         self.writev_with(iov, off, None)
     }
 
     /// Writes with `backing` supplying the old contents of partially
     /// written, unallocated clusters instead of the image's own backing
     /// layer: for hosts that manage the backing chain themselves.
-    pub fn writev_cow(&self, iov: &IoVec, off: u64, backing: &dyn Backing) -> Result<()> {
+    pub fn writev_cow(&self, iov: &IoVec<Const>, off: u64, backing: &dyn Backing) -> Result<()> {
         self.writev_with(iov, off, Some(backing))
     }
 
-    fn writev_with(&self, iov: &IoVec, off: u64, over: Option<&dyn Backing>) -> Result<()> {
+    fn writev_with(&self, iov: &IoVec<Const>, off: u64, over: Option<&dyn Backing>) -> Result<()> {
         self.check_writable()?;
         let _s = self.shared();
         let len = iov.len() as u64;
         self.check_range(off, len)?;
+        if self.probed_raw() && off < PROBE_SECTOR && len > 0 {
+            self.check_probe_write(iov, off)?;
+        }
         let mut done = 0u64;
         while done < len {
             let pos = off + done;
@@ -171,8 +186,35 @@ impl Image {
         Ok(())
     }
 
-    /// Makes `[off, off + len)` read as zeros.
+    /// Refuses a write that would make a probed raw image's first sector
+    /// probe as another format (QEMU refuses it with EPERM too).
+    fn check_probe_write(&self, iov: &IoVec<Const>, off: u64) -> Result<()> {
+        let mut sector = vec![0u8; PROBE_SECTOR.min(self.size()) as usize];
+        self.read_inner(&IoVec::from_mut(&mut sector), 0)?;
+        let n = (sector.len() as u64 - off).min(iov.len() as u64) as usize;
+        iov.copy_to(0, &mut sector[off as usize..off as usize + n]);
+        let d = crate::format::probe(&sector, self.path());
+        if d.name != self.fmt.format_name() {
+            return Err(Error::PermissionDenied(format!(
+                "'{}' was probed as raw: a write that makes its first sector look like {} is \
+                 refused (give the format explicitly to allow it)",
+                self.path().display(),
+                d.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes `[off, off + len)` read as zeros, deallocating where it can.
     pub fn write_zeroes(&self, off: u64, len: u64) -> Result<()> {
+        self.write_zeroes_flags(off, len, ZeroFlags::UNMAP)
+    }
+
+    /// Makes `[off, off + len)` read as zeros as `flags` allow: no
+    /// deallocation without `may_unmap`; with `no_fallback`, fails with
+    /// `Error::Unsupported` where zeros (or old contents of a partly
+    /// zeroed cluster) would have to be written as data.
+    pub fn write_zeroes_flags(&self, off: u64, len: u64, flags: ZeroFlags) -> Result<()> {
         self.check_writable()?;
         let _s = self.shared();
         self.check_range(off, len)?;
@@ -197,10 +239,10 @@ impl Image {
                     host,
                     in_place: true,
                 } => {
-                    self.fmt.data_file().write_zeroes(host, n)?;
+                    zero_file(&**self.fmt.data_file(), host, n, flags)?;
                     n
                 }
-                _ => self.write_allocating(pos, n, Payload::Zeros, None)?,
+                _ => self.write_allocating(pos, n, Payload::Zeros(flags), None)?,
             };
         }
         Ok(())
@@ -288,11 +330,19 @@ impl Image {
                     .fmt
                     .data_file()
                     .pwritev(&iov.slice(at, n as usize), host)?,
-                Payload::Zeros => self.fmt.data_file().write_zeroes(host, n)?,
+                Payload::Zeros(flags) => zero_file(&**self.fmt.data_file(), host, n, flags)?,
             }
             return Ok(n);
         }
         let want_end = (pos + n).div_ceil(cs).saturating_mul(cs).min(size);
+        if matches!(payload, Payload::Zeros(f) if f.no_fallback)
+            && (pos > cstart || pos + n < want_end)
+        {
+            // Checked before allocating, so nothing is left half done.
+            return Err(Error::Unsupported(
+                "zeroing part of an unallocated cluster writes its other bytes".into(),
+            ));
+        }
         let (host, alen) = self.fmt.allocate(cstart, want_end - cstart)?;
         let run_end = cstart + alen;
         let wend = (pos + n).min(run_end);
@@ -313,11 +363,11 @@ impl Image {
                 all.append(IoVec::from_ref(&tail));
                 data.pwritev(&all, host)?;
             }
-            Payload::Zeros => {
+            Payload::Zeros(flags) => {
                 if !head.is_empty() {
                     data.write_at(&head, host)?;
                 }
-                data.write_zeroes(host + (pos - cstart), wend - pos)?;
+                zero_file(&**data, host + (pos - cstart), wend - pos, flags)?;
                 if !tail.is_empty() {
                     data.write_at(&tail, host + (wend - cstart))?;
                 }

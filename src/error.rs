@@ -37,6 +37,13 @@ pub enum Error {
     /// The file format was not recognised.
     #[error("unknown format: {0}")]
     UnknownFormat(String),
+    /// Another open of the file holds a conflicting lock (`io::lock`).
+    #[error("{0}")]
+    Locked(String),
+    /// An operation refused by policy (QEMU's EPERM), such as a write that
+    /// would change a probed raw image's format.
+    #[error("not permitted: {0}")]
+    PermissionDenied(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -63,6 +70,8 @@ impl Error {
             Error::NotFound(_) => libc::ENOENT,
             Error::TooLarge(_) => libc::EFBIG,
             Error::UnknownFormat(_) => libc::EINVAL,
+            Error::Locked(_) => libc::EAGAIN,
+            Error::PermissionDenied(_) => libc::EPERM,
         }
     }
 
@@ -82,6 +91,8 @@ impl Error {
             Error::NotFound(m) => Error::NotFound(format!("{w}: {m}")),
             Error::TooLarge(m) => Error::TooLarge(format!("{w}: {m}")),
             Error::UnknownFormat(m) => Error::UnknownFormat(format!("{w}: {m}")),
+            Error::Locked(m) => Error::Locked(format!("{w}: {m}")),
+            Error::PermissionDenied(m) => Error::PermissionDenied(format!("{w}: {m}")),
         }
     }
 }

@@ -693,7 +693,7 @@ impl BlockFile for RecFile {
     fn preadv(&self, iov: &IoVec, off: u64) -> cowblk::Result<()> {
         self.inner.preadv(iov, off)
     }
-    fn pwritev(&self, iov: &IoVec, off: u64) -> cowblk::Result<()> {
+    fn pwritev(&self, iov: &IoVec<cowblk::Const>, off: u64) -> cowblk::Result<()> {
         self.writes.lock().unwrap().push((off, iov.len()));
         self.inner.pwritev(iov, off)
     }

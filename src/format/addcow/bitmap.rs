@@ -657,7 +657,7 @@ mod tests {
             }
             self.inner.preadv(iov, off)
         }
-        fn pwritev(&self, iov: &crate::io::IoVec, off: u64) -> Result<()> {
+        fn pwritev(&self, iov: &crate::io::IoVec<crate::io::Const>, off: u64) -> Result<()> {
             self.inner.pwritev(iov, off)
         }
         fn flush(&self) -> Result<()> {
