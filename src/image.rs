@@ -431,6 +431,12 @@ impl Image {
         self.fmt.set_backing(backing)
     }
 
+    /// The persistent dirty bitmaps stored in this image (name,
+    /// granularity), or `None` if it cannot store any.
+    pub fn persistent_bitmaps(&self) -> Option<Vec<(String, u64)>> {
+        self.fmt.persistent_bitmaps()
+    }
+
     /// The internal snapshots stored in this image.
     pub fn snapshots(&self) -> Vec<SnapshotInfo> {
         self.fmt.snapshots()

@@ -194,6 +194,12 @@ pub trait Format: Send + Sync {
             self.format_name()
         )))
     }
+    /// Persistent dirty bitmaps stored in the image, as (name, granularity
+    /// in bytes); `None` when the image cannot store any (most formats,
+    /// qcow2 version 2).
+    fn persistent_bitmaps(&self) -> Option<Vec<(String, u64)>> {
+        None
+    }
     /// Internal snapshots stored in the image (none for most formats).
     fn snapshots(&self) -> Vec<SnapshotInfo> {
         Vec::new()

@@ -614,6 +614,15 @@ impl Format for Qcow2 {
             .collect()
     }
 
+    fn persistent_bitmaps(&self) -> Option<Vec<(String, u64)>> {
+        (self.header.version >= 3).then(|| {
+            self.bitmaps
+                .iter()
+                .map(|b| (b.name.clone(), b.granularity))
+                .collect()
+        })
+    }
+
     fn warnings(&self) -> Vec<String> {
         self.warnings.clone()
     }
