@@ -48,6 +48,15 @@ pub struct OpenOptions {
     /// `qemu-img convert -l`); needs `read_only`. Applies to the top image
     /// only.
     pub snapshot: Option<String>,
+    /// For untrusted images: every file the image names (backing files,
+    /// add-cow image files, qcow2 data files, at any depth) must resolve,
+    /// after symlinks, inside the top image's directory and be a regular
+    /// file; anything else is refused (EACCES) naming the file and rule.
+    pub confined: bool,
+    /// Parse metadata only, for `info`: data files the image names are not
+    /// opened (they may be missing; reads then fail), backing files open
+    /// the same way. Needs `read_only`.
+    pub metadata_only: bool,
 }
 
 /// The state of a run of guest bytes.
@@ -107,14 +116,25 @@ impl Image {
     /// Opens an image in `storage`.
     pub fn open_in(storage: Arc<dyn Storage>, path: &Path, opts: &OpenOptions) -> Result<Image> {
         let mut seen = Vec::new();
-        Self::open_chain(storage, path, opts, &mut seen)
+        let root = match opts.confined {
+            // Names resolve against the directory of the path as given.
+            true => Some(match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            }),
+            false => None,
+        };
+        Self::open_chain(storage, path, opts, &mut seen, root.as_deref())
     }
 
+    /// Opens `path` and the chain behind it. `root` is the confinement
+    /// directory; every layer but the top is a name an image recorded.
     fn open_chain(
         storage: Arc<dyn Storage>,
         path: &Path,
         opts: &OpenOptions,
         seen: &mut Vec<PathBuf>,
+        root: Option<&Path>,
     ) -> Result<Image> {
         if seen.len() >= MAX_CHAIN_DEPTH {
             return Err(Error::InvalidArgument(format!(
@@ -129,7 +149,6 @@ impl Image {
                 path.display()
             )));
         }
-        seen.push(canon);
         if opts.snapshot.is_some() && !opts.read_only {
             return Err(Error::InvalidArgument(format!(
                 "'{}': a snapshot can only be opened read-only",
@@ -141,7 +160,18 @@ impl Image {
         } else {
             Access::ReadWrite
         };
-        let file = storage.open(path, access)?;
+        if opts.metadata_only && !opts.read_only {
+            return Err(Error::InvalidArgument(format!(
+                "'{}': a metadata-only open must be read-only",
+                path.display()
+            )));
+        }
+        let named = !seen.is_empty();
+        seen.push(canon);
+        let file = match root {
+            Some(r) if named => storage.open_confined(path, access, r)?,
+            _ => storage.open(path, access)?,
+        };
         let driver = match &opts.format {
             Some(f) => format::find_driver(f)?,
             None => {
@@ -157,6 +187,8 @@ impl Image {
             read_only: opts.read_only,
             cache_size: opts.cache_size,
             snapshot: opts.snapshot.as_deref(),
+            confine: root,
+            metadata_only: opts.metadata_only,
         })
         .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
         if let Some(s) = &opts.snapshot {
@@ -176,12 +208,12 @@ impl Image {
                     let bopts = OpenOptions {
                         format: spec.format.clone(),
                         read_only: true,
-                        no_backing: false,
                         cache_size: opts.cache_size,
-                        backing: None,
-                        snapshot: None,
+                        confined: opts.confined,
+                        metadata_only: opts.metadata_only,
+                        ..Default::default()
                     };
-                    let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen)
+                    let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen, root)
                         .map_err(|e| e.context(format!("backing file '{}'", spec.name)))?;
                     Some(Arc::new(b))
                 }

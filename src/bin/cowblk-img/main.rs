@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use shared::{describe, qemu_json, size_to_str, ProgressBar};
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const PROG: &str = "cowblk-img";
 
@@ -167,6 +168,11 @@ fn main() {
         std::process::exit(1);
     }
     let cmd = args.remove(0).to_string_lossy().into_owned();
+    if OPENING.contains(&cmd.as_str()) {
+        let before = args.len();
+        args.retain(|a| a != "--confined");
+        CONFINED.store(args.len() != before, Ordering::Relaxed);
+    }
     let r = match cmd.as_str() {
         "-h" | "--help" => {
             println!("{HELP}");
@@ -273,10 +279,23 @@ fn open(file: &str, fmt: Option<String>, read_only: bool) -> Result<Image, Fail>
     )
 }
 
+/// Commands that open existing images: they take `--confined` anywhere
+/// on their command line.
+const OPENING: &[&str] = &[
+    "info", "map", "check", "convert", "snapshot", "compare", "resize", "commit", "rebase",
+    "bench",
+];
+
+/// `--confined` was given: every image opened holds the files it names to
+/// its own directory (`OpenOptions::confined`).
+static CONFINED: AtomicBool = AtomicBool::new(false);
+
 /// Opens an image and prints what the library warns about (as qemu-img's
 /// "warning:" lines).
 fn open_with(file: &str, opts: &OpenOptions) -> Result<Image, Fail> {
-    let img = Image::open(file, opts).map_err(lib)?;
+    let mut opts = opts.clone();
+    opts.confined |= CONFINED.load(Ordering::Relaxed);
+    let img = Image::open(file, &opts).map_err(lib)?;
     for w in img.warnings() {
         eprintln!("{PROG}: warning: {w}");
     }
@@ -588,7 +607,18 @@ fn info(args: Vec<OsString>) -> Res {
         }
     }
     let file = one_file(files, C)?;
-    let img = open(&file, fmt, true)?;
+    // As qemu-img info: metadata only; the files the image names are shown,
+    // not opened (they may be missing), and the chain only when asked.
+    let img = open_with(
+        &file,
+        &OpenOptions {
+            format: fmt,
+            read_only: true,
+            no_backing: !chain,
+            metadata_only: true,
+            ..Default::default()
+        },
+    )?;
     let mut layers = Vec::new();
     let mut cur: Option<&Image> = Some(&img);
     let mut holder;

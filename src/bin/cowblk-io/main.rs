@@ -23,6 +23,8 @@ Exercise a disk image with qemu-io's commands, through the cowblk library.
   -c, --cmd STRING     execute command with its arguments from the given string
   -f, --format FMT     specifies the block driver to use
   -r, --read-only      open read-only
+      --confined       untrusted image: files it names must be regular files
+                       inside its directory (see docs/CLI.md)
   -n, --nocache        accepted for compatibility (host cache is not bypassed)
   -t, --cache=MODE     accepted for compatibility
   -d, --discard=MODE   accepted for compatibility
@@ -732,6 +734,8 @@ struct Args {
     cmds: Vec<String>,
     format: Option<String>,
     read_only: bool,
+    /// --confined: hold the files the image names to its directory.
+    confined: bool,
     file: Option<String>,
 }
 
@@ -741,6 +745,7 @@ fn parse_args() -> Result<Args, String> {
         cmds: Vec::new(),
         format: None,
         read_only: false,
+        confined: false,
         file: None,
     };
     let mut p = lexopt::Parser::from_env();
@@ -755,6 +760,7 @@ fn parse_args() -> Result<Args, String> {
             Short('c') | Long("cmd") => a.cmds.push(val(&mut p)?),
             Short('f') | Long("format") => a.format = Some(val(&mut p)?),
             Short('r') | Long("read-only") => a.read_only = true,
+            Long("confined") => a.confined = true,
             Short('n') | Long("nocache") | Short('k') | Long("native-aio") | Short('U')
             | Long("force-share") | Short('m') | Long("misalign") => {}
             Short('t') | Long("cache") | Short('d') | Long("discard") | Short('i')
@@ -799,6 +805,7 @@ fn main() {
     let opts = OpenOptions {
         format: args.format,
         read_only: args.read_only,
+        confined: args.confined,
         ..Default::default()
     };
     let img = match Image::open(&file, &opts) {
