@@ -340,12 +340,14 @@ fn metadata_only_opens_nothing_the_image_names() {
     // The whole chain: each layer's own file (a raw layer is its own
     // data), no add-cow image file.
     rec.opened.lock().unwrap().clear();
-    let img = Image::open_in(rec.clone(), &top, &metadata_only(true)).unwrap();
+    Image::open_in(rec.clone(), &top, &metadata_only(true)).unwrap();
     let base = d.join("base.raw");
     assert_eq!(*rec.opened.lock().unwrap(), vec![top.clone(), mid.clone(), base]);
-    // Data reads fail, naming the file, rather than inventing zeros.
+    // Reads of stored data fail, naming the file, rather than invent zeros.
+    let w = addcow_naming(&d, "w.add-cow", "w.add-cow.img");
+    let img = Image::open(&w, &metadata_only(false)).unwrap();
     let e = img.read(&mut [0u8; 512], 0).unwrap_err();
-    assert!(e.to_string().contains("not opened"), "{e}");
+    assert!(e.to_string().contains("w.add-cow.img' was not opened"), "{e}");
     // Writable metadata-only opens make no sense.
     let e = Image::open(
         &top,
