@@ -62,6 +62,27 @@
 #define COWBLK_OPEN_CALLER_BACKING (1 << 2)
 
 /**
+ * Open flag, for untrusted images: every file the image names (backing
+ * files, add-cow image files, qcow2 data files, at any depth of the chain)
+ * must resolve, after symlinks, inside the directory of `path` and be a
+ * regular file; it is checked on the file actually opened, so renames
+ * during the open cannot slip another file in. Anything else fails the
+ * open with -EACCES and a message naming the file and the rule. Without
+ * the flag, names are followed wherever they point, as QEMU does.
+ */
+#define COWBLK_OPEN_CONFINED (1 << 4)
+
+/**
+ * Open flag: parse metadata only, as `qemu-img info` does. The data files
+ * an image names (add-cow image file, qcow2 data file) are not opened and
+ * may be missing (an add-cow file with size field 0 still needs its image
+ * file: its length is the size); backing files open the same way. Needs
+ * COWBLK_OPEN_RDONLY. `cowblk_get_info`, `cowblk_block_status` on this
+ * layer and `cowblk_check` work; reading stored data fails with -ENOTSUP.
+ */
+#define COWBLK_OPEN_METADATA_ONLY (1 << 6)
+
+/**
  * Bytes of `cowblk_check_result.messages`.
  */
 #define COWBLK_CHECK_MESSAGES_LEN 1024
