@@ -65,6 +65,9 @@ Commands (run cowblk-img COMMAND --help for command-specific help):
   resize - Resize the image to the new size
   snapshot - List snapshots within image
 
+Commands that open an image take --confined: files the image names must be
+regular files inside its directory (for untrusted images; docs/CLI.md).
+
 Exit codes are qemu-img's: 0 success, 1 error; check: 2 corruptions,
 3 leaks, 63 no checks for the format; compare: 1 different, 2 error.";
 
