@@ -105,6 +105,8 @@ pub struct Image {
     storage: Arc<dyn Storage>,
     path: PathBuf,
     closed: AtomicBool,
+    /// The confinement directory of a confined open (`OpenOptions::confined`).
+    confine: Option<PathBuf>,
 }
 
 impl Image {
@@ -226,7 +228,24 @@ impl Image {
             storage,
             path: path.to_path_buf(),
             closed: AtomicBool::new(false),
+            confine: root.map(Path::to_path_buf),
         })
+    }
+
+    /// Opens `path`, a file this image names (its backing file, for
+    /// `commit`), under this image's confinement when it was opened
+    /// confined: the file and its chain are then held to the same directory.
+    pub fn open_named(&self, path: &Path, opts: &OpenOptions) -> Result<Image> {
+        let mut seen = vec![self.storage.canonical(&self.path)];
+        let mut opts = opts.clone();
+        opts.confined |= self.confine.is_some();
+        Self::open_chain(
+            self.storage.clone(),
+            path,
+            &opts,
+            &mut seen,
+            self.confine.as_deref(),
+        )
     }
 
     /// Creates an image on the host filesystem.

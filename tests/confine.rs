@@ -193,7 +193,10 @@ fn devices_and_directories_are_refused() {
     std::os::unix::fs::symlink("/dev/null", d.join("null")).unwrap();
     set_name(&p, IMAGE_FIELD, "null");
     let (msg, _) = refused(&p, false);
-    assert!(msg.contains("null'") && msg.contains("a character device"), "{msg}");
+    assert!(
+        msg.contains("null'") && msg.contains("a character device"),
+        "{msg}"
+    );
     // A directory inside.
     std::fs::create_dir(d.join("dir")).unwrap();
     set_name(&p, IMAGE_FIELD, "dir");
@@ -271,20 +274,49 @@ fn qcow2_data_file_and_backing_are_confined() {
     std::fs::create_dir(&sub).unwrap();
     let data = d.join("data.raw");
     let data_opt = format!("data_file={}", data.display());
-    qemu_img(&sub, &["create", "-q", "-f", "qcow2", "-o", &data_opt, "t.qcow2", "1M"]);
+    qemu_img(
+        &sub,
+        &[
+            "create", "-q", "-f", "qcow2", "-o", &data_opt, "t.qcow2", "1M",
+        ],
+    );
     qemu_img(&sub, &["check", "-q", "t.qcow2"]);
     let t = sub.join("t.qcow2");
     let (msg, errno) = refused(&t, true);
     assert_eq!(errno, libc::EACCES);
     assert!(msg.contains(data.to_str().unwrap()), "{msg}");
     Image::open(&t, &opts(false, true)).unwrap();
-    qemu_img(&sub, &["create", "-q", "-f", "qcow2", "-o", "data_file=in.raw", "i.qcow2", "1M"]);
+    qemu_img(
+        &sub,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=in.raw",
+            "i.qcow2",
+            "1M",
+        ],
+    );
     Image::open(sub.join("i.qcow2"), &opts(true, true)).unwrap();
     // A backing file named with `..`.
     std::fs::write(d.join("base.raw"), vec![0u8; 1 << 20]).unwrap();
     qemu_img(
         &sub,
-        &["create", "-q", "-f", "qcow2", "-u", "-b", "../base.raw", "-F", "raw", "b.qcow2", "1M"],
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-u",
+            "-b",
+            "../base.raw",
+            "-F",
+            "raw",
+            "b.qcow2",
+            "1M",
+        ],
     );
     qemu_img(&sub, &["check", "-q", "b.qcow2"]);
     let (msg, _) = refused(&sub.join("b.qcow2"), true);
@@ -342,12 +374,18 @@ fn metadata_only_opens_nothing_the_image_names() {
     rec.opened.lock().unwrap().clear();
     Image::open_in(rec.clone(), &top, &metadata_only(true)).unwrap();
     let base = d.join("base.raw");
-    assert_eq!(*rec.opened.lock().unwrap(), vec![top.clone(), mid.clone(), base]);
+    assert_eq!(
+        *rec.opened.lock().unwrap(),
+        vec![top.clone(), mid.clone(), base]
+    );
     // Reads of stored data fail, naming the file, rather than invent zeros.
     let w = addcow_naming(&d, "w.add-cow", "w.add-cow.img");
     let img = Image::open(&w, &metadata_only(false)).unwrap();
     let e = img.read(&mut [0u8; 512], 0).unwrap_err();
-    assert!(e.to_string().contains("w.add-cow.img' was not opened"), "{e}");
+    assert!(
+        e.to_string().contains("w.add-cow.img' was not opened"),
+        "{e}"
+    );
     // Writable metadata-only opens make no sense.
     let e = Image::open(
         &top,
@@ -395,7 +433,19 @@ fn info_works_when_named_files_are_missing_or_fifos() {
 fn cli_info_on_a_missing_or_fifo_image_file_as_qemu_img_on_a_missing_data_file() {
     let d = tmpdir("cliinfo");
     // QEMU 10's qemu-img info: a qcow2 whose data file is gone still shows.
-    qemu_img(&d, &["create", "-q", "-f", "qcow2", "-o", "data_file=d.raw", "t.qcow2", "1M"]);
+    qemu_img(
+        &d,
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=d.raw",
+            "t.qcow2",
+            "1M",
+        ],
+    );
     qemu_img(&d, &["check", "-q", "t.qcow2"]);
     std::fs::remove_file(d.join("d.raw")).unwrap();
     let q = ok(&d, "qemu-img", &["info", "t.qcow2"]);
@@ -405,7 +455,11 @@ fn cli_info_on_a_missing_or_fifo_image_file_as_qemu_img_on_a_missing_data_file()
         assert!(o.contains("virtual size: 1 MiB (1048576 bytes)"), "{o}");
     }
     let c = ok(&d, COWBLK_IMG, &["info", "--output=json", "t.qcow2"]);
-    assert!(c.stdout.contains("\"data-file\": \"d.raw\""), "{}", c.stdout);
+    assert!(
+        c.stdout.contains("\"data-file\": \"d.raw\""),
+        "{}",
+        c.stdout
+    );
     // The add-cow analogue: image file missing, then a fifo.
     let p = addcow_naming(&d, "a.add-cow", "gone.img");
     let name = p.file_name().unwrap().to_str().unwrap().to_owned();
@@ -457,10 +511,18 @@ fn cli_confined_refuses_and_names_the_file() {
         let c = run(&d, COWBLK_IMG, &args);
         assert_ne!(c.code, 0, "{args:?}: {c:?}");
         assert!(c.stderr.contains("'/etc/passwd'"), "{args:?}: {}", c.stderr);
-        assert!(c.stderr.contains("outside the image's directory"), "{}", c.stderr);
+        assert!(
+            c.stderr.contains("outside the image's directory"),
+            "{}",
+            c.stderr
+        );
     }
     assert!(!d.join("out.raw").exists());
-    let c = run(&d, COWBLK_IO, &["--confined", "-r", "-c", "read 0 512", "a.add-cow"]);
+    let c = run(
+        &d,
+        COWBLK_IO,
+        &["--confined", "-r", "-c", "read 0 512", "a.add-cow"],
+    );
     assert_ne!(c.code, 0, "{c:?}");
     assert!(c.stderr.contains("'/etc/passwd'"), "{}", c.stderr);
     // Without the flag the tools follow the name, as qemu-img does.
@@ -469,7 +531,46 @@ fn cli_confined_refuses_and_names_the_file() {
     // A confined image that names only files beside it works.
     let dd = tmpdir("cliconf-ok");
     addcow_naming(&dd, "b.add-cow", "b.add-cow.img");
-    let c = ok(&dd, COWBLK_IO, &["--confined", "-c", "read -P 0x5a 0 8k", "b.add-cow"]);
+    let c = ok(
+        &dd,
+        COWBLK_IO,
+        &["--confined", "-c", "read -P 0x5a 0 8k", "b.add-cow"],
+    );
     assert!(c.stdout.contains("read 8192/8192"), "{}", c.stdout);
     ok(&dd, COWBLK_IMG, &["check", "--confined", "b.add-cow"]);
+}
+
+#[test]
+fn commit_reopens_the_backing_file_under_the_same_confinement() {
+    let d = tmpdir("commit");
+    std::fs::write(d.join("base.raw"), vec![3u8; 65536]).unwrap();
+    let top = d.join("top.add-cow");
+    let mut o = CreateOptions::new();
+    o.set("backing_file", "base.raw")
+        .set("backing_fmt", "raw")
+        .set("image_file", "top.img");
+    Image::create(&top, "add-cow", &o).unwrap();
+    // Confined commit of a chain that stays inside works.
+    let img = Image::open(&top, &opts(true, false)).unwrap();
+    img.write(&[8u8; 4096], 0).unwrap();
+    cowblk::ops::commit(&img, true, &mut |_, _| {}).unwrap();
+    assert_eq!(
+        std::fs::read(d.join("base.raw")).unwrap()[..4096],
+        [8; 4096]
+    );
+    // After the open, the backing name comes to lead outside: the commit's
+    // read-write reopen of the backing file is refused, nothing written.
+    img.write(&[9u8; 4096], 0).unwrap();
+    let outer = d.parent().unwrap().join(format!(
+        "{}-outer.raw",
+        d.file_name().unwrap().to_str().unwrap()
+    ));
+    std::fs::write(&outer, vec![1u8; 65536]).unwrap();
+    std::fs::rename(d.join("base.raw"), d.join("base.moved")).unwrap();
+    std::os::unix::fs::symlink(&outer, d.join("base.raw")).unwrap();
+    let e = cowblk::ops::commit(&img, true, &mut |_, _| {}).unwrap_err();
+    assert_eq!(e.errno(), libc::EACCES, "{e}");
+    assert!(e.to_string().contains("base.raw"), "{e}");
+    assert_eq!(std::fs::read(&outer).unwrap(), vec![1u8; 65536]);
+    std::fs::remove_file(&outer).unwrap();
 }

@@ -132,10 +132,7 @@ pub fn confinement_error(path: &Path, real: &Path, root: &Path) -> crate::error:
 /// A confined open's refusal: `EACCES`, naming the file and the rule.
 pub fn refused(path: &Path, rule: &str) -> crate::error::Error {
     crate::error::Error::io(
-        format!(
-            "confined open refused '{}': {rule}",
-            path.display()
-        ),
+        format!("confined open refused '{}': {rule}", path.display()),
         std::io::Error::from_raw_os_error(libc::EACCES),
     )
 }

@@ -19,7 +19,8 @@ pub fn commit(top: &Image, keep: bool, progress: Progress) -> Result<()> {
         format: spec.format.clone(),
         ..Default::default()
     };
-    let base = Image::open_in(top.storage().clone(), &spec.path, &opts)
+    let base = top
+        .open_named(&spec.path, &opts)
         .map_err(|e| e.context(format!("backing file '{}'", spec.name)))?;
     let size = top.size();
     if base.size() < size {
@@ -44,8 +45,7 @@ pub fn commit(top: &Image, keep: bool, progress: Progress) -> Result<()> {
     }
     // The base holds the data durably before the top lets go of it.
     base.close()?;
-    let fresh = Image::open_in(
-        top.storage().clone(),
+    let fresh = top.open_named(
         &spec.path,
         &OpenOptions {
             read_only: true,

@@ -285,8 +285,7 @@ fn open(file: &str, fmt: Option<String>, read_only: bool) -> Result<Image, Fail>
 /// Commands that open existing images: they take `--confined` anywhere
 /// on their command line.
 const OPENING: &[&str] = &[
-    "info", "map", "check", "convert", "snapshot", "compare", "resize", "commit", "rebase",
-    "bench",
+    "info", "map", "check", "convert", "snapshot", "compare", "resize", "commit", "rebase", "bench",
 ];
 
 /// `--confined` was given: every image opened holds the files it names to
