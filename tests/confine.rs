@@ -538,6 +538,25 @@ fn cli_confined_refuses_and_names_the_file() {
     );
     assert!(c.stdout.contains("read 8192/8192"), "{}", c.stdout);
     ok(&dd, COWBLK_IMG, &["check", "--confined", "b.add-cow"]);
+    // info --confined checks nothing it does not open; with the chain, the
+    // backing files it opens are held to the directory.
+    let sub = dd.join("sub");
+    std::fs::create_dir(&sub).unwrap();
+    let mut o = CreateOptions::new();
+    o.set("backing_file", "../b.add-cow")
+        .set("backing_fmt", "add-cow")
+        .set("image_file", "t.img");
+    Image::create(sub.join("t.add-cow"), "add-cow", &o).unwrap();
+    ok(&sub, COWBLK_IMG, &["info", "--confined", "t.add-cow"]);
+    ok(&sub, COWBLK_IMG, &["info", "--backing-chain", "t.add-cow"]);
+    let c = run(
+        &sub,
+        COWBLK_IMG,
+        &["info", "--backing-chain", "--confined", "t.add-cow"],
+    );
+    assert_eq!(c.code, 1, "{c:?}");
+    assert!(c.stderr.contains("'../b.add-cow'"), "{}", c.stderr);
+    assert!(c.stdout.is_empty(), "{}", c.stdout);
 }
 
 #[test]
