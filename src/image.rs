@@ -5,8 +5,9 @@ use crate::error::{Error, Result};
 use crate::format::{
     self, BackingSpec, CheckReport, CreateCtx, CreateOptions, Format, OpenCtx, Repair, SnapshotInfo,
 };
+use crate::io::lock::{LockSpec, Role};
 use crate::io::posix::PosixStorage;
-use crate::io::{Access, IoVec, Storage};
+use crate::io::{Access, BlockFile, IoVec, Storage};
 use crate::rangelock::RangeLocks;
 use arc_swap::ArcSwapOption;
 use std::path::{Path, PathBuf};
@@ -57,6 +58,12 @@ pub struct OpenOptions {
     /// opened (they may be missing; reads then fail), backing files open
     /// the same way. Needs `read_only`.
     pub metadata_only: bool,
+    /// Read-only opens only: take no lock that keeps writers out (QEMU's
+    /// `force-share`); reads may then see data change underneath.
+    pub force_share: bool,
+    /// Take no image locks at all: for hosts whose own locks govern the
+    /// files (the QEMU glue). Applies to the whole chain.
+    pub no_lock: bool,
 }
 
 /// The state of a run of guest bytes.
@@ -74,6 +81,9 @@ pub struct BlockStatus {
     pub compressed: bool,
 }
 
+/// `ImageInfo::allocated_bytes` when it was not computed (`info_cheap`).
+pub const ALLOCATED_UNKNOWN: u64 = u64::MAX;
+
 /// Facts for `info`.
 #[derive(Clone, Debug)]
 pub struct ImageInfo {
@@ -90,7 +100,11 @@ pub struct ImageInfo {
     /// Bytes the image's files take on disk.
     pub disk_size: u64,
     pub read_only: bool,
-    pub specific: Vec<(String, String)>,
+    pub specific: Vec<(String, crate::format::info::InfoValue)>,
+    /// Not closed cleanly (qcow2's dirty bit).
+    pub dirty: bool,
+    /// Where VM state is kept (qcow2), for qemu-io's `info`.
+    pub vm_state_offset: Option<u64>,
 }
 
 /// A sized holder for the backing layer (arc-swap needs thin pointers).
@@ -151,6 +165,7 @@ impl Image {
                 path.display()
             )));
         }
+        seen.push(canon);
         if opts.snapshot.is_some() && !opts.read_only {
             return Err(Error::InvalidArgument(format!(
                 "'{}': a snapshot can only be opened read-only",
@@ -162,18 +177,32 @@ impl Image {
         } else {
             Access::ReadWrite
         };
+        if opts.force_share && !opts.read_only {
+            // QEMU's words for the same refusal.
+            return Err(Error::InvalidArgument(
+                "force-share=on can only be used with read-only images".into(),
+            ));
+        }
         if opts.metadata_only && !opts.read_only {
             return Err(Error::InvalidArgument(format!(
                 "'{}': a metadata-only open must be read-only",
                 path.display()
             )));
         }
-        let named = !seen.is_empty();
-        seen.push(canon);
+        // Every layer but the top is a name an image recorded.
+        let named = seen.len() > 1;
         let file = match root {
-            Some(r) if named => storage.open_confined(path, access, r)?,
-            _ => storage.open(path, access)?,
+            Some(r) if named => storage.open_confined(path, access, r),
+            _ => storage.open(path, access),
         };
+        // QEMU's shape for the top image: "could not open 'X': <why>".
+        let file = file.map_err(|e| {
+            if seen.len() == 1 {
+                e.context(format!("could not open '{}'", path.display()))
+            } else {
+                e
+            }
+        })?;
         let driver = match &opts.format {
             Some(f) => format::find_driver(f)?,
             None => {
@@ -182,10 +211,21 @@ impl Image {
                 format::probe(&buf, path)
             }
         };
+        // Locked before the driver reads metadata or repairs anything.
+        let role = if driver.name == format::raw::DRIVER.name {
+            Role::Raw
+        } else {
+            Role::Metadata
+        };
+        let lock = |f: &Arc<dyn BlockFile>, role| match opts.no_lock {
+            true => Ok(()),
+            false => f.lock(LockSpec::for_role(role, opts.read_only, opts.force_share)),
+        };
+        lock(&file, role)?;
         let fmt = (driver.open)(&OpenCtx {
             storage: &*storage,
             path,
-            file,
+            file: file.clone(),
             read_only: opts.read_only,
             cache_size: opts.cache_size,
             snapshot: opts.snapshot.as_deref(),
@@ -193,6 +233,11 @@ impl Image {
             metadata_only: opts.metadata_only,
         })
         .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
+        // The data file under metadata (add-cow image file, qcow2 data file).
+        let data = fmt.data_file();
+        if Arc::as_ptr(data) as *const u8 != Arc::as_ptr(&file) as *const u8 {
+            lock(data, Role::Data)?;
+        }
         if let Some(s) = &opts.snapshot {
             if !fmt.snapshots().iter().any(|x| x.id == *s || x.name == *s) {
                 return Err(Error::NotFound(format!(
@@ -211,12 +256,21 @@ impl Image {
                         format: spec.format.clone(),
                         read_only: true,
                         cache_size: opts.cache_size,
+                        no_backing: false,
+                        backing: None,
+                        snapshot: None,
+                        force_share: opts.force_share,
+                        no_lock: opts.no_lock,
                         confined: opts.confined,
                         metadata_only: opts.metadata_only,
-                        ..Default::default()
                     };
                     let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen, root)
-                        .map_err(|e| e.context(format!("backing file '{}'", spec.name)))?;
+                        .map_err(|e| {
+                            e.context(format!(
+                                "could not open '{}': Could not open backing file",
+                                path.display()
+                            ))
+                        })?;
                     Some(Arc::new(b))
                 }
                 _ => None,
@@ -288,6 +342,9 @@ impl Image {
                 &OpenOptions {
                     format: fmt,
                     read_only: true,
+                    // Only its size is read: qemu-img create shares too, so
+                    // an image in use can still get an overlay.
+                    force_share: true,
                     ..Default::default()
                 },
             )
@@ -379,7 +436,24 @@ impl Image {
         w
     }
 
+    /// Facts for `info`, `allocated_bytes` included (which may scan all
+    /// of the image's metadata).
     pub fn info(&self) -> Result<ImageInfo> {
+        let mut i = self.info_cheap()?;
+        i.allocated_bytes = self.allocated_bytes()?;
+        Ok(i)
+    }
+
+    /// Guest bytes allocated in this layer. May read all of the image's
+    /// allocation metadata (the whole add-cow bitmap): hosts call it off
+    /// their event loop.
+    pub fn allocated_bytes(&self) -> Result<u64> {
+        self.fmt.allocated_bytes()
+    }
+
+    /// `info` from what is in memory plus a stat of the image's files:
+    /// `allocated_bytes` is `ALLOCATED_UNKNOWN` (see `allocated_bytes`).
+    pub fn info_cheap(&self) -> Result<ImageInfo> {
         let b = self.fmt.backing();
         let fi = self.fmt.info();
         Ok(ImageInfo {
@@ -391,10 +465,12 @@ impl Image {
             backing_path: b.as_ref().map(|b| b.path.display().to_string()),
             backing_format: b.and_then(|b| b.format),
             data_file: fi.data_file,
-            allocated_bytes: self.fmt.allocated_bytes()?,
+            allocated_bytes: ALLOCATED_UNKNOWN,
             disk_size: self.fmt.disk_size()?,
             read_only: self.read_only(),
             specific: fi.specific,
+            dirty: fi.dirty,
+            vm_state_offset: fi.vm_state_offset,
         })
     }
 
