@@ -9,13 +9,13 @@
 use crate::error::{Error, Result};
 use crate::format::Mapping;
 use crate::image::{Backing, BlockStatus, Image};
-use crate::io::{BlockFile, IoVec, ZeroFlags};
+use crate::io::{BlockFile, Const, IoVec, ZeroFlags};
 
 /// What an allocating write puts between the copied head and tail.
 #[derive(Clone, Copy)]
 enum Payload<'v, 'a> {
     /// Bytes `[at, at + len)` of the caller's list.
-    Data(&'v IoVec<'a>, usize),
+    Data(&'v IoVec<'a, Const>, usize),
     Zeros(ZeroFlags),
 }
 
@@ -97,18 +97,18 @@ impl Image {
     }
 
     /// Writes a scatter list at `off`.
-    pub fn writev(&self, iov: &IoVec, off: u64) -> Result<()> {
+    pub fn writev(&self, iov: &IoVec<Const>, off: u64) -> Result<()> {
         self.writev_with(iov, off, None)
     }
 
     /// Writes with `backing` supplying the old contents of partially
     /// written, unallocated clusters instead of the image's own backing
     /// layer: for hosts that manage the backing chain themselves.
-    pub fn writev_cow(&self, iov: &IoVec, off: u64, backing: &dyn Backing) -> Result<()> {
+    pub fn writev_cow(&self, iov: &IoVec<Const>, off: u64, backing: &dyn Backing) -> Result<()> {
         self.writev_with(iov, off, Some(backing))
     }
 
-    fn writev_with(&self, iov: &IoVec, off: u64, over: Option<&dyn Backing>) -> Result<()> {
+    fn writev_with(&self, iov: &IoVec<Const>, off: u64, over: Option<&dyn Backing>) -> Result<()> {
         self.check_writable()?;
         let len = iov.len() as u64;
         self.check_range(off, len)?;

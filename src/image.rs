@@ -45,10 +45,9 @@ pub struct OpenOptions {
     pub cache_size: u64,
     /// A caller-supplied backing layer, used instead of the recorded one.
     pub backing: Option<Arc<dyn Backing>>,
-    /// Open this internal snapshot (matched by id, then by name, as
-    /// `qemu-img convert -l`); needs `read_only`. Applies to the top image
-    /// only.
-    pub snapshot: Option<String>,
+    /// Open this internal snapshot; needs `read_only`. Applies to the top
+    /// image only.
+    pub snapshot: Option<SnapshotRef>,
     /// For untrusted images: every file the image names (backing files,
     /// add-cow image files, qcow2 data files, at any depth) must resolve,
     /// after symlinks, inside the top image's directory and be a regular
@@ -64,6 +63,62 @@ pub struct OpenOptions {
     /// Take no image locks at all: for hosts whose own locks govern the
     /// files (the QEMU glue). Applies to the whole chain.
     pub no_lock: bool,
+}
+
+/// Which internal snapshot to open, with QEMU's rules
+/// (`bdrv_snapshot_load_tmp`): the first snapshot in the table that
+/// matches. `qemu-img convert -l snapshot.id=ID` is `Id`,
+/// `-l snapshot.name=NAME` is `Name`, both together `IdAndName`, and a bare
+/// `-l STRING` (or `-s`) is `IdOrName`. A string converts to `IdOrName`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotRef {
+    Id(String),
+    Name(String),
+    /// A snapshot with this id if there is one, else one with this name.
+    IdOrName(String),
+    /// A snapshot with both this id and this name.
+    IdAndName(String, String),
+}
+
+impl SnapshotRef {
+    /// The index of the snapshot selected among `(id, name)` pairs in
+    /// table order.
+    pub fn find<'s>(
+        &self,
+        snaps: impl Iterator<Item = (&'s str, &'s str)> + Clone,
+    ) -> Option<usize> {
+        let first = |f: &dyn Fn(&str, &str) -> bool| snaps.clone().position(|(i, n)| f(i, n));
+        match self {
+            SnapshotRef::Id(id) => first(&|i, _| i == id),
+            SnapshotRef::Name(name) => first(&|_, n| n == name),
+            SnapshotRef::IdOrName(s) => first(&|i, _| i == s).or_else(|| first(&|_, n| n == s)),
+            SnapshotRef::IdAndName(id, name) => first(&|i, n| i == id && n == name),
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Messages read "snapshot 'X' ...", whatever the selector.
+            SnapshotRef::Id(i) => write!(f, "'{i}' (by id)"),
+            SnapshotRef::Name(n) => write!(f, "'{n}' (by name)"),
+            SnapshotRef::IdOrName(s) => write!(f, "'{s}' (id or name)"),
+            SnapshotRef::IdAndName(i, n) => write!(f, "'{i}' named '{n}'"),
+        }
+    }
+}
+
+impl From<&str> for SnapshotRef {
+    fn from(s: &str) -> Self {
+        SnapshotRef::IdOrName(s.to_string())
+    }
+}
+
+impl From<String> for SnapshotRef {
+    fn from(s: String) -> Self {
+        SnapshotRef::IdOrName(s)
+    }
 }
 
 /// The state of a run of guest bytes.
@@ -228,7 +283,7 @@ impl Image {
             file: file.clone(),
             read_only: opts.read_only,
             cache_size: opts.cache_size,
-            snapshot: opts.snapshot.as_deref(),
+            snapshot: opts.snapshot.as_ref(),
             confine: root,
             metadata_only: opts.metadata_only,
         })
@@ -239,9 +294,12 @@ impl Image {
             lock(data, Role::Data)?;
         }
         if let Some(s) = &opts.snapshot {
-            if !fmt.snapshots().iter().any(|x| x.id == *s || x.name == *s) {
+            let snaps = fmt.snapshots();
+            if s.find(snaps.iter().map(|x| (x.id.as_str(), x.name.as_str())))
+                .is_none()
+            {
                 return Err(Error::NotFound(format!(
-                    "snapshot '{s}' in '{}' ({} images have {} snapshots)",
+                    "snapshot {s} in '{}' ({} images have {} snapshots)",
                     path.display(),
                     fmt.format_name(),
                     fmt.snapshots().len()
@@ -555,5 +613,32 @@ impl Backing for Image {
 
     fn as_image(&self) -> Option<&Image> {
         Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SnapshotRef::{self, *};
+
+    /// (id, name) in table order: names that collide with other ids, and
+    /// a name used twice.
+    const TABLE: [(&str, &str); 4] = [("1", "2"), ("2", "1"), ("3", "x"), ("4", "x")];
+
+    fn pick(r: SnapshotRef) -> Option<usize> {
+        r.find(TABLE.iter().map(|&(i, n)| (i, n)))
+    }
+
+    #[test]
+    fn selectors_follow_qemu() {
+        assert_eq!(pick(Id("2".into())), Some(1));
+        assert_eq!(pick(Name("2".into())), Some(0));
+        // A bare string: ids first, then names; the first match wins.
+        assert_eq!(pick("2".into()), Some(1));
+        assert_eq!(pick("x".into()), Some(2));
+        assert_eq!(pick(Name("x".into())), Some(2));
+        assert_eq!(pick(IdAndName("4".into(), "x".into())), Some(3));
+        assert_eq!(pick(IdAndName("1".into(), "1".into())), None);
+        assert_eq!(pick(Id("x".into())), None);
+        assert_eq!(pick(Name("3".into())), None);
     }
 }

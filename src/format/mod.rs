@@ -217,9 +217,9 @@ pub struct OpenCtx<'a> {
     pub read_only: bool,
     /// Metadata cache budget in bytes (0 = the driver's default).
     pub cache_size: u64,
-    /// Open this internal snapshot (id or name) instead of the active
-    /// state; only with `read_only`. Formats without snapshots refuse it.
-    pub snapshot: Option<&'a str>,
+    /// Open this internal snapshot instead of the active state; only with
+    /// `read_only`. Formats without snapshots refuse it.
+    pub snapshot: Option<&'a crate::image::SnapshotRef>,
     /// Confined open (`OpenOptions::confined`): files the image names must
     /// be regular files inside this directory (the top image's).
     pub confine: Option<&'a Path>,

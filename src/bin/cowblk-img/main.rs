@@ -8,7 +8,7 @@ mod shared;
 use cowblk::format::info::{fields_human, fields_json};
 use cowblk::format::{self, CheckReport, OptKind, Repair, SnapshotInfo};
 use cowblk::ops::{self, BenchOptions};
-use cowblk::{CreateOptions, Error, Image, ImageInfo, OpenOptions};
+use cowblk::{CreateOptions, Error, Image, ImageInfo, OpenOptions, SnapshotRef};
 use lexopt::prelude::*;
 use serde_json::{json, Map, Value};
 use shared::{describe, qemu_json, size_to_str, ProgressBar};
@@ -119,7 +119,7 @@ Exit codes: 0 clean, 1 check error, 2 corruptions, 3 leaks, 63 format has no che
             "Copy an image into a new one, possibly of another format.  Usage:
 
   cowblk-img convert [-p] [-q] [-n] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS]
-        [-l snapshot.id=ID|snapshot.name=NAME] [-s SNAPSHOT] FILENAME OUTPUT
+        [-l SNAPSHOT|snapshot.id=ID|snapshot.name=NAME] FILENAME OUTPUT
 
   -n    the output exists already: do not create it
   -p    show progress on a terminal"
@@ -917,21 +917,62 @@ fn img_format(file: &str) -> String {
 
 // ---- convert ----
 
-/// `-l snapshot.id=ID`, `-l snapshot.name=NAME` or `-l NAME`: the library
-/// matches the string against ids, then names.
-fn snapshot_ref(s: &str) -> Result<String, Fail> {
-    if let Some(id) = s.strip_prefix("snapshot.id=") {
-        Ok(id.into())
-    } else if let Some(n) = s.strip_prefix("snapshot.name=") {
-        Ok(n.into())
-    } else if s.contains('=') {
-        Err(usage_err(
-            "convert",
-            format!("Failed in parsing snapshot param '{s}'"),
-        ))
-    } else {
-        Ok(s.into())
+/// `-l` as qemu-img reads it: an argument starting with "snapshot." is an
+/// option list of `snapshot.id=ID` and/or `snapshot.name=NAME` (",," is a
+/// comma in a value; the last of a repeated key wins) selecting by id, by
+/// name, or by both; anything else is a string matched as an id first,
+/// then as a name.
+fn snapshot_ref(s: &str) -> Result<SnapshotRef, Fail> {
+    if !s.starts_with("snapshot.") {
+        return Ok(SnapshotRef::IdOrName(s.into()));
     }
+    let (mut id, mut name) = (None, None);
+    for part in split_opts(s) {
+        // QEMU reads a bare key as KEY=on, with a warning.
+        let (key, v) = part.split_once('=').unwrap_or_else(|| {
+            eprintln!(
+                "cowblk-img: warning: short-form boolean option '{part}' deprecated\n\
+                 Please use {part}=on instead"
+            );
+            (part.as_str(), "on")
+        });
+        match key {
+            "snapshot.id" => id = Some(v.to_string()),
+            "snapshot.name" => name = Some(v.to_string()),
+            _ => {
+                eprintln!("cowblk-img: Invalid parameter '{key}'");
+                return Err(fail(format!("Failed in parsing snapshot param '{s}'")));
+            }
+        }
+    }
+    Ok(match (id, name) {
+        (Some(i), Some(n)) => SnapshotRef::IdAndName(i, n),
+        (Some(i), None) => SnapshotRef::Id(i),
+        (None, Some(n)) => SnapshotRef::Name(n),
+        // split_opts yields at least one part, and each sets one or fails.
+        (None, None) => unreachable!("an option list with no option"),
+    })
+}
+
+/// Splits a QEMU option list at single commas (",," is a literal comma);
+/// a trailing comma ends the list.
+fn split_opts(s: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != ',' {
+            out.last_mut().unwrap().push(c);
+        } else if chars.peek() == Some(&',') {
+            chars.next();
+            out.last_mut().unwrap().push(',');
+        } else {
+            out.push(String::new());
+        }
+    }
+    if out.len() > 1 && out.last().is_some_and(|p| p.is_empty()) {
+        out.pop();
+    }
+    out
 }
 
 fn convert(args: Vec<OsString>) -> Res {
