@@ -38,9 +38,10 @@
  * built against this header works with any library whose value is at
  * least this one (see docs/C-API.md, "Versioning"). 2: tables have NULL
  * where a format cannot do an operation (qcow2 writes, raw and qcow2
- * check).
+ * check). 3: the open flags COWBLK_OPEN_CONFINED and
+ * COWBLK_OPEN_METADATA_ONLY.
  */
-#define COWBLK_ABI_VERSION 2
+#define COWBLK_ABI_VERSION 3
 
 /**
  * Open flag: open every file read-only; writes fail with -EROFS.

@@ -61,8 +61,9 @@ pub use io::{
 /// built against this header works with any library whose value is at
 /// least this one (see docs/C-API.md, "Versioning"). 2: tables have NULL
 /// where a format cannot do an operation (qcow2 writes, raw and qcow2
-/// check).
-pub const COWBLK_ABI_VERSION: u32 = 2;
+/// check). 3: the open flags COWBLK_OPEN_CONFINED and
+/// COWBLK_OPEN_METADATA_ONLY.
+pub const COWBLK_ABI_VERSION: u32 = 3;
 
 /// Open flag: open every file read-only; writes fail with -EROFS.
 pub const COWBLK_OPEN_RDONLY: u32 = 1 << 0;
