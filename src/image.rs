@@ -176,6 +176,11 @@ pub struct Image {
     closed: AtomicBool,
     /// The confinement directory of a confined open (`OpenOptions::confined`).
     confine: Option<PathBuf>,
+    /// Opened read-write as raw because probing said so (no format was
+    /// given): writes may not make the first sector look like another
+    /// format, as in QEMU (a guest could otherwise turn its disk into,
+    /// say, a qcow2 image naming host files at the next probing open).
+    probed_raw: bool,
 }
 
 impl Image {
@@ -333,8 +338,10 @@ impl Image {
                 }
                 _ => None,
             };
+        let probed_raw = opts.format.is_none() && !opts.read_only && fmt.passthrough();
         Ok(Image {
             fmt,
+            probed_raw,
             backing: ArcSwapOption::new(backing.map(|b| Arc::new(BackingSlot(b)))),
             alloc_locks: RangeLocks::default(),
             storage,
@@ -437,6 +444,12 @@ impl Image {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the image was opened read-write as raw by probing (see
+    /// `probed_raw`); tools warn about it as qemu-img does.
+    pub fn probed_raw(&self) -> bool {
+        self.probed_raw
     }
 
     /// The name of the file this layer's data lives in (the image itself

@@ -527,6 +527,10 @@ fn cli_confined_refuses_and_names_the_file() {
     );
     assert_ne!(c.code, 0, "{c:?}");
     assert!(c.stderr.contains("'/etc/passwd'"), "{}", c.stderr);
+    // cowblk-io's own `open` command inherits the flag.
+    let c = run(&d, COWBLK_IO, &["--confined", "-c", "open -r a.add-cow"]);
+    assert_ne!(c.code, 0, "{c:?}");
+    assert!(c.stderr.contains("'/etc/passwd'"), "{}", c.stderr);
     // Without the flag the tools follow the name, as qemu-img does.
     let c = ok(&d, COWBLK_IMG, &["map", "--output=json", "a.add-cow"]);
     assert!(c.stdout.contains("\"data\": true"), "{}", c.stdout);

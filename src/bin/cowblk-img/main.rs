@@ -347,13 +347,15 @@ fn open_with(file: &str, opts: &OpenOptions) -> Result<Image, Fail> {
     let mut opts = opts.clone();
     opts.force_share |= FORCE_SHARE.load(Ordering::Relaxed);
     opts.confined |= CONFINED.load(Ordering::Relaxed);
-    Image::open(file, &opts).map_err(|e| match e {
+    let img = Image::open(file, &opts).map_err(|e| match e {
         // Said as qemu-img says it.
         Error::Locked(m) | Error::InvalidArgument(m) if is_lock_refusal(&m) => {
             fail(format!("Could not open '{file}': {m}"))
         }
         e => lib(e),
-    })
+    })?;
+    shared::warn_probed_raw(&img);
+    Ok(img)
 }
 
 /// Whether a message is a lock conflict or a refused force-share.
