@@ -73,6 +73,9 @@ Commands (run cowblk-img COMMAND --help for command-specific help):
   resize - Resize the image to the new size
   snapshot - List snapshots within image
 
+Commands that open an image take --confined: files the image names must be
+regular files inside its directory (for untrusted images; docs/CLI.md).
+
 Exit codes are qemu-img's: 0 success, 1 error; check: 2 corruptions,
 3 leaks, 63 no checks for the format; compare: 1 different, 2 error.";
 
@@ -197,6 +200,11 @@ fn main() {
         std::process::exit(1);
     }
     let cmd = args.remove(0).to_string_lossy().into_owned();
+    if OPENING.contains(&cmd.as_str()) {
+        let before = args.len();
+        args.retain(|a| a != "--confined");
+        CONFINED.store(args.len() != before, Ordering::Relaxed);
+    }
     let r = match cmd.as_str() {
         "-h" | "--help" => {
             println!("{HELP}");
@@ -326,6 +334,17 @@ fn open(file: &str, fmt: Option<String>, read_only: bool) -> Result<Image, Fail>
     )
 }
 
+/// Commands that open existing images: they take `--confined` anywhere
+/// on their command line.
+const OPENING: &[&str] = &[
+    "info", "map", "check", "convert", "snapshot", "compare", "resize", "commit", "rebase",
+    "bench", "dd",
+];
+
+/// `--confined` was given: every image opened holds the files it names to
+/// its own directory (`OpenOptions::confined`).
+static CONFINED: AtomicBool = AtomicBool::new(false);
+
 /// Set by -U/--force-share: opens of the command's source images share
 /// every permission (read-only opens only, as in qemu-img).
 static FORCE_SHARE: AtomicBool = AtomicBool::new(false);
@@ -339,6 +358,7 @@ fn force_share() {
 fn open_with(file: &str, opts: &OpenOptions) -> Result<Image, Fail> {
     let mut opts = opts.clone();
     opts.force_share |= FORCE_SHARE.load(Ordering::Relaxed);
+    opts.confined |= CONFINED.load(Ordering::Relaxed);
     let img = Image::open(file, &opts).map_err(|e| match e {
         // Said as qemu-img says it.
         Error::Locked(m) | Error::InvalidArgument(m) if is_lock_refusal(&m) => {
@@ -658,7 +678,18 @@ fn info(args: Vec<OsString>) -> Res {
         }
     }
     let file = one_file(files, C)?;
-    let img = open(&file, fmt, true)?;
+    // As qemu-img info: metadata only; the files the image names are shown,
+    // not opened (they may be missing), and the chain only when asked.
+    let img = open_with(
+        &file,
+        &OpenOptions {
+            format: fmt,
+            read_only: true,
+            no_backing: !chain,
+            metadata_only: true,
+            ..Default::default()
+        },
+    )?;
     let mut layers = Vec::new();
     let mut cur: Option<&Image> = Some(&img);
     let mut holder;
@@ -1008,6 +1039,7 @@ fn convert(args: Vec<OsString>) -> Res {
                 format: fmt.clone(),
                 read_only: true,
                 snapshot: snap.clone(),
+                confined: CONFINED.load(Ordering::Relaxed),
                 ..Default::default()
             };
             match Image::open(f, &opts) {
