@@ -1,0 +1,1 @@
+//! Read-only consistency check (placeholder, filled in below).
