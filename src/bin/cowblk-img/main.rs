@@ -724,10 +724,14 @@ fn check(args: Vec<OsString>) -> Res {
     match out {
         Output::Json => {
             let mut m = Map::new();
-            if let Some(e) = r.image_end_offset {
+            // Key order and omitted zero counts as qemu-img's output.
+            if let Some(e) = r.image_end_offset.filter(|&e| e > 0) {
                 m.insert("image-end-offset".into(), json!(e));
             }
-            if let Some(t) = r.total_clusters {
+            if let Some(c) = r.compressed_clusters.filter(|&c| c > 0) {
+                m.insert("compressed-clusters".into(), json!(c));
+            }
+            if let Some(t) = r.total_clusters.filter(|&t| t > 0) {
                 m.insert("total-clusters".into(), json!(t));
             }
             m.insert("check-errors".into(), json!(r.check_errors));
@@ -741,11 +745,14 @@ fn check(args: Vec<OsString>) -> Res {
                     m.insert(k.into(), json!(v));
                 }
             }
-            if let Some(a) = r.allocated_clusters {
+            if let Some(a) = r.allocated_clusters.filter(|&a| a > 0) {
                 m.insert("allocated-clusters".into(), json!(a));
             }
             m.insert("filename".into(), json!(file));
             m.insert("format".into(), json!(img_format(&file)));
+            if let Some(f) = r.fragmented_clusters.filter(|&f| f > 0) {
+                m.insert("fragmented-clusters".into(), json!(f));
+            }
             println!("{}", qemu_json(&Value::Object(m)));
         }
         Output::Human if !quiet => {
@@ -776,14 +783,17 @@ fn check(args: Vec<OsString>) -> Res {
                 );
             }
             if let (Some(t), Some(a)) = (r.total_clusters, r.allocated_clusters) {
-                if t > 0 {
+                if t > 0 && a > 0 {
+                    let pct = |n: Option<u64>| n.unwrap_or(0) as f64 * 100.0 / a as f64;
                     println!(
-                        "{a}/{t} = {:.2}% allocated, 0.00% fragmented, 0.00% compressed clusters",
-                        a as f64 * 100.0 / t as f64
+                        "{a}/{t} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters",
+                        a as f64 * 100.0 / t as f64,
+                        pct(r.fragmented_clusters),
+                        pct(r.compressed_clusters)
                     );
                 }
             }
-            if let Some(e) = r.image_end_offset {
+            if let Some(e) = r.image_end_offset.filter(|&e| e > 0) {
                 println!("Image end offset: {e}");
             }
         }

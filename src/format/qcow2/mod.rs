@@ -403,6 +403,14 @@ impl Format for Qcow2 {
         "qcow2"
     }
 
+    fn check(
+        &self,
+        repair: super::Repair,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<super::CheckReport> {
+        check::run(self, repair, progress)
+    }
+
     fn size(&self) -> u64 {
         self.size
     }
