@@ -721,6 +721,10 @@ fn check(args: Vec<OsString>) -> Res {
             Err(e) => return Err(lib(e)),
         };
     img.close().map_err(lib)?;
+    // The checker's findings go to stderr in every mode, as qemu-img's.
+    for msg in &r.messages {
+        eprintln!("{msg}");
+    }
     match out {
         Output::Json => {
             let mut m = Map::new();
@@ -734,9 +738,11 @@ fn check(args: Vec<OsString>) -> Res {
             if let Some(t) = r.total_clusters.filter(|&t| t > 0) {
                 m.insert("total-clusters".into(), json!(t));
             }
+            if r.corruptions > 0 {
+                m.insert("corruptions".into(), json!(r.corruptions));
+            }
             m.insert("check-errors".into(), json!(r.check_errors));
             for (k, v) in [
-                ("corruptions", r.corruptions),
                 ("leaks", r.leaks),
                 ("corruptions-fixed", r.corruptions_fixed),
                 ("leaks-fixed", r.leaks_fixed),
@@ -756,9 +762,6 @@ fn check(args: Vec<OsString>) -> Res {
             println!("{}", qemu_json(&Value::Object(m)));
         }
         Output::Human if !quiet => {
-            for msg in &r.messages {
-                eprintln!("{msg}");
-            }
             if r.leaks_fixed > 0 || r.corruptions_fixed > 0 {
                 println!(
                     "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...",

@@ -30,6 +30,7 @@ struct Ctx<'a> {
     q: &'a Qcow2,
     cb: u32,
     cs: u64,
+    file_len: u64,
     /// Expected refcounts, one per host cluster.
     refs: Vec<u16>,
     /// Saturation value (the image's refcount maximum, at most 65535).
@@ -48,6 +49,17 @@ impl Ctx<'_> {
     /// Counts one reference to every cluster of `[off, off + len)`.
     fn inc(&mut self, off: u64, len: u64) {
         if len == 0 {
+            return;
+        }
+        // As QEMU 10: a reference a cluster or more past the end of the
+        // file is a corruption and is not counted (so the array never
+        // grows past the file).
+        let end = off.saturating_add(len);
+        if end > self.file_len && end - self.file_len >= self.cs {
+            self.r.corruptions += 1;
+            self.msg(format!(
+                "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x{off:x} size 0x{len:x}"
+            ));
             return;
         }
         let first = off >> self.cb;
@@ -322,6 +334,7 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
         q,
         cb,
         cs,
+        file_len: flen,
         refs: vec![0; nb_clusters as usize],
         max,
         r: CheckReport::default(),
@@ -420,7 +433,9 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
                 continue;
             }
         };
-        if have > 0 || want > 0 {
+        // References past the end of the file do not move the end offset
+        // (as QEMU 10 reports it).
+        if (have > 0 || want > 0) && i < nb_clusters {
             highest = Some(i);
         }
         if have != want {

@@ -1,0 +1,200 @@
+//! `cowblk-img check` on qcow2 against QEMU 10's `qemu-img check`: images
+//! made by qemu-img/qemu-io (clean ones of many option sets, and damaged
+//! ones made by editing bytes) give the same stdout, stderr, JSON output
+//! and exit code from both tools. Needs qemu-img and qemu-io on PATH.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("cowblk-q2k-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run(dir: &Path, prog: &str, args: &[&str]) -> Output {
+    Command::new(prog)
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"))
+}
+
+fn ok(dir: &Path, prog: &str, args: &[&str]) {
+    let o = run(dir, prog, args);
+    assert!(
+        o.status.success(),
+        "{prog} {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+const OURS: &str = env!("CARGO_BIN_EXE_cowblk-img");
+
+/// Both tools' check of `f`, human and JSON: returns QEMU's exit code.
+fn same_check(dir: &Path, f: &str) -> i32 {
+    let mut code = 0;
+    for json in [false, true] {
+        let mut args = vec!["check"];
+        if json {
+            args.push("--output=json");
+        }
+        args.push(f);
+        let q = run(dir, "qemu-img", &args);
+        let o = run(dir, OURS, &args);
+        let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        assert_eq!(s(&o.stdout), s(&q.stdout), "{f} (json {json}): stdout differs");
+        assert_eq!(s(&o.stderr), s(&q.stderr), "{f} (json {json}): stderr differs");
+        assert_eq!(o.status.code(), q.status.code(), "{f} (json {json}): exit code");
+        code = q.status.code().unwrap();
+    }
+    code
+}
+
+fn io(dir: &Path, f: &str, cmds: &[&str]) {
+    let mut a = vec!["-f", "qcow2"];
+    for c in cmds {
+        a.extend(["-c", c]);
+    }
+    a.push(f);
+    ok(dir, "qemu-io", &a);
+}
+
+fn create(dir: &Path, f: &str, opts: &str, size: &str) {
+    let mut a = vec!["create", "-q", "-f", "qcow2"];
+    if !opts.is_empty() {
+        a.extend(["-o", opts]);
+    }
+    a.extend([f, size]);
+    ok(dir, "qemu-img", &a);
+}
+
+const WRITES: &[&str] = &[
+    "write -P 1 0 64k",
+    "write -P 2 1M 200k",
+    "write -c -P 3 4M 64k",
+    "write -c -P 4 4160k 64k",
+    "write -z 6M 128k",
+    "write -P 5 9M 4k",
+];
+
+#[test]
+fn clean_images_of_many_kinds() {
+    let dir = tmpdir("clean");
+    let sets = [
+        ("default", ""),
+        ("v2", "compat=0.10"),
+        ("c512", "cluster_size=512"),
+        ("c4k", "cluster_size=4k"),
+        ("c2m", "cluster_size=2M"),
+        ("rc1", "refcount_bits=1"),
+        ("rc64", "refcount_bits=64"),
+        ("extl2", "extended_l2=on"),
+        ("zstd", "compression_type=zstd"),
+        ("lazy", "lazy_refcounts=on"),
+        ("meta", "preallocation=metadata"),
+        ("falloc", "cluster_size=4k,preallocation=falloc"),
+    ];
+    for (name, opts) in sets {
+        let f = format!("{name}.qcow2");
+        create(&dir, &f, opts, "10M");
+        assert_eq!(same_check(&dir, &f), 0, "{name} fresh");
+        if name == "meta" || name == "falloc" {
+            // Compressed writes need unallocated clusters.
+            io(&dir, &f, &["write -P 1 0 64k", "write -z 6M 128k", "write -P 5 9M 4k"]);
+        } else if name == "c2m" {
+            // Compressed writes need whole 2 MiB clusters.
+            io(&dir, &f, &["write -P 1 0 64k", "write -c -P 3 4M 2M", "write -P 5 9M 4k"]);
+        } else {
+            io(&dir, &f, WRITES);
+        }
+        assert_eq!(same_check(&dir, &f), 0, "{name} written");
+    }
+    // Snapshots: shared clusters (refcount 2, no COPIED), then rewrites.
+    create(&dir, "snap.qcow2", "", "10M");
+    io(&dir, "snap.qcow2", WRITES);
+    ok(&dir, "qemu-img", &["snapshot", "-c", "s1", "snap.qcow2"]);
+    io(&dir, "snap.qcow2", &["write -P 9 0 64k", "write -P 8 2M 64k"]);
+    ok(&dir, "qemu-img", &["snapshot", "-c", "s2", "snap.qcow2"]);
+    io(&dir, "snap.qcow2", &["write -P 7 1M 64k"]);
+    assert_eq!(same_check(&dir, "snap.qcow2"), 0);
+    // Bitmaps.
+    create(&dir, "bm.qcow2", "", "10M");
+    ok(&dir, "qemu-img", &["bitmap", "--add", "bm.qcow2", "b0"]);
+    ok(&dir, "qemu-img", &["bitmap", "--add", "-g", "512k", "bm.qcow2", "b1"]);
+    io(&dir, "bm.qcow2", WRITES);
+    assert_eq!(same_check(&dir, "bm.qcow2"), 0);
+    // External data file.
+    create(&dir, "df.qcow2", "data_file=df.raw", "10M");
+    io(&dir, "df.qcow2", &["write -P 1 0 64k", "write -P 2 3M 100k"]);
+    assert_eq!(same_check(&dir, "df.qcow2"), 0);
+    create(&dir, "dfraw.qcow2", "data_file=dfraw.raw,data_file_raw=on", "10M");
+    assert_eq!(same_check(&dir, "dfraw.qcow2"), 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn poke(dir: &Path, f: &str, off: u64, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut h = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join(f))
+        .unwrap();
+    h.seek(SeekFrom::Start(off)).unwrap();
+    h.write_all(bytes).unwrap();
+}
+
+/// Default image, 64 KiB clusters: 0 header, 1 refcount table, 2 refcount
+/// block, 3 L1, 4 L2, 5.. data clusters of guest clusters 0, 1, 2.
+fn damaged(dir: &Path, f: &str) {
+    create(dir, f, "", "10M");
+    io(dir, f, &["write -P 1 0 192k"]);
+}
+
+const RB: u64 = 0x20000;
+const L2: u64 = 0x40000;
+
+#[test]
+fn damaged_images() {
+    let dir = tmpdir("damaged");
+    // A leaked cluster: the L2 entry of guest cluster 2 cleared.
+    damaged(&dir, "leak.qcow2");
+    poke(&dir, "leak.qcow2", L2 + 16, &[0; 8]);
+    assert_eq!(same_check(&dir, "leak.qcow2"), 3);
+    // A refcount too large: a leak, and a COPIED flag on refcount 2.
+    damaged(&dir, "rc2.qcow2");
+    poke(&dir, "rc2.qcow2", RB + 2 * 5, &[0, 2]);
+    assert_eq!(same_check(&dir, "rc2.qcow2"), 2);
+    // A refcount zeroed under a used cluster.
+    damaged(&dir, "rc0.qcow2");
+    poke(&dir, "rc0.qcow2", RB + 2 * 6, &[0, 0]);
+    assert_eq!(same_check(&dir, "rc0.qcow2"), 2);
+    // The refcount of the L2 table zeroed.
+    damaged(&dir, "rcl2.qcow2");
+    poke(&dir, "rcl2.qcow2", RB + 2 * 4, &[0, 0]);
+    assert_eq!(same_check(&dir, "rcl2.qcow2"), 2);
+    // A wrong COPIED flag on a data cluster and on the L2 table.
+    damaged(&dir, "copied.qcow2");
+    poke(&dir, "copied.qcow2", L2, &[0x00]);
+    poke(&dir, "copied.qcow2", 0x30000, &[0x00]);
+    assert_eq!(same_check(&dir, "copied.qcow2"), 2);
+    // An L2 entry pointing past the end of the file.
+    damaged(&dir, "eof.qcow2");
+    poke(&dir, "eof.qcow2", L2 + 8, &[0x80, 0, 0, 0, 0, 0x64, 0, 0]);
+    assert_eq!(same_check(&dir, "eof.qcow2"), 2);
+    // Overlapping metadata: a data entry pointing at the refcount block,
+    // another at the L1 table.
+    damaged(&dir, "overlap.qcow2");
+    poke(&dir, "overlap.qcow2", L2 + 8, &[0x80, 0, 0, 0, 0, 0x02, 0, 0]);
+    poke(&dir, "overlap.qcow2", L2 + 16, &[0x80, 0, 0, 0, 0, 0x03, 0, 0]);
+    assert_eq!(same_check(&dir, "overlap.qcow2"), 2);
+    // An unaligned data cluster and an unaligned L2 table.
+    damaged(&dir, "align.qcow2");
+    poke(&dir, "align.qcow2", L2 + 8, &[0x80, 0, 0, 0, 0, 0x06, 0x02, 0]);
+    assert_eq!(same_check(&dir, "align.qcow2"), 2);
+    // A refcount block outside the image.
+    damaged(&dir, "rbout.qcow2");
+    poke(&dir, "rbout.qcow2", 0x10008, &[0, 0, 0, 0, 0x10, 0, 0, 0]);
+    assert_eq!(same_check(&dir, "rbout.qcow2"), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
