@@ -62,6 +62,40 @@
 #define COWBLK_OPEN_CALLER_BACKING (1 << 2)
 
 /**
+ * Open flag, read-only opens only: take no lock that keeps writers out
+ * (QEMU's force-share, qemu-img -U). Reads may then see data change under
+ * them. With a read-write open the call fails with -EINVAL.
+ */
+#define COWBLK_OPEN_FORCE_SHARE (1 << 3)
+
+/**
+ * Open flag: take no image locks on any file of the chain. For hosts that
+ * lock the files themselves (the QEMU glue, whose file children QEMU's
+ * file-posix locks). Without it every file is locked the way QEMU locks
+ * images (docs/C-API.md, "Image locking") and an image in use by another
+ * writer fails to open with -EAGAIN.
+ */
+#define COWBLK_OPEN_NO_LOCK (1 << 5)
+
+/**
+ * `cowblk_write_zeroes_flags` flag: the range may be deallocated (holes
+ * punched), as QEMU's BDRV_REQ_MAY_UNMAP.
+ */
+#define COWBLK_ZERO_MAY_UNMAP (1 << 0)
+
+/**
+ * `cowblk_write_zeroes_flags` flag: fail with -ENOTSUP rather than write
+ * zeros as data, as QEMU's BDRV_REQ_NO_FALLBACK.
+ */
+#define COWBLK_ZERO_NO_FALLBACK (1 << 1)
+
+/**
+ * `cowblk_info.allocated_bytes`: not computed (ask
+ * `cowblk_get_allocated_bytes`).
+ */
+#define COWBLK_ALLOCATED_UNKNOWN UINT64_MAX
+
+/**
  * Bytes of `cowblk_check_result.messages`.
  */
 #define COWBLK_CHECK_MESSAGES_LEN 1024
@@ -193,7 +227,9 @@ typedef struct cowblk_info {
    */
   char *backing_format;
   /**
-   * Guest bytes allocated in this layer.
+   * COWBLK_ALLOCATED_UNKNOWN: counting guest bytes allocated in this
+   * layer can read all of the image's metadata, so `cowblk_get_info`
+   * leaves it to `cowblk_get_allocated_bytes`.
    */
   uint64_t allocated_bytes;
   /**
@@ -376,6 +412,17 @@ const char *cowblk_version(void);
  * bytes.
  */
 int cowblk_get_info(struct cowblk_image *img, struct cowblk_info *info);
+
+/**
+ * Stores in `*bytes` the guest bytes allocated in this layer of the image
+ * (what `cowblk_info.allocated_bytes` once held). Reads all of the image's
+ * allocation metadata (an add-cow file's whole bitmap): call it off any
+ * event loop.
+ *
+ * # Safety
+ * `img` is a live handle; `bytes` is writable.
+ */
+int cowblk_get_allocated_bytes(struct cowblk_image *img, uint64_t *bytes);
 
 /**
  * Frees the strings `cowblk_get_info` stored in `*info` and sets them to
@@ -565,6 +612,23 @@ int cowblk_discard(struct cowblk_image *img, uint64_t offset, uint64_t bytes);
 int cowblk_write_zeroes(struct cowblk_image *img, uint64_t offset, uint64_t bytes);
 
 /**
+ * Makes `[offset, offset + bytes)` read as zeros, as `flags` (a mask of
+ * COWBLK_ZERO_*) allow: without COWBLK_ZERO_MAY_UNMAP nothing is
+ * deallocated (the file keeps its blocks, zeroed); with
+ * COWBLK_ZERO_NO_FALLBACK the call fails with -ENOTSUP instead of writing
+ * zero buffers or a partly zeroed cluster's other bytes. QEMU's
+ * BDRV_REQ_MAY_UNMAP and BDRV_REQ_NO_FALLBACK. `cowblk_write_zeroes` is
+ * this with COWBLK_ZERO_MAY_UNMAP.
+ *
+ * # Safety
+ * `img` is a live handle.
+ */
+int cowblk_write_zeroes_flags(struct cowblk_image *img,
+                              uint64_t offset,
+                              uint64_t bytes,
+                              uint32_t flags);
+
+/**
  * Stores the virtual size in bytes in `*length`.
  *
  * # Safety
@@ -603,6 +667,30 @@ int cowblk_block_status(struct cowblk_image *img,
                         uint64_t bytes,
                         uint64_t *pnum,
                         uint64_t *map);
+
+/**
+ * Block status of the whole chain, as `qemu-img map` reports it and as
+ * an NBD server answers block status: walking down from this image, the
+ * first layer whose run holds data or reads zeros (or the bottom layer).
+ * Returns a COWBLK_BLOCK_* mask: DATA, ZERO (also for ranges that no
+ * layer allocates and that read zeros), ALLOCATED (set when some layer
+ * allocates the run: map's "present"), OFFSET_VALID (then `*map`, if not
+ * NULL, gets the offset in that layer's data file) and EOF. `*pnum` gets
+ * the run's length (at most `bytes`, clamped to the end) and `*depth`, if
+ * not NULL, the layer (0 = this image). With a caller-supplied backing
+ * layer the walk stops at this image. At or past the end: COWBLK_BLOCK_EOF
+ * with `*pnum` = 0; for 0 bytes: 0 with `*pnum` = 0.
+ *
+ * # Safety
+ * `img` is a live handle; `pnum` is writable; `map` and `depth` are NULL
+ * or writable.
+ */
+int cowblk_chain_status(struct cowblk_image *img,
+                        uint64_t offset,
+                        uint64_t bytes,
+                        uint64_t *pnum,
+                        uint64_t *map,
+                        uint32_t *depth);
 
 /**
  * For hosts that supply backing data themselves: the range of old

@@ -5,8 +5,9 @@ use crate::error::{Error, Result};
 use crate::format::{
     self, BackingSpec, CheckReport, CreateCtx, CreateOptions, Format, OpenCtx, Repair, SnapshotInfo,
 };
+use crate::io::lock::{LockSpec, Role};
 use crate::io::posix::PosixStorage;
-use crate::io::{Access, IoVec, Storage};
+use crate::io::{Access, BlockFile, IoVec, Storage};
 use crate::rangelock::RangeLocks;
 use arc_swap::ArcSwapOption;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,12 @@ pub struct OpenOptions {
     /// `qemu-img convert -l`); needs `read_only`. Applies to the top image
     /// only.
     pub snapshot: Option<String>,
+    /// Read-only opens only: take no lock that keeps writers out (QEMU's
+    /// `force-share`); reads may then see data change underneath.
+    pub force_share: bool,
+    /// Take no image locks at all: for hosts whose own locks govern the
+    /// files (the QEMU glue). Applies to the whole chain.
+    pub no_lock: bool,
 }
 
 /// The state of a run of guest bytes.
@@ -64,6 +71,9 @@ pub struct BlockStatus {
     /// Stored compressed (qcow2).
     pub compressed: bool,
 }
+
+/// `ImageInfo::allocated_bytes` when it was not computed (`info_cheap`).
+pub const ALLOCATED_UNKNOWN: u64 = u64::MAX;
 
 /// Facts for `info`.
 #[derive(Clone, Debug)]
@@ -141,6 +151,12 @@ impl Image {
         } else {
             Access::ReadWrite
         };
+        if opts.force_share && !opts.read_only {
+            // QEMU's words for the same refusal.
+            return Err(Error::InvalidArgument(
+                "force-share=on can only be used with read-only images".into(),
+            ));
+        }
         let file = storage.open(path, access)?;
         let driver = match &opts.format {
             Some(f) => format::find_driver(f)?,
@@ -150,15 +166,31 @@ impl Image {
                 format::probe(&buf, path)
             }
         };
+        // Locked before the driver reads metadata or repairs anything.
+        let role = if driver.name == format::raw::DRIVER.name {
+            Role::Raw
+        } else {
+            Role::Metadata
+        };
+        let lock = |f: &Arc<dyn BlockFile>, role| match opts.no_lock {
+            true => Ok(()),
+            false => f.lock(LockSpec::for_role(role, opts.read_only, opts.force_share)),
+        };
+        lock(&file, role)?;
         let fmt = (driver.open)(&OpenCtx {
             storage: &*storage,
             path,
-            file,
+            file: file.clone(),
             read_only: opts.read_only,
             cache_size: opts.cache_size,
             snapshot: opts.snapshot.as_deref(),
         })
         .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
+        // The data file under metadata (add-cow image file, qcow2 data file).
+        let data = fmt.data_file();
+        if Arc::as_ptr(data) as *const u8 != Arc::as_ptr(&file) as *const u8 {
+            lock(data, Role::Data)?;
+        }
         if let Some(s) = &opts.snapshot {
             if !fmt.snapshots().iter().any(|x| x.id == *s || x.name == *s) {
                 return Err(Error::NotFound(format!(
@@ -180,6 +212,8 @@ impl Image {
                         cache_size: opts.cache_size,
                         backing: None,
                         snapshot: None,
+                        force_share: opts.force_share,
+                        no_lock: opts.no_lock,
                     };
                     let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen)
                         .map_err(|e| e.context(format!("backing file '{}'", spec.name)))?;
@@ -237,6 +271,9 @@ impl Image {
                 &OpenOptions {
                     format: fmt,
                     read_only: true,
+                    // Only its size is read: qemu-img create shares too, so
+                    // an image in use can still get an overlay.
+                    force_share: true,
                     ..Default::default()
                 },
             )
@@ -328,7 +365,24 @@ impl Image {
         w
     }
 
+    /// Facts for `info`, `allocated_bytes` included (which may scan all
+    /// of the image's metadata).
     pub fn info(&self) -> Result<ImageInfo> {
+        let mut i = self.info_cheap()?;
+        i.allocated_bytes = self.allocated_bytes()?;
+        Ok(i)
+    }
+
+    /// Guest bytes allocated in this layer. May read all of the image's
+    /// allocation metadata (the whole add-cow bitmap): hosts call it off
+    /// their event loop.
+    pub fn allocated_bytes(&self) -> Result<u64> {
+        self.fmt.allocated_bytes()
+    }
+
+    /// `info` from what is in memory plus a stat of the image's files:
+    /// `allocated_bytes` is `ALLOCATED_UNKNOWN` (see `allocated_bytes`).
+    pub fn info_cheap(&self) -> Result<ImageInfo> {
         let b = self.fmt.backing();
         let fi = self.fmt.info();
         Ok(ImageInfo {
@@ -340,7 +394,7 @@ impl Image {
             backing_path: b.as_ref().map(|b| b.path.display().to_string()),
             backing_format: b.and_then(|b| b.format),
             data_file: fi.data_file,
-            allocated_bytes: self.fmt.allocated_bytes()?,
+            allocated_bytes: ALLOCATED_UNKNOWN,
             disk_size: self.fmt.disk_size()?,
             read_only: self.read_only(),
             specific: fi.specific,

@@ -1,6 +1,7 @@
 //! Facts about the library and an open image: versions, `cowblk_info`,
 //! capabilities.
 
+use super::args::out_arg;
 use super::error::{guard, guard_value};
 use super::handle::{cowblk_image, image, BackingMode};
 use super::{
@@ -50,7 +51,9 @@ pub struct cowblk_info {
     pub backing_path: *mut c_char,
     /// The recorded backing format, or NULL.
     pub backing_format: *mut c_char,
-    /// Guest bytes allocated in this layer.
+    /// COWBLK_ALLOCATED_UNKNOWN: counting guest bytes allocated in this
+    /// layer can read all of the image's metadata, so `cowblk_get_info`
+    /// leaves it to `cowblk_get_allocated_bytes`.
     pub allocated_bytes: u64,
     /// Bytes the image's files occupy on disk.
     pub disk_size: u64,
@@ -114,7 +117,8 @@ pub unsafe extern "C" fn cowblk_get_info(img: *mut cowblk_image, info: *mut cowb
                 "info struct_size {given} is smaller than {own} (set it to sizeof(struct cowblk_info))"
             )));
         }
-        let ii = h.img.info()?;
+        // Cheap: nothing beyond in-memory metadata and a stat of the files.
+        let ii = h.img.info_cheap()?;
         let mut out = cowblk_info {
             struct_size: own,
             format: std::ptr::null_mut(),
@@ -146,6 +150,26 @@ pub unsafe extern "C" fn cowblk_get_info(img: *mut cowblk_image, info: *mut cowb
         // Keep the caller's struct_size: it describes their buffer.
         out.struct_size = given;
         std::ptr::write(info, out);
+        Ok(0)
+    })
+}
+
+/// Stores in `*bytes` the guest bytes allocated in this layer of the image
+/// (what `cowblk_info.allocated_bytes` once held). Reads all of the image's
+/// allocation metadata (an add-cow file's whole bitmap): call it off any
+/// event loop.
+///
+/// # Safety
+/// `img` is a live handle; `bytes` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn cowblk_get_allocated_bytes(
+    img: *mut cowblk_image,
+    bytes: *mut u64,
+) -> c_int {
+    guard(|| {
+        let h = image(img)?;
+        out_arg(bytes, "bytes")?;
+        *bytes = h.img.allocated_bytes()?;
         Ok(0)
     })
 }

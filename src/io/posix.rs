@@ -1,6 +1,6 @@
 //! POSIX files: preadv/pwritev, fdatasync, fallocate.
 
-use super::{Access, BlockFile, IoVec, Storage};
+use super::{Access, BlockFile, IoVec, Storage, ZeroFlags};
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -114,18 +114,22 @@ impl BlockFile for PosixFile {
         self.file.set_len(len).map_err(|e| self.err("resize", e))
     }
 
-    fn write_zeroes(&self, off: u64, len: u64) -> Result<()> {
+    fn zero_range(&self, off: u64, len: u64, flags: ZeroFlags) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
-        let fd = self.file.as_raw_fd();
-        // Punching a hole keeps reads zero and frees space; fall back to
-        // writing zeros where the filesystem cannot.
+        // Punching a hole keeps reads zero and frees space; without leave
+        // to deallocate, ZERO_RANGE zeroes and keeps the blocks.
+        let mode = if flags.may_unmap {
+            libc::FALLOC_FL_PUNCH_HOLE
+        } else {
+            libc::FALLOC_FL_ZERO_RANGE
+        };
         // SAFETY: plain syscall on an owned fd.
         let r = unsafe {
             libc::fallocate(
-                fd,
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                self.file.as_raw_fd(),
+                mode | libc::FALLOC_FL_KEEP_SIZE,
                 off as libc::off_t,
                 len as libc::off_t,
             )
@@ -136,6 +140,13 @@ impl BlockFile for PosixFile {
                 self.set_len(off + len)?;
             }
             return Ok(());
+        }
+        if flags.no_fallback {
+            return Err(Error::Unsupported(format!(
+                "'{}' cannot zero without writing zeros ({})",
+                self.name,
+                std::io::Error::last_os_error()
+            )));
         }
         super::write_zeroes_by_writing(self, off, len)
     }
@@ -195,6 +206,10 @@ impl BlockFile for PosixFile {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn lock(&self, spec: super::lock::LockSpec) -> Result<()> {
+        super::lock::lock(self.file.as_raw_fd(), spec, &self.name)
     }
 
     fn read_at(&self, buf: &mut [u8], off: u64) -> Result<()> {

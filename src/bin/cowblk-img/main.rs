@@ -13,6 +13,7 @@ use serde_json::{json, Map, Value};
 use shared::{describe, qemu_json, size_to_str, ProgressBar};
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const PROG: &str = "cowblk-img";
 
@@ -273,14 +274,35 @@ fn open(file: &str, fmt: Option<String>, read_only: bool) -> Result<Image, Fail>
     )
 }
 
+/// Set by -U/--force-share: opens of the command's source images share
+/// every permission (read-only opens only, as in qemu-img).
+static FORCE_SHARE: AtomicBool = AtomicBool::new(false);
+
+fn force_share() {
+    FORCE_SHARE.store(true, Ordering::Relaxed);
+}
+
 /// Opens an image and prints what the library warns about (as qemu-img's
 /// "warning:" lines).
 fn open_with(file: &str, opts: &OpenOptions) -> Result<Image, Fail> {
-    let img = Image::open(file, opts).map_err(lib)?;
+    let mut opts = opts.clone();
+    opts.force_share |= FORCE_SHARE.load(Ordering::Relaxed);
+    let img = Image::open(file, &opts).map_err(|e| match e {
+        // Said as qemu-img says it.
+        Error::Locked(m) | Error::InvalidArgument(m) if is_lock_refusal(&m) => {
+            fail(format!("Could not open '{file}': {m}"))
+        }
+        e => lib(e),
+    })?;
     for w in img.warnings() {
         eprintln!("{PROG}: warning: {w}");
     }
     Ok(img)
+}
+
+/// Whether a message is a lock conflict or a refused force-share.
+fn is_lock_refusal(m: &str) -> bool {
+    m.starts_with("Failed to get ") || m.starts_with("force-share=on")
 }
 
 /// A progress callback for `-p`, with its bar.
@@ -582,7 +604,7 @@ fn info(args: Vec<OsString>) -> Res {
             Short('f') | Long("format") => fmt = Some(val(&mut p, C)?),
             Long("output") => out = output_arg(&val(&mut p, C)?, C)?,
             Short('b') | Long("backing-chain") => chain = true,
-            Short('U') | Long("force-share") => {}
+            Short('U') | Long("force-share") => force_share(),
             Value(v) => files.push(v.to_string_lossy().into_owned()),
             a => return Err(unexpected(a, C)),
         }
@@ -593,7 +615,7 @@ fn info(args: Vec<OsString>) -> Res {
     let mut cur: Option<&Image> = Some(&img);
     let mut holder;
     while let Some(l) = cur {
-        layers.push((l.info().map_err(lib)?, l.snapshots()));
+        layers.push((l.info_cheap().map_err(lib)?, l.snapshots()));
         if !chain {
             break;
         }
@@ -637,7 +659,7 @@ fn map(args: Vec<OsString>) -> Res {
             Long("output") => out = output_arg(&val(&mut p, C)?, C)?,
             Short('s') | Long("start-offset") => start = size_arg(&val(&mut p, C)?)?,
             Short('l') | Long("max-length") => max_len = size_arg(&val(&mut p, C)?)?,
-            Short('U') | Long("force-share") => {}
+            Short('U') | Long("force-share") => force_share(),
             Value(v) => files.push(v.to_string_lossy().into_owned()),
             a => return Err(unexpected(a, C)),
         }
@@ -701,7 +723,7 @@ fn check(args: Vec<OsString>) -> Res {
             }
             Short('q') | Long("quiet") => quiet = true,
             Short('p') => progress = true,
-            Short('U') | Long("force-share") => {}
+            Short('U') | Long("force-share") => force_share(),
             Value(v) => files.push(v.to_string_lossy().into_owned()),
             a => return Err(unexpected(a, C)),
         }
@@ -859,7 +881,8 @@ fn convert(args: Vec<OsString>) -> Res {
             Short('t') | Short('T') | Short('S') | Short('m') => {
                 val(&mut p, C)?;
             }
-            Short('W') | Short('U') => {}
+            Short('W') => {}
+            Short('U') | Long("force-share") => force_share(),
             Short('c') => {
                 return Err(fail(
                     "Compression is not supported by cowblk's output drivers",
@@ -893,6 +916,8 @@ fn convert(args: Vec<OsString>) -> Res {
         opts.set(format::options::SIZE, src.size().to_string());
         Image::create(out, &ofmt, &opts).map_err(lib)?;
     }
+    // -U covers the sources only, as in qemu-img.
+    FORCE_SHARE.store(false, Ordering::Relaxed);
     let dst = open(out, Some(ofmt), false)?;
     with_progress(progress && !quiet, |pr| {
         ops::convert(&src, &dst, !no_create, pr)
@@ -912,7 +937,8 @@ fn snapshot(args: Vec<OsString>) -> Res {
         match a {
             Short('f') => fmt = Some(val(&mut p, C)?),
             Short('l') => list = true,
-            Short('U') | Short('q') => {}
+            Short('q') => {}
+            Short('U') | Long("force-share") => force_share(),
             Short(c @ ('a' | 'c' | 'd')) => {
                 let _ = val(&mut p, C)?;
                 return Err(fail(format!(
@@ -952,7 +978,7 @@ fn compare(args: Vec<OsString>) -> Res {
             Short('s') => strict = true,
             Short('q') => quiet = true,
             Short('p') => progress = true,
-            Short('U') => {}
+            Short('U') | Long("force-share") => force_share(),
             Short('T') => {
                 val(&mut p, C)?;
             }
@@ -1022,7 +1048,6 @@ fn resize(mut args: Vec<OsString>) -> Res {
             Short('f') => fmt = Some(val(&mut p, C)?),
             Short('q') => quiet = true,
             Long("shrink") => shrink = true,
-            Short('U') => {}
             Long("preallocation") => {
                 let v = val(&mut p, C)?;
                 if v != "off" {
@@ -1116,7 +1141,7 @@ fn rebase(args: Vec<OsString>) -> Res {
             Short('t') | Short('T') => {
                 val(&mut p, C)?;
             }
-            Short('U') => {}
+            Short('U') | Long("force-share") => force_share(),
             Short('c') => return Err(fail("Compression is not supported")),
             Value(v) => files.push(v.to_string_lossy().into_owned()),
             a => return Err(unexpected(a, C)),
@@ -1161,7 +1186,8 @@ fn bench(args: Vec<OsString>) -> Res {
             Short('w') => o.write = true,
             Short('q') => quiet = true,
             Short('p') => progress = true,
-            Short('n') | Short('U') | Long("no-drain") => {}
+            Short('n') | Long("no-drain") => {}
+            Short('U') | Long("force-share") => force_share(),
             Short('t') | Short('i') => {
                 val(&mut p, C)?;
             }

@@ -6,6 +6,7 @@
 #[path = "../shared/mod.rs"]
 mod shared;
 
+use cowblk::io::ZeroFlags;
 use cowblk::{Image, OpenOptions};
 use shared::{cvtstr, errno_text};
 use std::io::{BufRead, IsTerminal, Write};
@@ -27,7 +28,7 @@ Exercise a disk image with qemu-io's commands, through the cowblk library.
   -t, --cache=MODE     accepted for compatibility
   -d, --discard=MODE   accepted for compatibility
   -i, --aio=MODE       accepted for compatibility (aio runs on threads)
-  -U, --force-share    accepted for compatibility
+  -U, --force-share    force shared permissions (read-only opens only)
   -h, --help           display this help and exit
   -V, --version        output version information and exit
 
@@ -165,6 +166,14 @@ const CMDS: &[CmdInfo] = &[
     },
 ];
 
+/// How `write -z` zeroes: holes only with -u, as qemu-io.
+fn zero_flags(f: &Flags) -> ZeroFlags {
+    ZeroFlags {
+        may_unmap: f.unmap,
+        no_fallback: false,
+    }
+}
+
 fn find_cmd(name: &str) -> Option<&'static CmdInfo> {
     CMDS.iter().find(|c| c.name == name)
 }
@@ -195,6 +204,8 @@ struct Flags {
     quiet: bool,
     verbose: bool,
     zero: bool,
+    /// With -z: the range may be deallocated (QEMU's MAY_UNMAP).
+    unmap: bool,
     fua: bool,
     args: Vec<String>,
 }
@@ -262,8 +273,7 @@ fn parse_flags(argv: &[String], allowed: &str) -> Result<Flags, Failed> {
                     'v' => f.verbose = true,
                     'z' => f.zero = true,
                     'f' => f.fua = true,
-                    // Unmap is a hint; zeroing may deallocate anyway.
-                    'u' => {}
+                    'u' => f.unmap = true,
                     _ => return Err(bad(format!("unhandled option -- '{c}'"))),
                 }
             }
@@ -551,7 +561,7 @@ impl Session {
         check_len_note(count, &f.args[1], " without -n")?;
         let t = Instant::now();
         let r = if f.zero {
-            self.img.write_zeroes(off, count)
+            self.img.write_zeroes_flags(off, count, zero_flags(&f))
         } else {
             let buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
             self.img.write(&buf, off)
@@ -609,7 +619,10 @@ impl Session {
             let (op, r) = if !write {
                 ("aio_read", img.read(&mut buf, off))
             } else if f.zero {
-                ("aio_write", img.write_zeroes(off, count))
+                (
+                    "aio_write",
+                    img.write_zeroes_flags(off, count, zero_flags(&f)),
+                )
             } else {
                 ("aio_write", img.write(&buf, off))
             };
@@ -714,7 +727,7 @@ impl Session {
 
     fn info(&mut self, argv: &[String]) -> CmdResult {
         parse_flags(argv, "")?;
-        let i = self.img.info().map_err(|e| fail("info", &e))?;
+        let i = self.img.info_cheap().map_err(|e| fail("info", &e))?;
         println!("format name: {}", i.format);
         println!("cluster size: {}", cvtstr(i.cluster_size as f64));
         println!("vm state offset: {}", cvtstr(0.0));
@@ -732,6 +745,7 @@ struct Args {
     cmds: Vec<String>,
     format: Option<String>,
     read_only: bool,
+    force_share: bool,
     file: Option<String>,
 }
 
@@ -741,6 +755,7 @@ fn parse_args() -> Result<Args, String> {
         cmds: Vec::new(),
         format: None,
         read_only: false,
+        force_share: false,
         file: None,
     };
     let mut p = lexopt::Parser::from_env();
@@ -755,8 +770,9 @@ fn parse_args() -> Result<Args, String> {
             Short('c') | Long("cmd") => a.cmds.push(val(&mut p)?),
             Short('f') | Long("format") => a.format = Some(val(&mut p)?),
             Short('r') | Long("read-only") => a.read_only = true,
-            Short('n') | Long("nocache") | Short('k') | Long("native-aio") | Short('U')
-            | Long("force-share") | Short('m') | Long("misalign") => {}
+            Short('U') | Long("force-share") => a.force_share = true,
+            Short('n') | Long("nocache") | Short('k') | Long("native-aio") | Short('m')
+            | Long("misalign") => {}
             Short('t') | Long("cache") | Short('d') | Long("discard") | Short('i')
             | Long("aio") => {
                 val(&mut p)?;
@@ -796,9 +812,19 @@ fn main() {
         eprintln!("Try '{PROG} --help' for more information.");
         std::process::exit(1);
     };
+    if args.force_share && !args.read_only {
+        shared::error(
+            PROG,
+            format!(
+                "can't open device {file}: force-share=on can only be used with read-only images"
+            ),
+        );
+        std::process::exit(1);
+    }
     let opts = OpenOptions {
         format: args.format,
         read_only: args.read_only,
+        force_share: args.force_share,
         ..Default::default()
     };
     let img = match Image::open(&file, &opts) {
