@@ -44,9 +44,21 @@ fn same_check(dir: &Path, f: &str) -> i32 {
         let q = run(dir, "qemu-img", &args);
         let o = run(dir, OURS, &args);
         let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        assert_eq!(s(&o.stdout), s(&q.stdout), "{f} (json {json}): stdout differs");
-        assert_eq!(s(&o.stderr), s(&q.stderr), "{f} (json {json}): stderr differs");
-        assert_eq!(o.status.code(), q.status.code(), "{f} (json {json}): exit code");
+        assert_eq!(
+            s(&o.stdout),
+            s(&q.stdout),
+            "{f} (json {json}): stdout differs"
+        );
+        assert_eq!(
+            s(&o.stderr),
+            s(&q.stderr),
+            "{f} (json {json}): stderr differs"
+        );
+        assert_eq!(
+            o.status.code(),
+            q.status.code(),
+            "{f} (json {json}): exit code"
+        );
         code = q.status.code().unwrap();
     }
     code
@@ -102,10 +114,22 @@ fn clean_images_of_many_kinds() {
         assert_eq!(same_check(&dir, &f), 0, "{name} fresh");
         if name == "meta" || name == "falloc" {
             // Compressed writes need unallocated clusters.
-            io(&dir, &f, &["write -P 1 0 64k", "write -z 6M 128k", "write -P 5 9M 4k"]);
+            io(
+                &dir,
+                &f,
+                &["write -P 1 0 64k", "write -z 6M 128k", "write -P 5 9M 4k"],
+            );
         } else if name == "c2m" {
             // Compressed writes need whole 2 MiB clusters.
-            io(&dir, &f, &["write -P 1 0 64k", "write -c -P 3 4M 2M", "write -P 5 9M 4k"]);
+            io(
+                &dir,
+                &f,
+                &[
+                    "write -P 1 0 64k",
+                    "write -c -P 3 4M 2M",
+                    "write -P 5 9M 4k",
+                ],
+            );
         } else {
             io(&dir, &f, WRITES);
         }
@@ -115,21 +139,38 @@ fn clean_images_of_many_kinds() {
     create(&dir, "snap.qcow2", "", "10M");
     io(&dir, "snap.qcow2", WRITES);
     ok(&dir, "qemu-img", &["snapshot", "-c", "s1", "snap.qcow2"]);
-    io(&dir, "snap.qcow2", &["write -P 9 0 64k", "write -P 8 2M 64k"]);
+    io(
+        &dir,
+        "snap.qcow2",
+        &["write -P 9 0 64k", "write -P 8 2M 64k"],
+    );
     ok(&dir, "qemu-img", &["snapshot", "-c", "s2", "snap.qcow2"]);
     io(&dir, "snap.qcow2", &["write -P 7 1M 64k"]);
     assert_eq!(same_check(&dir, "snap.qcow2"), 0);
     // Bitmaps.
     create(&dir, "bm.qcow2", "", "10M");
     ok(&dir, "qemu-img", &["bitmap", "--add", "bm.qcow2", "b0"]);
-    ok(&dir, "qemu-img", &["bitmap", "--add", "-g", "512k", "bm.qcow2", "b1"]);
+    ok(
+        &dir,
+        "qemu-img",
+        &["bitmap", "--add", "-g", "512k", "bm.qcow2", "b1"],
+    );
     io(&dir, "bm.qcow2", WRITES);
     assert_eq!(same_check(&dir, "bm.qcow2"), 0);
     // External data file.
     create(&dir, "df.qcow2", "data_file=df.raw", "10M");
-    io(&dir, "df.qcow2", &["write -P 1 0 64k", "write -P 2 3M 100k"]);
+    io(
+        &dir,
+        "df.qcow2",
+        &["write -P 1 0 64k", "write -P 2 3M 100k"],
+    );
     assert_eq!(same_check(&dir, "df.qcow2"), 0);
-    create(&dir, "dfraw.qcow2", "data_file=dfraw.raw,data_file_raw=on", "10M");
+    create(
+        &dir,
+        "dfraw.qcow2",
+        "data_file=dfraw.raw,data_file_raw=on",
+        "10M",
+    );
     assert_eq!(same_check(&dir, "dfraw.qcow2"), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -185,12 +226,27 @@ fn damaged_images() {
     // Overlapping metadata: a data entry pointing at the refcount block,
     // another at the L1 table.
     damaged(&dir, "overlap.qcow2");
-    poke(&dir, "overlap.qcow2", L2 + 8, &[0x80, 0, 0, 0, 0, 0x02, 0, 0]);
-    poke(&dir, "overlap.qcow2", L2 + 16, &[0x80, 0, 0, 0, 0, 0x03, 0, 0]);
+    poke(
+        &dir,
+        "overlap.qcow2",
+        L2 + 8,
+        &[0x80, 0, 0, 0, 0, 0x02, 0, 0],
+    );
+    poke(
+        &dir,
+        "overlap.qcow2",
+        L2 + 16,
+        &[0x80, 0, 0, 0, 0, 0x03, 0, 0],
+    );
     assert_eq!(same_check(&dir, "overlap.qcow2"), 2);
     // An unaligned data cluster and an unaligned L2 table.
     damaged(&dir, "align.qcow2");
-    poke(&dir, "align.qcow2", L2 + 8, &[0x80, 0, 0, 0, 0, 0x06, 0x02, 0]);
+    poke(
+        &dir,
+        "align.qcow2",
+        L2 + 8,
+        &[0x80, 0, 0, 0, 0, 0x06, 0x02, 0],
+    );
     assert_eq!(same_check(&dir, "align.qcow2"), 2);
     // A refcount block outside the image.
     damaged(&dir, "rbout.qcow2");

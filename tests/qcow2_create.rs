@@ -44,7 +44,8 @@ fn normalise(v: &mut Value) {
     if let Value::Object(m) = v {
         m.remove("filename");
         m.remove("actual-size");
-        if let Some(Value::Object(d)) = m.get_mut("format-specific").and_then(|f| f.get_mut("data")) {
+        if let Some(Value::Object(d)) = m.get_mut("format-specific").and_then(|f| f.get_mut("data"))
+        {
             if let Some(Value::String(s)) = d.get_mut("data-file") {
                 *s = s.replace("o-", "q-");
             }
@@ -98,7 +99,11 @@ fn both(dir: &Path, case: &str, size: &str, opts: &str, extra: &[&str], same_byt
     oa.extend([o.as_str(), size]);
     ok(dir, "qemu-img", &qa);
     ok(dir, OURS, &oa);
-    assert_eq!(info(dir, &o), info(dir, &q), "{case}: qemu-img info differs");
+    assert_eq!(
+        info(dir, &o),
+        info(dir, &q),
+        "{case}: qemu-img info differs"
+    );
     check_clean(dir, &o);
     if same_bytes {
         let mut a = std::fs::read(dir.join(&o)).unwrap();
@@ -108,7 +113,10 @@ fn both(dir: &Path, case: &str, size: &str, opts: &str, extra: &[&str], same_byt
         if let Some(i) = a.windows(from.len()).position(|w| w == from.as_bytes()) {
             a[i] = b'q';
         }
-        assert!(a == b, "{case}: our image is not byte-identical to qemu-img's");
+        assert!(
+            a == b,
+            "{case}: our image is not byte-identical to qemu-img's"
+        );
     }
     if size == "0" || size == "1000" {
         return; // too small for the I/O below
@@ -118,8 +126,19 @@ fn both(dir: &Path, case: &str, size: &str, opts: &str, extra: &[&str], same_byt
         dir,
         "qemu-io",
         &[
-            "-f", "qcow2", "-c", "write -P 0x5a 0 70k", "-c", "write -P 0xa5 200k 4k",
-            "-c", "read -P 0x5a 0 70k", "-c", "read -P 0xa5 200k 4k", "-c", "read -P 0 300k 4k", &o,
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5a 0 70k",
+            "-c",
+            "write -P 0xa5 200k 4k",
+            "-c",
+            "read -P 0x5a 0 70k",
+            "-c",
+            "read -P 0xa5 200k 4k",
+            "-c",
+            "read -P 0 300k 4k",
+            &o,
         ],
     );
     assert!(!wr.contains("Pattern verification failed"), "{case}: {wr}");
@@ -129,38 +148,108 @@ fn both(dir: &Path, case: &str, size: &str, opts: &str, extra: &[&str], same_byt
 #[test]
 fn option_sets_match_qemu_img() {
     let dir = tmpdir("sets");
-    ok(&dir, "qemu-img", &["create", "-q", "-f", "raw", "base.raw", "1M"]);
+    ok(
+        &dir,
+        "qemu-img",
+        &["create", "-q", "-f", "raw", "base.raw", "1M"],
+    );
     let cases: &[(&str, &str, &str, &[&str], bool)] = &[
         ("default", "100M", "", &[], true),
         ("empty", "0", "", &[], true),
         ("odd", "1000", "", &[], true),
         ("v2", "100M", "compat=0.10", &[], true),
-        ("v2b", "1M", "compat=v2", &["-b", "base.raw", "-F", "raw"], true),
+        (
+            "v2b",
+            "1M",
+            "compat=v2",
+            &["-b", "base.raw", "-F", "raw"],
+            true,
+        ),
         ("c512", "10M", "cluster_size=512", &[], true),
         ("c4k", "10M", "cluster_size=4k", &[], true),
         ("c2m", "100M", "cluster_size=2M", &[], true),
         ("meta", "100M", "preallocation=metadata", &[], true),
-        ("meta512", "1M", "cluster_size=512,preallocation=metadata", &[], true),
+        (
+            "meta512",
+            "1M",
+            "cluster_size=512,preallocation=metadata",
+            &[],
+            true,
+        ),
         ("falloc", "20M", "preallocation=falloc", &[], true),
-        ("falloc512", "3M", "cluster_size=512,preallocation=falloc", &[], true),
-        ("full4k", "10M", "cluster_size=4k,preallocation=full", &[], true),
+        (
+            "falloc512",
+            "3M",
+            "cluster_size=512,preallocation=falloc",
+            &[],
+            true,
+        ),
+        (
+            "full4k",
+            "10M",
+            "cluster_size=4k,preallocation=full",
+            &[],
+            true,
+        ),
         ("extl2", "100M", "extended_l2=on", &[], true),
-        ("extl2meta", "10M", "extended_l2=on,preallocation=metadata", &[], true),
-        ("extl2back", "1M", "extended_l2=on,preallocation=metadata", &["-b", "base.raw", "-F", "raw"], true),
+        (
+            "extl2meta",
+            "10M",
+            "extended_l2=on,preallocation=metadata",
+            &[],
+            true,
+        ),
+        (
+            "extl2back",
+            "1M",
+            "extended_l2=on,preallocation=metadata",
+            &["-b", "base.raw", "-F", "raw"],
+            true,
+        ),
         ("zstd", "10M", "compression_type=zstd", &[], true),
         ("lazy", "10M", "lazy_refcounts=on", &[], true),
         ("rc1", "10M", "refcount_bits=1", &[], true),
         ("rc4", "10M", "refcount_bits=4", &[], true),
-        ("rc64", "10M", "refcount_bits=64,preallocation=metadata", &[], true),
+        (
+            "rc64",
+            "10M",
+            "refcount_bits=64,preallocation=metadata",
+            &[],
+            true,
+        ),
         ("datafile", "10M", "data_file={D}", &[], true),
-        ("dataraw", "10M", "data_file={D},data_file_raw=on", &[], true),
-        ("datafalloc", "10M", "data_file={D},preallocation=falloc", &[], true),
+        (
+            "dataraw",
+            "10M",
+            "data_file={D},data_file_raw=on",
+            &[],
+            true,
+        ),
+        (
+            "datafalloc",
+            "10M",
+            "data_file={D},preallocation=falloc",
+            &[],
+            true,
+        ),
         ("backing", "", "", &["-b", "base.raw", "-F", "raw"], true),
-        ("backing512", "1M", "cluster_size=512,data_file={D}", &["-b", "base.raw", "-F", "raw"], true),
+        (
+            "backing512",
+            "1M",
+            "cluster_size=512,data_file={D}",
+            &["-b", "base.raw", "-F", "raw"],
+            true,
+        ),
         ("big", "10T", "", &[], true),
         // The refcount table must grow: QEMU moves it elsewhere; ours is
         // as valid (check clean, same info) but not byte-identical.
-        ("grow", "16M", "cluster_size=512,preallocation=metadata", &[], false),
+        (
+            "grow",
+            "16M",
+            "cluster_size=512,preallocation=metadata",
+            &[],
+            false,
+        ),
     ];
     for (case, size, opts, extra, same) in cases {
         let size = if size.is_empty() { "1M" } else { size };
@@ -191,11 +280,19 @@ fn refusals_use_qemus_words_and_leave_nothing() {
         "backing_fmt=raw",
     ];
     for opts in cases {
-        let q = run(&dir, "qemu-img", &["create", "-q", "-f", "qcow2", "-o", opts, "x.qcow2", "1M"]);
+        let q = run(
+            &dir,
+            "qemu-img",
+            &["create", "-q", "-f", "qcow2", "-o", opts, "x.qcow2", "1M"],
+        );
         assert!(!q.status.success(), "qemu-img accepted {opts}");
         let qmsg = String::from_utf8_lossy(&q.stderr);
         let qmsg = qmsg.trim().rsplit(": ").next().unwrap().to_string();
-        let o = run(&dir, OURS, &["create", "-q", "-f", "qcow2", "-o", opts, "x.qcow2", "1M"]);
+        let o = run(
+            &dir,
+            OURS,
+            &["create", "-q", "-f", "qcow2", "-o", opts, "x.qcow2", "1M"],
+        );
         assert!(!o.status.success(), "we accepted {opts}");
         let omsg = String::from_utf8_lossy(&o.stderr);
         assert!(omsg.contains(&qmsg), "{opts}: ours '{omsg}', qemu '{qmsg}'");
@@ -210,8 +307,18 @@ fn option_help_lists_qemus_options() {
     let dir = tmpdir("help");
     let out = ok(&dir, OURS, &["create", "-f", "qcow2", "-o", "help"]);
     for k in [
-        "backing_file", "backing_fmt", "cluster_size", "compat", "compression_type", "data_file",
-        "data_file_raw", "extended_l2", "lazy_refcounts", "preallocation", "refcount_bits", "size",
+        "backing_file",
+        "backing_fmt",
+        "cluster_size",
+        "compat",
+        "compression_type",
+        "data_file",
+        "data_file_raw",
+        "extended_l2",
+        "lazy_refcounts",
+        "preallocation",
+        "refcount_bits",
+        "size",
     ] {
         assert!(out.contains(&format!("  {k}=")), "{k} missing from: {out}");
     }

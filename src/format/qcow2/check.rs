@@ -114,7 +114,9 @@ impl Ctx<'_> {
         self.inc(l1_off, bytes);
         if bytes > MAX_L1_BYTES {
             self.r.check_errors += 1;
-            self.msg(format!("ERROR: L1 table of {l1_size} entries is too large to check"));
+            self.msg(format!(
+                "ERROR: L1 table of {l1_size} entries is too large to check"
+            ));
             return Ok(());
         }
         // In chunks: an L1 table is at most 32 MiB.
@@ -239,7 +241,7 @@ impl Ctx<'_> {
 
     /// Bitmap directory, bitmap tables and their clusters.
     fn bitmaps(&mut self) -> Result<()> {
-        let Some(b) = self.q.header.bitmaps.clone() else {
+        let Some(b) = self.q.header.bitmaps else {
             return Ok(());
         };
         self.inc(b.dir_offset, b.dir_size);
@@ -262,7 +264,9 @@ impl Ctx<'_> {
             // 512 bytes; larger tables are refused as unreadable.
             if table_size * 8 > MAX_L1_BYTES {
                 self.r.check_errors += 1;
-                self.msg(format!("ERROR: bitmap table of {table_size} entries is too large to check"));
+                self.msg(format!(
+                    "ERROR: bitmap table of {table_size} entries is too large to check"
+                ));
                 continue;
             }
             let t = self.read(table_off, table_size * 8)?;
@@ -359,8 +363,7 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
     }
     let mut snap_bytes = 0u64;
     for (i, s) in q.snapshots.iter().enumerate() {
-        snap_bytes +=
-            ((40 + s.extra.len() + s.id.len() + s.name.len()) as u64).next_multiple_of(8);
+        snap_bytes += ((40 + s.extra.len() + s.id.len() + s.name.len()) as u64).next_multiple_of(8);
         if s.l1_size as u64 * 8 > MAX_L1_BYTES {
             c.r.corruptions += 1;
             c.msg(format!(
@@ -392,7 +395,9 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
         let cluster = off >> cb;
         if e & REFT_RESERVED_MASK != 0 {
             c.r.corruptions += 1;
-            c.msg(format!("ERROR refcount table entry {i} has reserved bits set"));
+            c.msg(format!(
+                "ERROR refcount table entry {i} has reserved bits set"
+            ));
             continue;
         }
         if off & (cs - 1) != 0 {
@@ -441,10 +446,14 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
         if have != want {
             if have < want {
                 c.r.corruptions += 1;
-                c.msg(format!("ERROR cluster {i} refcount={have} reference={want}"));
+                c.msg(format!(
+                    "ERROR cluster {i} refcount={have} reference={want}"
+                ));
             } else {
                 c.r.leaks += 1;
-                c.msg(format!("Leaked cluster {i} refcount={have} reference={want}"));
+                c.msg(format!(
+                    "Leaked cluster {i} refcount={have} reference={want}"
+                ));
             }
         }
     }

@@ -172,7 +172,11 @@ impl Params {
         let version = match o.get(COMPAT) {
             None | Some("1.1") | Some("v3") => 3,
             Some("0.10") | Some("v2") => 2,
-            Some(v) => return Err(bad(format!("Parameter 'version' does not accept value '{v}'"))),
+            Some(v) => {
+                return Err(bad(format!(
+                    "Parameter 'version' does not accept value '{v}'"
+                )))
+            }
         };
         let lazy_refcounts = bool_opt(o, LAZY_REFCOUNTS)?;
         let extended_l2 = bool_opt(o, EXTENDED_L2)?;
@@ -180,9 +184,7 @@ impl Params {
         let refcount_bits = match o.get(REFCOUNT_BITS) {
             None => 16,
             Some(v) => v.trim().parse::<u64>().map_err(|_| {
-                bad(format!(
-                    "Parameter 'refcount_bits' expects a non-negative number below 2^64"
-                ))
+                bad("Parameter 'refcount_bits' expects a non-negative number below 2^64")
             })?,
         };
         if !refcount_bits.is_power_of_two() || refcount_bits > 64 {
@@ -304,7 +306,7 @@ impl Params {
 
     /// Clusters one refcount block describes.
     fn refblock_entries(&self) -> u64 {
-        self.cs() * 8 >> self.refcount_order
+        (self.cs() * 8) >> self.refcount_order
     }
 }
 
@@ -429,7 +431,7 @@ impl Alloc {
                 .filter(|&e| e << self.cs_bits >> self.cs_bits == e)
                 .ok_or_else(|| Error::TooLarge("image layout exceeds 2^64 bytes".into()))?;
             let missing = (p / self.rb_entries..=(end - 1) / self.rb_entries)
-                .find(|&i| !self.refblocks.get(i as usize).is_some_and(|&b| b != 0));
+                .find(|&i| self.refblocks.get(i as usize).is_none_or(|&b| b == 0));
             match missing {
                 None => {
                     self.next = end;
@@ -533,7 +535,11 @@ impl Layout {
                 let mut refblocks = a.refblocks.clone();
                 refblocks.resize(table_entries as usize, 0);
                 let first = start / rb_entries;
-                for rb in refblocks.iter_mut().take(blocks as usize).skip(first as usize) {
+                for rb in refblocks
+                    .iter_mut()
+                    .take(blocks as usize)
+                    .skip(first as usize)
+                {
                     if *rb == 0 {
                         *rb = a.next << cb;
                         a.next += 1;
@@ -580,7 +586,13 @@ impl Layout {
                 }
             }
         }
-        let mut header = Layout::header(p, l1_offset, l1_size, a.reftable_offset, a.reftable_clusters)?;
+        let mut header = Layout::header(
+            p,
+            l1_offset,
+            l1_size,
+            a.reftable_offset,
+            a.reftable_clusters,
+        )?;
         header.resize(cs as usize, 0);
         Ok(Layout {
             cluster_bits: cb,
@@ -604,7 +616,13 @@ impl Layout {
     /// The header, its extensions and the backing file name, as QEMU
     /// writes them (the feature name table only in v3 images with clusters
     /// of 8 KiB or more, as QEMU 10 does).
-    fn header(p: &Params, l1_offset: u64, l1_size: u64, rt: u64, rt_clusters: u64) -> Result<Vec<u8>> {
+    fn header(
+        p: &Params,
+        l1_offset: u64,
+        l1_size: u64,
+        rt: u64,
+        rt_clusters: u64,
+    ) -> Result<Vec<u8>> {
         let hlen: usize = if p.version >= 3 { 112 } else { 72 };
         let mut h = vec![0u8; hlen];
         h[0..4].copy_from_slice(MAGIC);
@@ -748,7 +766,12 @@ fn feature_table() -> Vec<u8> {
 /// Writes `l` into the empty `file` (and `data`, the external data file,
 /// if any): data area and tables first, the header last, so an image cut
 /// short has no valid header.
-pub fn write(l: &Layout, prealloc: Prealloc, file: &dyn BlockFile, data: Option<&dyn BlockFile>) -> Result<()> {
+pub fn write(
+    l: &Layout,
+    prealloc: Prealloc,
+    file: &dyn BlockFile,
+    data: Option<&dyn BlockFile>,
+) -> Result<()> {
     let cs = 1u64 << l.cluster_bits;
     if let Some(d) = data {
         d.set_len(0)?;
@@ -767,7 +790,10 @@ pub fn write(l: &Layout, prealloc: Prealloc, file: &dyn BlockFile, data: Option<
     if l.l1_size > 0 {
         let mut l1 = vec![0u8; (l.l1_size * 8) as usize];
         for t in &l.l2 {
-            BigEndian::write_u64(&mut l1[(t.l1_index * 8) as usize..], t.offset | OFLAG_COPIED);
+            BigEndian::write_u64(
+                &mut l1[(t.l1_index * 8) as usize..],
+                t.offset | OFLAG_COPIED,
+            );
         }
         file.write_at(&l1, l.l1_offset)?;
     }
@@ -804,10 +830,16 @@ mod tests {
         let cases = [
             ("size=1M,cluster_size=1000", "power of two"),
             ("size=1M,compat=0.10,lazy_refcounts=on", "Lazy refcounts"),
-            ("size=1M,compat=0.10,refcount_bits=8", "Different refcount widths"),
+            (
+                "size=1M,compat=0.10,refcount_bits=8",
+                "Different refcount widths",
+            ),
             ("size=1M,refcount_bits=3", "Refcount width"),
             ("size=1M,extended_l2=on,cluster_size=8k", "at least 16384"),
-            ("size=1M,data_file_raw=on", "data-file-raw requires data-file"),
+            (
+                "size=1M,data_file_raw=on",
+                "data-file-raw requires data-file",
+            ),
             ("size=1M,compression_type=lz4", "compression-type"),
             ("size=1M,backing_fmt=raw", "Backing format cannot"),
             ("size=1M,foo=1", "Invalid parameter 'foo'"),
@@ -844,8 +876,9 @@ mod tests {
     #[test]
     fn metadata_refblock_placement() {
         // 512-byte clusters, 1M: QEMU puts blocks at 264 and 525.
-        let l = Layout::compute(&params("size=1M,cluster_size=512,preallocation=metadata").unwrap())
-            .unwrap();
+        let l =
+            Layout::compute(&params("size=1M,cluster_size=512,preallocation=metadata").unwrap())
+                .unwrap();
         assert_eq!(l.refblocks[1], 264 << 9);
         assert_eq!(l.refblocks[2], 525 << 9);
         assert_eq!(l.l2[4].offset, 265 << 9);

@@ -69,7 +69,10 @@ fn create(ctx: &CreateCtx) -> Result<()> {
     let p = create::Params::from_options(ctx.opts)?;
     let layout = create::Layout::compute(&p)?;
     let st = ctx.storage;
-    let data_path = p.data_file.as_deref().map(|d| resolve_relative(ctx.path, d));
+    let data_path = p
+        .data_file
+        .as_deref()
+        .map(|d| resolve_relative(ctx.path, d));
     if let Some(dp) = &data_path {
         if st.canonical(dp) == st.canonical(ctx.path) {
             return Err(Error::InvalidArgument(
