@@ -254,3 +254,145 @@ fn damaged_images() {
     assert_eq!(same_check(&dir, "rbout.qcow2"), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Byte edits at random places of the metadata (refcount table and block,
+/// active and snapshot L1/L2 tables, snapshot table) of an image with
+/// snapshots, compressed, zero and normal clusters: both tools must print
+/// and return the same for every edited image (fixed seed, so it replays).
+#[test]
+fn random_metadata_damage_matches_qemu() {
+    let dir = tmpdir("fuzz");
+    create(&dir, "base.qcow2", "cluster_size=4k", "10M");
+    io(
+        &dir,
+        "base.qcow2",
+        &[
+            "write -P 1 0 64k",
+            "write -c -P 2 1M 64k",
+            "write -z 2M 8k",
+            "write -P 3 5M 12k",
+        ],
+    );
+    ok(&dir, "qemu-img", &["snapshot", "-c", "s", "base.qcow2"]);
+    io(&dir, "base.qcow2", &["write -P 4 0 8k"]);
+    let base = std::fs::read(dir.join("base.qcow2")).unwrap();
+    let be = |o: usize, n: usize| {
+        base[o..o + n]
+            .iter()
+            .fold(0u64, |a, &b| (a << 8) | b as u64)
+    };
+    let cs = 4096u64;
+    // Metadata clusters: refcount table and blocks, L1, every L2 table of
+    // the active and the snapshot's L1, and the snapshot table.
+    let mut regions = vec![be(48, 8), be(40, 8), be(64, 8)];
+    let rt = be(48, 8) as usize;
+    regions.push(be(rt, 8));
+    let snap_l1 = be(be(64, 8) as usize, 8);
+    for l1 in [be(40, 8), snap_l1] {
+        for i in 0..be(36, 4).min(5) as usize {
+            let e = be(l1 as usize + 8 * i, 8) & 0x00ff_ffff_ffff_fe00;
+            if e != 0 {
+                regions.push(e);
+            }
+        }
+    }
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut nonzero = 0;
+    for it in 0..80 {
+        let mut f = base.clone();
+        for _ in 0..1 + next() % 3 {
+            let r = regions[(next() % regions.len() as u64) as usize];
+            let span = if next() % 10 < 7 { 256 } else { cs };
+            let off = ((r + next() % span) as usize).min(f.len() - 1);
+            if next() % 2 == 0 {
+                f[off] ^= 1 << (next() % 8);
+            } else {
+                f[off] = next() as u8;
+            }
+        }
+        let name = format!("f{it}.qcow2");
+        std::fs::write(dir.join(&name), &f).unwrap();
+        if same_check(&dir, &name) != 0 {
+            nonzero += 1;
+        }
+        std::fs::remove_file(dir.join(&name)).unwrap();
+    }
+    // The edits must actually damage images for this to test anything.
+    assert!(
+        nonzero > 20,
+        "only {nonzero} of 80 edited images had findings"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn more_damage() {
+    let dir = tmpdir("more");
+    // An L1 entry with reserved bits, and one whose offset bits are 0
+    // (QEMU reads the header cluster as an L2 table).
+    damaged(&dir, "l1r.qcow2");
+    poke(
+        &dir,
+        "l1r.qcow2",
+        0x30000,
+        &[0x81, 0, 0, 0, 0, 0x04, 0, 0x01],
+    );
+    assert_eq!(same_check(&dir, "l1r.qcow2"), 2);
+    create(&dir, "l1z.qcow2", "", "10M");
+    poke(&dir, "l1z.qcow2", 0x30000, &[0x01, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(same_check(&dir, "l1z.qcow2"), 2);
+    // A COPIED flag on a compressed cluster; a zeroed refcount block.
+    create(&dir, "c.qcow2", "", "10M");
+    io(
+        &dir,
+        "c.qcow2",
+        &["write -c -P 1 0 64k", "write -c -P 2 64k 64k"],
+    );
+    poke(&dir, "c.qcow2", L2, &[0xc0]);
+    assert_eq!(same_check(&dir, "c.qcow2"), 2);
+    create(&dir, "c0.qcow2", "", "10M");
+    io(
+        &dir,
+        "c0.qcow2",
+        &["write -c -P 1 0 64k", "write -c -P 2 64k 64k"],
+    );
+    poke(&dir, "c0.qcow2", RB, &[0; 12]);
+    assert_eq!(same_check(&dir, "c0.qcow2"), 2);
+    // Extended L2: corrupted subcluster bitmaps.
+    create(&dir, "x.qcow2", "extended_l2=on", "10M");
+    io(&dir, "x.qcow2", &["write -P 1 0 64k", "write 128k 4k"]);
+    poke(&dir, "x.qcow2", L2 + 8, &[0xff; 8]);
+    poke(&dir, "x.qcow2", L2 + 24, &[0, 0, 0, 0, 0, 0, 0, 0xff]);
+    assert_eq!(same_check(&dir, "x.qcow2"), 2);
+    // Reserved bits in a refcount table entry; a block listed twice.
+    create(&dir, "rt.qcow2", "", "10M");
+    poke(&dir, "rt.qcow2", 0x10000, &[0, 0, 0, 0, 0, 0x02, 0, 0x01]);
+    assert_eq!(same_check(&dir, "rt.qcow2"), 2);
+    create(&dir, "rt2.qcow2", "", "10M");
+    poke(&dir, "rt2.qcow2", 0x10008, &[0, 0, 0, 0, 0, 0x02, 0, 0]);
+    assert_eq!(same_check(&dir, "rt2.qcow2"), 2);
+    // A snapshot whose L1 table is not cluster aligned.
+    create(&dir, "s.qcow2", "", "10M");
+    io(&dir, "s.qcow2", &["write -P 1 0 128k"]);
+    ok(&dir, "qemu-img", &["snapshot", "-c", "a", "s.qcow2"]);
+    let f = std::fs::read(dir.join("s.qcow2")).unwrap();
+    let so = u64::from_be_bytes(f[64..72].try_into().unwrap());
+    poke(&dir, "s.qcow2", so + 6, &[0x01, 0x23]);
+    assert_eq!(same_check(&dir, "s.qcow2"), 2);
+    // v2 and 1-bit refcounts, damaged.
+    create(&dir, "v2.qcow2", "compat=0.10", "10M");
+    io(&dir, "v2.qcow2", &["write -P 1 0 128k"]);
+    poke(&dir, "v2.qcow2", RB + 2 * 5, &[0, 0]);
+    assert_eq!(same_check(&dir, "v2.qcow2"), 2);
+    create(&dir, "rc1.qcow2", "refcount_bits=1", "10M");
+    io(&dir, "rc1.qcow2", &["write -P 1 0 128k"]);
+    poke(&dir, "rc1.qcow2", RB, &[0x3f]); // cluster 6 (data) loses its refcount
+    assert_eq!(same_check(&dir, "rc1.qcow2"), 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -23,6 +23,8 @@ use byteorder::{BigEndian, ByteOrder};
 pub const MAX_CLUSTERS: u64 = 1 << 28;
 const REFT_OFFSET_MASK: u64 = !0x1ff;
 const REFT_RESERVED_MASK: u64 = 0x1ff;
+const L1E_RESERVED_MASK: u64 = 0x7f00_0000_0000_01ff;
+const L2E_STD_RESERVED_MASK: u64 = 0x3f00_0000_0000_01fe;
 /// Bitmap table entries: offset bits.
 const BME_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 
@@ -127,10 +129,18 @@ impl Ctx<'_> {
             let buf = self.read(l1_off + i * 8, n * 8)?;
             for j in 0..n {
                 let e = BigEndian::read_u64(&buf[(j * 8) as usize..]);
-                let l2 = e & OFFSET_MASK;
-                if l2 == 0 {
+                // As QEMU: any non-zero entry is followed, even one whose
+                // offset bits are 0.
+                if e == 0 {
                     continue;
                 }
+                if e & L1E_RESERVED_MASK != 0 {
+                    self.r.corruptions += 1;
+                    self.msg(format!(
+                        "ERROR found L1 entry with reserved bits set: {e:x}"
+                    ));
+                }
+                let l2 = e & OFFSET_MASK;
                 self.inc(l2, self.cs);
                 if l2 & (self.cs - 1) != 0 {
                     self.r.corruptions += 1;
@@ -159,6 +169,12 @@ impl Ctx<'_> {
                 0
             };
             let off = entry & OFFSET_MASK;
+            if entry & OFLAG_COMPRESSED == 0 && entry & L2E_STD_RESERVED_MASK != 0 {
+                self.r.corruptions += 1;
+                self.msg(format!(
+                    "ERROR found l2 entry with reserved bits set: {entry:x}"
+                ));
+            }
             if entry & OFLAG_COMPRESSED != 0 {
                 let (coffset, csize) = geo.compressed(entry);
                 if entry & OFLAG_COPIED != 0 {
@@ -372,6 +388,14 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
             ));
             continue;
         }
+        if s.l1_table_offset & (cs - 1) != 0 {
+            c.r.corruptions += 1;
+            c.msg(format!(
+                "ERROR snapshot {} ({}) l1_offset={:#x}: L1 table is not cluster aligned; snapshot table entry corrupted",
+                s.id, s.name, s.l1_table_offset
+            ));
+            continue;
+        }
         c.l1(s.l1_table_offset, s.l1_size as u64, false)?;
         progress(2 + i as u64, steps);
     }
@@ -438,9 +462,7 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
                 continue;
             }
         };
-        // References past the end of the file do not move the end offset
-        // (as QEMU 10 reports it).
-        if (have > 0 || want > 0) && i < nb_clusters {
+        if have > 0 || want > 0 {
             highest = Some(i);
         }
         if have != want {
