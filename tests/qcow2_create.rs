@@ -324,3 +324,36 @@ fn option_help_lists_qemus_options() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn formatting_line_is_qemu_imgs() {
+    let dir = tmpdir("fmtline");
+    ok(
+        &dir,
+        "qemu-img",
+        &["create", "-q", "-f", "raw", "base.raw", "1M"],
+    );
+    let sets: &[&[&str]] = &[
+        &[],
+        &["-o", "preallocation=metadata,lazy_refcounts=on,refcount_bits=8,extended_l2=on,compression_type=zstd"],
+        &["-o", "data_file=x.raw,data_file_raw=on,cluster_size=2M"],
+        &["-o", "compat=0.10,cluster_size=4k"],
+        &["-b", "base.raw", "-F", "raw"],
+    ];
+    for extra in sets {
+        let mut out = Vec::new();
+        for prog in ["qemu-img", OURS] {
+            let _ = std::fs::remove_file(dir.join("y.qcow2"));
+            let _ = std::fs::remove_file(dir.join("x.raw"));
+            let mut a = vec!["create", "-f", "qcow2"];
+            a.extend_from_slice(extra);
+            a.push("y.qcow2");
+            if !extra.contains(&"-b") {
+                a.push("1M");
+            }
+            out.push(ok(&dir, prog, &a));
+        }
+        assert_eq!(out[1], out[0], "{extra:?}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

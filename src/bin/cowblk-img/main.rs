@@ -402,7 +402,13 @@ fn create(args: Vec<OsString>) -> Res {
         )
         .map_err(lib)?;
         let mut line = format!("Formatting '{file}', fmt={fmt}");
-        for d in driver.create_opts {
+        if fmt == "qcow2" {
+            // qemu-img's order and defaults.
+            for (k, v) in format::qcow2::create::formatting_opts(&opts, created.size()) {
+                line += &format!(" {k}={v}");
+            }
+        }
+        for d in driver.create_opts.iter().filter(|_| fmt != "qcow2") {
             let v = if d.name == format::options::SIZE {
                 Some(created.size().to_string())
             } else {

@@ -109,6 +109,47 @@ pub static CREATE_OPTS: [OptDesc; 12] = [
     },
 ];
 
+/// The `key=value` pairs qemu-img prints on its "Formatting ..." line for
+/// qcow2: its order, options with defaults always, sizes in bytes.
+pub fn formatting_opts(o: &CreateOptions, size: u64) -> Vec<(&'static str, String)> {
+    let mut out = Vec::new();
+    let size_or = |k: &str, d: u64| o.get_size(k).ok().flatten().unwrap_or(d).to_string();
+    let bool_or = |k: &str| match o.get_bool(k) {
+        Ok(Some(true)) => "on".to_string(),
+        Ok(Some(false)) | Ok(None) => "off".to_string(),
+        Err(_) => o.get(k).unwrap_or("").to_string(),
+    };
+    out.push((CLUSTER_SIZE, size_or(CLUSTER_SIZE, 65536)));
+    out.push((EXTENDED_L2, bool_or(EXTENDED_L2)));
+    if let Some(v) = o.get(PREALLOCATION) {
+        out.push((PREALLOCATION, v.to_string()));
+    }
+    out.push((
+        COMPRESSION_TYPE,
+        o.get(COMPRESSION_TYPE).unwrap_or("zlib").to_string(),
+    ));
+    out.push((options::SIZE, size.to_string()));
+    for k in [
+        options::BACKING_FILE,
+        options::BACKING_FMT,
+        COMPAT,
+        DATA_FILE,
+    ] {
+        if let Some(v) = o.get(k) {
+            out.push((k, v.to_string()));
+        }
+    }
+    if o.get(DATA_FILE_RAW).is_some() {
+        out.push((DATA_FILE_RAW, bool_or(DATA_FILE_RAW)));
+    }
+    out.push((LAZY_REFCOUNTS, bool_or(LAZY_REFCOUNTS)));
+    out.push((
+        REFCOUNT_BITS,
+        o.get(REFCOUNT_BITS).unwrap_or("16").to_string(),
+    ));
+    out
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prealloc {
     Off,
