@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::format::options::{self, CreateOptions, OptDesc, OptKind};
 use crate::io::BlockFile;
 use byteorder::{BigEndian, ByteOrder};
+use std::collections::BTreeMap;
 
 pub const CLUSTER_SIZE: &str = "cluster_size";
 pub const COMPAT: &str = "compat";
@@ -364,10 +365,9 @@ pub struct L2Plan {
     pub offset: u64,
     /// Its index in the L1 table.
     pub l1_index: u64,
-    /// Entries in use (from entry 0).
-    pub entries: u64,
-    /// Host offset (bytes) of entry 0's data; entry i maps `host + i * cs`.
-    pub host: u64,
+    /// Runs of entries (first entry, count, host offset of the first
+    /// entry's data); entry i of a run maps `host + (i - first) * cs`.
+    pub runs: Vec<(u64, u64, u64)>,
 }
 
 /// Everything a new image holds, computed without I/O.
@@ -383,9 +383,11 @@ pub struct Layout {
     pub l1_offset: u64,
     pub l1_size: u64,
     pub l2: Vec<L2Plan>,
-    /// Clusters in use: every cluster below `used_end` except `holes`.
-    pub used_end: u64,
-    pub holes: Vec<u64>,
+    /// Clusters in use, as sorted disjoint intervals [start, end).
+    pub used: Vec<(u64, u64)>,
+    /// Refcount tables replaced while laying out (offset, entries as
+    /// offsets): written first, as QEMU leaves them in freed clusters.
+    pub stale_tables: Vec<(u64, Vec<u64>)>,
     /// Host data run to fill (falloc/full) in the data file or the image.
     pub data: Option<(u64, u64)>,
     /// Final length of the qcow2 file.
@@ -396,125 +398,252 @@ pub struct Layout {
     pub extended_l2: bool,
 }
 
-/// QEMU's cluster allocator as far as creation needs it: clusters are
-/// handed out first-fit; a missing refcount block is placed as QEMU does.
+/// QEMU's cluster allocator as far as creation needs it (qcow2-refcount.c
+/// behaviour, modelled): first fit from a moving "free cluster index",
+/// refcount blocks allocated when a cluster needs one (retrying the
+/// allocation as QEMU does on -EAGAIN), and the refcount table grown
+/// through a self-describing "refcount area" past the clusters in use.
 struct Alloc {
     cs_bits: u32,
     rb_entries: u64,
-    next: u64,
-    holes: Vec<u64>,
+    /// Used clusters as disjoint intervals start -> end.
+    used: BTreeMap<u64, u64>,
+    free_index: u64,
+    /// Refcount block cluster by table index (0 = none).
     refblocks: Vec<u64>,
-    reftable_offset: u64,
+    reftable: u64,
     reftable_clusters: u64,
+    /// Replaced refcount tables (cluster, clusters, entries): QEMU frees
+    /// them without clearing, so their old contents stay in the file.
+    stale: Vec<(u64, u64, Vec<u64>)>,
 }
 
 impl Alloc {
-    fn reftable_capacity(&self) -> u64 {
+    fn new(cs_bits: u32, rb_entries: u64) -> Self {
+        let mut used = BTreeMap::new();
+        used.insert(0, 3);
+        Alloc {
+            cs_bits,
+            rb_entries,
+            used,
+            free_index: 3,
+            refblocks: vec![2],
+            reftable: 1,
+            reftable_clusters: 1,
+            stale: Vec::new(),
+        }
+    }
+
+    fn mark(&mut self, start: u64, n: u64) {
+        let mut s = start;
+        let mut e = start + n;
+        if let Some((&ps, &pe)) = self.used.range(..=s).next_back() {
+            if pe >= s {
+                s = ps;
+                e = e.max(pe);
+            }
+        }
+        while let Some((&ns, &ne)) = self.used.range(s..).next() {
+            if ns > e {
+                break;
+            }
+            e = e.max(ne);
+            self.used.remove(&ns);
+        }
+        self.used.insert(s, e);
+    }
+
+    fn unmark(&mut self, start: u64, n: u64) {
+        let end = start + n;
+        let hits: Vec<(u64, u64)> = self
+            .used
+            .range(..end)
+            .filter(|(_, &e)| e > start)
+            .map(|(&s, &e)| (s, e))
+            .collect();
+        for (s, e) in hits {
+            self.used.remove(&s);
+            if s < start {
+                self.used.insert(s, start);
+            }
+            if e > end {
+                self.used.insert(end, e);
+            }
+        }
+    }
+
+    /// First run of `n` free clusters at or after `from`.
+    fn find_free(&self, from: u64, n: u64) -> u64 {
+        let mut c = from;
+        if let Some((_, &e)) = self.used.range(..=c).next_back() {
+            c = c.max(e);
+        }
+        for (&s, &e) in self.used.range(c..) {
+            if s >= c + n {
+                break;
+            }
+            c = c.max(e);
+        }
+        c
+    }
+
+    fn block(&self, idx: u64) -> u64 {
+        self.refblocks.get(idx as usize).copied().unwrap_or(0)
+    }
+
+    fn table_capacity(&self) -> u64 {
         (self.reftable_clusters << self.cs_bits) / 8
     }
 
-    fn has_block(&self, cluster: u64) -> bool {
-        let i = cluster / self.rb_entries;
-        self.refblocks.get(i as usize).is_some_and(|&b| b != 0)
-    }
-
-    fn set_block(&mut self, idx: u64, at: u64) -> Result<()> {
-        let i = idx as usize;
-        if self.refblocks.len() <= i {
-            self.refblocks.resize(i + 1, 0);
-        }
-        self.refblocks[i] = at << self.cs_bits;
-        if idx >= self.reftable_capacity() {
-            self.grow_table(idx + 1)?;
+    fn check_size(&self, end: u64) -> Result<()> {
+        if end
+            .checked_shl(self.cs_bits)
+            .is_none_or(|b| b >> self.cs_bits != end)
+        {
+            return Err(Error::TooLarge(
+                "the image layout exceeds 2^64 bytes".into(),
+            ));
         }
         Ok(())
     }
 
-    /// Moves the refcount table to the end, 1.5 times the entries needed
-    /// (the old clusters become free). QEMU places a grown table
-    /// differently; the result is as valid (check clean) but not identical.
-    fn grow_table(&mut self, need: u64) -> Result<()> {
-        let entries_per_cluster = (1u64 << self.cs_bits) / 8;
-        let want = (need + need / 2 + 1).div_ceil(entries_per_cluster).max(1);
-        if want << self.cs_bits > MAX_REFTABLE_BYTES {
+    /// `n` contiguous clusters (qcow2_alloc_clusters).
+    fn alloc(&mut self, n: u64) -> Result<u64> {
+        loop {
+            let p = self.find_free(self.free_index, n);
+            self.check_size(p + n)?;
+            self.free_index = p + n;
+            let missing =
+                (p / self.rb_entries..=(p + n - 1) / self.rb_entries).find(|&i| self.block(i) == 0);
+            let Some(idx) = missing else {
+                self.mark(p, n);
+                return Ok(p);
+            };
+            let q = p.max(idx * self.rb_entries);
+            self.new_block(idx, q)?;
+            // QEMU then searches again from where this attempt started.
+            self.free_index = self.free_index.min(p);
+        }
+    }
+
+    /// A refcount block for table index `idx`, needed for cluster `q`
+    /// (alloc_refcount_block).
+    fn new_block(&mut self, idx: u64, q: u64) -> Result<()> {
+        let nb = self.find_free(self.free_index, 1);
+        self.check_size(nb + 1)?;
+        self.free_index = nb + 1;
+        if nb / self.rb_entries != idx && self.block(nb / self.rb_entries) == 0 {
+            // Described by a block that does not exist yet either.
+            self.new_block(nb / self.rb_entries, nb)?;
+        }
+        self.mark(nb, 1);
+        if idx < self.table_capacity() {
+            if self.refblocks.len() <= idx as usize {
+                self.refblocks.resize(idx as usize + 1, 0);
+            }
+            self.refblocks[idx as usize] = nb;
+            return Ok(());
+        }
+        let blocks_used = (q + 1).max(nb + 1).div_ceil(self.rb_entries);
+        self.refcount_area(blocks_used * self.rb_entries, 0, false, Some((idx, nb)))?;
+        Ok(())
+    }
+
+    /// QEMU's qcow2_refcount_area: new refcount blocks for every range
+    /// from `start` on that has none, then a new refcount table, all
+    /// describing themselves; the old table is freed. Returns the first
+    /// cluster after the area.
+    fn refcount_area(
+        &mut self,
+        start: u64,
+        additional: u64,
+        exact: bool,
+        new_block: Option<(u64, u64)>,
+    ) -> Result<u64> {
+        let cs = 1u64 << self.cs_bits;
+        let per_table_cluster = cs / 8;
+        let (total, _) = refcount_metadata(
+            start + additional,
+            self.rb_entries,
+            per_table_cluster,
+            !exact,
+        );
+        let area_index = start / self.rb_entries;
+        let mut table_size = if exact {
+            total
+        } else {
+            total + total.div_ceil(2)
+        };
+        table_size = table_size.next_multiple_of(per_table_cluster);
+        let table_clusters = table_size / per_table_cluster;
+        if table_clusters << self.cs_bits > MAX_REFTABLE_BYTES {
             return Err(Error::TooLarge(
                 "the refcount table would exceed 8 MiB; use a larger cluster size".into(),
             ));
         }
-        let old = (self.reftable_offset >> self.cs_bits, self.reftable_clusters);
-        let at = self.next;
-        self.next += want;
-        self.reftable_offset = at << self.cs_bits;
-        self.reftable_clusters = want;
-        self.holes.extend(old.0..old.0 + old.1);
-        // The table's own clusters need refcount blocks too.
-        for c in at..at + want {
-            if !self.has_block(c) {
-                let b = self.next;
-                self.next += 1;
-                self.set_block(c / self.rb_entries, b)?;
+        let mut table = self.refblocks.clone();
+        table.resize(table_size.max(table.len() as u64) as usize, 0);
+        table.truncate(table_size as usize);
+        if let Some((i, b)) = new_block {
+            table[i as usize] = b;
+        }
+        let mut at = start;
+        for e in table
+            .iter_mut()
+            .take(total as usize)
+            .skip(area_index as usize)
+        {
+            if *e == 0 {
+                *e = at;
+                at += 1;
             }
         }
-        Ok(())
+        let table_at = at;
+        let end = table_at + table_clusters;
+        self.check_size(end)?;
+        self.mark(start, end - start);
+        let (old, old_n) = (self.reftable, self.reftable_clusters);
+        let mut old_entries = std::mem::replace(&mut self.refblocks, table);
+        old_entries.truncate(((old_n << self.cs_bits) / 8) as usize);
+        self.stale.push((old, old_n, old_entries));
+        self.reftable = table_at;
+        self.reftable_clusters = table_clusters;
+        self.unmark(old, old_n);
+        self.free_index = self.free_index.min(old);
+        Ok(end)
     }
+}
 
-    /// `n` contiguous clusters.
-    fn alloc(&mut self, n: u64) -> Result<u64> {
-        // First fit among freed clusters (QEMU searches from the lowest).
-        if n == 1 && !self.holes.is_empty() {
-            self.holes.sort_unstable();
-            return Ok(self.holes.remove(0));
+/// QEMU's `qcow2_refcount_metadata_size`: refcount blocks and table
+/// clusters needed to cover `clusters` plus themselves (`generous`: room
+/// for half the table again).
+fn refcount_metadata(
+    mut clusters: u64,
+    rb_entries: u64,
+    rt_per_cluster: u64,
+    mut generous: bool,
+) -> (u64, u64) {
+    let (mut blocks, mut table, mut n) = (0u64, 0u64, 0u64);
+    loop {
+        let last = n;
+        blocks = (clusters + table + blocks).div_ceil(rb_entries);
+        table = blocks.div_ceil(rt_per_cluster);
+        n = clusters + blocks + table;
+        if n == last && generous {
+            clusters += table.div_ceil(2);
+            n = 0;
+            generous = false;
+            continue;
         }
-        loop {
-            let p = self.next;
-            let end = p
-                .checked_add(n)
-                .filter(|&e| e << self.cs_bits >> self.cs_bits == e)
-                .ok_or_else(|| Error::TooLarge("image layout exceeds 2^64 bytes".into()))?;
-            let missing = (p / self.rb_entries..=(end - 1) / self.rb_entries)
-                .find(|&i| self.refblocks.get(i as usize).is_none_or(|&b| b == 0));
-            match missing {
-                None => {
-                    self.next = end;
-                    return Ok(p);
-                }
-                Some(i) if i * self.rb_entries <= p => {
-                    // The run's first cluster needs the block: it goes first.
-                    self.next = p + 1;
-                    self.set_block(i, p)?;
-                }
-                Some(i) => {
-                    // The block goes after the run that needed it.
-                    self.next = end + 1;
-                    self.set_block(i, end)?;
-                    self.next = self.next.max(end + 1);
-                    // Any further missing blocks of this run.
-                    for j in i + 1..=(end - 1) / self.rb_entries {
-                        if !self.has_block(j * self.rb_entries) {
-                            let b = self.next;
-                            self.next += 1;
-                            self.set_block(j, b)?;
-                        }
-                    }
-                    return Ok(p);
-                }
-            }
+        if n == last {
+            return (blocks, table);
         }
     }
 }
 
-/// QEMU's `qcow2_refcount_metadata_size`: refcount blocks (and table
-/// clusters) needed to cover `clusters` plus themselves.
-fn refcount_metadata(clusters: u64, rb_entries: u64, rt_per_cluster: u64) -> (u64, u64) {
-    let (mut blocks, mut table) = (0u64, 0u64);
-    loop {
-        let last = (blocks, table);
-        blocks = (clusters + table + blocks).div_ceil(rb_entries);
-        table = blocks.div_ceil(rt_per_cluster);
-        if (blocks, table) == last {
-            return (blocks, table);
-        }
-    }
+/// Clusters QEMU's preallocation asks for at once (INT_MAX bytes, aligned).
+fn max_request(cb: u32) -> u64 {
+    ((i32::MAX as u64) >> cb).max(1)
 }
 
 impl Layout {
@@ -531,121 +660,111 @@ impl Layout {
                 l1_size * 8
             )));
         }
-        let rb_entries = p.refblock_entries();
-        let mut a = Alloc {
-            cs_bits: cb,
-            rb_entries,
-            next: 3,
-            holes: Vec::new(),
-            refblocks: vec![2 << cb],
-            reftable_offset: cs,
-            reftable_clusters: 1,
-        };
+        let mut a = Alloc::new(cb, p.refblock_entries());
         let l1_clusters = (l1_size * 8).div_ceil(cs);
         let l1_offset = if l1_size > 0 {
             a.alloc(l1_clusters)? << cb
         } else {
             0
         };
-        // Without preallocation the file ends where the L1 table does.
-        let mut file_len = if l1_size > 0 {
-            l1_offset + l1_size * 8
-        } else {
-            3 * cs
-        };
         let mut l2 = Vec::new();
         let mut data = None;
         let ext = p.data_file.is_some();
         let data_file_len = if ext { p.size } else { 0 };
+        // The file ends at the last cluster written, or where the L1 table
+        // ends (QEMU writes the table, not its whole cluster).
+        let l1_end = if l1_size > 0 {
+            l1_offset + l1_size * 8
+        } else {
+            3 * cs
+        };
         match p.prealloc {
             Prealloc::Off => {}
             Prealloc::Falloc | Prealloc::Full if !ext => {
                 // QEMU's refcount area at the end of the file, then data.
-                let start = file_len.div_ceil(cs);
+                let start = l1_end.div_ceil(cs);
                 let new_l2 = guest_clusters.div_ceil(l2_entries) + 1;
-                let rt_per_cluster = cs / 8;
-                let (blocks, table) =
-                    refcount_metadata(start + guest_clusters + new_l2, rb_entries, rt_per_cluster);
-                let table_entries = table * rt_per_cluster;
-                if table << cb > MAX_REFTABLE_BYTES {
-                    return Err(Error::TooLarge(
-                        "the refcount table would exceed 8 MiB; use a larger cluster size".into(),
-                    ));
-                }
-                a.next = start;
-                let mut refblocks = a.refblocks.clone();
-                refblocks.resize(table_entries as usize, 0);
-                let first = start / rb_entries;
-                for rb in refblocks
-                    .iter_mut()
-                    .take(blocks as usize)
-                    .skip(first as usize)
-                {
-                    if *rb == 0 {
-                        *rb = a.next << cb;
-                        a.next += 1;
-                    }
-                }
-                a.refblocks = refblocks;
-                a.holes.push(1);
-                a.reftable_offset = a.next << cb;
-                a.reftable_clusters = table;
-                a.next += table;
-                let data_start = a.next;
-                a.next += guest_clusters;
+                let data_start = a.refcount_area(start, guest_clusters + new_l2, true, None)?;
+                a.check_size(data_start + guest_clusters)?;
+                a.mark(data_start, guest_clusters);
                 data = Some((data_start << cb, guest_clusters << cb));
                 for i in 0..l1_size {
                     let at = a.alloc(1)?;
                     let first = i * l2_entries;
+                    let n = l2_entries.min(guest_clusters - first);
                     l2.push(L2Plan {
                         offset: at << cb,
                         l1_index: i,
-                        entries: l2_entries.min(guest_clusters - first),
-                        host: (data_start + first) << cb,
+                        runs: vec![(0, n, (data_start + first) << cb)],
                     });
                 }
-                file_len = a.next << cb;
             }
             _ => {
                 // metadata, or any mode with an external data file: L2
                 // tables (and in the image, their data) in guest order.
+                let chunk = max_request(cb);
                 for i in 0..l1_size {
                     let at = a.alloc(1)?;
                     let first = i * l2_entries;
                     let n = l2_entries.min(guest_clusters - first);
-                    let host = if ext { first << cb } else { a.alloc(n)? << cb };
+                    let mut runs = Vec::new();
+                    if ext {
+                        runs.push((0, n, first << cb));
+                    } else {
+                        let mut done = 0;
+                        while done < n {
+                            let k = chunk.min(n - done);
+                            let h = a.alloc(k)?;
+                            match runs.last_mut() {
+                                Some((_, len, host)) if *host + (*len << cb) == h << cb => {
+                                    *len += k
+                                }
+                                _ => runs.push((done, k, h << cb)),
+                            }
+                            done += k;
+                        }
+                    }
                     l2.push(L2Plan {
                         offset: at << cb,
                         l1_index: i,
-                        entries: n,
-                        host,
+                        runs,
                     });
                 }
-                file_len = a.next << cb;
                 if ext && p.prealloc != Prealloc::Metadata {
                     data = Some((0, p.size));
                 }
             }
         }
-        let mut header = Layout::header(
-            p,
-            l1_offset,
-            l1_size,
-            a.reftable_offset,
-            a.reftable_clusters,
-        )?;
+        // Every cluster in use is written (metadata) or reserved (data).
+        let last_used = a.used.iter().next_back().map_or(3, |(_, &e)| e);
+        let l1_last = if l1_size > 0 {
+            (l1_offset >> cb) + l1_clusters
+        } else {
+            0
+        };
+        let file_len = if last_used == l1_last {
+            l1_end.max(3 * cs)
+        } else {
+            (last_used << cb).max(l1_end)
+        };
+        let mut header =
+            Layout::header(p, l1_offset, l1_size, a.reftable << cb, a.reftable_clusters)?;
         header.resize(cs as usize, 0);
         Ok(Layout {
             cluster_bits: cb,
             header,
-            reftable_offset: a.reftable_offset,
+            reftable_offset: a.reftable << cb,
             reftable_clusters: a.reftable_clusters,
-            refblocks: a.refblocks,
+            refblocks: a.refblocks.iter().map(|&b| b << cb).collect(),
             l1_offset,
             l1_size,
             l2,
-            used_end: a.next,
-            holes: a.holes,
+            used: a.used.into_iter().collect(),
+            stale_tables: a
+                .stale
+                .iter()
+                .map(|(at, _, e)| (at << cb, e.iter().map(|&b| b << cb).collect()))
+                .collect(),
             data,
             file_len,
             data_file_len,
@@ -736,31 +855,29 @@ impl Layout {
         Ok(h)
     }
 
-    /// The refcount of cluster `c` in the new image.
-    fn refcount(&self, c: u64) -> u64 {
-        (c < self.used_end && !self.holes.contains(&c)) as u64
-    }
-
-    /// Refcount block `idx` as bytes.
+    /// Refcount block `idx` as bytes: refcount 1 for every cluster in use.
     fn refblock_bytes(&self, idx: u64) -> Vec<u8> {
         let cs = 1usize << self.cluster_bits;
         let mut b = vec![0u8; cs];
         let entries = (cs as u64 * 8) >> self.refcount_order;
         let bits = 1u64 << self.refcount_order;
         let first = idx * entries;
-        let last = (first + entries).min(self.used_end);
-        for c in first..last {
-            if self.refcount(c) == 0 {
-                continue;
+        let last = first + entries;
+        let from = self.used.partition_point(|&(_, e)| e <= first);
+        for &(s, e) in &self.used[from..] {
+            if s >= last {
+                break;
             }
-            // Refcount 1. Entries narrower than a byte fill each byte from
-            // its least significant bit; wider ones are big endian.
-            let i = c - first;
-            if bits < 8 {
-                let bit = i * bits;
-                b[(bit / 8) as usize] |= 1 << (bit % 8);
-            } else {
-                b[((i + 1) * bits / 8 - 1) as usize] |= 1;
+            for c in s.max(first)..e.min(last) {
+                // Entries narrower than a byte fill each byte from its least
+                // significant bit; wider ones are big endian.
+                let i = c - first;
+                if bits < 8 {
+                    let bit = i * bits;
+                    b[(bit / 8) as usize] |= 1 << (bit % 8);
+                } else {
+                    b[((i + 1) * bits / 8 - 1) as usize] |= 1;
+                }
             }
         }
         b
@@ -771,11 +888,14 @@ impl Layout {
         let cs = 1u64 << self.cluster_bits;
         let mut b = vec![0u8; cs as usize];
         let w = if self.extended_l2 { 16 } else { 8 };
-        for i in 0..t.entries {
-            let e = (t.host + i * cs) | OFLAG_COPIED;
-            BigEndian::write_u64(&mut b[(i * w) as usize..], e);
-            // Extended L2: the subcluster bitmap stays 0 (host space
-            // reserved, guest sees zeros or the backing file), as QEMU.
+        for &(first, n, host) in &t.runs {
+            for i in 0..n {
+                let e = (host + i * cs) | OFLAG_COPIED;
+                BigEndian::write_u64(&mut b[((first + i) * w) as usize..], e);
+                // Extended L2: the subcluster bitmap stays 0 (host space
+                // reserved, the guest sees zeros or the backing file), as
+                // QEMU leaves it.
+            }
         }
         b
     }
@@ -825,6 +945,13 @@ pub fn write(
         }
     }
     file.set_len(l.file_len)?;
+    for (at, entries) in &l.stale_tables {
+        let mut t = vec![0u8; entries.len() * 8];
+        for (i, &b) in entries.iter().enumerate() {
+            BigEndian::write_u64(&mut t[i * 8..], b);
+        }
+        file.write_at(&t, *at)?;
+    }
     for t in &l.l2 {
         file.write_at(&l.l2_bytes(t), t.offset)?;
     }
@@ -898,7 +1025,7 @@ mod tests {
         assert_eq!(l.l1_offset, 3 << 16);
         assert_eq!(l.l1_size, 1);
         assert_eq!(l.file_len, (3 << 16) + 8);
-        assert_eq!(l.used_end, 4);
+        assert_eq!(l.used, vec![(0, 4)]);
     }
 
     #[test]
