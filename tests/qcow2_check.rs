@@ -396,3 +396,48 @@ fn more_damage() {
     assert_eq!(same_check(&dir, "rc1.qcow2"), 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// 1 TiB image whose 2048 L1 entries all point at one L2 table of 8192
+/// unaligned entries: `n` L1 entries are redirected.
+fn shared_l2(dir: &Path, f: &str, n: usize) {
+    create(dir, f, "", "1T");
+    io(dir, f, &["write 0 64k"]);
+    let mut l1 = Vec::new();
+    for _ in 0..n {
+        l1.extend_from_slice(&0x8000_0000_0004_0000u64.to_be_bytes());
+    }
+    poke(dir, f, 0x30000, &l1);
+    let mut l2 = Vec::new();
+    for _ in 0..8192 {
+        l2.extend_from_slice(&0x8000_0000_0005_0200u64.to_be_bytes());
+    }
+    poke(dir, f, L2, &l2);
+}
+
+#[test]
+fn l2_tables_listed_many_times() {
+    let dir = tmpdir("shared");
+    // A few L1 entries sharing a table: everything as QEMU prints it.
+    shared_l2(&dir, "few.qcow2", 3);
+    assert_eq!(same_check(&dir, "few.qcow2"), 2);
+    // All 2048: QEMU 10 prints 83623943 lines and counts 50200581
+    // corruptions (its refcount counters saturate at 65535 and every
+    // further reference is an overflow). We give the same counts, keep
+    // the first 100000 messages and say how many more there were.
+    shared_l2(&dir, "all.qcow2", 2048);
+    let o = run(&dir, OURS, &["check", "--output=json", "all.qcow2"]);
+    assert_eq!(o.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["corruptions"], 50200581);
+    assert_eq!(v["allocated-clusters"], 16777216);
+    assert_eq!(v["fragmented-clusters"], 16775168);
+    assert_eq!(v["image-end-offset"], 458752);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 100_001);
+    assert!(
+        err.ends_with("(83523943 more messages not shown)\n"),
+        "{}",
+        &err[err.len() - 200..]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

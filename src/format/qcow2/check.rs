@@ -18,6 +18,7 @@ use super::Qcow2;
 use crate::error::{Error, Result};
 use crate::format::{CheckReport, Repair};
 use byteorder::{BigEndian, ByteOrder};
+use std::collections::HashMap;
 
 /// Most host clusters a check counts (a 16 TiB file at 64 KiB clusters).
 pub const MAX_CLUSTERS: u64 = 1 << 28;
@@ -41,11 +42,46 @@ struct Ctx<'a> {
     fragmented: u64,
     compressed: u64,
     allocated: u64,
+    /// How many L1 entries point at the L2 table being walked: it is walked
+    /// once and its findings count that many times (a hostile image may
+    /// point millions of entries at one table).
+    mult: u64,
+    /// Messages of the L2 table being walked, replayed for its other L1
+    /// entries.
+    l2_msgs: Vec<String>,
+    /// Messages beyond `MAX_MESSAGES`, counted only.
+    dropped: u64,
 }
+
+/// Messages kept (the counts stay exact beyond it).
+pub const MAX_MESSAGES: usize = 100_000;
 
 impl Ctx<'_> {
     fn msg(&mut self, m: String) {
-        self.r.messages.push(m);
+        if self.r.messages.len() < MAX_MESSAGES {
+            self.r.messages.push(m);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Messages again (for a table listed again), cheaply once the kept
+    /// messages are full.
+    fn replay(&mut self, msgs: &[String]) {
+        let room = MAX_MESSAGES.saturating_sub(self.r.messages.len());
+        let n = room.min(msgs.len());
+        self.r.messages.extend_from_slice(&msgs[..n]);
+        self.dropped += (msgs.len() - n) as u64;
+    }
+
+    /// A finding about one L2 entry: counted once per L1 entry pointing at
+    /// the table.
+    fn l2_finding(&mut self, m: String) {
+        self.r.corruptions += self.mult;
+        if self.mult > 1 && self.l2_msgs.len() < MAX_MESSAGES {
+            self.l2_msgs.push(m.clone());
+        }
+        self.msg(m);
     }
 
     /// Counts one reference to every cluster of `[off, off + len)`.
@@ -58,7 +94,7 @@ impl Ctx<'_> {
         // grows past the file).
         let end = off.saturating_add(len);
         if end > self.file_len && end - self.file_len >= self.cs {
-            self.r.corruptions += 1;
+            self.r.corruptions += self.mult;
             self.msg(format!(
                 "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x{off:x} size 0x{len:x}"
             ));
@@ -79,16 +115,17 @@ impl Ctx<'_> {
                 self.refs.resize(k as usize + 1, 0);
             }
             let v = &mut self.refs[k as usize];
-            if *v == self.max {
+            let add = self.mult.min((self.max - *v) as u64);
+            *v += add as u16;
+            for _ in 0..(self.mult - add).min(MAX_MESSAGES as u64) {
                 self.r.corruptions += 1;
-                self.r.messages.push(format!(
+                self.msg(format!(
                     "ERROR: overflow cluster offset=0x{:x}",
                     k << self.cb
                 ));
-                self.r.messages.push("Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing".into());
-                continue;
+                self.msg("Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing".into());
             }
-            *v += 1;
+            self.r.corruptions += (self.mult - add).saturating_sub(MAX_MESSAGES as u64);
         }
     }
 
@@ -121,8 +158,24 @@ impl Ctx<'_> {
             ));
             return Ok(());
         }
-        // In chunks: an L1 table is at most 32 MiB.
+        // In chunks: an L1 table is at most 32 MiB. A first pass counts the
+        // L1 entries of each L2 table.
         const CHUNK: u64 = 4096;
+        let mut count: HashMap<u64, u64> = HashMap::new();
+        let mut i = 0;
+        while i < l1_size {
+            let n = CHUNK.min(l1_size - i);
+            let buf = self.read(l1_off + i * 8, n * 8)?;
+            for w in buf.chunks_exact(8) {
+                let e = BigEndian::read_u64(w);
+                if e != 0 {
+                    *count.entry(e & OFFSET_MASK).or_default() += 1;
+                }
+            }
+            i += n;
+        }
+        // Findings of tables walked already, replayed for later entries.
+        let mut seen: HashMap<u64, Vec<String>> = HashMap::new();
         let mut i = 0;
         while i < l1_size {
             let n = CHUNK.min(l1_size - i);
@@ -148,7 +201,16 @@ impl Ctx<'_> {
                         "ERROR l2_offset={l2:x}: Table is not cluster aligned; L1 entry corrupted"
                     ));
                 }
-                self.l2(l2, active)?;
+                if let Some(msgs) = seen.get(&l2) {
+                    self.replay(msgs);
+                    continue;
+                }
+                self.mult = count.get(&l2).copied().unwrap_or(1);
+                self.l2_msgs.clear();
+                let r = self.l2(l2, active);
+                self.mult = 1;
+                r?;
+                seen.insert(l2, std::mem::take(&mut self.l2_msgs));
             }
             i += n;
         }
@@ -170,39 +232,35 @@ impl Ctx<'_> {
             };
             let off = entry & OFFSET_MASK;
             if entry & OFLAG_COMPRESSED == 0 && entry & L2E_STD_RESERVED_MASK != 0 {
-                self.r.corruptions += 1;
-                self.msg(format!(
+                self.l2_finding(format!(
                     "ERROR found l2 entry with reserved bits set: {entry:x}"
                 ));
             }
             if entry & OFLAG_COMPRESSED != 0 {
                 let (coffset, csize) = geo.compressed(entry);
                 if entry & OFLAG_COPIED != 0 {
-                    self.r.corruptions += 1;
-                    self.msg(format!(
+                    self.l2_finding(format!(
                         "ERROR: coffset=0x{coffset:x}: copied flag must never be set for compressed clusters"
                     ));
                 }
                 let entry = entry & !OFLAG_COPIED;
                 if data_file {
-                    self.r.corruptions += 1;
-                    self.msg(format!(
+                    self.l2_finding(format!(
                         "ERROR compressed cluster {i} with data file, entry=0x{entry:x}"
                     ));
                     continue;
                 }
                 if bitmap != 0 {
-                    self.r.corruptions += 1;
-                    self.msg(format!(
+                    self.l2_finding(format!(
                         "ERROR compressed cluster {i} with non-zero subcluster allocation bitmap, entry=0x{entry:x}"
                     ));
                     continue;
                 }
                 self.inc(coffset, csize);
                 if active {
-                    self.allocated += 1;
-                    self.compressed += 1;
-                    self.fragmented += 1;
+                    self.allocated += self.mult;
+                    self.compressed += self.mult;
+                    self.fragmented += self.mult;
                 }
                 continue;
             }
@@ -211,40 +269,32 @@ impl Ctx<'_> {
             if !allocated {
                 // Plain zero or unallocated.
                 if geo.extended && bitmap & 0xffff_ffff != 0 {
-                    self.r.corruptions += 1;
-                    self.msg(
+                    self.l2_finding(
                         "ERROR: Unallocated cluster has non-zero subcluster allocation map".into(),
                     );
                 }
                 continue;
             }
             if (bitmap >> 32) & bitmap != 0 {
-                self.r.corruptions += 1;
-                self.msg(format!(
+                self.l2_finding(format!(
                     "ERROR offset={off:x}: Allocated cluster has corrupted subcluster allocation bitmap"
                 ));
             }
             if off & (self.cs - 1) != 0 {
-                self.r.corruptions += 1;
                 let has_data = if geo.extended {
                     bitmap & 0xffff_ffff != 0
                 } else {
                     !zero
                 };
-                if has_data {
-                    self.msg(format!(
-                        "ERROR offset={off:x}: Data cluster is not properly aligned; L2 entry corrupted."
-                    ));
-                } else {
-                    self.msg(format!(
-                        "ERROR offset={off:x}: Preallocated cluster is not properly aligned; L2 entry corrupted."
-                    ));
-                }
+                let what = if has_data { "Data" } else { "Preallocated" };
+                self.l2_finding(format!(
+                    "ERROR offset={off:x}: {what} cluster is not properly aligned; L2 entry corrupted."
+                ));
             }
             if active {
-                self.allocated += 1;
+                self.allocated += self.mult;
                 if next_contiguous != 0 && off != next_contiguous {
-                    self.fragmented += 1;
+                    self.fragmented += self.mult;
                 }
                 next_contiguous = off + self.cs;
             }
@@ -361,6 +411,9 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
         fragmented: 0,
         compressed: 0,
         allocated: 0,
+        mult: 1,
+        l2_msgs: Vec::new(),
+        dropped: 0,
     };
     let steps = 4 + q.snapshots.len() as u64;
     progress(0, steps);
@@ -483,6 +536,10 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
     // OFLAG_COPIED in the active tables, against the stored refcounts.
     copied_flags(&mut c, &mut stored)?;
     progress(steps, steps);
+    if c.dropped > 0 {
+        c.r.messages
+            .push(format!("({} more messages not shown)", c.dropped));
+    }
     let mut r = c.r;
     r.total_clusters = Some(q.size.div_ceil(cs));
     r.allocated_clusters = Some(c.allocated);
@@ -503,6 +560,7 @@ fn copied_flags(c: &mut Ctx, stored: &mut Stored) -> Result<()> {
     let words = c.entry_words() as usize;
     let data_file = c.q.geo.data_file;
     let extended = c.q.geo.extended;
+    let mut seen: HashMap<u64, (u64, Vec<String>)> = HashMap::new();
     for (i, w) in l1.chunks_exact(8).enumerate() {
         let e = BigEndian::read_u64(w);
         let l2 = e & OFFSET_MASK;
@@ -518,6 +576,13 @@ fn copied_flags(c: &mut Ctx, stored: &mut Stored) -> Result<()> {
                 "ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={rc}"
             ));
         }
+        // A table listed again gives the same findings: replay them.
+        if let Some((n, msgs)) = seen.get(&l2) {
+            c.r.corruptions += n;
+            c.replay(msgs);
+            continue;
+        }
+        let (before, kept) = (c.r.corruptions, c.r.messages.len());
         let t = c.read(l2, c.l2_bytes())?;
         for x in t.chunks_exact(8 * words) {
             let entry = BigEndian::read_u64(x);
@@ -545,6 +610,12 @@ fn copied_flags(c: &mut Ctx, stored: &mut Stored) -> Result<()> {
                 ));
             }
         }
+        let msgs =
+            c.r.messages
+                .get(kept..)
+                .map(<[String]>::to_vec)
+                .unwrap_or_default();
+        seen.insert(l2, (c.r.corruptions - before, msgs));
     }
     Ok(())
 }
