@@ -420,6 +420,12 @@ fn l2_tables_listed_many_times() {
     // A few L1 entries sharing a table: everything as QEMU prints it.
     shared_l2(&dir, "few.qcow2", 3);
     assert_eq!(same_check(&dir, "few.qcow2"), 2);
+    // ... with a data and a compressed entry far past the end of the file.
+    shared_l2(&dir, "few-eof.qcow2", 3);
+    let mut tail = 0x8000_0001_0000_0000u64.to_be_bytes().to_vec();
+    tail.extend_from_slice(&0x4000_0001_0000_0000u64.to_be_bytes());
+    poke(&dir, "few-eof.qcow2", L2 + 8192 * 8 - 16, &tail);
+    assert_eq!(same_check(&dir, "few-eof.qcow2"), 2);
     // All 2048: QEMU 10 prints 83623943 lines and counts 50200581
     // corruptions (its refcount counters saturate at 65535 and every
     // further reference is an overflow). We give the same counts, keep

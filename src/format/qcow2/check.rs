@@ -53,6 +53,11 @@ struct Ctx<'a> {
     dropped: u64,
 }
 
+/// How often `v` occurs in the sorted `sorted`.
+fn occurrences(sorted: &[u64], v: u64) -> u64 {
+    (sorted.partition_point(|&x| x <= v) - sorted.partition_point(|&x| x < v)) as u64
+}
+
 /// Messages kept (the counts stay exact beyond it).
 pub const MAX_MESSAGES: usize = 100_000;
 
@@ -94,10 +99,12 @@ impl Ctx<'_> {
         // grows past the file).
         let end = off.saturating_add(len);
         if end > self.file_len && end - self.file_len >= self.cs {
-            self.r.corruptions += self.mult;
-            self.msg(format!(
+            let m = format!(
                 "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x{off:x} size 0x{len:x}"
-            ));
+            );
+            // Inside an L2 walk this repeats for every L1 entry of the
+            // table (outside one, `mult` is 1).
+            self.l2_finding(m);
             return;
         }
         let first = off >> self.cb;
@@ -161,7 +168,7 @@ impl Ctx<'_> {
         // In chunks: an L1 table is at most 32 MiB. A first pass counts the
         // L1 entries of each L2 table.
         const CHUNK: u64 = 4096;
-        let mut count: HashMap<u64, u64> = HashMap::new();
+        let mut offsets = Vec::new();
         let mut i = 0;
         while i < l1_size {
             let n = CHUNK.min(l1_size - i);
@@ -169,11 +176,12 @@ impl Ctx<'_> {
             for w in buf.chunks_exact(8) {
                 let e = BigEndian::read_u64(w);
                 if e != 0 {
-                    *count.entry(e & OFFSET_MASK).or_default() += 1;
+                    offsets.push(e & OFFSET_MASK);
                 }
             }
             i += n;
         }
+        offsets.sort_unstable();
         // Findings of tables walked already, replayed for later entries.
         let mut seen: HashMap<u64, Vec<String>> = HashMap::new();
         let mut i = 0;
@@ -205,12 +213,15 @@ impl Ctx<'_> {
                     self.replay(msgs);
                     continue;
                 }
-                self.mult = count.get(&l2).copied().unwrap_or(1);
+                self.mult = occurrences(&offsets, l2);
                 self.l2_msgs.clear();
                 let r = self.l2(l2, active);
-                self.mult = 1;
+                let mult = std::mem::replace(&mut self.mult, 1);
                 r?;
-                seen.insert(l2, std::mem::take(&mut self.l2_msgs));
+                // Only a table listed again needs its findings kept.
+                if mult > 1 {
+                    seen.insert(l2, std::mem::take(&mut self.l2_msgs));
+                }
             }
             i += n;
         }
@@ -561,6 +572,12 @@ fn copied_flags(c: &mut Ctx, stored: &mut Stored) -> Result<()> {
     let data_file = c.q.geo.data_file;
     let extended = c.q.geo.extended;
     let mut seen: HashMap<u64, (u64, Vec<String>)> = HashMap::new();
+    let mut offsets: Vec<u64> = l1
+        .chunks_exact(8)
+        .map(|w| BigEndian::read_u64(w) & OFFSET_MASK)
+        .filter(|&o| o != 0)
+        .collect();
+    offsets.sort_unstable();
     for (i, w) in l1.chunks_exact(8).enumerate() {
         let e = BigEndian::read_u64(w);
         let l2 = e & OFFSET_MASK;
@@ -610,12 +627,10 @@ fn copied_flags(c: &mut Ctx, stored: &mut Stored) -> Result<()> {
                 ));
             }
         }
-        let msgs =
-            c.r.messages
-                .get(kept..)
-                .map(<[String]>::to_vec)
-                .unwrap_or_default();
-        seen.insert(l2, (c.r.corruptions - before, msgs));
+        if occurrences(&offsets, l2) > 1 {
+            let msgs = c.r.messages.get(kept..).map(<[String]>::to_vec);
+            seen.insert(l2, (c.r.corruptions - before, msgs.unwrap_or_default()));
+        }
     }
     Ok(())
 }
