@@ -21,8 +21,11 @@ check:
 # The Rust and C tests alone (no QEMU build, no fuzzing).
 test: rust-test ctest
 
+# The parity suite runs on its own with its output shown: it prints the
+# list of known differences from QEMU's tools (tests/parity/known.txt).
 rust-test:
-	$(CARGO) test --release
+	$(CARGO) test --release -- --skip our_tools_answer_as_qemus_do
+	$(CARGO) test --release --test parity -- --nocapture
 
 # --- C ABI: header, C tests, demo (owner: ffi) ---
 # C programs build against target/release through build/lib, which holds the
@@ -179,8 +182,10 @@ bench:
 	$(CARGO) bench --bench qcow2_read
 	$(MAKE) bench-nbd
 
-# --- fuzzing (owner: qcow2) ---
-# Each cargo-fuzz target for FUZZ_SECONDS; needs cargo-fuzz and a C++ compiler.
+# --- fuzzing ---
+# Each cargo-fuzz target (qcow2_parse, qcow2_read, addcow_parse, addcow_io)
+# for FUZZ_SECONDS: 4 x 60 s = 4 minutes in CI. Needs cargo-fuzz and a C++
+# compiler. Lower FUZZ_SECONDS if more targets come.
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz
 fuzz:

@@ -45,16 +45,80 @@ pub struct OpenOptions {
     pub cache_size: u64,
     /// A caller-supplied backing layer, used instead of the recorded one.
     pub backing: Option<Arc<dyn Backing>>,
-    /// Open this internal snapshot (matched by id, then by name, as
-    /// `qemu-img convert -l`); needs `read_only`. Applies to the top image
-    /// only.
-    pub snapshot: Option<String>,
+    /// Open this internal snapshot; needs `read_only`. Applies to the top
+    /// image only.
+    pub snapshot: Option<SnapshotRef>,
+    /// For untrusted images: every file the image names (backing files,
+    /// add-cow image files, qcow2 data files, at any depth) must resolve,
+    /// after symlinks, inside the top image's directory and be a regular
+    /// file; anything else is refused (EACCES) naming the file and rule.
+    pub confined: bool,
+    /// Parse metadata only, for `info`: data files the image names are not
+    /// opened (they may be missing; reads then fail), backing files open
+    /// the same way. Needs `read_only`.
+    pub metadata_only: bool,
     /// Read-only opens only: take no lock that keeps writers out (QEMU's
     /// `force-share`); reads may then see data change underneath.
     pub force_share: bool,
     /// Take no image locks at all: for hosts whose own locks govern the
     /// files (the QEMU glue). Applies to the whole chain.
     pub no_lock: bool,
+}
+
+/// Which internal snapshot to open, with QEMU's rules
+/// (`bdrv_snapshot_load_tmp`): the first snapshot in the table that
+/// matches. `qemu-img convert -l snapshot.id=ID` is `Id`,
+/// `-l snapshot.name=NAME` is `Name`, both together `IdAndName`, and a bare
+/// `-l STRING` (or `-s`) is `IdOrName`. A string converts to `IdOrName`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotRef {
+    Id(String),
+    Name(String),
+    /// A snapshot with this id if there is one, else one with this name.
+    IdOrName(String),
+    /// A snapshot with both this id and this name.
+    IdAndName(String, String),
+}
+
+impl SnapshotRef {
+    /// The index of the snapshot selected among `(id, name)` pairs in
+    /// table order.
+    pub fn find<'s>(
+        &self,
+        snaps: impl Iterator<Item = (&'s str, &'s str)> + Clone,
+    ) -> Option<usize> {
+        let first = |f: &dyn Fn(&str, &str) -> bool| snaps.clone().position(|(i, n)| f(i, n));
+        match self {
+            SnapshotRef::Id(id) => first(&|i, _| i == id),
+            SnapshotRef::Name(name) => first(&|_, n| n == name),
+            SnapshotRef::IdOrName(s) => first(&|i, _| i == s).or_else(|| first(&|_, n| n == s)),
+            SnapshotRef::IdAndName(id, name) => first(&|i, n| i == id && n == name),
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Messages read "snapshot 'X' ...", whatever the selector.
+            SnapshotRef::Id(i) => write!(f, "'{i}' (by id)"),
+            SnapshotRef::Name(n) => write!(f, "'{n}' (by name)"),
+            SnapshotRef::IdOrName(s) => write!(f, "'{s}' (id or name)"),
+            SnapshotRef::IdAndName(i, n) => write!(f, "'{i}' named '{n}'"),
+        }
+    }
+}
+
+impl From<&str> for SnapshotRef {
+    fn from(s: &str) -> Self {
+        SnapshotRef::IdOrName(s.to_string())
+    }
+}
+
+impl From<String> for SnapshotRef {
+    fn from(s: String) -> Self {
+        SnapshotRef::IdOrName(s)
+    }
 }
 
 /// The state of a run of guest bytes.
@@ -91,7 +155,11 @@ pub struct ImageInfo {
     /// Bytes the image's files take on disk.
     pub disk_size: u64,
     pub read_only: bool,
-    pub specific: Vec<(String, String)>,
+    pub specific: Vec<(String, crate::format::info::InfoValue)>,
+    /// Not closed cleanly (qcow2's dirty bit).
+    pub dirty: bool,
+    /// Where VM state is kept (qcow2), for qemu-io's `info`.
+    pub vm_state_offset: Option<u64>,
 }
 
 /// A sized holder for the backing layer (arc-swap needs thin pointers).
@@ -106,6 +174,13 @@ pub struct Image {
     storage: Arc<dyn Storage>,
     path: PathBuf,
     closed: AtomicBool,
+    /// The confinement directory of a confined open (`OpenOptions::confined`).
+    confine: Option<PathBuf>,
+    /// Opened read-write as raw because probing said so (no format was
+    /// given): writes may not make the first sector look like another
+    /// format, as in QEMU (a guest could otherwise turn its disk into,
+    /// say, a qcow2 image naming host files at the next probing open).
+    probed_raw: bool,
 }
 
 impl Image {
@@ -117,14 +192,25 @@ impl Image {
     /// Opens an image in `storage`.
     pub fn open_in(storage: Arc<dyn Storage>, path: &Path, opts: &OpenOptions) -> Result<Image> {
         let mut seen = Vec::new();
-        Self::open_chain(storage, path, opts, &mut seen)
+        let root = match opts.confined {
+            // Names resolve against the directory of the path as given.
+            true => Some(match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            }),
+            false => None,
+        };
+        Self::open_chain(storage, path, opts, &mut seen, root.as_deref())
     }
 
+    /// Opens `path` and the chain behind it. `root` is the confinement
+    /// directory; every layer but the top is a name an image recorded.
     fn open_chain(
         storage: Arc<dyn Storage>,
         path: &Path,
         opts: &OpenOptions,
         seen: &mut Vec<PathBuf>,
+        root: Option<&Path>,
     ) -> Result<Image> {
         if seen.len() >= MAX_CHAIN_DEPTH {
             return Err(Error::InvalidArgument(format!(
@@ -157,7 +243,26 @@ impl Image {
                 "force-share=on can only be used with read-only images".into(),
             ));
         }
-        let file = storage.open(path, access)?;
+        if opts.metadata_only && !opts.read_only {
+            return Err(Error::InvalidArgument(format!(
+                "'{}': a metadata-only open must be read-only",
+                path.display()
+            )));
+        }
+        // Every layer but the top is a name an image recorded.
+        let named = seen.len() > 1;
+        let file = match root {
+            Some(r) if named => storage.open_confined(path, access, r),
+            _ => storage.open(path, access),
+        };
+        // QEMU's shape for the top image: "could not open 'X': <why>".
+        let file = file.map_err(|e| {
+            if seen.len() == 1 {
+                e.context(format!("could not open '{}'", path.display()))
+            } else {
+                e
+            }
+        })?;
         let driver = match &opts.format {
             Some(f) => format::find_driver(f)?,
             None => {
@@ -183,7 +288,9 @@ impl Image {
             file: file.clone(),
             read_only: opts.read_only,
             cache_size: opts.cache_size,
-            snapshot: opts.snapshot.as_deref(),
+            snapshot: opts.snapshot.as_ref(),
+            confine: root,
+            metadata_only: opts.metadata_only,
         })
         .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
         // The data file under metadata (add-cow image file, qcow2 data file).
@@ -192,9 +299,12 @@ impl Image {
             lock(data, Role::Data)?;
         }
         if let Some(s) = &opts.snapshot {
-            if !fmt.snapshots().iter().any(|x| x.id == *s || x.name == *s) {
+            let snaps = fmt.snapshots();
+            if s.find(snaps.iter().map(|x| (x.id.as_str(), x.name.as_str())))
+                .is_none()
+            {
                 return Err(Error::NotFound(format!(
-                    "snapshot '{s}' in '{}' ({} images have {} snapshots)",
+                    "snapshot {s} in '{}' ({} images have {} snapshots)",
                     path.display(),
                     fmt.format_name(),
                     fmt.snapshots().len()
@@ -208,27 +318,53 @@ impl Image {
                     let bopts = OpenOptions {
                         format: spec.format.clone(),
                         read_only: true,
-                        no_backing: false,
                         cache_size: opts.cache_size,
+                        no_backing: false,
                         backing: None,
                         snapshot: None,
                         force_share: opts.force_share,
                         no_lock: opts.no_lock,
+                        confined: opts.confined,
+                        metadata_only: opts.metadata_only,
                     };
-                    let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen)
-                        .map_err(|e| e.context(format!("backing file '{}'", spec.name)))?;
+                    let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen, root)
+                        .map_err(|e| {
+                            e.context(format!(
+                                "could not open '{}': Could not open backing file",
+                                path.display()
+                            ))
+                        })?;
                     Some(Arc::new(b))
                 }
                 _ => None,
             };
+        let probed_raw = opts.format.is_none() && !opts.read_only && fmt.passthrough();
         Ok(Image {
             fmt,
+            probed_raw,
             backing: ArcSwapOption::new(backing.map(|b| Arc::new(BackingSlot(b)))),
             alloc_locks: RangeLocks::default(),
             storage,
             path: path.to_path_buf(),
             closed: AtomicBool::new(false),
+            confine: root.map(Path::to_path_buf),
         })
+    }
+
+    /// Opens `path`, a file this image names (its backing file, for
+    /// `commit`), under this image's confinement when it was opened
+    /// confined: the file and its chain are then held to the same directory.
+    pub fn open_named(&self, path: &Path, opts: &OpenOptions) -> Result<Image> {
+        let mut seen = vec![self.storage.canonical(&self.path)];
+        let mut opts = opts.clone();
+        opts.confined |= self.confine.is_some();
+        Self::open_chain(
+            self.storage.clone(),
+            path,
+            &opts,
+            &mut seen,
+            self.confine.as_deref(),
+        )
     }
 
     /// Creates an image on the host filesystem.
@@ -310,6 +446,12 @@ impl Image {
         &self.path
     }
 
+    /// Whether the image was opened read-write as raw by probing (see
+    /// `probed_raw`); tools warn about it as qemu-img does.
+    pub fn probed_raw(&self) -> bool {
+        self.probed_raw
+    }
+
     /// The name of the file this layer's data lives in (the image itself
     /// for raw, the image file for add-cow), as `map` reports it.
     pub fn data_file_name(&self) -> String {
@@ -341,6 +483,12 @@ impl Image {
     pub fn set_backing_file(&self, backing: Option<(&str, &str)>) -> Result<()> {
         self.check_writable()?;
         self.fmt.set_backing(backing)
+    }
+
+    /// The persistent dirty bitmaps stored in this image (name,
+    /// granularity), or `None` if it cannot store any.
+    pub fn persistent_bitmaps(&self) -> Option<Vec<(String, u64)>> {
+        self.fmt.persistent_bitmaps()
     }
 
     /// The internal snapshots stored in this image.
@@ -398,6 +546,8 @@ impl Image {
             disk_size: self.fmt.disk_size()?,
             read_only: self.read_only(),
             specific: fi.specific,
+            dirty: fi.dirty,
+            vm_state_offset: fi.vm_state_offset,
         })
     }
 
@@ -482,5 +632,32 @@ impl Backing for Image {
 
     fn as_image(&self) -> Option<&Image> {
         Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SnapshotRef::{self, *};
+
+    /// (id, name) in table order: names that collide with other ids, and
+    /// a name used twice.
+    const TABLE: [(&str, &str); 4] = [("1", "2"), ("2", "1"), ("3", "x"), ("4", "x")];
+
+    fn pick(r: SnapshotRef) -> Option<usize> {
+        r.find(TABLE.iter().map(|&(i, n)| (i, n)))
+    }
+
+    #[test]
+    fn selectors_follow_qemu() {
+        assert_eq!(pick(Id("2".into())), Some(1));
+        assert_eq!(pick(Name("2".into())), Some(0));
+        // A bare string: ids first, then names; the first match wins.
+        assert_eq!(pick("2".into()), Some(1));
+        assert_eq!(pick("x".into()), Some(2));
+        assert_eq!(pick(Name("x".into())), Some(2));
+        assert_eq!(pick(IdAndName("4".into(), "x".into())), Some(3));
+        assert_eq!(pick(IdAndName("1".into(), "1".into())), None);
+        assert_eq!(pick(Id("x".into())), None);
+        assert_eq!(pick(Name("3".into())), None);
     }
 }

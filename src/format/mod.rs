@@ -3,12 +3,13 @@
 
 pub mod addcow;
 pub mod check;
+pub mod info;
 pub mod options;
 pub mod qcow2;
 pub mod raw;
 
 use crate::error::{Error, Result};
-use crate::io::{BlockFile, IoVec, Storage};
+use crate::io::{Access, BlockFile, IoVec, Storage};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -86,10 +87,16 @@ pub struct BackingSpec {
 /// Format-specific facts for `info`.
 #[derive(Clone, Debug, Default)]
 pub struct FormatInfo {
-    /// Extra `key: value` lines, in display order.
-    pub specific: Vec<(String, String)>,
+    /// Named values, in display order (`info::fields_human` and
+    /// `info::fields_json` render them as qemu-img does).
+    pub specific: Vec<(String, info::InfoValue)>,
     /// The external data/image file, if the format has one.
     pub data_file: Option<String>,
+    /// Not closed cleanly (qcow2's dirty bit): "cleanly shut down: no".
+    pub dirty: bool,
+    /// Where internal snapshots keep VM state (qcow2), as qemu-io's `info`
+    /// shows it.
+    pub vm_state_offset: Option<u64>,
 }
 
 /// Reads the image as it was before a resize, for formats that must copy
@@ -187,6 +194,12 @@ pub trait Format: Send + Sync {
             self.format_name()
         )))
     }
+    /// Persistent dirty bitmaps stored in the image, as (name, granularity
+    /// in bytes); `None` when the image cannot store any (most formats,
+    /// qcow2 version 2).
+    fn persistent_bitmaps(&self) -> Option<Vec<(String, u64)>> {
+        None
+    }
     /// Internal snapshots stored in the image (none for most formats).
     fn snapshots(&self) -> Vec<SnapshotInfo> {
         Vec::new()
@@ -210,9 +223,30 @@ pub struct OpenCtx<'a> {
     pub read_only: bool,
     /// Metadata cache budget in bytes (0 = the driver's default).
     pub cache_size: u64,
-    /// Open this internal snapshot (id or name) instead of the active
-    /// state; only with `read_only`. Formats without snapshots refuse it.
-    pub snapshot: Option<&'a str>,
+    /// Open this internal snapshot instead of the active state; only with
+    /// `read_only`. Formats without snapshots refuse it.
+    pub snapshot: Option<&'a crate::image::SnapshotRef>,
+    /// Confined open (`OpenOptions::confined`): files the image names must
+    /// be regular files inside this directory (the top image's).
+    pub confine: Option<&'a Path>,
+    /// Parse metadata only (`OpenOptions::metadata_only`): do not open the
+    /// data files the image names unless their contents are needed to
+    /// know the image's shape.
+    pub metadata_only: bool,
+}
+
+impl OpenCtx<'_> {
+    /// Opens a file the image names (`name` as recorded), resolved against
+    /// the image's directory and held to the open's confinement. Returns
+    /// the file and the resolved path.
+    pub fn open_named(&self, name: &str, access: Access) -> Result<(Arc<dyn BlockFile>, PathBuf)> {
+        let p = resolve_relative(self.path, name);
+        let f = match self.confine {
+            Some(root) => self.storage.open_confined(&p, access, root)?,
+            None => self.storage.open(&p, access)?,
+        };
+        Ok((f, p))
+    }
 }
 
 /// What a creator is given.

@@ -131,18 +131,30 @@ fn unsupported(e: &std::io::Error) -> bool {
 /// conflict, as QEMU does (set first, then test, so two racing opens
 /// cannot both miss each other). On a conflict every lock byte of ours is
 /// released again and the error names the permission, in QEMU's words.
+///
+/// A conflict is tried again for up to about 150 ms: a child that another
+/// thread of this process is forking holds copies of our descriptors, and
+/// so the locks of an image we just closed, until it execs. A real user of
+/// the image holds its locks far longer.
 pub fn lock(fd: RawFd, spec: LockSpec, name: &str) -> Result<()> {
-    match take(fd, spec, name) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            // Only our own locks go; failure leaves nothing worse.
-            let _ = set(
-                fd,
-                libc::F_UNLCK as libc::c_short,
-                PERM_BASE,
-                SHARED_BASE + 100 - PERM_BASE,
-            );
-            Err(e)
+    let mut wait = std::time::Duration::from_millis(1);
+    loop {
+        match take(fd, spec, name) {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                // Only our own locks go; failure leaves nothing worse.
+                let _ = set(
+                    fd,
+                    libc::F_UNLCK as libc::c_short,
+                    PERM_BASE,
+                    SHARED_BASE + 100 - PERM_BASE,
+                );
+                if !matches!(e, Error::Locked(_)) || wait.as_millis() > 64 {
+                    return Err(e);
+                }
+                std::thread::sleep(wait);
+                wait *= 2;
+            }
         }
     }
 }

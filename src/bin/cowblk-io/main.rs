@@ -10,6 +10,7 @@ use cowblk::io::ZeroFlags;
 use cowblk::{Image, OpenOptions};
 use shared::{cvtstr, errno_text};
 use std::io::{BufRead, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +25,8 @@ Exercise a disk image with qemu-io's commands, through the cowblk library.
   -c, --cmd STRING     execute command with its arguments from the given string
   -f, --format FMT     specifies the block driver to use
   -r, --read-only      open read-only
+      --confined       untrusted image: files it names must be regular files
+                       inside its directory (see docs/CLI.md)
   -n, --nocache        accepted for compatibility (host cache is not bypassed)
   -t, --cache=MODE     accepted for compatibility
   -d, --discard=MODE   accepted for compatibility
@@ -54,14 +57,14 @@ const CMDS: &[CmdInfo] = &[
     },
     CmdInfo {
         name: "aio_read",
-        args: "[-qv] [-P pattern] off len [len..]",
+        args: "[-Ciqrv] [-P pattern] off len [len..]",
         help: "asynchronously reads a number of bytes",
         min: 2,
         max: None,
     },
     CmdInfo {
         name: "aio_write",
-        args: "[-fquz] [-P pattern] off len [len..]",
+        args: "[-Cfiqruz] [-P pattern] off len [len..]",
         help: "asynchronously writes a number of bytes",
         min: 2,
         max: None,
@@ -75,7 +78,7 @@ const CMDS: &[CmdInfo] = &[
     },
     CmdInfo {
         name: "discard",
-        args: "[-q] off len",
+        args: "[-Cq] off len",
         help: "discards a number of bytes at a specified offset",
         min: 2,
         max: Some(2),
@@ -109,6 +112,20 @@ const CMDS: &[CmdInfo] = &[
         max: Some(0),
     },
     CmdInfo {
+        name: "open",
+        args: "[-rsCnkU] [-t cache] [-d discard] [-o options] [path]",
+        help: "open the file specified by path",
+        min: 1,
+        max: None,
+    },
+    CmdInfo {
+        name: "close",
+        args: "",
+        help: "close the current open file",
+        min: 0,
+        max: Some(0),
+    },
+    CmdInfo {
         name: "map",
         args: "",
         help: "prints the allocated areas of a file",
@@ -124,14 +141,14 @@ const CMDS: &[CmdInfo] = &[
     },
     CmdInfo {
         name: "read",
-        args: "[-qv] [-P pattern [-s off] [-l len]] off len",
+        args: "[-abCqrv] [-P pattern [-s off] [-l len]] off len",
         help: "reads a number of bytes at a specified offset",
         min: 2,
         max: None,
     },
     CmdInfo {
         name: "readv",
-        args: "[-qv] [-P pattern] off len [len..]",
+        args: "[-Cqrv] [-P pattern] off len [len..]",
         help: "reads a number of bytes at a specified offset",
         min: 2,
         max: None,
@@ -145,21 +162,21 @@ const CMDS: &[CmdInfo] = &[
     },
     CmdInfo {
         name: "truncate",
-        args: "off",
+        args: "[-m prealloc_mode] off",
         help: "truncates the current file at the given offset",
         min: 1,
         max: Some(1),
     },
     CmdInfo {
         name: "write",
-        args: "[-fquz] [-P pattern] off len",
+        args: "[-bcCfnqruz] [-P pattern | -s source_file] off len",
         help: "writes a number of bytes at a specified offset",
         min: 0,
         max: None,
     },
     CmdInfo {
         name: "writev",
-        args: "[-fq] [-P pattern] off len [len..]",
+        args: "[-Cfqr] [-P pattern] off len [len..]",
         help: "writes a number of bytes at a specified offset",
         min: 2,
         max: None,
@@ -170,7 +187,7 @@ const CMDS: &[CmdInfo] = &[
 fn zero_flags(f: &Flags) -> ZeroFlags {
     ZeroFlags {
         may_unmap: f.unmap,
-        no_fallback: false,
+        no_fallback: f.no_fallback,
     }
 }
 
@@ -190,7 +207,8 @@ type CmdResult = Result<(), Failed>;
 
 /// The open image and outstanding aio requests.
 struct Session {
-    img: Arc<Image>,
+    /// None when qemu-io runs without a file: commands then say so.
+    img: Option<Arc<Image>>,
     aio: Vec<JoinHandle<String>>,
     quit: bool,
 }
@@ -199,21 +217,37 @@ struct Session {
 #[derive(Default)]
 struct Flags {
     pattern: Option<u8>,
+    /// write -s: the data comes from this file (zeros past its end).
+    source: Option<String>,
     pattern_off: Option<u64>,
     pattern_len: Option<u64>,
     quiet: bool,
     verbose: bool,
     zero: bool,
-    /// With -z: the range may be deallocated (QEMU's MAY_UNMAP).
-    unmap: bool,
     fua: bool,
+    /// -u: with -z, the range may be deallocated (QEMU's MAY_UNMAP).
+    unmap: bool,
+    /// -n: fail rather than write zero bytes.
+    no_fallback: bool,
+    /// -C: machine-parsable statistics.
+    cflag: bool,
+    /// -b: the VM state area, not the disk.
+    vmstate: bool,
+    /// -c: compressed.
+    compressed: bool,
     args: Vec<String>,
 }
 
+/// A number in QEMU's grammar, with qemu-io's messages.
 fn cvtnum(s: &str) -> Result<u64, Failed> {
-    match shared::size_arg(s) {
+    use cowblk::format::options::{cvtnum, SizeError};
+    match cvtnum(s) {
         Ok(v) => Ok(v),
-        Err(_) => {
+        Err(SizeError::TooLarge) => {
+            println!("Parsing error: argument too large -- {s}");
+            Err(Failed)
+        }
+        Err(SizeError::Invalid) => {
             println!(
                 "Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- {s}"
             );
@@ -267,6 +301,7 @@ fn parse_flags(argv: &[String], allowed: &str) -> Result<Flags, Failed> {
                 };
                 match c {
                     'P' => f.pattern = Some(parse_pattern(&val()?)?),
+                    's' if name == "write" => f.source = Some(val()?),
                     's' => f.pattern_off = Some(cvtnum(&val()?)?),
                     'l' => f.pattern_len = Some(cvtnum(&val()?)?),
                     'q' => f.quiet = true,
@@ -274,6 +309,12 @@ fn parse_flags(argv: &[String], allowed: &str) -> Result<Flags, Failed> {
                     'z' => f.zero = true,
                     'f' => f.fua = true,
                     'u' => f.unmap = true,
+                    'n' => f.no_fallback = true,
+                    'C' => f.cflag = true,
+                    'b' => f.vmstate = true,
+                    'c' => f.compressed = true,
+                    // Accepted and ignored, as qemu-io does.
+                    'p' | 'r' => {}
                     _ => return Err(bad(format!("unhandled option -- '{c}'"))),
                 }
             }
@@ -326,6 +367,25 @@ fn timestr(t: Duration) -> String {
     }
 }
 
+/// qemu-io's two-line report after a data command, or with -C its one
+/// machine-parsable line (bytes,ops,h:mm:ss.cc,bytes/sec,ops/sec).
+fn report_c(c: bool, op: &str, t: Duration, off: u64, count: u64, total: u64, cnt: u64) -> String {
+    if !c {
+        return report(op, t, off, count, total, cnt);
+    }
+    let secs = t.as_secs_f64().max(1e-9);
+    let cs = t.as_millis() / 10;
+    format!(
+        "{total},{cnt},{}:{:02}:{:02}.{:02},{:.3},{:.3}\n",
+        cs / 360_000,
+        cs / 6000 % 60,
+        cs / 100 % 60,
+        cs % 100,
+        total as f64 / secs,
+        cnt as f64 / secs
+    )
+}
+
 /// qemu-io's two-line report after a data command.
 fn report(op: &str, t: Duration, off: u64, count: u64, total: u64, cnt: u64) -> String {
     let secs = t.as_secs_f64().max(1e-9);
@@ -374,8 +434,20 @@ fn check_len_note(len: u64, given: &str, note: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// What qemu-io says for an operation the format cannot do (-b, -c).
+fn unsupported(op: &str) -> Failed {
+    println!("{op} failed: {}", errno_text(libc::ENOTSUP));
+    Failed
+}
+
 fn fail(op: &str, e: &cowblk::Error) -> Failed {
-    println!("{op} failed: {}", errno_text(e.errno()));
+    // QEMU's block layer refuses writes to a read-only node itself, before
+    // the command sees an errno.
+    if let cowblk::Error::ReadOnly(_) = e {
+        shared::error(PROG, "Block node is read-only");
+    } else {
+        println!("{op} failed: {}", errno_text(e.errno()));
+    }
     Failed
 }
 
@@ -402,6 +474,12 @@ fn verify(buf: &[u8], pattern: u8, off: u64) -> Option<String> {
 }
 
 impl Session {
+    fn image(&self) -> &Arc<Image> {
+        self.img
+            .as_ref()
+            .expect("commands check for an open file first")
+    }
+
     fn run(&mut self, line: &str) -> CmdResult {
         let argv: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
         let Some(name) = argv.first() else {
@@ -411,6 +489,10 @@ impl Session {
             eprintln!("command \"{name}\" not found");
             return Err(Failed);
         };
+        if self.img.is_none() && !matches!(info.name, "help" | "quit" | "sleep" | "open") {
+            eprintln!("no file open, try 'help open'");
+            return Err(Failed);
+        }
         match info.name {
             "read" => self.read(&argv),
             "readv" => self.readv(&argv),
@@ -421,24 +503,39 @@ impl Session {
             "aio_flush" => {
                 parse_flags(&argv, "")?;
                 self.drain();
-                self.img.flush().map_err(|e| fail("aio_flush", &e))
+                self.image().flush().map_err(|e| fail("aio_flush", &e))
             }
             "discard" => self.discard(&argv),
             "flush" => {
                 parse_flags(&argv, "")?;
-                self.img.flush().map_err(|e| fail("flush", &e))
+                self.image().flush().map_err(|e| fail("flush", &e))
             }
             "truncate" => {
                 let f = parse_flags(&argv, "")?;
                 let size = cvtnum(&f.args[0])?;
-                self.img.truncate(size).map_err(|e| fail("truncate", &e))
+                self.image()
+                    .truncate(size)
+                    .map_err(|e| fail("truncate", &e))
             }
             "length" => {
                 parse_flags(&argv, "")?;
-                println!("{}", cvtstr(self.img.size() as f64));
+                println!("{}", cvtstr(self.image().size() as f64));
                 Ok(())
             }
             "map" => self.map(&argv),
+            "open" => self.open(&argv),
+            "close" => {
+                parse_flags(&argv, "")?;
+                self.drain();
+                if let Some(img) = self.img.take() {
+                    let r = match Arc::try_unwrap(img) {
+                        Ok(img) => img.close(),
+                        Err(img) => img.flush(),
+                    };
+                    r.map_err(|e| fail("close", &e))?;
+                }
+                Ok(())
+            }
             "alloc" => self.alloc(&argv),
             "info" => self.info(&argv),
             "help" => {
@@ -479,7 +576,7 @@ impl Session {
     }
 
     fn read(&mut self, argv: &[String]) -> CmdResult {
-        let f = parse_flags(argv, "P:s:l:qv")?;
+        let f = parse_flags(argv, "P:s:l:bCqrvp")?;
         exactly_two(&f, "read")?;
         let off = cvtnum(&f.args[0])?;
         let count = cvtnum(&f.args[1])?;
@@ -496,9 +593,14 @@ impl Session {
             }
             None => (0, 0),
         };
+        if f.vmstate {
+            return Err(unsupported("read"));
+        }
         let mut buf = vec![0u8; count as usize];
         let t = Instant::now();
-        self.img.read(&mut buf, off).map_err(|e| fail("read", &e))?;
+        self.image()
+            .read(&mut buf, off)
+            .map_err(|e| fail("read", &e))?;
         let t = t.elapsed();
         let mut res = Ok(());
         if let Some(p) = f.pattern {
@@ -512,13 +614,13 @@ impl Session {
             if f.verbose {
                 print!("{}", dump(&buf, off));
             }
-            print!("{}", report("read", t, off, count, count, 1));
+            print!("{}", report_c(f.cflag, "read", t, off, count, count, 1));
         }
         res
     }
 
     fn readv(&mut self, argv: &[String]) -> CmdResult {
-        let f = parse_flags(argv, "P:qv")?;
+        let f = parse_flags(argv, "P:Cqrv")?;
         let (off, lens) = off_lens(&f.args)?;
         let mut bufs: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0u8; l as usize]).collect();
         let count: u64 = lens.iter().sum();
@@ -529,7 +631,9 @@ impl Session {
             for p in parts {
                 iov.append(p);
             }
-            self.img.readv(&iov, off).map_err(|e| fail("readv", &e))?;
+            self.image()
+                .readv(&iov, off)
+                .map_err(|e| fail("readv", &e))?;
         }
         let t = t.elapsed();
         let all: Vec<u8> = bufs.concat();
@@ -544,38 +648,71 @@ impl Session {
             if f.verbose {
                 print!("{}", dump(&all, off));
             }
-            print!("{}", report("read", t, off, count, count, 1));
+            print!("{}", report_c(f.cflag, "read", t, off, count, count, 1));
         }
         res
     }
 
     fn write(&mut self, argv: &[String]) -> CmdResult {
-        let f = parse_flags(argv, "P:fquz")?;
+        let f = parse_flags(argv, "P:s:bcCfnqruzp")?;
         exactly_two(&f, "write")?;
-        if f.zero && f.pattern.is_some() {
-            println!("-z and -P cannot be specified at the same time");
+        if [f.zero, f.pattern.is_some(), f.source.is_some()]
+            .iter()
+            .filter(|&&b| b)
+            .count()
+            > 1
+        {
+            println!("Only one of -z, -P, and -s can be specified at the same time");
             return Err(Failed);
+        }
+        for (set, flag) in [(f.unmap, 'u'), (f.no_fallback, 'n')] {
+            if set && !f.zero {
+                println!("-{flag} requires -z to be specified");
+                return Err(Failed);
+            }
+        }
+        if f.vmstate || f.compressed {
+            return Err(unsupported("write"));
         }
         let off = cvtnum(&f.args[0])?;
         let count = cvtnum(&f.args[1])?;
         check_len_note(count, &f.args[1], " without -n")?;
+        let mut buf = Vec::new();
+        if let Some(src) = &f.source {
+            // The file's first bytes, zeros past its end.
+            use std::io::Read;
+            let mut data = Vec::new();
+            std::fs::File::open(src)
+                .and_then(|f| f.take(count).read_to_end(&mut data))
+                .map_err(|e| {
+                    eprintln!("{src}: {}", shared::strerror(&e));
+                    Failed
+                })?;
+            data.resize(count as usize, 0);
+            buf = data;
+        }
         let t = Instant::now();
         let r = if f.zero {
-            self.img.write_zeroes_flags(off, count, zero_flags(&f))
+            self.image().write_zeroes_flags(off, count, zero_flags(&f))
         } else {
-            let buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
-            self.img.write(&buf, off)
+            if f.source.is_none() {
+                buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
+            }
+            self.image().write(&buf, off)
         };
-        r.and_then(|_| if f.fua { self.img.flush() } else { Ok(()) })
+        r.and_then(|_| if f.fua { self.image().flush() } else { Ok(()) })
             .map_err(|e| fail("write", &e))?;
         if !f.quiet {
-            print!("{}", report("wrote", t.elapsed(), off, count, count, 1));
+            print!(
+                "{}",
+                report_c(f.cflag, "wrote", t.elapsed(), off, count, count, 1)
+            );
         }
         Ok(())
     }
 
     fn writev(&mut self, argv: &[String]) -> CmdResult {
-        let f = parse_flags(argv, "P:fq")?;
+        let f = parse_flags(argv, "P:Cfqr")?;
         let (off, lens) = off_lens(&f.args)?;
         let count: u64 = lens.iter().sum();
         let buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
@@ -591,13 +728,16 @@ impl Session {
             for p in parts {
                 iov.append(p);
             }
-            self.img
+            self.image()
                 .writev(&iov, off)
-                .and_then(|_| if f.fua { self.img.flush() } else { Ok(()) })
+                .and_then(|_| if f.fua { self.image().flush() } else { Ok(()) })
                 .map_err(|e| fail("writev", &e))?;
         }
         if !f.quiet {
-            print!("{}", report("wrote", t.elapsed(), off, count, count, 1));
+            print!(
+                "{}",
+                report_c(f.cflag, "wrote", t.elapsed(), off, count, count, 1)
+            );
         }
         Ok(())
     }
@@ -605,14 +745,14 @@ impl Session {
     /// Starts a request on its own thread; its report is printed when the
     /// requests are drained (aio_flush, or exit), in submission order.
     fn aio(&mut self, argv: &[String], write: bool) -> CmdResult {
-        let f = parse_flags(argv, if write { "P:fquz" } else { "P:qv" })?;
+        let f = parse_flags(argv, if write { "P:Cfqruz" } else { "P:Cqrv" })?;
         if f.zero && f.pattern.is_some() {
             println!("-z and -P cannot be specified at the same time");
             return Err(Failed);
         }
         let (off, lens) = off_lens(&f.args)?;
         let count: u64 = lens.iter().sum();
-        let img = self.img.clone();
+        let img = self.image().clone();
         self.aio.push(std::thread::spawn(move || {
             let t = Instant::now();
             let mut buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
@@ -643,7 +783,7 @@ impl Session {
                     out += &dump(&buf, off);
                 }
                 let verb = if write { "wrote" } else { "read" };
-                out += &report(verb, t, off, count, count, 1);
+                out += &report_c(f.cflag, verb, t, off, count, count, 1);
             }
             out
         }));
@@ -661,27 +801,30 @@ impl Session {
     }
 
     fn discard(&mut self, argv: &[String]) -> CmdResult {
-        let f = parse_flags(argv, "q")?;
+        let f = parse_flags(argv, "Cq")?;
         let off = cvtnum(&f.args[0])?;
         let count = cvtnum(&f.args[1])?;
         check_len(count, &f.args[1])?;
         let t = Instant::now();
-        self.img
+        self.image()
             .discard(off, count)
             .map_err(|e| fail("discard", &e))?;
         if !f.quiet {
-            print!("{}", report("discard", t.elapsed(), off, count, count, 1));
+            print!(
+                "{}",
+                report_c(f.cflag, "discard", t.elapsed(), off, count, count, 1)
+            );
         }
         Ok(())
     }
 
     fn map(&mut self, argv: &[String]) -> CmdResult {
         parse_flags(argv, "")?;
-        let size = self.img.size();
+        let size = self.image().size();
         let mut off = 0;
         while off < size {
             let (alloc, n) = self
-                .img
+                .image()
                 .is_allocated(off, size - off)
                 .map_err(|e| fail("map", &e))?;
             println!(
@@ -699,19 +842,135 @@ impl Session {
         Ok(())
     }
 
+    /// `open [-rsCnkU] [-t cache] [-d discard] [-o options] [path]`: the
+    /// format comes from `-o driver=FMT`, as in qemu-io.
+    fn open(&mut self, argv: &[String]) -> CmdResult {
+        use lexopt::Arg::*;
+        let info = find_cmd("open").ok_or(Failed)?;
+        if argv.len() < 2 {
+            eprintln!("bad argument count 0 to open, expected at least 1 arguments");
+            return Err(Failed);
+        }
+        if self.img.is_some() {
+            shared::error(PROG, "file open already, try 'help close'");
+            return Err(Failed);
+        }
+        let mut opts = OpenOptions::default();
+        let (mut file, mut bad_opt) = (None, None);
+        let mut p = lexopt::Parser::from_args(argv[1..].iter().cloned());
+        let bad = |msg: String| {
+            eprintln!("open: {msg}");
+            print_cmd_help(info);
+            Failed
+        };
+        loop {
+            let arg = match p.next() {
+                Ok(Some(a)) => a,
+                Ok(None) => break,
+                Err(e) => return Err(bad(e.to_string())),
+            };
+            let val = |p: &mut lexopt::Parser| -> Result<String, Failed> {
+                p.value()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .map_err(|e| bad(e.to_string()))
+            };
+            match arg {
+                Short('r') => opts.read_only = true,
+                Short('U') => opts.force_share = true,
+                // Host cache and aio tuning: one way of doing each here.
+                Short('n') | Short('k') => {}
+                Short('t') | Short('d') | Short('i') => {
+                    val(&mut p)?;
+                }
+                Short('s') | Short('C') => {
+                    println!(
+                        "open: -{} (snapshot mode / copy-on-read) is not supported",
+                        {
+                            match arg {
+                                Short(c) => c,
+                                _ => '?',
+                            }
+                        }
+                    );
+                    return Err(Failed);
+                }
+                Short('o') => {
+                    let o = val(&mut p)?;
+                    for kv in o.split(',').filter(|x| !x.is_empty()) {
+                        match kv.split_once('=') {
+                            Some(("driver", d)) => opts.format = Some(d.to_string()),
+                            _ => {
+                                let k = kv.split('=').next().unwrap_or(kv);
+                                bad_opt.get_or_insert(k.to_string());
+                            }
+                        }
+                    }
+                }
+                Short(c) => {
+                    eprintln!("open: invalid option -- '{c}'");
+                    print_cmd_help(info);
+                    return Err(Failed);
+                }
+                Long(l) => return Err(bad(format!("unrecognized option '--{l}'"))),
+                Value(v) => file = Some(v.to_string_lossy().into_owned()),
+            }
+        }
+        let Some(file) = file else {
+            print_cmd_help(info);
+            return Err(Failed);
+        };
+        if let Some(k) = bad_opt {
+            let fmt = opts.format.as_deref().unwrap_or("raw");
+            shared::error(
+                PROG,
+                format!(
+                    "can't open device {file}: Block format '{fmt}' does not support the \
+                     option '{k}'"
+                ),
+            );
+            return Err(Failed);
+        }
+        if opts.force_share && !opts.read_only {
+            shared::error(
+                PROG,
+                format!(
+                    "can't open device {file}: force-share=on can only be used with read-only images"
+                ),
+            );
+            return Err(Failed);
+        }
+        self.img = Some(open_image(&file, &opts).map_err(|()| Failed)?);
+        Ok(())
+    }
+
     fn alloc(&mut self, argv: &[String]) -> CmdResult {
         let f = parse_flags(argv, "")?;
         let off = cvtnum(&f.args[0])?;
-        let count = match f.args.get(1) {
+        if off % 512 != 0 {
+            println!("{off} is not a sector-aligned value for 'offset'");
+            return Err(Failed);
+        }
+        // One sector by default; the count stops at the end of the image.
+        let mut count = match f.args.get(1) {
             Some(c) => cvtnum(c)?,
-            None => 1,
+            None => 512,
         };
+        if count % 512 != 0 {
+            println!("{count} is not a sector-aligned value for 'count'");
+            return Err(Failed);
+        }
+        let size = self.image().size();
         let mut sum = 0;
         let mut pos = off;
         while pos < off + count {
+            if pos >= size {
+                count = pos - off;
+                break;
+            }
+            let want = (off + count - pos).min(size - pos);
             let (a, n) = self
-                .img
-                .is_allocated(pos, off + count - pos)
+                .image()
+                .is_allocated(pos, want)
                 .map_err(|e| fail("is_allocated", &e))?;
             if a {
                 sum += n;
@@ -727,15 +986,16 @@ impl Session {
 
     fn info(&mut self, argv: &[String]) -> CmdResult {
         parse_flags(argv, "")?;
-        let i = self.img.info_cheap().map_err(|e| fail("info", &e))?;
+        let i = self.image().info_cheap().map_err(|e| fail("info", &e))?;
         println!("format name: {}", i.format);
         println!("cluster size: {}", cvtstr(i.cluster_size as f64));
-        println!("vm state offset: {}", cvtstr(0.0));
+        println!(
+            "vm state offset: {}",
+            cvtstr(i.vm_state_offset.unwrap_or(0) as f64)
+        );
         if !i.specific.is_empty() {
             println!("Format specific information:");
-            for (k, v) in &i.specific {
-                println!("    {k}: {v}");
-            }
+            print!("{}", cowblk::format::info::fields_human(&i.specific, 4));
         }
         Ok(())
     }
@@ -745,8 +1005,38 @@ struct Args {
     cmds: Vec<String>,
     format: Option<String>,
     read_only: bool,
+    /// --confined: hold the files the image names to its directory.
+    confined: bool,
     force_share: bool,
     file: Option<String>,
+}
+
+/// `--confined` on the command line: every image the session opens, also
+/// with the `open` command, holds the files it names to its directory.
+static CONFINED: AtomicBool = AtomicBool::new(false);
+
+/// Opens an image for the session, printing qemu-io's messages.
+fn open_image(file: &str, opts: &OpenOptions) -> Result<Arc<Image>, ()> {
+    let mut opts = opts.clone();
+    opts.confined |= CONFINED.load(Ordering::Relaxed);
+    match Image::open(file, &opts) {
+        // Warnings (a corrupt bit on a read-only open) stay unprinted, as
+        // qemu-io opens such images silently.
+        Ok(i) => {
+            shared::warn_probed_raw(&i);
+            Ok(Arc::new(i))
+        }
+        Err(e) => {
+            // qemu-io says "can't open device X:" where qemu-img says
+            // "Could not open 'X':".
+            let d = shared::describe(&e);
+            let why = d
+                .strip_prefix(&format!("Could not open '{file}': "))
+                .unwrap_or(&d);
+            shared::error(PROG, format!("can't open device {file}: {why}"));
+            Err(())
+        }
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -755,6 +1045,7 @@ fn parse_args() -> Result<Args, String> {
         cmds: Vec::new(),
         format: None,
         read_only: false,
+        confined: false,
         force_share: false,
         file: None,
     };
@@ -770,6 +1061,7 @@ fn parse_args() -> Result<Args, String> {
             Short('c') | Long("cmd") => a.cmds.push(val(&mut p)?),
             Short('f') | Long("format") => a.format = Some(val(&mut p)?),
             Short('r') | Long("read-only") => a.read_only = true,
+            Long("confined") => a.confined = true,
             Short('U') | Long("force-share") => a.force_share = true,
             Short('n') | Long("nocache") | Short('k') | Long("native-aio") | Short('m')
             | Long("misalign") => {}
@@ -807,12 +1099,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let Some(file) = args.file else {
-        shared::error(PROG, "no image file given");
-        eprintln!("Try '{PROG} --help' for more information.");
-        std::process::exit(1);
-    };
-    if args.force_share && !args.read_only {
+    if let (Some(file), true, false) = (&args.file, args.force_share, args.read_only) {
         shared::error(
             PROG,
             format!(
@@ -821,27 +1108,18 @@ fn main() {
         );
         std::process::exit(1);
     }
+    CONFINED.store(args.confined, Ordering::Relaxed);
     let opts = OpenOptions {
         format: args.format,
         read_only: args.read_only,
+        confined: args.confined,
         force_share: args.force_share,
         ..Default::default()
     };
-    let img = match Image::open(&file, &opts) {
-        Ok(i) => {
-            for w in i.warnings() {
-                shared::error(PROG, format!("warning: {w}"));
-            }
-            Arc::new(i)
-        }
-        Err(e) => {
-            shared::error(
-                PROG,
-                format!("can't open device {file}: {}", shared::describe(&e)),
-            );
-            std::process::exit(1);
-        }
-    };
+    let img = args.file.map(|file| match open_image(&file, &opts) {
+        Ok(i) => i,
+        Err(()) => std::process::exit(1),
+    });
     let mut s = Session {
         img,
         aio: Vec::new(),
@@ -877,9 +1155,10 @@ fn main() {
     }
     s.drain();
     let Session { img, .. } = s;
-    let close = match Arc::try_unwrap(img) {
-        Ok(img) => img.close(),
-        Err(img) => img.flush(),
+    let close = match img.map(Arc::try_unwrap) {
+        Some(Ok(img)) => img.close(),
+        Some(Err(img)) => img.flush(),
+        None => Ok(()),
     };
     if let Err(e) = close {
         shared::error(PROG, shared::describe(&e));
