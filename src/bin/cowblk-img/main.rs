@@ -822,9 +822,7 @@ fn check(args: Vec<OsString>) -> Res {
                     o => {
                         return Err(usage_err(
                             C,
-                            format!(
-                                "Unknown option value for -r (expecting 'leaks' or 'all'): {o}"
-                            ),
+                            format!("--repair (-r) expects 'leaks' or 'all' not '{o}'"),
                         ))
                     }
                 }
