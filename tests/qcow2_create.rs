@@ -307,14 +307,14 @@ fn option_sets_match_qemu_img() {
         ),
         (
             "grow64",
-            "64M",
+            "16M",
             "cluster_size=512,preallocation=metadata,refcount_bits=64",
             &[],
             true,
         ),
         (
             "grow1k",
-            "200M",
+            "100M",
             "cluster_size=1k,preallocation=metadata",
             &[],
             true,
@@ -334,15 +334,8 @@ fn option_sets_match_qemu_img() {
             true,
         ),
         (
-            "falloc40",
-            "40M",
-            "cluster_size=512,preallocation=falloc",
-            &[],
-            true,
-        ),
-        (
             "datameta",
-            "100M",
+            "20M",
             "cluster_size=512,data_file={D},preallocation=metadata",
             &[],
             true,
