@@ -1,6 +1,6 @@
 /* qcow2 creation through the C ABI: cowblk_create("qcow2", ...) and the
  * driver table's create entry make images that open and read zeros with
- * the options asked for; QEMU's refusals come back as -EINVAL with a
+ * the options asked for, and the table's check finds them clean; QEMU's refusals come back as -EINVAL with a
  * message and leave no file behind. */
 #include "util.h"
 
@@ -51,6 +51,18 @@ int main(void)
     /* Metadata preallocation. */
     OK(cowblk_create("qcow2", c, "size=1M,preallocation=metadata"));
     CHECK(exists(c));
+
+    /* The table's check: clean, read-only; repairs are refused. */
+    CHECK(t->check != NULL);
+    OK(cowblk_open(c, "qcow2", COWBLK_OPEN_RDONLY, 0, &img));
+    cowblk_check_result r;
+    memset(&r, 0, sizeof r);
+    r.struct_size = sizeof r;
+    OK(t->check(img, 0, &r));
+    CHECK(r.corruptions == 0 && r.leaks == 0 && r.check_errors == 0);
+    CHECK(r.total_clusters == 16 && r.allocated_clusters == 16);
+    ERR(t->check(img, COWBLK_CHECK_FIX_LEAKS, &r), EROFS);
+    OK(cowblk_close(&img));
 
     /* QEMU's refusals: -EINVAL, a message, no file. */
     ERR(cowblk_create("qcow2", d, "size=1M,extended_l2=on,cluster_size=8k"), EINVAL);
