@@ -208,15 +208,15 @@ driver_table!(
     raw_open,
     unsupported: [change_backing_file, check]
 );
-// qcow2 is read-only in this version (opening read-write fails) and has no
-// checker yet: every entry that would write or check could only fail.
+// qcow2 creates images and checks them read-only, but does not write yet
+// (opening read-write fails): every entry that would write could only fail.
 driver_table!(
     QCOW2,
     "qcow2",
     qcow2_probe,
     qcow2_create,
     qcow2_open,
-    unsupported: [create, writev, truncate, discard, write_zeroes, change_backing_file, check]
+    unsupported: [writev, truncate, discard, write_zeroes, change_backing_file]
 );
 
 static TABLES: [&cowblk_driver; 3] = [&ADDCOW, &RAW, &QCOW2];

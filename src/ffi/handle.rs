@@ -76,7 +76,10 @@ pub(crate) fn static_format_name(name: &str) -> *const c_char {
 /// add-cow options: size, backing_file, backing_fmt (required with a
 /// backing file), image_file (required; created at the virtual size when
 /// missing, an existing one is used and never shrunk), cluster_size. raw:
-/// size. Without size, the backing file's size is used. Names resolve
+/// size. qcow2: qemu-img's options (size, cluster_size, compat,
+/// lazy_refcounts, refcount_bits, extended_l2, compression_type,
+/// preallocation, data_file, data_file_raw, backing_file, backing_fmt),
+/// refused where qemu-img refuses them. Without size, the backing file's size is used. Names resolve
 /// relative to the directory of `path`. On failure nothing is left behind.
 ///
 /// Returns 0, or a negative errno (-EINVAL for a bad option, -EEXIST, -EACCES,

@@ -15,6 +15,11 @@ pub struct CheckReport {
     /// has clusters.
     pub total_clusters: Option<u64>,
     pub allocated_clusters: Option<u64>,
+    /// Allocated clusters not contiguous with the previous one in their
+    /// L2 table (compressed ones always count), and compressed clusters
+    /// (qcow2).
+    pub fragmented_clusters: Option<u64>,
+    pub compressed_clusters: Option<u64>,
     /// First byte past the format's metadata and data, if meaningful.
     pub image_end_offset: Option<u64>,
     /// One line per problem found, for the user.

@@ -482,7 +482,13 @@ fn create(args: Vec<OsString>) -> Res {
         )
         .map_err(lib)?;
         let mut line = format!("Formatting '{file}', fmt={fmt}");
-        for d in driver.create_opts {
+        if fmt == "qcow2" {
+            // qemu-img's order and defaults.
+            for (k, v) in format::qcow2::create::formatting_opts(&opts, created.size()) {
+                line += &format!(" {k}={v}");
+            }
+        }
+        for d in driver.create_opts.iter().filter(|_| fmt != "qcow2") {
             let v = if d.name == format::options::SIZE {
                 Some(created.size().to_string())
             } else {
@@ -816,9 +822,7 @@ fn check(args: Vec<OsString>) -> Res {
                     o => {
                         return Err(usage_err(
                             C,
-                            format!(
-                                "Unknown option value for -r (expecting 'leaks' or 'all'): {o}"
-                            ),
+                            format!("--repair (-r) expects 'leaks' or 'all' not '{o}'"),
                         ))
                     }
                 }
@@ -844,18 +848,28 @@ fn check(args: Vec<OsString>) -> Res {
             Err(e) => return Err(lib(e)),
         };
     img.close().map_err(lib)?;
+    // The checker's findings go to stderr in every mode, as qemu-img's.
+    for msg in &r.messages {
+        eprintln!("{msg}");
+    }
     match out {
         Output::Json => {
             let mut m = Map::new();
-            if let Some(e) = r.image_end_offset {
+            // Key order and omitted zero counts as qemu-img's output.
+            if let Some(e) = r.image_end_offset.filter(|&e| e > 0) {
                 m.insert("image-end-offset".into(), json!(e));
             }
-            if let Some(t) = r.total_clusters {
+            if let Some(c) = r.compressed_clusters.filter(|&c| c > 0) {
+                m.insert("compressed-clusters".into(), json!(c));
+            }
+            if let Some(t) = r.total_clusters.filter(|&t| t > 0) {
                 m.insert("total-clusters".into(), json!(t));
+            }
+            if r.corruptions > 0 {
+                m.insert("corruptions".into(), json!(r.corruptions));
             }
             m.insert("check-errors".into(), json!(r.check_errors));
             for (k, v) in [
-                ("corruptions", r.corruptions),
                 ("leaks", r.leaks),
                 ("corruptions-fixed", r.corruptions_fixed),
                 ("leaks-fixed", r.leaks_fixed),
@@ -864,17 +878,17 @@ fn check(args: Vec<OsString>) -> Res {
                     m.insert(k.into(), json!(v));
                 }
             }
-            if let Some(a) = r.allocated_clusters {
+            if let Some(a) = r.allocated_clusters.filter(|&a| a > 0) {
                 m.insert("allocated-clusters".into(), json!(a));
             }
             m.insert("filename".into(), json!(file));
             m.insert("format".into(), json!(img_format(&file)));
+            if let Some(f) = r.fragmented_clusters.filter(|&f| f > 0) {
+                m.insert("fragmented-clusters".into(), json!(f));
+            }
             println!("{}", qemu_json(&Value::Object(m)));
         }
         Output::Human if !quiet => {
-            for msg in &r.messages {
-                eprintln!("{msg}");
-            }
             if r.leaks_fixed > 0 || r.corruptions_fixed > 0 {
                 println!(
                     "The following inconsistencies were found and repaired:\n\n    {} leaked clusters\n    {} corruptions\n\nDouble checking the fixed image now...",
@@ -899,14 +913,17 @@ fn check(args: Vec<OsString>) -> Res {
                 );
             }
             if let (Some(t), Some(a)) = (r.total_clusters, r.allocated_clusters) {
-                if t > 0 {
+                if t > 0 && a > 0 {
+                    let pct = |n: Option<u64>| n.unwrap_or(0) as f64 * 100.0 / a as f64;
                     println!(
-                        "{a}/{t} = {:.2}% allocated, 0.00% fragmented, 0.00% compressed clusters",
-                        a as f64 * 100.0 / t as f64
+                        "{a}/{t} = {:.2}% allocated, {:.2}% fragmented, {:.2}% compressed clusters",
+                        a as f64 * 100.0 / t as f64,
+                        pct(r.fragmented_clusters),
+                        pct(r.compressed_clusters)
                     );
                 }
             }
-            if let Some(e) = r.image_end_offset {
+            if let Some(e) = r.image_end_offset.filter(|&e| e > 0) {
                 println!("Image end offset: {e}");
             }
         }

@@ -22,7 +22,9 @@
 
 pub mod bitmaps;
 pub mod cache;
+pub mod check;
 pub mod compress;
+pub mod create;
 pub mod features;
 pub mod header;
 pub mod l1;
@@ -59,14 +61,44 @@ pub static DRIVER: Driver = Driver {
     probe: |buf, _| header::probe(buf),
     create,
     open,
-    create_opts: &[],
+    create_opts: &create::CREATE_OPTS,
     supports_backing: true,
 };
 
-fn create(_ctx: &CreateCtx) -> Result<()> {
-    Err(Error::Unsupported(
-        "creating qcow2 images is not implemented yet (use qemu-img create)".into(),
-    ))
+/// Creates an image (see `create`): the file is removed again if anything
+/// fails, so no half-written image is left that looks valid.
+fn create(ctx: &CreateCtx) -> Result<()> {
+    let p = create::Params::from_options(ctx.opts)?;
+    let layout = create::Layout::compute(&p)?;
+    let st = ctx.storage;
+    let data_path = p
+        .data_file
+        .as_deref()
+        .map(|d| resolve_relative(ctx.path, d));
+    if let Some(dp) = &data_path {
+        if st.canonical(dp) == st.canonical(ctx.path) {
+            return Err(Error::InvalidArgument(
+                "the data file cannot be the image file itself".into(),
+            ));
+        }
+    }
+    let data_existed = data_path.as_ref().is_some_and(|d| st.exists(d));
+    let file = st.create(ctx.path, true)?;
+    let result = (|| {
+        let data = match &data_path {
+            Some(dp) => Some(st.create(dp, true)?),
+            None => None,
+        };
+        create::write(&layout, p.prealloc, &*file, data.as_deref())
+    })();
+    if result.is_err() {
+        drop(file);
+        let _ = st.remove(ctx.path);
+        if let (Some(dp), false) = (&data_path, data_existed) {
+            let _ = st.remove(dp);
+        }
+    }
+    result
 }
 
 /// An open qcow2 image (read-only).
@@ -391,6 +423,14 @@ impl Qcow2 {
 impl Format for Qcow2 {
     fn format_name(&self) -> &'static str {
         "qcow2"
+    }
+
+    fn check(
+        &self,
+        repair: super::Repair,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<super::CheckReport> {
+        check::run(self, repair, progress)
     }
 
     fn size(&self) -> u64 {
