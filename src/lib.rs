@@ -11,6 +11,7 @@ pub mod ffi;
 pub mod format;
 pub mod image;
 pub mod io;
+pub mod nb;
 pub mod ops;
 pub mod rangelock;
 

@@ -36,6 +36,8 @@ mod driver;
 
 mod args;
 
+mod nb;
+
 pub use backing::cowblk_backing_ops;
 pub use check::{cowblk_check, cowblk_check_result};
 pub use driver::{cowblk_driver, cowblk_driver_find, cowblk_driver_get};
@@ -53,6 +55,7 @@ pub use io::{
     cowblk_get_length, cowblk_is_allocated, cowblk_preadv, cowblk_pwritev, cowblk_pwritev_cow,
     cowblk_truncate, cowblk_write_zeroes,
 };
+pub use nb::{cowblk_map_nb, COWBLK_MAP_DATA, COWBLK_MAP_UNALLOCATED, COWBLK_MAP_ZERO};
 
 /// Version of the C ABI described by this header. `cowblk_abi_version()`
 /// returns the library's; a program built against this header should refuse
