@@ -783,8 +783,8 @@ const struct cowblk_driver *cowblk_driver_get(size_t index);
  * block") when the answer needs I/O (metadata not cached, a cache being
  * loaded or written back) or the run is compressed: ask
  * `cowblk_block_status` or just do the I/O through the library (which
- * also fills the cache). A range not inside the image, or 0 bytes, fails
- * with -EINVAL.
+ * also fills the cache). 0 bytes fail with -EINVAL, a range not inside
+ * the image with -EIO (as a read there would).
  *
  * The answer is the state at the moment of the call. It stays right for
  * reading: an allocating write copies the backing bytes into the rest of
