@@ -190,8 +190,10 @@ bench:
 bench-qemu: qemu
 	scripts/bench-qemu.sh
 
-# --- fuzzing (owner: qcow2) ---
-# Each cargo-fuzz target for FUZZ_SECONDS; needs cargo-fuzz and a C++ compiler.
+# --- fuzzing ---
+# Each cargo-fuzz target (qcow2_parse, qcow2_read, addcow_parse, addcow_io)
+# for FUZZ_SECONDS: 4 x 60 s = 4 minutes in CI. Needs cargo-fuzz and a C++
+# compiler. Lower FUZZ_SECONDS if more targets come.
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz
 fuzz:

@@ -31,11 +31,16 @@
 #define COWBLK_VERSION_NUMBER 100
 
 /**
- * Version of the C ABI described by this header. `cowblk_abi_version()`
- * returns the library's; a program built against this header should refuse
- * a library whose value differs.
+ * Version of the C ABI described by this header; `cowblk_abi_version()`
+ * returns the library's. It grows by one with every change a host can see
+ * (a member appended to a struct or driver table, a table member becoming
+ * NULL, a new flag); changes are compatible within a soname, so a program
+ * built against this header works with any library whose value is at
+ * least this one (see docs/C-API.md, "Versioning"). 2: tables have NULL
+ * where a format cannot do an operation (qcow2 writes, raw and qcow2
+ * check). 3: `cowblk_map_nb` (COWBLK_MAP_*).
  */
-#define COWBLK_ABI_VERSION 1
+#define COWBLK_ABI_VERSION 3
 
 /**
  * Open flag: open every file read-only; writes fail with -EROFS.
@@ -267,6 +272,13 @@ typedef struct cowblk_info {
  * valid until `cowblk_close`. The callbacks run on whichever thread issues
  * the I/O, possibly on several threads at once when the handle is shared,
  * so they must be thread-safe in that case.
+ *
+ * Re-entrancy: a callback may run while the library holds a range lock on
+ * the handle (copy-on-write of a partially written cluster, truncate), so
+ * it must not call back into the same handle (no cowblk_* call on the
+ * image being served, nor on one whose backing chain reaches it): that
+ * call can wait for the lock its own caller holds and deadlock. It may
+ * read its own files or other, unrelated handles.
  */
 typedef struct cowblk_backing_ops {
   /**
@@ -330,11 +342,14 @@ typedef struct cowblk_check_result {
 /**
  * A format's entry points, like QEMU's `BlockDriver`. Tables are static
  * and owned by the library (valid until it is unloaded); never write to
- * them. A NULL member means the format does not support that operation.
+ * them. A NULL member means the format does not support that operation
+ * (a member is never a stub that always fails): qcow2, read-only in this
+ * version, has no create, writev, truncate, discard, write_zeroes or
+ * check; raw has no change_backing_file or check.
  *
- * Versioning: members are only ever appended. A host checks
- * `abi_version == COWBLK_ABI_VERSION` and uses only members that lie
- * within `struct_size`.
+ * Versioning: members are only ever appended, and `abi_version` grows
+ * with every change to a table. A host built against ABI N checks
+ * `abi_version >= N` and uses only members that lie within `struct_size`.
  *
  * Each member behaves as the flat function of the same name (probe,
  * create and open are bound to this table's format); see those for
@@ -420,8 +435,9 @@ const char *cowblk_version(void);
 
 /**
  * Fills `*info` (see `cowblk_info` for ownership). Nothing is written on
- * failure. -EINVAL if `info->struct_size` is smaller than this version's
- * struct; a larger one (a newer header) gets this version's fields.
+ * failure. A `struct_size` from an older header (down to the first
+ * version's struct) gets the members it has, a larger one (a newer header)
+ * this version's; -EINVAL below the first version.
  *
  * # Safety
  * `img` is a live handle; `info` points to `info->struct_size` writable
@@ -443,6 +459,8 @@ int cowblk_get_allocated_bytes(struct cowblk_image *img, uint64_t *bytes);
 /**
  * Frees the strings `cowblk_get_info` stored in `*info` and sets them to
  * NULL; numbers are left alone. NULL is a no-op; calling it twice is safe.
+ * Only members within `info->struct_size` (and those of the first
+ * version) are touched, so a struct from an older header is fine.
  *
  * # Safety
  * `info` is NULL or a struct whose string members are NULL or from
@@ -752,10 +770,12 @@ int cowblk_pwritev_cow(struct cowblk_image *img,
  * `fix` allows (`COWBLK_CHECK_FIX_LEAKS`, `COWBLK_CHECK_FIX_ERRORS`; a
  * repair needs a read-write handle). Returns 0 with `*result` filled, or
  * -ENOTSUP for a format without checks (raw), or another negative errno.
+ * A `struct_size` from an older header (down to the first version's
+ * struct) gets the members it has; -EINVAL below that.
  *
  * # Safety
  * `img` is a live handle; `result` points at a `cowblk_check_result` with
- * `struct_size` set.
+ * `struct_size` set, and at `struct_size` writable bytes.
  */
 int cowblk_check(struct cowblk_image *img, uint32_t fix, struct cowblk_check_result *result);
 

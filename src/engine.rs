@@ -9,13 +9,16 @@
 use crate::error::{Error, Result};
 use crate::format::Mapping;
 use crate::image::{Backing, BlockStatus, Image};
-use crate::io::{BlockFile, IoVec, ZeroFlags};
+use crate::io::{BlockFile, Const, IoVec, ZeroFlags};
+
+/// The bytes QEMU's probe-protection looks at (the first sector).
+const PROBE_SECTOR: u64 = 512;
 
 /// What an allocating write puts between the copied head and tail.
 #[derive(Clone, Copy)]
 enum Payload<'v, 'a> {
     /// Bytes `[at, at + len)` of the caller's list.
-    Data(&'v IoVec<'a>, usize),
+    Data(&'v IoVec<'a, Const>, usize),
     Zeros(ZeroFlags),
 }
 
@@ -97,21 +100,24 @@ impl Image {
     }
 
     /// Writes a scatter list at `off`.
-    pub fn writev(&self, iov: &IoVec, off: u64) -> Result<()> {
+    pub fn writev(&self, iov: &IoVec<Const>, off: u64) -> Result<()> {
         self.writev_with(iov, off, None)
     }
 
     /// Writes with `backing` supplying the old contents of partially
     /// written, unallocated clusters instead of the image's own backing
     /// layer: for hosts that manage the backing chain themselves.
-    pub fn writev_cow(&self, iov: &IoVec, off: u64, backing: &dyn Backing) -> Result<()> {
+    pub fn writev_cow(&self, iov: &IoVec<Const>, off: u64, backing: &dyn Backing) -> Result<()> {
         self.writev_with(iov, off, Some(backing))
     }
 
-    fn writev_with(&self, iov: &IoVec, off: u64, over: Option<&dyn Backing>) -> Result<()> {
+    fn writev_with(&self, iov: &IoVec<Const>, off: u64, over: Option<&dyn Backing>) -> Result<()> {
         self.check_writable()?;
         let len = iov.len() as u64;
         self.check_range(off, len)?;
+        if self.probed_raw() && off < PROBE_SECTOR && len > 0 {
+            self.check_probe_write(iov, off)?;
+        }
         let mut done = 0u64;
         while done < len {
             let pos = off + done;
@@ -132,6 +138,25 @@ impl Image {
                 }
                 _ => self.write_allocating(pos, n, Payload::Data(iov, done as usize), over)?,
             };
+        }
+        Ok(())
+    }
+
+    /// Refuses a write that would make a probed raw image's first sector
+    /// probe as another format (QEMU refuses it with EPERM too).
+    fn check_probe_write(&self, iov: &IoVec<Const>, off: u64) -> Result<()> {
+        let mut sector = vec![0u8; PROBE_SECTOR.min(self.size()) as usize];
+        self.read_inner(&IoVec::from_mut(&mut sector), 0)?;
+        let n = (sector.len() as u64 - off).min(iov.len() as u64) as usize;
+        iov.copy_to(0, &mut sector[off as usize..off as usize + n]);
+        let d = crate::format::probe(&sector, self.path());
+        if d.name != self.fmt.format_name() {
+            return Err(Error::PermissionDenied(format!(
+                "'{}' was probed as raw: a write that makes its first sector look like {} is \
+                 refused (give the format explicitly to allow it)",
+                self.path().display(),
+                d.name
+            )));
         }
         Ok(())
     }

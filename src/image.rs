@@ -45,16 +45,71 @@ pub struct OpenOptions {
     pub cache_size: u64,
     /// A caller-supplied backing layer, used instead of the recorded one.
     pub backing: Option<Arc<dyn Backing>>,
-    /// Open this internal snapshot (matched by id, then by name, as
-    /// `qemu-img convert -l`); needs `read_only`. Applies to the top image
-    /// only.
-    pub snapshot: Option<String>,
+    /// Open this internal snapshot; needs `read_only`. Applies to the top
+    /// image only.
+    pub snapshot: Option<SnapshotRef>,
     /// Read-only opens only: take no lock that keeps writers out (QEMU's
     /// `force-share`); reads may then see data change underneath.
     pub force_share: bool,
     /// Take no image locks at all: for hosts whose own locks govern the
     /// files (the QEMU glue). Applies to the whole chain.
     pub no_lock: bool,
+}
+
+/// Which internal snapshot to open, with QEMU's rules
+/// (`bdrv_snapshot_load_tmp`): the first snapshot in the table that
+/// matches. `qemu-img convert -l snapshot.id=ID` is `Id`,
+/// `-l snapshot.name=NAME` is `Name`, both together `IdAndName`, and a bare
+/// `-l STRING` (or `-s`) is `IdOrName`. A string converts to `IdOrName`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotRef {
+    Id(String),
+    Name(String),
+    /// A snapshot with this id if there is one, else one with this name.
+    IdOrName(String),
+    /// A snapshot with both this id and this name.
+    IdAndName(String, String),
+}
+
+impl SnapshotRef {
+    /// The index of the snapshot selected among `(id, name)` pairs in
+    /// table order.
+    pub fn find<'s>(
+        &self,
+        snaps: impl Iterator<Item = (&'s str, &'s str)> + Clone,
+    ) -> Option<usize> {
+        let first = |f: &dyn Fn(&str, &str) -> bool| snaps.clone().position(|(i, n)| f(i, n));
+        match self {
+            SnapshotRef::Id(id) => first(&|i, _| i == id),
+            SnapshotRef::Name(name) => first(&|_, n| n == name),
+            SnapshotRef::IdOrName(s) => first(&|i, _| i == s).or_else(|| first(&|_, n| n == s)),
+            SnapshotRef::IdAndName(id, name) => first(&|i, n| i == id && n == name),
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Messages read "snapshot 'X' ...", whatever the selector.
+            SnapshotRef::Id(i) => write!(f, "'{i}' (by id)"),
+            SnapshotRef::Name(n) => write!(f, "'{n}' (by name)"),
+            SnapshotRef::IdOrName(s) => write!(f, "'{s}' (id or name)"),
+            SnapshotRef::IdAndName(i, n) => write!(f, "'{i}' named '{n}'"),
+        }
+    }
+}
+
+impl From<&str> for SnapshotRef {
+    fn from(s: &str) -> Self {
+        SnapshotRef::IdOrName(s.to_string())
+    }
+}
+
+impl From<String> for SnapshotRef {
+    fn from(s: String) -> Self {
+        SnapshotRef::IdOrName(s)
+    }
 }
 
 /// The state of a run of guest bytes.
@@ -110,6 +165,11 @@ pub struct Image {
     storage: Arc<dyn Storage>,
     path: PathBuf,
     closed: AtomicBool,
+    /// Opened read-write as raw because probing said so (no format was
+    /// given): writes may not make the first sector look like another
+    /// format, as in QEMU (a guest could otherwise turn its disk into,
+    /// say, a qcow2 image naming host files at the next probing open).
+    probed_raw: bool,
 }
 
 impl Image {
@@ -194,7 +254,7 @@ impl Image {
             file: file.clone(),
             read_only: opts.read_only,
             cache_size: opts.cache_size,
-            snapshot: opts.snapshot.as_deref(),
+            snapshot: opts.snapshot.as_ref(),
         })
         .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
         // The data file under metadata (add-cow image file, qcow2 data file).
@@ -203,9 +263,12 @@ impl Image {
             lock(data, Role::Data)?;
         }
         if let Some(s) = &opts.snapshot {
-            if !fmt.snapshots().iter().any(|x| x.id == *s || x.name == *s) {
+            let snaps = fmt.snapshots();
+            if s.find(snaps.iter().map(|x| (x.id.as_str(), x.name.as_str())))
+                .is_none()
+            {
                 return Err(Error::NotFound(format!(
-                    "snapshot '{s}' in '{}' ({} images have {} snapshots)",
+                    "snapshot {s} in '{}' ({} images have {} snapshots)",
                     path.display(),
                     fmt.format_name(),
                     fmt.snapshots().len()
@@ -238,8 +301,10 @@ impl Image {
                 }
                 _ => None,
             };
+        let probed_raw = opts.format.is_none() && !opts.read_only && fmt.passthrough();
         Ok(Image {
             fmt,
+            probed_raw,
             backing: ArcSwapOption::new(backing.map(|b| Arc::new(BackingSlot(b)))),
             alloc_locks: RangeLocks::default(),
             storage,
@@ -325,6 +390,12 @@ impl Image {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the image was opened read-write as raw by probing (see
+    /// `probed_raw`); tools warn about it as qemu-img does.
+    pub fn probed_raw(&self) -> bool {
+        self.probed_raw
     }
 
     /// The name of the file this layer's data lives in (the image itself
@@ -501,5 +572,32 @@ impl Backing for Image {
 
     fn as_image(&self) -> Option<&Image> {
         Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SnapshotRef::{self, *};
+
+    /// (id, name) in table order: names that collide with other ids, and
+    /// a name used twice.
+    const TABLE: [(&str, &str); 4] = [("1", "2"), ("2", "1"), ("3", "x"), ("4", "x")];
+
+    fn pick(r: SnapshotRef) -> Option<usize> {
+        r.find(TABLE.iter().map(|&(i, n)| (i, n)))
+    }
+
+    #[test]
+    fn selectors_follow_qemu() {
+        assert_eq!(pick(Id("2".into())), Some(1));
+        assert_eq!(pick(Name("2".into())), Some(0));
+        // A bare string: ids first, then names; the first match wins.
+        assert_eq!(pick("2".into()), Some(1));
+        assert_eq!(pick("x".into()), Some(2));
+        assert_eq!(pick(Name("x".into())), Some(2));
+        assert_eq!(pick(IdAndName("4".into(), "x".into())), Some(3));
+        assert_eq!(pick(IdAndName("1".into(), "1".into())), None);
+        assert_eq!(pick(Id("x".into())), None);
+        assert_eq!(pick(Name("3".into())), None);
     }
 }

@@ -53,7 +53,8 @@ pub unsafe extern "C" fn cowblk_pwritev(
 ) -> c_int {
     guard(|| {
         let h = image(img)?;
-        let v = iov_arg(iov, iovcnt, "iov")?;
+        // Only read: the caller's buffers may be read-only memory.
+        let v = iov_arg(iov, iovcnt, "iov")?.into_const();
         h.img.writev(&v, offset)?;
         Ok(0)
     })
@@ -360,10 +361,10 @@ pub unsafe extern "C" fn cowblk_pwritev_cow(
 ) -> c_int {
     guard(|| {
         let h = image(img)?;
-        let v = iov_arg(iov, iovcnt, "iov")?;
+        let v = iov_arg(iov, iovcnt, "iov")?.into_const();
         let old = CallerBytes {
             start: cow_offset,
-            data: iov_arg(cow_iov, cow_iovcnt, "cow_iov")?,
+            data: iov_arg(cow_iov, cow_iovcnt, "cow_iov")?.into_const(),
         };
         if let Some((o, n)) = h.img.cow_range(offset, v.len() as u64)? {
             // Checked up front so that a short supply writes nothing.

@@ -57,10 +57,15 @@ pub use io::{
 };
 pub use nb::{cowblk_map_nb, COWBLK_MAP_DATA, COWBLK_MAP_UNALLOCATED, COWBLK_MAP_ZERO};
 
-/// Version of the C ABI described by this header. `cowblk_abi_version()`
-/// returns the library's; a program built against this header should refuse
-/// a library whose value differs.
-pub const COWBLK_ABI_VERSION: u32 = 1;
+/// Version of the C ABI described by this header; `cowblk_abi_version()`
+/// returns the library's. It grows by one with every change a host can see
+/// (a member appended to a struct or driver table, a table member becoming
+/// NULL, a new flag); changes are compatible within a soname, so a program
+/// built against this header works with any library whose value is at
+/// least this one (see docs/C-API.md, "Versioning"). 2: tables have NULL
+/// where a format cannot do an operation (qcow2 writes, raw and qcow2
+/// check). 3: `cowblk_map_nb` (COWBLK_MAP_*).
+pub const COWBLK_ABI_VERSION: u32 = 3;
 
 /// Open flag: open every file read-only; writes fail with -EROFS.
 pub const COWBLK_OPEN_RDONLY: u32 = 1 << 0;

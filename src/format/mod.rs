@@ -224,9 +224,9 @@ pub struct OpenCtx<'a> {
     pub read_only: bool,
     /// Metadata cache budget in bytes (0 = the driver's default).
     pub cache_size: u64,
-    /// Open this internal snapshot (id or name) instead of the active
-    /// state; only with `read_only`. Formats without snapshots refuse it.
-    pub snapshot: Option<&'a str>,
+    /// Open this internal snapshot instead of the active state; only with
+    /// `read_only`. Formats without snapshots refuse it.
+    pub snapshot: Option<&'a crate::image::SnapshotRef>,
 }
 
 /// What a creator is given.

@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use std::path::Path;
 use std::sync::Arc;
 
-pub use iov::IoVec;
+pub use iov::{Const, IoVec, Mut};
 
 /// A byte-addressed file. All methods take `&self`: implementations must be
 /// safe to call from many threads at once.
@@ -23,7 +23,7 @@ pub trait BlockFile: Send + Sync {
     /// as zeros.
     fn preadv(&self, iov: &IoVec, off: u64) -> Result<()>;
     /// Writes `iov.len()` bytes at `off`, growing the file if needed.
-    fn pwritev(&self, iov: &IoVec, off: u64) -> Result<()>;
+    fn pwritev(&self, iov: &IoVec<Const>, off: u64) -> Result<()>;
     /// Makes every completed write durable.
     fn flush(&self) -> Result<()>;
     /// Current length in bytes.

@@ -8,7 +8,7 @@ mod shared;
 use cowblk::format::info::{fields_human, fields_json};
 use cowblk::format::{self, CheckReport, OptKind, Repair, SnapshotInfo};
 use cowblk::ops::{self, BenchOptions};
-use cowblk::{CreateOptions, Error, Image, ImageInfo, OpenOptions};
+use cowblk::{CreateOptions, Error, Image, ImageInfo, OpenOptions, SnapshotRef};
 use lexopt::prelude::*;
 use serde_json::{json, Map, Value};
 use shared::{describe, qemu_json, size_to_str, ProgressBar};
@@ -65,6 +65,7 @@ Commands (run cowblk-img COMMAND --help for command-specific help):
   compare - Check if two images have the same contents
   convert - Copy one image to another with optional format conversion
   create - Create and format new image file
+  dd - Copy input to output with optional format conversion
   info - Display information about image
   map - Dump image metadata
   rebase - Change backing file of the image
@@ -115,7 +116,7 @@ Exit codes: 0 clean, 1 check error, 2 corruptions, 3 leaks, 63 format has no che
             "Copy an image into a new one, possibly of another format.  Usage:
 
   cowblk-img convert [-p] [-q] [-n] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS]
-        [-l snapshot.id=ID|snapshot.name=NAME] [-s SNAPSHOT] FILENAME OUTPUT
+        [-l SNAPSHOT|snapshot.id=ID|snapshot.name=NAME] FILENAME OUTPUT
 
   -n    the output exists already: do not create it
   -p    show progress on a terminal"
@@ -137,6 +138,17 @@ Exit codes: 0 identical, 1 different, 2 error."
             "Resize an image.  Usage:
 
   cowblk-img resize [-f FMT] [-q] [--shrink] FILENAME [+|-]SIZE"
+        }
+        "dd" => {
+            "Copy input to output with optional format conversion.  Usage:
+
+  cowblk-img dd [-f FMT] [-O OUTPUT_FMT] [-U]
+        [bs=BLOCK_SIZE] [count=BLOCKS] [skip=BLOCKS] if=INPUT of=OUTPUT
+
+  bs=BLOCK_SIZE  bytes per block, with k/M/G/T/P/E suffixes (default 512)
+  count=BLOCKS   copy only up to BLOCKS blocks of the input
+  skip=BLOCKS    skip BLOCKS blocks at the start of the input
+  The output is created (format OUTPUT_FMT, default raw)."
         }
         "commit" => {
             "Write an overlay's own data into its backing file.  Usage:
@@ -198,6 +210,7 @@ fn main() {
         "commit" => commit(args),
         "rebase" => rebase(args),
         "bench" => bench(args),
+        "dd" => dd(args),
         other => Err(Fail {
             usage: Some(""),
             ..fail(format!("Command not found: {other}"))
@@ -314,13 +327,15 @@ fn force_share() {
 fn open_with(file: &str, opts: &OpenOptions) -> Result<Image, Fail> {
     let mut opts = opts.clone();
     opts.force_share |= FORCE_SHARE.load(Ordering::Relaxed);
-    Image::open(file, &opts).map_err(|e| match e {
+    let img = Image::open(file, &opts).map_err(|e| match e {
         // Said as qemu-img says it.
         Error::Locked(m) | Error::InvalidArgument(m) if is_lock_refusal(&m) => {
             fail(format!("Could not open '{file}': {m}"))
         }
         e => lib(e),
-    })
+    })?;
+    shared::warn_probed_raw(&img);
+    Ok(img)
 }
 
 /// Whether a message is a lock conflict or a refused force-share.
@@ -873,21 +888,62 @@ fn img_format(file: &str) -> String {
 
 // ---- convert ----
 
-/// `-l snapshot.id=ID`, `-l snapshot.name=NAME` or `-l NAME`: the library
-/// matches the string against ids, then names.
-fn snapshot_ref(s: &str) -> Result<String, Fail> {
-    if let Some(id) = s.strip_prefix("snapshot.id=") {
-        Ok(id.into())
-    } else if let Some(n) = s.strip_prefix("snapshot.name=") {
-        Ok(n.into())
-    } else if s.contains('=') {
-        Err(usage_err(
-            "convert",
-            format!("Failed in parsing snapshot param '{s}'"),
-        ))
-    } else {
-        Ok(s.into())
+/// `-l` as qemu-img reads it: an argument starting with "snapshot." is an
+/// option list of `snapshot.id=ID` and/or `snapshot.name=NAME` (",," is a
+/// comma in a value; the last of a repeated key wins) selecting by id, by
+/// name, or by both; anything else is a string matched as an id first,
+/// then as a name.
+fn snapshot_ref(s: &str) -> Result<SnapshotRef, Fail> {
+    if !s.starts_with("snapshot.") {
+        return Ok(SnapshotRef::IdOrName(s.into()));
     }
+    let (mut id, mut name) = (None, None);
+    for part in split_opts(s) {
+        // QEMU reads a bare key as KEY=on, with a warning.
+        let (key, v) = part.split_once('=').unwrap_or_else(|| {
+            eprintln!(
+                "cowblk-img: warning: short-form boolean option '{part}' deprecated\n\
+                 Please use {part}=on instead"
+            );
+            (part.as_str(), "on")
+        });
+        match key {
+            "snapshot.id" => id = Some(v.to_string()),
+            "snapshot.name" => name = Some(v.to_string()),
+            _ => {
+                eprintln!("cowblk-img: Invalid parameter '{key}'");
+                return Err(fail(format!("Failed in parsing snapshot param '{s}'")));
+            }
+        }
+    }
+    Ok(match (id, name) {
+        (Some(i), Some(n)) => SnapshotRef::IdAndName(i, n),
+        (Some(i), None) => SnapshotRef::Id(i),
+        (None, Some(n)) => SnapshotRef::Name(n),
+        // split_opts yields at least one part, and each sets one or fails.
+        (None, None) => unreachable!("an option list with no option"),
+    })
+}
+
+/// Splits a QEMU option list at single commas (",," is a literal comma);
+/// a trailing comma ends the list.
+fn split_opts(s: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != ',' {
+            out.last_mut().unwrap().push(c);
+        } else if chars.peek() == Some(&',') {
+            chars.next();
+            out.last_mut().unwrap().push(',');
+        } else {
+            out.push(String::new());
+        }
+    }
+    if out.len() > 1 && out.last().is_some_and(|p| p.is_empty()) {
+        out.pop();
+    }
+    out
 }
 
 fn convert(args: Vec<OsString>) -> Res {
@@ -977,6 +1033,110 @@ fn convert(args: Vec<OsString>) -> Res {
         ops::convert(&refs, &dst, !no_create, pr)
     })
     .map_err(lib)?;
+    dst.close().map_err(lib)?;
+    Ok(0)
+}
+
+// ---- dd ----
+
+/// A dd count or skip: an integer as strtoll reads it (decimal, 0x hex, 0
+/// octal; no suffix), 0 to 2^63 - 1, in qemu-img's words.
+fn dd_blocks(name: &str, s: &str) -> Result<u64, Fail> {
+    let (neg, t) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let v = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        i64::from_str_radix(h, 16)
+    } else if t.len() > 1 && t.starts_with('0') {
+        i64::from_str_radix(&t[1..], 8)
+    } else {
+        t.parse::<i64>()
+    };
+    match v {
+        Ok(v) if !neg => Ok(v as u64),
+        Ok(_) => Err(fail(format!(
+            "Invalid {name} specified. Must be between 0 and {}.",
+            i64::MAX
+        ))),
+        Err(e) if matches!(e.kind(), std::num::IntErrorKind::PosOverflow) => Err(fail(format!(
+            "Invalid {name} specified. Must be between 0 and {}.",
+            i64::MAX
+        ))),
+        Err(_) => Err(fail(format!("Invalid {name} specified: '{s}'."))),
+    }
+}
+
+/// `qemu-img dd`: copies the input from block `skip` up to block `count`
+/// (both in `bs` units from the input's start, as qemu-img counts them)
+/// into a new output image.
+fn dd(args: Vec<OsString>) -> Res {
+    const C: &str = "dd";
+    let mut p = parser(args);
+    let (mut fmt, mut ofmt) = (None, "raw".to_string());
+    let (mut bs, mut count, mut skip, mut input, mut output) = (512u64, None, None, None, None);
+    while let Some(a) = p.next().map_err(|e| usage_err(C, e.to_string()))? {
+        match a {
+            Short('f') | Long("format") => fmt = Some(val(&mut p, C)?),
+            Short('O') | Long("output-format") => ofmt = val(&mut p, C)?,
+            Short('U') | Long("force-share") => force_share(),
+            Value(v) => {
+                let v = v.to_string_lossy().into_owned();
+                match v.split_once('=') {
+                    Some(("bs", x)) => bs = cvtnum("bs", x, 1, i32::MAX as u64)?,
+                    Some(("count", x)) => count = Some(dd_blocks("count", x)?),
+                    Some(("skip", x)) => skip = Some(dd_blocks("skip", x)?),
+                    Some(("if", x)) => input = Some(x.to_string()),
+                    Some(("of", x)) => output = Some(x.to_string()),
+                    _ => {
+                        let name = v.split('=').next().unwrap_or(&v);
+                        return Err(fail(format!("unrecognized operand {name}")));
+                    }
+                }
+            }
+            a => return Err(unexpected(a, C)),
+        }
+    }
+    let (Some(input), Some(output)) = (input, output) else {
+        return Err(fail("Must specify both input and output files"));
+    };
+    let src = open(&input, fmt, true)?;
+    let mut end = src.size();
+    if let Some(c) = count {
+        if let Some(n) = c.checked_mul(bs) {
+            end = end.min(n);
+        }
+    }
+    let start = skip.map(|k| k.checked_mul(bs));
+    let out_size = match start {
+        Some(Some(off)) if off <= end => end - off,
+        Some(_) => 0,
+        None => end,
+    };
+    let mut opts = CreateOptions::new();
+    opts.set(format::options::SIZE, out_size.to_string());
+    Image::create(&output, &ofmt, &opts).map_err(lib)?;
+    FORCE_SHARE.store(false, Ordering::Relaxed);
+    let dst = open(&output, Some(ofmt), false)?;
+    let mut pos = match start {
+        Some(Some(off)) if off <= end => off,
+        None => 0,
+        // qemu-img reports this after creating the (empty) output and
+        // still exits 0.
+        Some(_) => {
+            shared::error(PROG, format!("{input}: cannot skip to specified offset"));
+            return Ok(0);
+        }
+    };
+    let first = pos;
+    let mut buf = vec![0u8; bs.min(end - pos).max(1) as usize];
+    while pos < end {
+        let n = bs.min(end - pos) as usize;
+        src.read(&mut buf[..n], pos).map_err(lib)?;
+        dst.write(&buf[..n], pos - first).map_err(lib)?;
+        pos += n as u64;
+    }
     dst.close().map_err(lib)?;
     Ok(0)
 }

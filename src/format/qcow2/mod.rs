@@ -146,16 +146,15 @@ impl Qcow2 {
         let (l1_off, l1_size) = match ctx.snapshot {
             None => (h.l1_table_offset, h.l1_size as u64),
             Some(want) => {
-                let s = snapshots
-                    .iter()
-                    .find(|s| s.id == want)
-                    .or_else(|| snapshots.iter().find(|s| s.name == want))
+                let i = want
+                    .find(snapshots.iter().map(|s| (s.id.as_str(), s.name.as_str())))
                     .ok_or_else(|| {
                         Error::NotFound(format!(
-                            "snapshot '{want}' (the image has {})",
+                            "snapshot {want} (the image has {})",
                             snapshots.len()
                         ))
                     })?;
+                let s = &snapshots[i];
                 snapshot::check_l1(s, cluster_bits)?;
                 (s.l1_table_offset, s.l1_size as u64)
             }
