@@ -92,7 +92,10 @@ fn create(fmt: &str, path: &Path, opts: &str) {
         CString::new(path.to_str().unwrap()).unwrap(),
         CString::new(opts).unwrap(),
     );
-    assert_eq!(unsafe { cowblk_create(f.as_ptr(), p.as_ptr(), o.as_ptr()) }, 0);
+    assert_eq!(
+        unsafe { cowblk_create(f.as_ptr(), p.as_ptr(), o.as_ptr()) },
+        0
+    );
 }
 
 fn main() {
@@ -104,14 +107,18 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("cowblk-bench-capi-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let base = dir.join("base.raw");
-    let data: Vec<u8> = (0..size).map(|i| ((i / 4096) as u8).wrapping_mul(29) | 1).collect();
+    let data: Vec<u8> = (0..size)
+        .map(|i| ((i / 4096) as u8).wrapping_mul(29) | 1)
+        .collect();
     std::fs::write(&base, &data).unwrap();
     drop(data);
 
     let empty = dir.join("empty.add-cow");
     let full = dir.join("full.add-cow");
     let o = |img: &str| {
-        format!("size={size},backing_file=base.raw,backing_fmt=raw,image_file={img},cluster_size=65536")
+        format!(
+            "size={size},backing_file=base.raw,backing_fmt=raw,image_file={img},cluster_size=65536"
+        )
     };
     create("add-cow", &empty, &o("empty.img"));
     create("add-cow", &full, &o("full.img"));
@@ -131,20 +138,43 @@ fn main() {
     println!("| request | threads | handle MB/s | pread MB/s | ratio |");
     println!("|---|---|---|---|---|");
     let h = open(&full, "add-cow");
-    row("add-cow allocated 4K", size, &handle_reader(&h), &File::open(dir.join("full.img")).unwrap());
+    row(
+        "add-cow allocated 4K",
+        size,
+        &handle_reader(&h),
+        &File::open(dir.join("full.img")).unwrap(),
+    );
     let h2 = open(&empty, "add-cow");
-    row("add-cow unallocated 4K", size, &handle_reader(&h2), &File::open(&base).unwrap());
+    row(
+        "add-cow unallocated 4K",
+        size,
+        &handle_reader(&h2),
+        &File::open(&base).unwrap(),
+    );
 
     let q = dir.join("data.qcow2");
     let made = Command::new("qemu-img")
-        .args(["convert", "-f", "raw", "-O", "qcow2", "-o", "cluster_size=65536"])
+        .args([
+            "convert",
+            "-f",
+            "raw",
+            "-O",
+            "qcow2",
+            "-o",
+            "cluster_size=65536",
+        ])
         .arg(&base)
         .arg(&q)
         .status()
         .is_ok_and(|s| s.success());
     if made {
         let h3 = open(&q, "qcow2");
-        row("qcow2 allocated 4K", size, &handle_reader(&h3), &File::open(&base).unwrap());
+        row(
+            "qcow2 allocated 4K",
+            size,
+            &handle_reader(&h3),
+            &File::open(&base).unwrap(),
+        );
         close(h3);
     } else {
         println!("(qcow2 rows skipped: qemu-img not found)");
