@@ -10,6 +10,7 @@ use cowblk::io::ZeroFlags;
 use cowblk::{Image, OpenOptions};
 use shared::{cvtstr, errno_text};
 use std::io::{BufRead, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +25,8 @@ Exercise a disk image with qemu-io's commands, through the cowblk library.
   -c, --cmd STRING     execute command with its arguments from the given string
   -f, --format FMT     specifies the block driver to use
   -r, --read-only      open read-only
+      --confined       untrusted image: files it names must be regular files
+                       inside its directory (see docs/CLI.md)
   -n, --nocache        accepted for compatibility (host cache is not bypassed)
   -t, --cache=MODE     accepted for compatibility
   -d, --discard=MODE   accepted for compatibility
@@ -1002,13 +1005,21 @@ struct Args {
     cmds: Vec<String>,
     format: Option<String>,
     read_only: bool,
+    /// --confined: hold the files the image names to its directory.
+    confined: bool,
     force_share: bool,
     file: Option<String>,
 }
 
+/// `--confined` on the command line: every image the session opens, also
+/// with the `open` command, holds the files it names to its directory.
+static CONFINED: AtomicBool = AtomicBool::new(false);
+
 /// Opens an image for the session, printing qemu-io's messages.
 fn open_image(file: &str, opts: &OpenOptions) -> Result<Arc<Image>, ()> {
-    match Image::open(file, opts) {
+    let mut opts = opts.clone();
+    opts.confined |= CONFINED.load(Ordering::Relaxed);
+    match Image::open(file, &opts) {
         // Warnings (a corrupt bit on a read-only open) stay unprinted, as
         // qemu-io opens such images silently.
         Ok(i) => {
@@ -1034,6 +1045,7 @@ fn parse_args() -> Result<Args, String> {
         cmds: Vec::new(),
         format: None,
         read_only: false,
+        confined: false,
         force_share: false,
         file: None,
     };
@@ -1049,6 +1061,7 @@ fn parse_args() -> Result<Args, String> {
             Short('c') | Long("cmd") => a.cmds.push(val(&mut p)?),
             Short('f') | Long("format") => a.format = Some(val(&mut p)?),
             Short('r') | Long("read-only") => a.read_only = true,
+            Long("confined") => a.confined = true,
             Short('U') | Long("force-share") => a.force_share = true,
             Short('n') | Long("nocache") | Short('k') | Long("native-aio") | Short('m')
             | Long("misalign") => {}
@@ -1095,9 +1108,11 @@ fn main() {
         );
         std::process::exit(1);
     }
+    CONFINED.store(args.confined, Ordering::Relaxed);
     let opts = OpenOptions {
         format: args.format,
         read_only: args.read_only,
+        confined: args.confined,
         force_share: args.force_share,
         ..Default::default()
     };
