@@ -49,8 +49,10 @@
 #define COWBLK_OPEN_RDONLY (1 << 0)
 
 /**
- * Open flag: do not open the backing file; unallocated ranges read zeros
- * and partial writes copy zeros into the rest of their cluster.
+ * Open flag: do not open the backing file; unallocated ranges read zeros.
+ * When the image records a backing file, a write that would need its
+ * old contents (a partial write of an unallocated cluster) and growing
+ * the image fail with -ENOTSUP: the backing data they need is not open.
  */
 #define COWBLK_OPEN_NO_BACKING (1 << 1)
 

@@ -1,10 +1,14 @@
 //! The shared engine: reads, writes, copy-on-write and backing-chain reads
 //! for every format. Formats only map and allocate (`format::Format`).
 //!
-//! Locking: `Format::map` takes the format's metadata lock for the lookup
-//! only; data I/O runs with no lock held. Allocating writes hold a range
-//! lock on the clusters they allocate, so two writers never copy-on-write
-//! the same cluster at once.
+//! Locking: every request holds the image's request lock shared for its
+//! whole run (range check included); a resize holds it exclusive, so the
+//! size never changes under a request, as QEMU drains before a truncate.
+//! An uncontended shared acquire is one atomic operation. `Format::map`
+//! takes the format's metadata lock for the lookup only; data I/O runs
+//! with no metadata lock held. Allocating writes hold a range lock on the
+//! clusters they allocate, so two writers never copy-on-write the same
+//! cluster at once.
 
 use crate::error::{Error, Result};
 use crate::format::Mapping;
@@ -39,16 +43,25 @@ impl Image {
 
     /// Reads into a scatter list.
     pub fn readv(&self, iov: &IoVec, off: u64) -> Result<()> {
+        let _s = self.shared();
         self.check_range(off, iov.len() as u64)?;
         self.read_inner(iov, off)
     }
 
+    /// Reads with the request lock already held.
     pub(crate) fn read_inner(&self, iov: &IoVec, off: u64) -> Result<()> {
-        self.read_with(iov, off, None)
+        self.read_with(iov, off, None, false)
     }
 
     /// Reads with `over` standing in for the backing layer, if given.
-    fn read_with(&self, iov: &IoVec, off: u64, over: Option<&dyn Backing>) -> Result<()> {
+    /// `cow`: the bytes are old contents about to become this layer's own.
+    fn read_with(
+        &self,
+        iov: &IoVec,
+        off: u64,
+        over: Option<&dyn Backing>,
+        cow: bool,
+    ) -> Result<()> {
         let len = iov.len() as u64;
         let mut done = 0u64;
         while done < len {
@@ -70,7 +83,7 @@ impl Image {
             match ext.mapping {
                 Mapping::Data { host, .. } => self.fmt.data_file().preadv(part, host)?,
                 Mapping::Zero => part.zero(),
-                Mapping::Unallocated => self.read_unallocated(part, pos, over)?,
+                Mapping::Unallocated => self.read_unallocated(part, pos, over, cow)?,
                 Mapping::Compressed { host, csize } => {
                     let cs = self.fmt.cluster_size().max(1);
                     self.fmt.read_compressed(host, csize, pos % cs, part)?
@@ -81,16 +94,46 @@ impl Image {
         Ok(())
     }
 
-    fn read_unallocated(&self, iov: &IoVec, off: u64, over: Option<&dyn Backing>) -> Result<()> {
+    fn read_unallocated(
+        &self,
+        iov: &IoVec,
+        off: u64,
+        over: Option<&dyn Backing>,
+        cow: bool,
+    ) -> Result<()> {
         if let Some(b) = over {
             return b.read_backing(iov, off);
         }
         match self.backing.load().as_ref() {
             Some(b) => b.0.read_backing(iov, off),
             None => {
+                if cow {
+                    self.refuse_without_backing(&format!(
+                        "copying {} bytes at offset {off} on write",
+                        iov.len()
+                    ))?;
+                }
                 iov.zero();
                 Ok(())
             }
+        }
+    }
+
+    /// Fails when the image records a backing file that this handle did
+    /// not open (`OpenOptions::no_backing`): zeros standing in for its data
+    /// must never become this layer's own data.
+    fn refuse_without_backing(&self, what: &str) -> Result<()> {
+        if self.backing.load().is_some() {
+            return Ok(());
+        }
+        match self.fmt.backing() {
+            Some(spec) => Err(Error::Unsupported(format!(
+                "{what} needs data from backing file '{}', and '{}' was opened without it \
+                 (no backing): reopen it with its backing file",
+                spec.name,
+                self.path().display()
+            ))),
+            None => Ok(()),
         }
     }
 
@@ -113,6 +156,7 @@ impl Image {
 
     fn writev_with(&self, iov: &IoVec<Const>, off: u64, over: Option<&dyn Backing>) -> Result<()> {
         self.check_writable()?;
+        let _s = self.shared();
         let len = iov.len() as u64;
         self.check_range(off, len)?;
         if self.probed_raw() && off < PROBE_SECTOR && len > 0 {
@@ -172,6 +216,7 @@ impl Image {
     /// zeroed cluster) would have to be written as data.
     pub fn write_zeroes_flags(&self, off: u64, len: u64, flags: ZeroFlags) -> Result<()> {
         self.check_writable()?;
+        let _s = self.shared();
         self.check_range(off, len)?;
         let cs = self.fmt.cluster_size();
         let mut done = 0u64;
@@ -207,6 +252,7 @@ impl Image {
     /// passed on; contents stay defined (the format decides what it may drop).
     pub fn discard(&self, off: u64, len: u64) -> Result<()> {
         self.check_writable()?;
+        let _s = self.shared();
         self.check_range(off, len)?;
         let cs = self.fmt.cluster_size();
         if cs == 0 {
@@ -230,6 +276,7 @@ impl Image {
     /// or `None`. Hosts that supply backing data call this before
     /// `writev_cow`.
     pub fn cow_range(&self, off: u64, len: u64) -> Result<Option<(u64, u64)>> {
+        let _s = self.shared();
         self.check_range(off, len)?;
         let cs = self.fmt.cluster_size();
         if cs == 0 || len == 0 {
@@ -237,9 +284,9 @@ impl Image {
         }
         let cstart = off / cs * cs;
         let cend = (off + len).div_ceil(cs).saturating_mul(cs).min(self.size());
-        let head = off > cstart && !self.block_status(cstart, 1)?.0.allocated;
+        let head = off > cstart && !self.block_status_locked(cstart, 1)?.0.allocated;
         let last = (off + len - 1) / cs * cs;
-        let tail = off + len < cend && !self.block_status(last, 1)?.0.allocated;
+        let tail = off + len < cend && !self.block_status_locked(last, 1)?.0.allocated;
         Ok(match (head, tail) {
             (false, false) => None,
             (true, false) => Some((cstart, (cstart + cs).min(cend) - cstart)),
@@ -265,6 +312,7 @@ impl Image {
                 self.fmt.format_name()
             )));
         }
+        // The caller holds the request lock: the size is stable.
         let size = self.size();
         let cstart = pos / cs * cs;
         let cend = (pos + n).div_ceil(cs).saturating_mul(cs).min(size);
@@ -302,10 +350,10 @@ impl Image {
         let mut head = vec![0u8; (pos - cstart) as usize];
         let mut tail = vec![0u8; (run_end - wend) as usize];
         if !head.is_empty() {
-            self.read_with(&IoVec::from_mut(&mut head), cstart, over)?;
+            self.read_with(&IoVec::from_mut(&mut head), cstart, over, true)?;
         }
         if !tail.is_empty() {
-            self.read_with(&IoVec::from_mut(&mut tail), wend, over)?;
+            self.read_with(&IoVec::from_mut(&mut tail), wend, over, true)?;
         }
         let data = self.fmt.data_file();
         match payload {
@@ -336,6 +384,7 @@ impl Image {
         if self.read_only() {
             return Ok(());
         }
+        let _s = self.shared();
         self.fmt.flush()
     }
 
@@ -343,15 +392,27 @@ impl Image {
     /// backing data.
     pub fn truncate(&self, size: u64) -> Result<()> {
         self.check_writable()?;
-        let _g = self.alloc_locks.lock(0, u64::MAX);
+        // Waits for running requests; new ones wait for the resize.
+        let _x = self.exclusive();
+        if size > self.size() {
+            // Which grown clusters must be owned (so that they read zeros)
+            // depends on the backing file's length.
+            self.refuse_without_backing(&format!("growing to {size} bytes"))?;
+        }
         let backing_len = self.backing().map(|b| b.size());
-        let old = |iov: &IoVec, off: u64| self.read_inner(iov, off);
+        let old = |iov: &IoVec, off: u64| self.read_with(iov, off, None, true);
         self.fmt.truncate(size, backing_len, &old)
     }
 
     /// The state of the run at `off` (at most `len` bytes) in this layer,
     /// and its length.
     pub fn block_status(&self, off: u64, len: u64) -> Result<(BlockStatus, u64)> {
+        let _s = self.shared();
+        self.block_status_locked(off, len)
+    }
+
+    /// `block_status` with the request lock already held.
+    fn block_status_locked(&self, off: u64, len: u64) -> Result<(BlockStatus, u64)> {
         self.check_range(off, len)?;
         if len == 0 {
             return Err(Error::InvalidArgument(

@@ -12,7 +12,7 @@ use crate::rangelock::RangeLocks;
 use arc_swap::ArcSwapOption;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Backing chains deeper than this are refused (a loop guard as well).
 pub const MAX_CHAIN_DEPTH: usize = 64;
@@ -171,6 +171,10 @@ pub struct Image {
     /// Swappable without a lock, so the read path takes no shared write.
     pub(crate) backing: ArcSwapOption<BackingSlot>,
     pub(crate) alloc_locks: RangeLocks,
+    /// Every request holds this shared; a resize (and other changes of the
+    /// image's shape) holds it exclusive, as QEMU drains before a
+    /// truncate. So no request sees the size change under it.
+    pub(crate) requests: RwLock<()>,
     storage: Arc<dyn Storage>,
     path: PathBuf,
     closed: AtomicBool,
@@ -344,6 +348,7 @@ impl Image {
             probed_raw,
             backing: ArcSwapOption::new(backing.map(|b| Arc::new(BackingSlot(b)))),
             alloc_locks: RangeLocks::default(),
+            requests: RwLock::new(()),
             storage,
             path: path.to_path_buf(),
             closed: AtomicBool::new(false),
@@ -482,6 +487,7 @@ impl Image {
     /// detaches) without copying data: `qemu-img rebase -u`.
     pub fn set_backing_file(&self, backing: Option<(&str, &str)>) -> Result<()> {
         self.check_writable()?;
+        let _x = self.exclusive();
         self.fmt.set_backing(backing)
     }
 
@@ -565,14 +571,17 @@ impl Image {
     ) -> Result<CheckReport> {
         if repair != Repair::None {
             self.check_writable()?;
+            let _x = self.exclusive();
+            return self.fmt.check(repair, progress);
         }
+        let _s = self.shared();
         self.fmt.check(repair, progress)
     }
 
     /// Drops everything allocated in this layer (see `Format::make_empty`).
     pub fn make_empty(&self) -> Result<()> {
         self.check_writable()?;
-        let _g = self.alloc_locks.lock(0, u64::MAX);
+        let _x = self.exclusive();
         self.fmt.make_empty()
     }
 
@@ -584,6 +593,19 @@ impl Image {
             return Ok(());
         }
         self.fmt.close()
+    }
+
+    /// Held by every request (see `requests`). Never taken twice by one
+    /// thread: a waiting resize would block the second acquire. A read-only
+    /// image never changes its shape, so its requests (reads through a
+    /// backing chain, for one) skip the lock.
+    pub(crate) fn shared(&self) -> Option<RwLockReadGuard<'_, ()>> {
+        (!self.read_only()).then(|| self.requests.read().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Held by a resize: waits for running requests, holds off new ones.
+    pub(crate) fn exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.requests.write().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn check_writable(&self) -> Result<()> {
@@ -618,6 +640,8 @@ impl Backing for Image {
     }
 
     fn read_backing(&self, iov: &IoVec, off: u64) -> Result<()> {
+        // This layer's own lock (the caller holds the upper layer's).
+        let _s = self.shared();
         let size = Image::size(self);
         let len = iov.len() as u64;
         let inside = size.saturating_sub(off).min(len);

@@ -70,8 +70,10 @@ pub const COWBLK_ABI_VERSION: u32 = 4;
 
 /// Open flag: open every file read-only; writes fail with -EROFS.
 pub const COWBLK_OPEN_RDONLY: u32 = 1 << 0;
-/// Open flag: do not open the backing file; unallocated ranges read zeros
-/// and partial writes copy zeros into the rest of their cluster.
+/// Open flag: do not open the backing file; unallocated ranges read zeros.
+/// When the image records a backing file, a write that would need its
+/// old contents (a partial write of an unallocated cluster) and growing
+/// the image fail with -ENOTSUP: the backing data they need is not open.
 pub const COWBLK_OPEN_NO_BACKING: u32 = 1 << 1;
 /// Open flag: the caller manages the backing file (the QEMU glue, where
 /// QEMU owns `bs->backing`). The library opens no backing file and never

@@ -15,6 +15,9 @@ const OFF_VERSION: usize = 8;
 const OFF_BACKING: usize = 12;
 const OFF_IMAGE: usize = 1036;
 pub const OFF_SIZE: usize = 2060;
+/// The header's last sector: it holds the size, and a resize rewrites it
+/// alone, in one aligned 512-byte write.
+pub const SIZE_SECTOR: usize = 2048;
 const OFF_CLUSTER_BITS: usize = 2068;
 const OFF_INCOMPAT: usize = 2072;
 const OFF_COMPAT: usize = 2080;
@@ -188,6 +191,11 @@ impl Header {
         Ok(buf)
     }
 
+    /// Bytes `SIZE_SECTOR..HEADER_SIZE` of the serialised header.
+    pub fn size_sector(&self) -> Result<Vec<u8>> {
+        Ok(self.serialize()?[SIZE_SECTOR..].to_vec())
+    }
+
     /// Bytes of bitmap for `size` bytes of guest.
     pub fn bitmap_len(size: u64, cluster_bits: u32) -> u64 {
         let clusters = size.div_ceil(1u64 << cluster_bits);
@@ -262,6 +270,16 @@ mod tests {
         let mut h = sample();
         h.backing_file = "x".repeat(1024);
         assert!(h.serialize().is_err());
+    }
+
+    #[test]
+    fn size_sector_is_the_aligned_sector_holding_the_size() {
+        const { assert!(SIZE_SECTOR.is_multiple_of(512) && SIZE_SECTOR + 512 == HEADER_SIZE as usize) };
+        const { assert!(SIZE_SECTOR <= OFF_SIZE && OFF_SIZE + 8 <= HEADER_SIZE as usize) };
+        let h = sample();
+        let sec = h.size_sector().unwrap();
+        assert_eq!(sec, h.serialize().unwrap()[SIZE_SECTOR..]);
+        assert_eq!(BigEndian::read_u64(&sec[OFF_SIZE - SIZE_SECTOR..]), 1 << 30);
     }
 
     #[test]

@@ -11,7 +11,6 @@ use super::{
 use crate::error::{Error, Result};
 use crate::io::{Access, BlockFile, IoVec, NotOpened};
 use bitmap::Bitmap;
-use byteorder::{BigEndian, ByteOrder};
 use header::{Header, HEADER_SIZE, MAX_SIZE};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -265,15 +264,26 @@ impl AddCow {
         self.meta.flush()
     }
 
+    /// Writes the size field in one aligned 512-byte write of the header
+    /// sector that holds it (atomic on disks with 512-byte sectors), and
+    /// flushes.
     fn set_size_field(&self, size: u64) -> Result<()> {
-        let mut b = [0u8; 8];
-        BigEndian::write_u64(&mut b, size);
-        self.meta.write_at(&b, header::OFF_SIZE as u64)?;
+        let mut h = self
+            .header
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        h.size = size;
+        self.meta
+            .write_at(&h.size_sector()?, header::SIZE_SECTOR as u64)?;
         self.meta.flush()?;
         self.header.lock().unwrap_or_else(|p| p.into_inner()).size = size;
         Ok(())
     }
 
+    /// Grows in the spec's order: zeros in the image file, flush, bits,
+    /// flush, size. Until the size is written the old size is visible and
+    /// reads exactly as before.
     fn grow(
         &self,
         old: u64,
@@ -282,7 +292,8 @@ impl AddCow {
         read_old: OldReader,
     ) -> Result<()> {
         let cs = self.cs();
-        // 1. The image file reads zeros over the new range.
+        // 1. The image file reads zeros over the new range (it may hold
+        //    stale bytes past the old size).
         let img_len = self.image.len()?;
         if img_len > old {
             self.image.write_zeroes(old, img_len.min(new) - old)?;
@@ -290,32 +301,42 @@ impl AddCow {
         if img_len < new {
             self.image.set_len(new)?;
         }
-        // 2. A cluster straddling the old end must not show backing data
-        //    past it: copy its old head into the image file and own it.
+        // 2. A clear cluster straddling the old end must not show backing
+        //    data past it: copy its old head into the image file and own it
+        //    (the bit is written after the flush below).
         let mut first_new = old.div_ceil(cs);
+        let mut own_last = None;
         if !old.is_multiple_of(cs) {
             let b = old / cs;
             if !self.bitmap.run(b, 1)?.0 {
                 let mut head = vec![0u8; (old - b * cs) as usize];
                 read_old(&IoVec::from_mut(&mut head), b * cs)?;
                 self.image.write_at(&head, b * cs)?;
-                self.bitmap.set_range(b, b + 1, true)?;
+                own_last = Some(b);
             }
             first_new = b + 1;
         }
         // 3. New clusters the backing file covers are owned by the image
         //    file (zeros); the rest read zeros past the backing file anyway.
+        //    Every new bit is written explicitly: the file may hold bits left
+        //    by a shrink that was cut short.
         let clusters = new.div_ceil(cs);
         self.meta
             .set_len(HEADER_SIZE + Header::bitmap_len(new, self.cluster_bits))?;
+        self.bitmap.file_changed();
         self.bitmap.resize(clusters)?;
+        if let Some(b) = own_last {
+            self.bitmap.set_range(b, b + 1, true)?;
+        }
         let covered = backing_len
             .map_or(0, |l| l.min(new).div_ceil(cs))
             .max(first_new);
         self.bitmap.set_range(first_new, covered, true)?;
         self.bitmap.set_range(covered, clusters, false)?;
-        self.bitmap.write_back()?;
-        self.meta.flush()?;
+        self.bitmap.clear_padding()?;
+        // Flushes the image file (step 1 and 2 durable), writes the bits,
+        // flushes the add-cow file.
+        self.bitmap.sync()?;
         // 4. Only now does the new size become visible.
         self.set_size_field(new)?;
         self.size.store(new, Ordering::Release);
@@ -424,11 +445,8 @@ impl Format for AddCow {
     }
 
     fn flush(&self) -> Result<()> {
-        // Image file, then bitmap, then the add-cow file (write_back
-        // flushes the image file before it writes any bit).
-        self.image.flush()?;
-        self.bitmap.write_back()?;
-        self.meta.flush()
+        // Image file, then bitmap, then the add-cow file: two fdatasyncs.
+        self.bitmap.sync()
     }
 
     fn truncate(&self, size: u64, backing_len: Option<u64>, old: OldReader) -> Result<()> {
@@ -437,6 +455,12 @@ impl Format for AddCow {
         }
         self.flush()?;
         let cur = self.size();
+        if size != cur && self.header.lock().unwrap_or_else(|p| p.into_inner()).size == 0 {
+            // 2012 layout: the size is the image file's length, which the
+            // resize changes before the bitmap is ready. Record the size
+            // first (the same size either way, so a cut here is harmless).
+            self.set_size_field(cur)?;
+        }
         if size > cur {
             self.grow(cur, size, backing_len, old)
         } else if size < cur {
