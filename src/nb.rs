@@ -18,6 +18,7 @@
 use crate::error::Result;
 use crate::format::Mapping;
 use crate::image::Image;
+use std::sync::TryLockError;
 
 /// A cached answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,6 +38,17 @@ impl Image {
     /// across I/O) or the run is compressed (reading it needs the library).
     /// Never does file I/O.
     pub fn map_cached(&self, off: u64, len: u64) -> Result<Option<(CachedMap, u64)>> {
+        // The request lock keeps the size still, as for any request; a
+        // resize holding it exclusive would make us wait: "would block".
+        let _s = if self.read_only() {
+            None
+        } else {
+            match self.requests.try_read() {
+                Ok(g) => Some(g),
+                Err(TryLockError::Poisoned(p)) => Some(p.into_inner()),
+                Err(TryLockError::WouldBlock) => return Ok(None),
+            }
+        };
         self.check_range(off, len)?;
         if len == 0 {
             return Ok(None);
