@@ -177,10 +177,18 @@ install-nbdkit: | c-libs
 	fi
 
 # --- benchmarks (owner: bench) ---
+.PHONY: bench-qemu
 bench:
 	$(CARGO) bench --bench addcow
 	$(CARGO) bench --bench qcow2_read
+	$(CARGO) bench --bench capi_read
 	$(MAKE) bench-nbd
+
+# qemu-img bench in the patched QEMU: add-cow and cowblk-qcow2 against
+# QEMU's qcow2 in the same run (docs/BENCH.md). BENCH_RUNS, BENCH_COUNT,
+# BENCH_DEPTHS override the defaults (3, 100000, "1 16").
+bench-qemu: qemu
+	scripts/bench-qemu.sh
 
 # --- fuzzing ---
 # Each cargo-fuzz target (qcow2_parse, qcow2_read, addcow_parse, addcow_io)

@@ -39,9 +39,9 @@
  * least this one (see docs/C-API.md, "Versioning"). 2: tables have NULL
  * where a format cannot do an operation (qcow2 writes, raw and qcow2
  * check). 3: the open flags COWBLK_OPEN_CONFINED and
- * COWBLK_OPEN_METADATA_ONLY.
+ * COWBLK_OPEN_METADATA_ONLY. 4: `cowblk_map_nb` (COWBLK_MAP_*).
  */
-#define COWBLK_ABI_VERSION 3
+#define COWBLK_ABI_VERSION 4
 
 /**
  * Open flag: open every file read-only; writes fail with -EROFS.
@@ -199,6 +199,22 @@
  * Capability: the handle was opened with `COWBLK_OPEN_CALLER_BACKING`.
  */
 #define COWBLK_CAP_CALLER_BACKING (1 << 6)
+
+/**
+ * `cowblk_map_nb` kind: not allocated in this layer; the bytes are the
+ * backing file's (zeros past its end or without one).
+ */
+#define COWBLK_MAP_UNALLOCATED 0
+
+/**
+ * `cowblk_map_nb` kind: stored data, at `*host` in the data file.
+ */
+#define COWBLK_MAP_DATA 1
+
+/**
+ * `cowblk_map_nb` kind: allocated in this layer, reads as zeros.
+ */
+#define COWBLK_MAP_ZERO 2
 
 /**
  * An open image. Opaque; made by `cowblk_open*`, freed by `cowblk_close`.
@@ -804,6 +820,37 @@ const struct cowblk_driver *cowblk_driver_find(const char *name);
  * lets a host list every format. Static; never free it.
  */
 const struct cowblk_driver *cowblk_driver_get(size_t index);
+
+/**
+ * Where the run at `offset` lives, answered from the metadata cache alone:
+ * never reads a file and never waits for a lock that is held across I/O.
+ * On success returns 0 and stores in `*kind` a COWBLK_MAP_* value, in
+ * `*pnum` the run's length (1 to `bytes`) and in `*host` (if not NULL) the
+ * data file offset for COWBLK_MAP_DATA (else 0). Returns -EAGAIN ("would
+ * block") when the answer needs I/O (metadata not cached, a cache being
+ * loaded or written back) or the run is compressed: ask
+ * `cowblk_block_status` or just do the I/O through the library (which
+ * also fills the cache). 0 bytes fail with -EINVAL, a range not inside
+ * the image with -EIO (as a read there would).
+ *
+ * The answer is the state at the moment of the call. It stays right for
+ * reading: an allocating write copies the backing bytes into the rest of
+ * its cluster, so after COWBLK_MAP_UNALLOCATED the backing file's bytes
+ * are this layer's bytes, except bytes a concurrent write is changing,
+ * where a read may return old contents anyway. Use COWBLK_MAP_DATA and
+ * `*host` to decide, not to read the data file behind the library's back:
+ * `cowblk_preadv` and the write calls map again. See docs/QEMU.md.
+ *
+ * # Safety
+ * `img` is a live handle; `pnum` and `kind` are writable; `host` is NULL
+ * or writable.
+ */
+int cowblk_map_nb(struct cowblk_image *img,
+                  uint64_t offset,
+                  uint64_t bytes,
+                  uint64_t *pnum,
+                  uint64_t *host,
+                  uint32_t *kind);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -645,6 +645,10 @@ impl Backing for Image {
         let size = Image::size(self);
         let len = iov.len() as u64;
         let inside = size.saturating_sub(off).min(len);
+        if inside == len {
+            // The common case: no sub-list to build on the hot read path.
+            return self.read_inner(iov, off);
+        }
         if inside > 0 {
             self.read_inner(&iov.slice(0, inside as usize), off)?;
         }

@@ -12,6 +12,7 @@ pub mod format;
 pub mod image;
 pub mod io;
 pub mod meta;
+pub mod nb;
 pub mod ops;
 pub mod rangelock;
 

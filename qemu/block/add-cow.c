@@ -291,6 +291,38 @@ static void add_cow_reopen_abort(BDRVReopenState *state)
     }
 }
 
+/* ---- iovec slices without allocation ---- */
+
+/* Slices of up to this many segments live on the caller's stack. */
+#define ADD_COW_FIXED_IOV 16
+
+typedef struct AddCowIov {
+    struct iovec fixed[ADD_COW_FIXED_IOV];
+    struct iovec *iov;          /* fixed, or the heap for longer slices */
+    int niov;
+} AddCowIov;
+
+/*
+ * Bytes [off, off + len) of qiov as an iovec array for the library.  The
+ * common request (a few segments) allocates nothing; add_cow_iov_free
+ * releases the rare longer one.  Pure (no bdrv_*): usable in a worker.
+ */
+static void add_cow_iov_slice(AddCowIov *v, QEMUIOVector *qiov, size_t off,
+                              size_t len)
+{
+    int n = qemu_iovec_subvec_niov(qiov, off, len);
+
+    v->iov = n <= ADD_COW_FIXED_IOV ? v->fixed : g_new(struct iovec, n);
+    v->niov = iov_copy(v->iov, n, qiov->iov, qiov->niov, off, len);
+}
+
+static void add_cow_iov_free(AddCowIov *v)
+{
+    if (v->iov != v->fixed) {
+        g_free(v->iov);
+    }
+}
+
 /* ---- reads ---- */
 
 typedef struct AddCowHole {
@@ -298,10 +330,11 @@ typedef struct AddCowHole {
 } AddCowHole;
 
 /*
- * A read task: on a worker, reads every allocated run of the request
- * through the library and notes the unallocated runs ("holes") for the
- * coroutine to fill from the backing file.  It stops early when the hole
- * list is full; done says how far it got.
+ * A read task: on a worker, reads every allocated run of a part of the
+ * request through the library and notes the unallocated runs ("holes") for
+ * the coroutine to fill from the backing file.  It stops early when the
+ * hole list is full; done says how far it got.  It lives on the
+ * coroutine's stack.
  */
 typedef struct AddCowReadTask {
     struct cowblk_image *img;
@@ -317,10 +350,8 @@ typedef struct AddCowReadTask {
 static int add_cow_read_worker(void *opaque)
 {
     AddCowReadTask *t = opaque;
-    QEMUIOVector part;
     int ret = 0;
 
-    qemu_iovec_init(&part, t->qiov->niov);
     t->done = 0;
     t->nholes = 0;
     while (t->done < t->bytes) {
@@ -334,16 +365,15 @@ static int add_cow_read_worker(void *opaque)
             break;
         }
         if (n == 0 || n > t->bytes - t->done) {
-            qemu_iovec_destroy(&part);
             snprintf(t->err, sizeof(t->err), "library block status returned "
                      "%" PRIu64 " bytes at offset %" PRIu64, n, pos);
             return -EIO;
         }
         if (st & COWBLK_BLOCK_ALLOCATED) {
-            qemu_iovec_reset(&part);
-            qemu_iovec_concat(&part, t->qiov, t->start + t->done, n);
-            ret = cowblk_preadv(t->img, pos, (const struct iovec *)part.iov,
-                                part.niov);
+            AddCowIov part;
+            add_cow_iov_slice(&part, t->qiov, t->start + t->done, n);
+            ret = cowblk_preadv(t->img, pos, part.iov, part.niov);
+            add_cow_iov_free(&part);
             if (ret < 0) {
                 break;
             }
@@ -357,7 +387,6 @@ static int add_cow_read_worker(void *opaque)
         }
         t->done += n;
     }
-    qemu_iovec_destroy(&part);
     if (ret < 0) {
         save_err(t->err, ret);
     }
@@ -366,87 +395,134 @@ static int add_cow_read_worker(void *opaque)
 
 /*
  * Reads [qiov_off, qiov_off + len) of qiov at guest offset off + qiov_off
- * from the backing file; zeros past its end or without one.
+ * from the backing file; zeros without one.  Past the backing file's end
+ * the block layer itself reads zeros (bdrv_aligned_preadv), as QEMU's
+ * qcow2 relies on, so no length is asked here (for a raw backing node
+ * that would be an fstat per request).
  */
 static int coroutine_fn add_cow_read_backing(BlockDriverState *bs,
                                              uint64_t off, QEMUIOVector *qiov,
                                              uint64_t qiov_off, uint64_t len)
 {
-    uint64_t pos = off + qiov_off;
-    uint64_t have = 0;
-
-    if (bs->backing) {
-        int64_t blen = bdrv_getlength(bs->backing->bs);
-        if (blen < 0) {
-            return blen;
-        }
-        if ((uint64_t)blen > pos) {
-            have = MIN(len, (uint64_t)blen - pos);
-        }
+    if (!bs->backing) {
+        qemu_iovec_memset(qiov, qiov_off, 0, len);
+        return 0;
     }
-    if (have) {
-        int ret = bdrv_co_preadv_part(bs->backing, pos, have, qiov, qiov_off,
-                                      0);
+    return bdrv_co_preadv_part(bs->backing, off + qiov_off, len, qiov,
+                               qiov_off, 0);
+}
+
+/*
+ * The library's part of a read, [start, start + bytes) of qiov, in one
+ * thread-pool hop per ADD_COW_MAX_HOLES unallocated runs: the worker reads
+ * the allocated runs, the coroutine then fills the holes.
+ */
+static int coroutine_fn add_cow_read_slow(BlockDriverState *bs,
+                                          int64_t offset, QEMUIOVector *qiov,
+                                          uint64_t start, uint64_t bytes)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowReadTask t = { .img = s->img, .qiov = qiov, .offset = offset };
+    uint64_t end = start + bytes;
+    int ret;
+
+    while (start < end) {
+        t.start = start;
+        t.bytes = end - start;
+        t.err[0] = 0;
+        ret = add_cow_submit(bs, add_cow_read_worker, &t);
         if (ret < 0) {
+            error_report("%s: read failed: %s", bs->filename, t.err);
             return ret;
         }
-    }
-    if (have < len) {
-        qemu_iovec_memset(qiov, qiov_off + have, 0, len - have);
+        for (int i = 0; i < t.nholes; i++) {
+            ret = add_cow_read_backing(bs, offset, qiov, t.holes[i].off,
+                                       t.holes[i].len);
+            if (ret < 0) {
+                return ret;
+            }
+        }
+        start += t.done;
     }
     return 0;
 }
 
+/*
+ * Reads without a thread-pool hop where the metadata is cached:
+ * cowblk_map_nb answers in the coroutine, unallocated runs go straight to
+ * bs->backing (as QEMU's qcow2 does after its L2 lookup), zero runs are
+ * filled here, and only stored data (one hop: the library reads it from
+ * the image file, which QEMU has no node for) and cache misses (the hop
+ * also loads the cache) reach the thread pool.
+ *
+ * An "unallocated" answer is acted on after the lookup, while a write may
+ * allocate the cluster concurrently.  That is safe: the backing file does
+ * not change under an open overlay, an allocating write copies the
+ * backing bytes into the rest of its cluster, so the bytes read are this
+ * layer's at the lookup except those a concurrent write to the same bytes
+ * is changing, where old contents are a valid result (QEMU's qcow2 has the
+ * same window between its L2 lookup and its backing read).  See
+ * docs/QEMU.md, "Non-blocking lookups".
+ */
 static int coroutine_fn add_cow_co_preadv(BlockDriverState *bs,
                                           int64_t offset, int64_t bytes,
                                           QEMUIOVector *qiov,
                                           BdrvRequestFlags flags)
 {
     BDRVAddCowState *s = bs->opaque;
-    AddCowReadTask *t = g_new0(AddCowReadTask, 1);
-    uint64_t start = 0;
+    uint64_t pos = 0;
     int ret = 0;
 
-    t->img = s->img;
-    t->qiov = qiov;
-    t->offset = offset;
-    while (start < (uint64_t)bytes) {
-        t->start = start;
-        t->bytes = bytes - start;
-        ret = add_cow_submit(bs, add_cow_read_worker, t);
+    while (pos < (uint64_t)bytes && ret >= 0) {
+        uint64_t n = 0;
+        uint32_t kind = 0;
+
+        ret = cowblk_map_nb(s->img, offset + pos, bytes - pos, &n, NULL,
+                            &kind);
+        if (ret == -EAGAIN) {
+            /* a miss: the worker walks the rest and loads the cache */
+            return add_cow_read_slow(bs, offset, qiov, pos, bytes - pos);
+        }
         if (ret < 0) {
-            error_report("%s: read failed: %s", bs->filename, t->err);
+            error_report("%s: read failed: %s", bs->filename,
+                         cowblk_last_error());
+            return ret;
+        }
+        n = MIN(n, bytes - pos);
+        switch (kind) {
+        case COWBLK_MAP_UNALLOCATED:
+            ret = add_cow_read_backing(bs, offset, qiov, pos, n);
+            break;
+        case COWBLK_MAP_ZERO:
+            qemu_iovec_memset(qiov, pos, 0, n);
+            break;
+        default:
+            ret = add_cow_read_slow(bs, offset, qiov, pos, n);
             break;
         }
-        for (int i = 0; i < t->nholes; i++) {
-            ret = add_cow_read_backing(bs, offset, qiov, t->holes[i].off,
-                                       t->holes[i].len);
-            if (ret < 0) {
-                goto out;
-            }
-        }
-        start += t->done;
+        pos += n;
     }
-out:
-    g_free(t);
     return ret;
 }
 
 /* ---- writes ---- */
 
 /*
- * A write task.  First pass (cow_buf NULL): asks the library which old
- * contents the write needs; if none, writes at once.  Otherwise it returns
- * with need_cow set, the coroutine reads those bytes from the backing file,
- * and a second pass writes with them.
+ * A write task, on the coroutine's stack.  With cow_buf it writes with
+ * those old contents (cowblk_pwritev_cow); with ask (the slow path's first
+ * pass) it asks the library which old contents the write needs and
+ * returns with need_cow set if any, else writes at once; otherwise it just
+ * writes (the library maps again and copies nothing for a cluster that is
+ * allocated, or wholly written).
  */
 typedef struct AddCowWriteTask {
     struct cowblk_image *img;
-    struct iovec *iov;
-    int niov;
+    QEMUIOVector *qiov;
+    size_t qiov_off;
     uint64_t offset, bytes;
     uint64_t cow_off, cow_len;
     void *cow_buf;
+    bool ask;
     bool need_cow;
     char err[ADD_COW_ERR_LEN];
 } AddCowWriteTask;
@@ -454,65 +530,109 @@ typedef struct AddCowWriteTask {
 static int add_cow_write_worker(void *opaque)
 {
     AddCowWriteTask *t = opaque;
+    AddCowIov part;
     int ret;
 
+    add_cow_iov_slice(&part, t->qiov, t->qiov_off, t->bytes);
     if (t->cow_buf) {
         struct iovec cow = { .iov_base = t->cow_buf, .iov_len = t->cow_len };
-        ret = cowblk_pwritev_cow(t->img, t->offset, t->iov, t->niov,
+        ret = cowblk_pwritev_cow(t->img, t->offset, part.iov, part.niov,
                                  t->cow_off, &cow, 1);
-    } else {
+    } else if (t->ask) {
         ret = cowblk_cow_range(t->img, t->offset, t->bytes, &t->cow_off,
                                &t->cow_len);
         if (ret >= 0 && t->cow_len) {
             t->need_cow = true;
-            return 0;
+        } else if (ret >= 0) {
+            ret = cowblk_pwritev(t->img, t->offset, part.iov, part.niov);
         }
-        if (ret >= 0) {
-            ret = cowblk_pwritev(t->img, t->offset, t->iov, t->niov);
-        }
+    } else {
+        ret = cowblk_pwritev(t->img, t->offset, part.iov, part.niov);
     }
+    add_cow_iov_free(&part);
     if (ret < 0) {
         save_err(t->err, ret);
     }
     return ret;
 }
 
-/* Writes one piece that needs at most one cluster of old contents. */
+/* Reads the old contents t->cow_off/cow_len names, then writes with them. */
+static int coroutine_fn add_cow_write_cow(BlockDriverState *bs,
+                                          AddCowWriteTask *t)
+{
+    QEMUIOVector cowq;
+    int ret;
+
+    t->cow_buf = qemu_try_blockalign(bs, t->cow_len);
+    if (!t->cow_buf) {
+        return -ENOMEM;
+    }
+    qemu_iovec_init_buf(&cowq, t->cow_buf, t->cow_len);
+    ret = add_cow_read_backing(bs, t->cow_off, &cowq, 0, t->cow_len);
+    if (ret >= 0) {
+        ret = add_cow_submit(bs, add_cow_write_worker, t);
+    }
+    qemu_vfree(t->cow_buf);
+    t->cow_buf = NULL;
+    return ret;
+}
+
+/*
+ * Writes one piece that needs at most one cluster of old contents.  Where
+ * the metadata is cached (cowblk_map_nb), the coroutine decides: a piece
+ * covering whole clusters, or one in an allocated cluster, is one hop (the
+ * write); a partial piece of an unallocated cluster reads the cluster's
+ * old contents from bs->backing, then one hop writes with them, as QEMU's
+ * qcow2 reads its copy-on-write area and then writes.  The library checks
+ * again under its allocation lock, so a cluster that another write
+ * allocated meanwhile is written in place and the supplied contents are
+ * not used; they never could be stale anyway (the backing file does not
+ * change).  A miss asks the library first (one more hop).
+ */
 static int coroutine_fn add_cow_write_piece(BlockDriverState *bs,
                                             uint64_t offset, uint64_t bytes,
                                             QEMUIOVector *qiov,
                                             size_t qiov_off)
 {
     BDRVAddCowState *s = bs->opaque;
-    AddCowWriteTask t = { .img = s->img, .offset = offset, .bytes = bytes };
-    QEMUIOVector part;
-    QEMUIOVector cowq;
-    int ret;
+    AddCowWriteTask t = {
+        .img = s->img, .qiov = qiov, .qiov_off = qiov_off,
+        .offset = offset, .bytes = bytes,
+    };
+    uint64_t cs = s->cluster_size ? s->cluster_size : 1;
+    uint64_t cstart = QEMU_ALIGN_DOWN(offset, cs);
+    uint64_t end = offset + bytes;
+    uint64_t size = 0, n = 0;
+    uint32_t kind = 0;
+    int ret = cowblk_get_length(s->img, &size);
+    bool partial = offset % cs || (end % cs && end < size);
 
-    qemu_iovec_init(&part, qiov->niov);
-    qemu_iovec_concat(&part, qiov, qiov_off, bytes);
-    t.iov = part.iov;
-    t.niov = part.niov;
-
-    ret = add_cow_submit(bs, add_cow_write_worker, &t);
-    if (ret >= 0 && t.need_cow) {
-        t.cow_buf = qemu_try_blockalign(bs, t.cow_len);
-        if (!t.cow_buf) {
-            ret = -ENOMEM;
-            goto out;
+    if (ret >= 0 && partial) {
+        ret = cowblk_map_nb(s->img, offset, bytes, &n, NULL, &kind);
+    }
+    if (ret >= 0 && partial && kind == COWBLK_MAP_UNALLOCATED) {
+        t.cow_off = cstart;
+        t.cow_len = MIN(cs, size - cstart);
+        ret = add_cow_write_cow(bs, &t);
+    } else if (ret >= 0) {
+        ret = add_cow_submit(bs, add_cow_write_worker, &t);
+    }
+    /*
+     * A miss, or (rarely) a cluster that lost its allocation meanwhile:
+     * ask the library which old contents it needs.
+     */
+    if (ret == -EAGAIN || ret == -ENOTSUP) {
+        t.ask = true;
+        t.err[0] = 0;
+        ret = add_cow_submit(bs, add_cow_write_worker, &t);
+        if (ret >= 0 && t.need_cow) {
+            t.ask = false;
+            ret = add_cow_write_cow(bs, &t);
         }
-        qemu_iovec_init_buf(&cowq, t.cow_buf, t.cow_len);
-        ret = add_cow_read_backing(bs, t.cow_off, &cowq, 0, t.cow_len);
-        if (ret >= 0) {
-            ret = add_cow_submit(bs, add_cow_write_worker, &t);
-        }
-        qemu_vfree(t.cow_buf);
     }
     if (ret < 0 && t.err[0]) {
         error_report("%s: write failed: %s", bs->filename, t.err);
     }
-out:
-    qemu_iovec_destroy(&part);
     return ret;
 }
 
@@ -707,15 +827,27 @@ static int coroutine_fn add_cow_co_block_status(BlockDriverState *bs,
     AddCowSimpleTask t = {
         .img = s->img, .op = OP_STATUS, .a = offset, .b = bytes,
     };
-    int ret = add_cow_submit(bs, add_cow_simple_worker, &t);
+    uint64_t n = 0;
+    uint32_t kind = 0;
+    int ret = cowblk_map_nb(s->img, offset, bytes, &n, NULL, &kind);
 
+    *map = 0;
+    *file = NULL;
+    /*
+     * Unallocated and zero runs are answered from the cache, in the
+     * coroutine; data runs ask the library, which also looks for holes
+     * under them (raw, preallocated qcow2).
+     */
+    if (ret == 0 && kind != COWBLK_MAP_DATA) {
+        *pnum = n;
+        return kind == COWBLK_MAP_ZERO ? BDRV_BLOCK_ZERO : 0;
+    }
+    ret = add_cow_submit(bs, add_cow_simple_worker, &t);
     if (ret < 0) {
         error_report("%s: block status failed: %s", bs->filename, t.err);
         return ret;
     }
     *pnum = t.pnum;
-    *map = 0;
-    *file = NULL;
     if (!(t.status & COWBLK_BLOCK_ALLOCATED)) {
         /* the block layer asks bs->backing */
         return 0;

@@ -36,6 +36,8 @@ mod driver;
 
 mod args;
 
+mod nb;
+
 pub use backing::cowblk_backing_ops;
 pub use check::{cowblk_check, cowblk_check_result};
 pub use driver::{cowblk_driver, cowblk_driver_find, cowblk_driver_get};
@@ -53,6 +55,7 @@ pub use io::{
     cowblk_get_length, cowblk_is_allocated, cowblk_preadv, cowblk_pwritev, cowblk_pwritev_cow,
     cowblk_truncate, cowblk_write_zeroes,
 };
+pub use nb::{cowblk_map_nb, COWBLK_MAP_DATA, COWBLK_MAP_UNALLOCATED, COWBLK_MAP_ZERO};
 
 /// Version of the C ABI described by this header; `cowblk_abi_version()`
 /// returns the library's. It grows by one with every change a host can see
@@ -62,8 +65,8 @@ pub use io::{
 /// least this one (see docs/C-API.md, "Versioning"). 2: tables have NULL
 /// where a format cannot do an operation (qcow2 writes, raw and qcow2
 /// check). 3: the open flags COWBLK_OPEN_CONFINED and
-/// COWBLK_OPEN_METADATA_ONLY.
-pub const COWBLK_ABI_VERSION: u32 = 3;
+/// COWBLK_OPEN_METADATA_ONLY. 4: `cowblk_map_nb` (COWBLK_MAP_*).
+pub const COWBLK_ABI_VERSION: u32 = 4;
 
 /// Open flag: open every file read-only; writes fail with -EROFS.
 pub const COWBLK_OPEN_RDONLY: u32 = 1 << 0;

@@ -115,6 +115,13 @@ pub trait Format: Send + Sync {
     /// The mapping of the run starting at `off`, at most `len` bytes long.
     /// `off < size()`, `len > 0`; the returned `len` is > 0.
     fn map(&self, off: u64, len: u64) -> Result<Extent>;
+    /// `map` answered from memory alone, for callers that must not block
+    /// (the QEMU glue's coroutines): `Ok(None)` ("would block") whenever the
+    /// answer needs file I/O or a lock that may be held across I/O. Never
+    /// reads files. The default always says "would block".
+    fn map_cached(&self, _off: u64, _len: u64) -> Result<Option<Extent>> {
+        Ok(None)
+    }
     /// The file `Mapping::Data` offsets refer to.
     fn data_file(&self) -> &Arc<dyn BlockFile>;
     /// Reads bytes `[skip, skip + iov.len())` of a compressed cluster.

@@ -67,6 +67,9 @@ impl Format for Raw {
             len,
         ))
     }
+    fn map_cached(&self, off: u64, len: u64) -> Result<Option<Extent>> {
+        self.map(off, len).map(Some)
+    }
     fn passthrough(&self) -> bool {
         true
     }

@@ -548,6 +548,53 @@ impl Bitmap {
         let bits = self.bits();
         self.set_range(bits, bits.div_ceil(8) * 8, false)
     }
+
+    // ---- cache-only lookups (non-blocking; the QEMU glue's fast path) ----
+
+    /// `run` answered from resident blocks alone: `None` when block of bit
+    /// `n` is not cached or the cache lock is taken (a writer may hold it
+    /// while loading a block from the file). A run ends early at the first
+    /// block that is not resident. Never waits for I/O.
+    ///
+    /// The answer is current: the cache is the newest copy of every bit
+    /// (dirty blocks are never evicted, and a bit is set, under the write
+    /// lock, before the write that allocated its cluster returns).
+    pub fn run_cached(&self, n: u64, max: u64) -> Option<(bool, u64)> {
+        let bits = self.bits();
+        if n >= bits {
+            return None;
+        }
+        let end = n.saturating_add(max).min(bits);
+        let g = match self.inner.try_read() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        let mut pos = n;
+        let mut state = None;
+        while pos < end {
+            let k = self.byte_pos(pos) / BLOCK;
+            let Some(entry) = g.blocks.get(&k) else { break };
+            entry.touch();
+            let stop = end.min(((k + 1) * BLOCK - self.base) * 8);
+            while pos < stop {
+                let byte = entry.data[(self.byte_pos(pos) - k * BLOCK) as usize];
+                let whole = pos.is_multiple_of(8) && pos + 8 <= stop && (byte == 0 || byte == 0xff);
+                let s = if whole {
+                    byte == 0xff
+                } else {
+                    byte & (1 << (pos % 8)) != 0
+                };
+                match state {
+                    None => state = Some(s),
+                    Some(st) if st != s => return Some((st, pos - n)),
+                    _ => {}
+                }
+                pos += if whole { 8 } else { 1 };
+            }
+        }
+        state.map(|s| (s, pos - n))
+    }
 }
 
 #[cfg(test)]
@@ -564,6 +611,24 @@ mod tests {
         let d = s.create(Path::new("d"), false).unwrap();
         let b = Bitmap::new(f, d, 2560, bits, cache);
         (s, b)
+    }
+
+    #[test]
+    fn cached_runs_never_load() {
+        let (_s, b) = setup(8 * 4096 * 3, 1 << 20);
+        assert_eq!(b.run_cached(0, 10), None, "nothing resident yet");
+        b.set_range(5, 9, true).unwrap(); // loads block 0 only
+        assert_eq!(b.cached_blocks(), 1);
+        assert_eq!(b.run_cached(0, 100), Some((false, 5)));
+        assert_eq!(b.run_cached(5, 100), Some((true, 4)));
+        // A run stops where the resident blocks end.
+        let first_block_bits = (BLOCK - 2560) * 8;
+        assert_eq!(
+            b.run_cached(9, u64::MAX),
+            Some((false, first_block_bits - 9))
+        );
+        assert_eq!(b.run_cached(first_block_bits, 1), None);
+        assert_eq!(b.cached_blocks(), 1, "lookups loaded nothing");
     }
 
     #[test]

@@ -396,6 +396,25 @@ impl Format for AddCow {
         ))
     }
 
+    fn map_cached(&self, off: u64, len: u64) -> Result<Option<Extent>> {
+        let cs = self.cs();
+        let c = off >> self.cluster_bits;
+        let want = (off + len).div_ceil(cs) - c;
+        let Some((set, n)) = self.bitmap.run_cached(c, want) else {
+            return Ok(None);
+        };
+        let run_end = ((c + n) * cs).min(off + len);
+        let mapping = if set {
+            Mapping::Data {
+                host: off,
+                in_place: true,
+            }
+        } else {
+            Mapping::Unallocated
+        };
+        Ok(Some(Extent::new(mapping, run_end - off)))
+    }
+
     fn data_file(&self) -> &Arc<dyn BlockFile> {
         &self.image
     }

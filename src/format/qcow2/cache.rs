@@ -121,6 +121,13 @@ impl TableCache {
         Ok(table)
     }
 
+    /// The table at `key` if cached, else `None`: never loads. Counts as
+    /// a use (LRU) but not as a hit or miss. The cache mutex is never held
+    /// across I/O, so this does not wait for any.
+    pub fn peek(&self, key: u64) -> Option<Table> {
+        self.lock().touch(key)
+    }
+
     fn insert(&self, g: &mut Inner, key: u64, table: Table, dirty: bool) {
         g.tick += 1;
         let tick = g.tick;

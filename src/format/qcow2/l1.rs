@@ -64,6 +64,17 @@ impl L1Table {
         Ok(v)
     }
 
+    /// Entry `index` if its chunk is resident (or it lies past the stored
+    /// table); `None` when reading it would need file I/O. The chunk lock
+    /// is never held across I/O, so this does not wait for any.
+    pub fn cached_entry(&self, index: u64) -> Option<u64> {
+        if index >= self.stored {
+            return Some(0);
+        }
+        let g = self.chunks.read().unwrap_or_else(|p| p.into_inner());
+        g.get(&(index / CHUNK)).map(|c| c[(index % CHUNK) as usize])
+    }
+
     /// Entries in the table.
     pub fn entries(&self) -> u64 {
         self.len

@@ -29,6 +29,7 @@ pub mod features;
 pub mod header;
 pub mod l1;
 pub mod l2;
+mod nb;
 pub mod refcount;
 pub mod snapshot;
 #[cfg(test)]
@@ -301,6 +302,63 @@ impl Qcow2 {
         self.l1.entry(index)
     }
 
+    /// `map` for the run `[off, end)` inside the L2 table `table`.
+    fn map_in_table(&self, table: &[u64], off: u64, end: u64, l1_index: u64) -> Result<Extent> {
+        let cs = self.cs();
+        let (entry, first) = self.unit(table, off);
+        self.check_unit(first, off, l1_index)?;
+        if let Kind::Compressed { host, csize } = first {
+            let cend = (off / cs + 1) * cs;
+            return Ok(Extent::new(
+                Mapping::Compressed { host, csize },
+                end.min(cend) - off,
+            ));
+        }
+        let copied = entry & OFLAG_COPIED;
+        // The host offset of `off` for kinds with a host cluster.
+        let host_at = |k: Kind, p: u64| k.host_cluster().map(|h| h + p % cs);
+        let first_host = host_at(first, off);
+        let unit_bits = self.geo.unit_bits();
+        let mut pos = ((off >> unit_bits) + 1) << unit_bits;
+        while pos < end {
+            let (e, k) = self.unit(table, pos);
+            if !k.same_class(first)
+                || e & OFLAG_COPIED != copied
+                || first_host.map(|h| h + (pos - off)) != host_at(k, pos)
+            {
+                break;
+            }
+            pos += 1 << unit_bits;
+        }
+        let n = pos.min(end) - off;
+        let ext = match first {
+            Kind::Normal(_) => Extent::new(
+                Mapping::Data {
+                    host: first_host.unwrap_or(0),
+                    in_place: copied != 0 || self.geo.data_file,
+                },
+                n,
+            ),
+            Kind::ZeroPlain => Extent::new(Mapping::Zero, n),
+            Kind::UnallocPlain => Extent::new(Mapping::Unallocated, n),
+            Kind::ZeroAlloc(_) => Extent {
+                mapping: Mapping::Zero,
+                len: n,
+                reserved: first_host,
+            },
+            Kind::UnallocAlloc(_) => Extent {
+                mapping: Mapping::Unallocated,
+                len: n,
+                reserved: first_host,
+            },
+            // Both returned early above.
+            Kind::Compressed { .. } | Kind::Invalid => {
+                return Err(Error::Corrupt(format!("bad L2 entry at {off:#x}")))
+            }
+        };
+        Ok(ext)
+    }
+
     /// Raw entry words and the kind of the unit holding guest `pos`.
     fn unit(&self, table: &[u64], pos: u64) -> (u64, Kind) {
         let (_, idx) = self.geo.indices(pos);
@@ -446,7 +504,6 @@ impl Format for Qcow2 {
     }
 
     fn map(&self, off: u64, len: u64) -> Result<Extent> {
-        let cs = self.cs();
         let cov = self.geo.l2_coverage();
         let end = off
             .saturating_add(len)
@@ -458,58 +515,11 @@ impl Format for Qcow2 {
             return Ok(Extent::new(Mapping::Unallocated, end - off));
         }
         let table = self.l2_table(l2off, l1_index)?;
-        let (entry, first) = self.unit(&table, off);
-        self.check_unit(first, off, l1_index)?;
-        if let Kind::Compressed { host, csize } = first {
-            let cend = (off / cs + 1) * cs;
-            return Ok(Extent::new(
-                Mapping::Compressed { host, csize },
-                end.min(cend) - off,
-            ));
-        }
-        let copied = entry & OFLAG_COPIED;
-        // The host offset of `off` for kinds with a host cluster.
-        let host_at = |k: Kind, p: u64| k.host_cluster().map(|h| h + p % cs);
-        let first_host = host_at(first, off);
-        let unit_bits = self.geo.unit_bits();
-        let mut pos = ((off >> unit_bits) + 1) << unit_bits;
-        while pos < end {
-            let (e, k) = self.unit(&table, pos);
-            if !k.same_class(first)
-                || e & OFLAG_COPIED != copied
-                || first_host.map(|h| h + (pos - off)) != host_at(k, pos)
-            {
-                break;
-            }
-            pos += 1 << unit_bits;
-        }
-        let n = pos.min(end) - off;
-        let ext = match first {
-            Kind::Normal(_) => Extent::new(
-                Mapping::Data {
-                    host: first_host.unwrap_or(0),
-                    in_place: copied != 0 || self.geo.data_file,
-                },
-                n,
-            ),
-            Kind::ZeroPlain => Extent::new(Mapping::Zero, n),
-            Kind::UnallocPlain => Extent::new(Mapping::Unallocated, n),
-            Kind::ZeroAlloc(_) => Extent {
-                mapping: Mapping::Zero,
-                len: n,
-                reserved: first_host,
-            },
-            Kind::UnallocAlloc(_) => Extent {
-                mapping: Mapping::Unallocated,
-                len: n,
-                reserved: first_host,
-            },
-            // Both returned early above.
-            Kind::Compressed { .. } | Kind::Invalid => {
-                return Err(Error::Corrupt(format!("bad L2 entry at {off:#x}")))
-            }
-        };
-        Ok(ext)
+        self.map_in_table(&table, off, end, l1_index)
+    }
+
+    fn map_cached(&self, off: u64, len: u64) -> Result<Option<Extent>> {
+        self.map_nb(off, len)
     }
 
     fn data_file(&self) -> &Arc<dyn BlockFile> {
