@@ -193,7 +193,7 @@ driver_table!(
 );
 // raw records no backing file.
 driver_table!(RAW, "raw", raw_probe, raw_create, raw_open, None);
-// qcow2 is read-only for now: its write entries fail with -EROFS.
+// qcow2 writes through the same entries (read-write opens of v2/v3 images).
 driver_table!(QCOW2, "qcow2", qcow2_probe, qcow2_create, qcow2_open, None);
 
 static TABLES: [&cowblk_driver; 3] = [&ADDCOW, &RAW, &QCOW2];

@@ -3,13 +3,13 @@
 //! entries, external data files, internal snapshots) reads back as
 //! `qemu-img convert -O raw` does.
 //!
-//! Read-write opens are refused: this build does not write qcow2 yet, and
-//! failing at open is clearer than failing at the first write. Images with
-//! the dirty bit (lazy refcounts, not closed cleanly) therefore only open
-//! read-only, which needs no refcount repair; images with the corrupt bit
-//! open read-only with a warning (`Image::warnings`); unknown incompatible
-//! features are refused by name (from the image's feature name table);
-//! encrypted images are refused as unsupported.
+//! Read-write opens (v2 and v3) write through `write` (allocation,
+//! refcounts, ordered write-back). Refused for writing, with a clear error:
+//! the corrupt bit, the dirty bit (its refcount repair is not written yet),
+//! extended L2 entries and external data files (not written yet). Images
+//! with the corrupt bit open read-only with a warning (`Image::warnings`);
+//! unknown incompatible features are refused by name (from the image's
+//! feature name table); encrypted images are refused as unsupported.
 //!
 //! Modules: `header` (cluster 0, extensions, limits), `features`, `l2`
 //! (entry decoding), `compress`, `snapshot`, `cache` (bounded L2 cache).
@@ -30,6 +30,7 @@ pub mod refcount;
 pub mod snapshot;
 #[cfg(test)]
 mod tests;
+mod write;
 
 use super::{
     resolve_relative, BackingSpec, CreateCtx, Driver, Extent, Format, FormatInfo, Mapping,
@@ -45,7 +46,9 @@ use l2::{Geometry, Kind, OFFSET_MASK, OFLAG_COPIED};
 use snapshot::Snapshot;
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use write::Meta;
 
 /// QEMU's default L2 cache limit (Linux): 32 MiB, or less when that
 /// covers the whole disk; never less than two tables.
@@ -75,7 +78,7 @@ pub struct Qcow2 {
     data_file_path: Option<PathBuf>,
     header: Header,
     geo: Geometry,
-    size: u64,
+    size: AtomicU64,
     /// The L1 table in use (active or a snapshot's), read on demand.
     l1: L1Table,
     l2_cache: TableCache,
@@ -86,6 +89,13 @@ pub struct Qcow2 {
     /// computed on first use): block status then asks the data file about
     /// holes under data clusters.
     prealloc: OnceLock<bool>,
+    /// The write side's state; `None` on a read-only open.
+    meta: Option<Mutex<Meta>>,
+    /// Read-only: opened so, or stopped after corruption or a failed
+    /// write-back.
+    ro: AtomicBool,
+    /// The incompatible feature bits as on disk.
+    incompat: AtomicU64,
 }
 
 fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
@@ -171,12 +181,13 @@ impl Qcow2 {
             path: resolve_relative(ctx.path, name),
             format: h.backing_fmt.clone(),
         });
-        Ok(Qcow2 {
+        let incompat = AtomicU64::new(h.incompatible);
+        let mut q = Qcow2 {
             file,
             data,
             data_file_path,
             geo,
-            size,
+            size: AtomicU64::new(size),
             l1,
             l2_cache: TableCache::new(tables),
             snapshots,
@@ -184,7 +195,49 @@ impl Qcow2 {
             warnings,
             header: h,
             prealloc: OnceLock::new(),
-        })
+            meta: None,
+            ro: AtomicBool::new(ctx.read_only),
+            incompat,
+        };
+        if !ctx.read_only {
+            q.open_for_writing(ctx.cache_size)?;
+        }
+        Ok(q)
+    }
+
+    /// Prepares a read-write open: checks what the write side needs, loads
+    /// the refcount table and, before the first write, clears the
+    /// autoclear bits this build does not keep consistent (as QEMU does on
+    /// a read-write open: here everything but data_file_raw, since
+    /// bitmaps are not updated by our writes).
+    fn open_for_writing(&mut self, cache_size: u64) -> Result<()> {
+        if !self.l1.fully_stored() {
+            return Err(Error::Corrupt(
+                "the active L1 table runs past the end of the image file".into(),
+            ));
+        }
+        let rt = self.load_refcount_table()?;
+        let cs = self.cs();
+        let blocks = if cache_size > 0 {
+            cache_size / 4 / cs
+        } else {
+            (1u64 << 20) / cs
+        };
+        self.meta = Some(Mutex::new(Meta::new(
+            rt,
+            self.header.refcount_table_offset,
+            self.header.refcount_table_clusters as u64,
+            blocks.min(1 << 16) as usize,
+        )));
+        let keep = self.header.autoclear & features::AUTOCLEAR_DATA_FILE_RAW;
+        if self.header.version >= 3 && keep != self.header.autoclear {
+            let mut b = [0u8; 8];
+            BigEndian::write_u64(&mut b, keep);
+            self.file.write_at(&b, 88)?;
+            self.file.flush()?;
+            self.header.autoclear = keep;
+        }
+        Ok(())
     }
 
     /// Refuses what this build cannot read or must not write.
@@ -207,16 +260,22 @@ impl Qcow2 {
             )));
         }
         if !read_only {
-            let mut why = String::from(
-                "writing qcow2 images is not implemented yet; open the image read-only",
-            );
-            if h.incompatible & features::INCOMPAT_DIRTY != 0 {
-                why += " (it was not closed cleanly: the dirty bit is set)";
+            let why = if h.incompatible & features::INCOMPAT_CORRUPT != 0 {
+                Some("it is marked corrupt ('qemu-img check -r all' repairs it)")
+            } else if h.incompatible & features::INCOMPAT_DIRTY != 0 {
+                Some("it was not closed cleanly (dirty bit set) and rebuilding its refcounts is not implemented yet ('qemu-img check -r all' repairs it)")
+            } else if h.extended_l2() {
+                Some("writing images with extended L2 entries is not implemented yet")
+            } else if h.has_data_file() {
+                Some("writing images with an external data file is not implemented yet")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(Error::ReadOnly(format!(
+                    "cannot open the qcow2 image for writing: {why}; open it read-only"
+                )));
             }
-            if h.incompatible & features::INCOMPAT_CORRUPT != 0 {
-                why += " (it is marked corrupt)";
-            }
-            return Err(Error::ReadOnly(why));
         }
         Ok(())
     }
@@ -336,7 +395,8 @@ impl Qcow2 {
     /// once (a table listed twice is corruption: it would multiply work).
     fn count_allocated(&self) -> Result<u64> {
         let cov = self.geo.l2_coverage();
-        let tables = self.size.div_ceil(cov);
+        let size = self.size.load(Ordering::Relaxed);
+        let tables = size.div_ceil(cov);
         let unit = 1u64 << self.geo.unit_bits();
         let mut seen = HashSet::new();
         let mut total = 0u64;
@@ -351,7 +411,7 @@ impl Qcow2 {
                 )));
             }
             let table = self.l2_table(l2off, i)?;
-            let end = ((i + 1) * cov).min(self.size);
+            let end = ((i + 1) * cov).min(size);
             let mut pos = i * cov;
             while pos < end {
                 let (_, k) = self.unit(&table, pos);
@@ -375,7 +435,7 @@ impl Format for Qcow2 {
     }
 
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
     }
 
     fn cluster_size(&self) -> u64 {
@@ -392,7 +452,7 @@ impl Format for Qcow2 {
         let end = off
             .saturating_add(len)
             .min((off / cov + 1).saturating_mul(cov))
-            .min(self.size.max(off + 1));
+            .min(self.size().max(off + 1));
         let (l1_index, _) = self.geo.indices(off);
         let l2off = self.l1_entry(l1_index)? & OFFSET_MASK;
         if l2off == 0 {
@@ -483,29 +543,31 @@ impl Format for Qcow2 {
     }
 
     fn read_only(&self) -> bool {
-        true
+        self.ro.load(Ordering::SeqCst)
     }
 
-    fn allocate(&self, _guest: u64, _len: u64) -> Result<(u64, u64)> {
-        Err(Error::ReadOnly(
-            "qcow2 images are read-only in this build".into(),
-        ))
+    fn allocate(&self, _guest: u64, len: u64) -> Result<(u64, u64)> {
+        self.w_allocate(len)
     }
 
-    fn link(&self, _guest: u64, _len: u64, _host: u64) -> Result<()> {
-        Err(Error::ReadOnly(
-            "qcow2 images are read-only in this build".into(),
-        ))
+    fn link(&self, guest: u64, len: u64, host: u64) -> Result<()> {
+        self.w_link(guest, len, host)
+    }
+
+    fn zero_clusters(&self, guest: u64, len: u64) -> Result<bool> {
+        self.w_zero(guest, len)
+    }
+
+    fn discard(&self, guest: u64, len: u64) -> Result<()> {
+        self.w_discard(guest, len)
     }
 
     fn flush(&self) -> Result<()> {
-        Ok(())
+        self.w_flush()
     }
 
-    fn truncate(&self, _size: u64, _backing_len: Option<u64>, _old: OldReader) -> Result<()> {
-        Err(Error::ReadOnly(
-            "qcow2 images are read-only in this build".into(),
-        ))
+    fn truncate(&self, size: u64, backing_len: Option<u64>, _old: OldReader) -> Result<()> {
+        self.w_truncate(size, backing_len)
     }
 
     fn allocated_bytes(&self) -> Result<u64> {
@@ -587,6 +649,6 @@ impl Format for Qcow2 {
     }
 
     fn close(&self) -> Result<()> {
-        Ok(())
+        self.w_flush()
     }
 }

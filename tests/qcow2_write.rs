@@ -1,0 +1,520 @@
+//! qcow2 write side against QEMU 10: images made by qemu-img, written by
+//! us with random workloads checked against an in-memory model, then
+//! `qemu-img check` (no errors, no leaks) and `qemu-img compare` against a
+//! raw twin; QEMU's qemu-io writes after us and we after it. Crash tests
+//! cut the power at every operation of a workload (fault.rs) and let
+//! qemu-img check every state. Needs qemu-img and qemu-io on PATH.
+
+mod common;
+
+use common::Rng;
+use cowblk::io::fault::MemStorage;
+use cowblk::{Image, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+fn tmpdir(name: &str) -> PathBuf {
+    common::tmpdir(&format!("q2w-{name}"))
+}
+
+fn run(prog: &str, args: &[&str]) -> std::process::Output {
+    Command::new(prog)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"))
+}
+
+fn ok(prog: &str, args: &[&str]) -> String {
+    let o = run(prog, args);
+    assert!(
+        o.status.success(),
+        "{prog} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn create(path: &Path, opts: &str, size: u64) {
+    let s = size.to_string();
+    let mut args = vec!["create", "-q", "-f", "qcow2"];
+    if !opts.is_empty() {
+        args.extend(["-o", opts]);
+    }
+    args.extend([path.to_str().unwrap(), s.as_str()]);
+    ok("qemu-img", &args);
+}
+
+/// `qemu-img check`: no errors; leaks only if `leaks_ok`.
+fn qemu_check(path: &Path, leaks_ok: bool) {
+    let o = run("qemu-img", &["check", "-f", "qcow2", path.to_str().unwrap()]);
+    let code = o.status.code().unwrap_or(-1);
+    let fine = code == 0 || (leaks_ok && code == 3);
+    assert!(
+        fine,
+        "qemu-img check {path:?} exited {code}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `qemu-img compare` of the image with a raw file holding `model`.
+fn qemu_compare(path: &Path, model: &[u8]) {
+    let raw = path.with_extension("twin.raw");
+    std::fs::write(&raw, model).unwrap();
+    ok(
+        "qemu-img",
+        &[
+            "compare",
+            "-f",
+            "qcow2",
+            "-F",
+            "raw",
+            path.to_str().unwrap(),
+            raw.to_str().unwrap(),
+        ],
+    );
+    std::fs::remove_file(raw).unwrap();
+}
+
+fn rw() -> OpenOptions {
+    OpenOptions {
+        format: Some("qcow2".into()),
+        ..Default::default()
+    }
+}
+
+/// Asserts equal bytes, naming the first difference (not the buffers).
+fn same(got: &[u8], want: &[u8], what: &str) {
+    assert_eq!(got.len(), want.len(), "{what}: lengths");
+    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
+        panic!(
+            "{what}: first difference at byte {i}: {:#x} instead of {:#x}",
+            got[i], want[i]
+        );
+    }
+}
+
+fn read_all(img: &Image) -> Vec<u8> {
+    let mut b = vec![0u8; img.size() as usize];
+    img.read(&mut b, 0).unwrap();
+    b
+}
+
+/// What the image reads where nothing is allocated.
+struct Under<'a> {
+    backing: Option<&'a [u8]>,
+}
+
+impl Under<'_> {
+    fn byte(&self, i: usize) -> u8 {
+        self.backing.and_then(|b| b.get(i).copied()).unwrap_or(0)
+    }
+}
+
+/// Random operations inside `[lo, hi)` (cluster aligned): writes of every
+/// size and alignment, zero writes, discards, flushes; `model` follows.
+#[allow(clippy::too_many_arguments)]
+fn workload(
+    img: &Image,
+    model: &mut [u8],
+    lo: u64,
+    hi: u64,
+    ops: usize,
+    seed: u64,
+    v3: bool,
+    under: &Under,
+) {
+    let cs = img.cluster_size();
+    let size = img.size();
+    let mut rng = Rng::new(seed);
+    for _ in 0..ops {
+        let span = hi - lo;
+        let len = match rng.below(4) {
+            0 => 1 + rng.below(600),
+            1 => (1 + rng.below(8)) * 512,
+            2 => (1 + rng.below(3)) * cs,
+            _ => 1 + rng.below((4 * cs).min(span)),
+        }
+        .min(span);
+        let off = match rng.below(3) {
+            0 => lo + rng.below(span - len + 1) / cs * cs,
+            1 => lo + rng.below(span - len + 1) / 512 * 512,
+            _ => lo + rng.below(span - len + 1),
+        };
+        let (o, n) = (off as usize, len as usize);
+        match rng.below(10) {
+            0..=5 => {
+                let mut buf = vec![0u8; n];
+                rng.fill(&mut buf);
+                img.write(&buf, off).unwrap();
+                model[o..o + n].copy_from_slice(&buf);
+            }
+            6 => {
+                img.write_zeroes(off, len).unwrap();
+                model[o..o + n].fill(0);
+            }
+            7 | 8 => {
+                img.discard(off, len).unwrap();
+                // Whole clusters only, as the engine passes them on.
+                let start = off.div_ceil(cs) * cs;
+                let end = if off + len == size {
+                    off + len
+                } else {
+                    (off + len) / cs * cs
+                };
+                for i in start..end.max(start) {
+                    let i = i as usize;
+                    model[i] = if v3 { 0 } else { under.byte(i) };
+                }
+            }
+            _ => img.flush().unwrap(),
+        }
+    }
+}
+
+/// One option set: qemu-img makes the image (with a backing file when
+/// asked), we run a random workload from `threads` threads, then QEMU
+/// checks and compares; qemu-io writes, we read; we write again.
+fn round(name: &str, opts: &str, size: u64, ops: usize, threads: u64, with_backing: bool) {
+    let d = tmpdir(name);
+    let p = d.join("t.qcow2");
+    let mut base = None;
+    if with_backing {
+        let b = d.join("base.raw");
+        let mut bytes = vec![0u8; (size - size / 4) as usize];
+        Rng::new(99).fill(&mut bytes);
+        std::fs::write(&b, &bytes).unwrap();
+        let o = format!("{opts},backing_file=base.raw,backing_fmt=raw");
+        create(&p, o.trim_start_matches(','), size);
+        base = Some(bytes);
+    } else {
+        create(&p, opts, size);
+    }
+    let v3 = !opts.contains("compat=0.10");
+    let under = Under {
+        backing: base.as_deref(),
+    };
+    let mut model: Vec<u8> = (0..size as usize).map(|i| under.byte(i)).collect();
+    {
+        let img = Image::open(&p, &rw()).unwrap();
+        let cs = img.cluster_size();
+        same(&read_all(&img), &model, &format!("{name}: fresh image"));
+        // Threads work on disjoint, cluster-aligned regions.
+        let region = size / threads / cs * cs;
+        let parts: Vec<Vec<u8>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..threads)
+                .map(|t| {
+                    let img = &img;
+                    let under = &under;
+                    let mut m = model.clone();
+                    s.spawn(move || {
+                        let lo = t * region;
+                        let hi = if t + 1 == threads { size } else { lo + region };
+                        workload(img, &mut m, lo, hi, ops, t + 1, v3, under);
+                        m[lo as usize..hi as usize].to_vec()
+                    })
+                })
+                .collect();
+            hs.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        model = parts.concat();
+        same(&read_all(&img), &model, &format!("{name}: after the workload"));
+        img.close().unwrap();
+    }
+    qemu_check(&p, false);
+    qemu_compare(&p, &model);
+    // QEMU writes next; we read it.
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5a 1000 70000",
+            "-c",
+            &format!("write -z {} 4096", size / 2),
+            p.to_str().unwrap(),
+        ],
+    );
+    model[1000..71000].fill(0x5a);
+    model[(size / 2) as usize..(size / 2 + 4096) as usize].fill(0);
+    {
+        let img = Image::open(&p, &rw()).unwrap();
+        same(&read_all(&img), &model, &format!("{name}: after qemu-io"));
+        workload(&img, &mut model, 0, size, ops / 2, 77, v3, &under);
+        img.close().unwrap();
+    }
+    qemu_check(&p, false);
+    qemu_compare(&p, &model);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn default_options_64k() {
+    round("c64k", "", 32 << 20, 300, 1, false);
+}
+
+#[test]
+fn small_clusters_1bit_refcounts() {
+    round(
+        "c512",
+        "cluster_size=512,refcount_bits=1",
+        4 << 20,
+        300,
+        1,
+        false,
+    );
+}
+
+#[test]
+fn clusters_4k_64bit_refcounts_threads() {
+    round("c4k", "cluster_size=4096,refcount_bits=64", 16 << 20, 300, 4, false);
+}
+
+#[test]
+fn clusters_2m_lazy_refcounts_backing() {
+    round(
+        "c2m",
+        "cluster_size=2097152,lazy_refcounts=on",
+        64 << 20,
+        120,
+        2,
+        true,
+    );
+}
+
+#[test]
+fn v2_with_backing_discard_reads_backing() {
+    round("v2b", "compat=0.10,cluster_size=4096", 8 << 20, 300, 2, true);
+}
+
+/// Enough 512-byte clusters with 1-bit refcounts that the refcount table
+/// must grow and move.
+#[test]
+fn refcount_table_grows() {
+    let d = tmpdir("rtgrow");
+    let p = d.join("t.qcow2");
+    let size = 64u64 << 20;
+    create(&p, "cluster_size=512,refcount_bits=64", size);
+    let before = ok("qemu-img", &["info", "--output=json", p.to_str().unwrap()]);
+    let mut model = vec![0u8; size as usize];
+    {
+        let img = Image::open(&p, &rw()).unwrap();
+        let mut rng = Rng::new(5);
+        // 512-byte clusters, 64-bit refcounts: 64 clusters per block, so
+        // the one-cluster table (64 blocks) covers only 2 MiB.
+        for i in 0..48u64 {
+            let mut buf = vec![0u8; 128 << 10];
+            rng.fill(&mut buf);
+            let off = i * (1 << 20);
+            img.write(&buf, off).unwrap();
+            model[off as usize..off as usize + buf.len()].copy_from_slice(&buf);
+            if i % 16 == 0 {
+                img.flush().unwrap();
+            }
+        }
+        same(&read_all(&img), &model, "read back");
+        img.close().unwrap();
+    }
+    qemu_check(&p, false);
+    qemu_compare(&p, &model);
+    let _ = before;
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Overwrites of clusters shared with an internal snapshot and of
+/// compressed clusters allocate anew; the snapshot keeps its contents.
+#[test]
+fn snapshots_and_compressed_clusters_copy_on_write() {
+    let d = tmpdir("snapcow");
+    let p = d.join("t.qcow2");
+    let size = 8u64 << 20;
+    create(&p, "cluster_size=65536", size);
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x11 0 1M",
+            "-c",
+            "write -c -P 0x22 2M 128k",
+            p.to_str().unwrap(),
+        ],
+    );
+    ok("qemu-img", &["snapshot", "-c", "s1", p.to_str().unwrap()]);
+    let mut old = vec![0u8; size as usize];
+    old[..1 << 20].fill(0x11);
+    old[2 << 20..(2 << 20) + (128 << 10)].fill(0x22);
+    let mut model = old.clone();
+    {
+        let img = Image::open(&p, &rw()).unwrap();
+        same(&read_all(&img), &model, "read back");
+        let b = vec![0x33u8; 5000];
+        for off in [100u64, 70000, (2 << 20) + 300, (2 << 20) + 65536] {
+            img.write(&b, off).unwrap();
+            model[off as usize..off as usize + b.len()].fill(0x33);
+        }
+        img.write_zeroes(3 * 65536, 65536).unwrap();
+        model[3 * 65536..4 * 65536].fill(0);
+        img.discard(5 * 65536, 65536).unwrap();
+        model[5 * 65536..6 * 65536].fill(0);
+        same(&read_all(&img), &model, "read back");
+        img.close().unwrap();
+    }
+    qemu_check(&p, false);
+    qemu_compare(&p, &model);
+    let snap = d.join("snap.raw");
+    ok(
+        "qemu-img",
+        &[
+            "convert",
+            "-l",
+            "s1",
+            "-O",
+            "raw",
+            p.to_str().unwrap(),
+            snap.to_str().unwrap(),
+        ],
+    );
+    assert!(std::fs::read(&snap).unwrap() == old, "the snapshot changed");
+    // Deleting the snapshot must leave consistent refcounts too.
+    ok("qemu-img", &["snapshot", "-d", "s1", p.to_str().unwrap()]);
+    qemu_check(&p, false);
+    qemu_compare(&p, &model);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn unknown_autoclear_bits_are_cleared_and_growth_works() {
+    let d = tmpdir("autoclear");
+    let p = d.join("t.qcow2");
+    create(&p, "", 1 << 20);
+    let mut b = std::fs::read(&p).unwrap();
+    b[88..96].copy_from_slice(&(1u64 << 40).to_be_bytes());
+    std::fs::write(&p, &b).unwrap();
+    {
+        let img = Image::open(&p, &rw()).unwrap();
+        img.write(&[7u8; 512], 0).unwrap();
+        img.truncate(3 << 20).unwrap();
+        img.write(&[8u8; 512], (3 << 20) - 512).unwrap();
+        img.close().unwrap();
+    }
+    let b = std::fs::read(&p).unwrap();
+    assert_eq!(u64::from_be_bytes(b[88..96].try_into().unwrap()), 0);
+    let img = Image::open(&p, &OpenOptions::default()).unwrap();
+    assert_eq!(img.size(), 3 << 20);
+    qemu_check(&p, false);
+    let mut model = vec![0u8; 3 << 20];
+    model[..512].fill(7);
+    model[(3 << 20) - 512..].fill(8);
+    qemu_compare(&p, &model);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+// ---------------------------------------------------------------- crashes
+
+/// A workload whose writes touch each sector at most once, so every
+/// sector after a crash must read either `old` or `new`.
+fn crash_workload(img: &Image, cs: u64) -> cowblk::Result<()> {
+    let mut rng = Rng::new(3);
+    for i in 0..12u64 {
+        let off = i * 3 * cs + rng.below(cs / 512) * 512;
+        let len = 512 * (1 + rng.below(2 * cs / 512));
+        let mut buf = vec![0u8; len as usize];
+        buf.fill(i as u8 + 1);
+        img.write(&buf, off)?;
+        if i % 4 == 3 {
+            img.flush()?;
+        }
+    }
+    img.discard(40 * cs, 2 * cs)?;
+    img.write_zeroes(44 * cs, cs)?;
+    img.flush()
+}
+
+fn crash_run(name: &str, opts: &str) {
+    let d = tmpdir(name);
+    let p = d.join("base.qcow2");
+    let size = 64u64 * 4096;
+    create(&p, opts, size);
+    // The "old" state: some data, so discards and zero writes free clusters.
+    ok(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x44 160k 16k", p.to_str().unwrap()],
+    );
+    let bytes = std::fs::read(&p).unwrap();
+    let path = Path::new("img.qcow2");
+    let open = |st: &Arc<MemStorage>| Image::open_in(st.clone(), path, &rw());
+    let old = {
+        let st = Arc::new(MemStorage::new());
+        st.insert(path, bytes.clone());
+        read_all(&open(&st).unwrap())
+    };
+    // The new state and the number of operations it takes.
+    let (new, total, cs) = {
+        let st = Arc::new(MemStorage::new());
+        st.insert(path, bytes.clone());
+        let img = open(&st).unwrap();
+        let cs = img.cluster_size();
+        st.reset_count();
+        crash_workload(&img, cs).unwrap();
+        let n = st.op_count();
+        (read_all(&img), n, cs)
+    };
+    assert!(total > 20, "{total} operations");
+    let out = d.join("crash.qcow2");
+    let mut states = 0;
+    for k in 0..total {
+        for policy in 0..3u64 {
+            let st = Arc::new(MemStorage::new());
+            st.insert(path, bytes.clone());
+            {
+                let img = open(&st).unwrap();
+                st.reset_count();
+                st.fail_from(Some(k));
+                let _ = crash_workload(&img, cs);
+                std::mem::forget(img); // a power cut runs no destructor
+            }
+            let mut rng = Rng::new(k * 3 + policy);
+            let cut = st.crash(|_, _| match policy {
+                0 => false,
+                1 => true,
+                _ => rng.below(2) == 0,
+            });
+            let bytes = cut.file(path).unwrap().contents();
+            std::fs::write(&out, &bytes).unwrap();
+            let cut = Arc::new(cut);
+            let img = open(&cut).unwrap_or_else(|e| panic!("op {k} policy {policy}: {e}"));
+            let got = read_all(&img);
+            for (s, ((g, o), n)) in got
+                .chunks(512)
+                .zip(old.chunks(512))
+                .zip(new.chunks(512))
+                .enumerate()
+            {
+                assert!(
+                    g == o || g == n,
+                    "{name}: op {k} policy {policy}: sector {s} is neither old nor new"
+                );
+            }
+            drop(img);
+            qemu_check(&out, true);
+            states += 1;
+        }
+    }
+    assert_eq!(states, total * 3);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn crash_at_every_operation_4k() {
+    crash_run("crash4k", "cluster_size=4096");
+}
+
+#[test]
+fn crash_at_every_operation_v2_512() {
+    crash_run("crashv2", "cluster_size=512,compat=0.10");
+}
