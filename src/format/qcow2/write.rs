@@ -193,6 +193,11 @@ impl Qcow2 {
         }
         if ti >= m.rt.len() as u64 {
             self.grow_table(m, ti + 1, depth + 1)?;
+            // Placing the new table may have made this very block.
+            let b = self.block_offset(m, ti);
+            if b != 0 {
+                return Ok(b);
+            }
         }
         let c = self.find_free(m, 1)?;
         m.hint = c + 1;
@@ -243,6 +248,11 @@ impl Qcow2 {
         self.check_overlap(m, c * cs, clusters * cs, "a new refcount table")?;
         for i in 0..clusters {
             self.set_refcount(m, c + i, 1, depth + 1)?;
+        }
+        if m.rt.len() as u64 != entries {
+            return Err(Error::Corrupt(
+                "refcount table growth does not converge".into(),
+            ));
         }
         let old = (m.rt_offset, m.rt_clusters);
         m.rt_offset = c * cs;
