@@ -530,3 +530,96 @@ fn crash_at_every_operation_4k() {
 fn crash_at_every_operation_v2_512() {
     crash_run("crashv2", "cluster_size=512,compat=0.10");
 }
+
+// ---------------------------------------------------------------- resize
+
+/// Growing past what the L1 table maps moves it; shrinking frees the
+/// tail; growing again reads zeros (also over a longer backing file).
+#[test]
+fn resize_grows_l1_shrinks_and_hides_backing() {
+    let d = tmpdir("resize");
+    let p = d.join("t.qcow2");
+    create(&p, "cluster_size=4096", 3 << 20);
+    let mut model = vec![0u8; 3 << 20];
+    {
+        let img = Image::open(&p, &rw()).unwrap();
+        let b = vec![0x41u8; 100_000];
+        img.write(&b, 3_000_000).unwrap();
+        model[3_000_000..3_100_000].fill(0x41);
+        // 4 KiB clusters: one L2 table maps 2 MiB; the table has 2 entries.
+        img.truncate(40 << 20).unwrap();
+        model.resize(40 << 20, 0);
+        img.write(&[0x42u8; 8192], (39 << 20) + 100).unwrap();
+        model[(39 << 20) + 100..(39 << 20) + 8292].fill(0x42);
+        same(&read_all(&img), &model, "grown");
+        img.close().unwrap();
+    }
+    qemu_check(&p, false);
+    qemu_compare(&p, &model);
+    {
+        let img = Image::open(&p, &rw()).unwrap();
+        img.truncate(3_050_000 / 512 * 512).unwrap();
+        model.truncate(3_050_000 / 512 * 512);
+        same(&read_all(&img), &model, "shrunk");
+        img.truncate(5 << 20).unwrap();
+        model.resize(5 << 20, 0);
+        same(&read_all(&img), &model, "grown again");
+        img.close().unwrap();
+    }
+    qemu_check(&p, false);
+    qemu_compare(&p, &model);
+
+    // Over a longer backing file the grown range reads zeros, not backing.
+    let base = d.join("base.raw");
+    std::fs::write(&base, vec![0x77u8; 4 << 20]).unwrap();
+    let top = d.join("top.qcow2");
+    create(&top, "backing_file=base.raw,backing_fmt=raw", 1 << 20);
+    {
+        let img = Image::open(&top, &rw()).unwrap();
+        img.truncate(6 << 20).unwrap();
+        let mut want = vec![0x77u8; 1 << 20];
+        want.resize(6 << 20, 0);
+        same(&read_all(&img), &want, "grown over backing");
+        img.close().unwrap();
+    }
+    qemu_check(&top, false);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+// ---------------------------------------------------------------- corruption
+
+/// A refcount of 0 on the L1 table's cluster would let the allocator hand
+/// it out: the overlap check catches it, marks the image corrupt, and
+/// stops writing; the L1 table is never written over.
+#[test]
+fn overlap_check_marks_the_image_corrupt() {
+    let d = tmpdir("overlap");
+    let p = d.join("t.qcow2");
+    create(&p, "cluster_size=65536", 8 << 20);
+    let mut b = std::fs::read(&p).unwrap();
+    let be64 = |b: &[u8], o: usize| u64::from_be_bytes(b[o..o + 8].try_into().unwrap());
+    let l1 = be64(&b, 40);
+    let rt = be64(&b, 48) as usize;
+    let block = be64(&b, rt) as usize;
+    // 16-bit refcounts: entry of the L1 table's cluster.
+    let i = block + 2 * (l1 / 65536) as usize;
+    b[i..i + 2].copy_from_slice(&[0, 0]);
+    // Everything below the L1 table is in use, so it is the first free.
+    std::fs::write(&p, &b).unwrap();
+    let img = Image::open(&p, &rw()).unwrap();
+    let e = img.write(&[1u8; 4096], 0).unwrap_err();
+    assert!(e.to_string().contains("marked corrupt"), "{e}");
+    assert!(img.read_only());
+    assert!(img.write(&[1u8; 4096], 0).is_err());
+    drop(img);
+    let after = std::fs::read(&p).unwrap();
+    let incompat = be64(&after, 72);
+    assert_eq!(incompat & 2, 2, "corrupt bit set");
+    let l1 = l1 as usize;
+    assert_eq!(after[l1..l1 + 8], b[l1..l1 + 8], "the L1 table is untouched");
+    let info = ok("qemu-img", &["info", p.to_str().unwrap()]);
+    assert!(info.contains("corrupt: true"), "{info}");
+    let e = Image::open(&p, &rw()).err().unwrap();
+    assert!(e.to_string().contains("marked corrupt"), "{e}");
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -38,6 +38,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::io::{Access, BlockFile, IoVec};
+use arc_swap::ArcSwap;
 use byteorder::{BigEndian, ByteOrder};
 use cache::{Table, TableCache};
 use header::{Compression, Header};
@@ -79,8 +80,9 @@ pub struct Qcow2 {
     header: Header,
     geo: Geometry,
     size: AtomicU64,
-    /// The L1 table in use (active or a snapshot's), read on demand.
-    l1: L1Table,
+    /// The L1 table in use (active or a snapshot's), read on demand;
+    /// swapped whole when a resize moves it.
+    l1: ArcSwap<L1Table>,
     l2_cache: TableCache,
     snapshots: Vec<Snapshot>,
     backing: Option<BackingSpec>,
@@ -188,7 +190,7 @@ impl Qcow2 {
             data_file_path,
             geo,
             size: AtomicU64::new(size),
-            l1,
+            l1: ArcSwap::from_pointee(l1),
             l2_cache: TableCache::new(tables),
             snapshots,
             backing,
@@ -211,7 +213,7 @@ impl Qcow2 {
     /// a read-write open: here everything but data_file_raw, since
     /// bitmaps are not updated by our writes).
     fn open_for_writing(&mut self, cache_size: u64) -> Result<()> {
-        if !self.l1.fully_stored() {
+        if !self.l1.load().fully_stored() {
             return Err(Error::Corrupt(
                 "the active L1 table runs past the end of the image file".into(),
             ));
@@ -306,7 +308,7 @@ impl Qcow2 {
     }
 
     fn l1_entry(&self, index: u64) -> Result<u64> {
-        self.l1.entry(index)
+        self.l1.load().entry(index)
     }
 
     /// Raw entry words and the kind of the unit holding guest `pos`.

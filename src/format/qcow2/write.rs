@@ -13,10 +13,12 @@
 
 use super::l2::{Kind, OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO};
 use super::{features, refcount, Qcow2};
+use crate::format::Format;
 use crate::error::{Error, Result};
 use byteorder::{BigEndian, ByteOrder};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 /// Offset bits of a refcount table entry (the low 9 bits are reserved).
 const RT_OFFSET_MASK: u64 = !0x1ff;
@@ -323,7 +325,7 @@ impl Qcow2 {
     /// L1 table or the refcount table. Finding one marks the image corrupt.
     fn check_overlap(&self, m: &Meta, off: u64, len: u64, what: &str) -> Result<()> {
         let cs = self.cs();
-        let l1 = (self.l1.offset(), self.l1.entries() * 8);
+        let l1 = (self.l1.load().offset(), self.l1.load().entries() * 8);
         let rt = (m.rt_offset, m.rt_clusters * cs);
         let hits = |(o, l): (u64, u64)| l > 0 && off < o + l && o < off + len;
         let name = if off < cs {
@@ -374,7 +376,7 @@ impl Qcow2 {
     /// An L2 table for L1 index `l1i` that may be changed in place: made
     /// (zeroed) when missing, copied when shared (no COPIED flag).
     fn writable_l2(&self, m: &mut Meta, l1i: u64) -> Result<u64> {
-        let e = self.l1.entry(l1i)?;
+        let e = self.l1.load().entry(l1i)?;
         let off = e & OFFSET_MASK;
         if off != 0 && e & OFLAG_COPIED != 0 {
             return Ok(off);
@@ -391,7 +393,7 @@ impl Qcow2 {
         // reader never loads the (unwritten) cluster from disk.
         self.l2_cache.put(new, table.into(), true);
         m.l2_dirty.insert(new);
-        self.l1.set(l1i, new | OFLAG_COPIED)?;
+        self.l1.load().set(l1i, new | OFLAG_COPIED)?;
         m.l1_dirty.insert(l1i);
         if off != 0 {
             m.frees.push(off >> self.geo.cluster_bits);
@@ -418,7 +420,7 @@ impl Qcow2 {
             let (l1i, _) = self.geo.indices(pos);
             let stop = end.min((pos / cov + 1) * cov);
             // Only touch the table when some entry changes.
-            let toff = self.l1.entry(l1i)? & OFFSET_MASK;
+            let toff = self.l1.load().entry(l1i)? & OFFSET_MASK;
             let current: Vec<u64> = if toff == 0 {
                 vec![0; (cs / 8) as usize]
             } else {
@@ -649,8 +651,8 @@ impl Qcow2 {
             let idx: Vec<u64> = std::mem::take(&mut m.l1_dirty).into_iter().collect();
             for i in idx {
                 let mut b = [0u8; 8];
-                BigEndian::write_u64(&mut b, self.l1.entry(i)?);
-                self.file.write_at(&b, self.l1.offset() + i * 8)?;
+                BigEndian::write_u64(&mut b, self.l1.load().entry(i)?);
+                self.file.write_at(&b, self.l1.load().offset() + i * 8)?;
             }
             self.file.flush()?;
         }
@@ -694,38 +696,151 @@ impl Qcow2 {
         Ok(rt)
     }
 
-    /// Changes the virtual size. Growing within the L1 table's entries
-    /// only (moving the L1 table is not written yet); shrinking is refused.
+    /// Changes the virtual size (the engine holds every range lock).
+    /// Growing zeroes the tail of a partial last cluster and moves the L1
+    /// table when it is too small; over a longer backing file the grown
+    /// clusters get the zero flag (v3). Shrinking frees what lies past the
+    /// new end once the header has the new size.
     pub(super) fn w_truncate(&self, size: u64, backing_len: Option<u64>) -> Result<()> {
         let mut m = self.meta()?;
         let old = self.size.load(Ordering::SeqCst);
         if size == old {
             return Ok(());
         }
-        if size < old {
-            return Err(Error::Unsupported(
-                "shrinking qcow2 images is not implemented yet".into(),
-            ));
-        }
-        if backing_len.is_some_and(|b| b > old) {
-            return Err(Error::Unsupported(
-                "growing a qcow2 image over a longer backing file is not implemented yet".into(),
-            ));
-        }
-        let need =
-            super::header::l1_entries_for(size, self.geo.cluster_bits, self.geo.extended);
-        if need > self.l1.entries() {
-            return Err(Error::Unsupported(format!(
-                "growing to {size} bytes needs a larger L1 table ({need} entries, the image has {}); moving the L1 table is not implemented yet",
-                self.l1.entries()
+        let cs = self.cs();
+        let need = super::header::l1_entries_for(size, self.geo.cluster_bits, self.geo.extended);
+        if need * 8 > super::header::MAX_L1_BYTES {
+            return Err(Error::TooLarge(format!(
+                "{size} bytes need an L1 table of {} bytes (the limit is 32 MiB)",
+                need * 8
             )));
         }
+        if size > old {
+            let hides = backing_len.is_some_and(|b| b > old);
+            if hides && (self.header.version < 3 || !old.is_multiple_of(cs)) {
+                return Err(Error::Unsupported(
+                    "growing a qcow2 image over a longer backing file from a size that is not a whole number of clusters (or in a v2 image) is not implemented yet".into(),
+                ));
+            }
+            self.zero_tail(&mut m, old)?;
+            if need > self.l1.load().entries() {
+                self.grow_l1(&mut m, need)?;
+            }
+            self.flush_locked(&mut m)?;
+            self.write_size(size)?;
+            self.size.store(size, Ordering::SeqCst);
+            if hides {
+                let end = backing_len.unwrap_or(0).min(size).div_ceil(cs) * cs;
+                let end = end.min(size.div_ceil(cs) * cs);
+                self.rewrite_entries(&mut m, old, end - old, |_, _| Some(OFLAG_ZERO))?;
+                self.flush_locked(&mut m)?;
+            }
+            return Ok(());
+        }
+        // Shrink: the new size first, then drop what lies past it.
         self.flush_locked(&mut m)?;
+        self.write_size(size)?;
+        self.size.store(size, Ordering::SeqCst);
+        let from = size.div_ceil(cs) * cs;
+        let to = old.div_ceil(cs) * cs;
+        if to > from {
+            self.rewrite_entries(&mut m, from, to - from, |_, _| Some(0))?;
+        }
+        // L2 tables wholly past the end.
+        let cov = self.geo.l2_coverage();
+        let l1 = self.l1.load_full();
+        for i in size.div_ceil(cov)..old.div_ceil(cov).min(l1.entries()) {
+            let e = l1.entry(i)?;
+            if e & OFFSET_MASK != 0 {
+                l1.set(i, 0)?;
+                m.l1_dirty.insert(i);
+                m.frees.push((e & OFFSET_MASK) >> self.geo.cluster_bits);
+            }
+        }
+        self.flush_locked(&mut m)
+    }
+
+    fn write_size(&self, size: u64) -> Result<()> {
         let mut b = [0u8; 8];
         BigEndian::write_u64(&mut b, size);
         self.file.write_at(&b, 24)?;
+        self.file.flush()
+    }
+
+    /// Zeroes the bytes of the last cluster past the old size, so a grown
+    /// image never shows what a reused cluster held there.
+    fn zero_tail(&self, m: &mut Meta, old: u64) -> Result<()> {
+        let cs = self.cs();
+        let used = old % cs;
+        if used == 0 {
+            return Ok(());
+        }
+        let (l1i, _) = self.geo.indices(old - 1);
+        let toff = self.l1.load().entry(l1i)? & OFFSET_MASK;
+        if toff == 0 {
+            return Ok(());
+        }
+        let (entry, kind) = self.unit(&self.l2_table(toff, l1i)?, old - 1);
+        match kind {
+            Kind::Normal(h) if entry & OFLAG_COPIED != 0 => {
+                self.data.write_zeroes(h + used, cs - used)
+            }
+            Kind::Normal(_) | Kind::Compressed { .. } => {
+                // Shared or compressed: rewriting it in place is not
+                // allowed; copy the used part to a fresh cluster.
+                let mut buf = vec![0u8; cs as usize];
+                let base = old - used;
+                match kind {
+                    Kind::Normal(h) => self.data.read_at(&mut buf[..used as usize], h)?,
+                    Kind::Compressed { host, csize } => self.read_compressed(
+                        host,
+                        csize,
+                        0,
+                        &crate::io::IoVec::from_mut(&mut buf[..used as usize]),
+                    )?,
+                    _ => {}
+                }
+                let c = self.alloc_run(m, 1)? * cs;
+                self.check_overlap(m, c, cs, "guest data")?;
+                self.data.write_at(&buf, c)?;
+                self.rewrite_entries(m, base, cs, |_, _| Some(c | OFLAG_COPIED))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Moves the L1 table to a new place with `need` entries: written
+    /// there, then (after a flush) named by the header, then the old
+    /// clusters freed.
+    fn grow_l1(&self, m: &mut Meta, need: u64) -> Result<()> {
+        let cs = self.cs();
+        self.flush_locked(m)?;
+        let old = self.l1.load_full();
+        let clusters = (need * 8).div_ceil(cs);
+        let c = self.alloc_run(m, clusters)? * cs;
+        self.check_overlap(m, c, clusters * cs, "a new L1 table")?;
+        let mut buf = vec![0u8; (clusters * cs) as usize];
+        for i in 0..old.entries() {
+            BigEndian::write_u64(&mut buf[(i * 8) as usize..], old.entry(i)?);
+        }
+        self.file.write_at(&buf, c)?;
+        // The new table and its refcounts durable before the header.
+        self.flush_locked(m)?;
         self.file.flush()?;
-        self.size.store(size, Ordering::SeqCst);
+        let mut h = [0u8; 12];
+        BigEndian::write_u32(&mut h[..4], need as u32);
+        BigEndian::write_u64(&mut h[4..], c);
+        self.file.write_at(&h, 36)?;
+        self.file.flush()?;
+        let flen = self.file.len()?;
+        self.l1
+            .store(Arc::new(super::l1::L1Table::new(self.file.clone(), c, need, flen)));
+        let old_clusters = (old.entries() * 8).div_ceil(cs);
+        if old.entries() > 0 {
+            for i in 0..old_clusters {
+                m.frees.push(old.offset() / cs + i);
+            }
+        }
         Ok(())
     }
 }
