@@ -447,46 +447,63 @@ fn crash_workload(img: &Image, cs: u64) -> cowblk::Result<()> {
     img.flush()
 }
 
-fn crash_run(name: &str, opts: &str) {
+/// Cuts the power at every operation of opening the image (with its
+/// repair when `dirty`) and running `crash_workload`, keeping none, all
+/// or a random half of the unflushed writes; every state must open (and
+/// be repaired), read old or new in every sector, and check clean in QEMU
+/// but for leaks.
+fn crash_run(name: &str, opts: &str, dirty: bool) {
     let d = tmpdir(name);
     let p = d.join("base.qcow2");
     let size = 64u64 * 4096;
     create(&p, opts, size);
-    // The "old" state: some data, so discards and zero writes free clusters.
-    ok(
-        "qemu-io",
-        &["-f", "qcow2", "-c", "write -P 0x44 160k 16k", p.to_str().unwrap()],
-    );
+    // The "old" state: some data, so discards and zero writes free
+    // clusters; with `dirty`, QEMU's lazy refcounts and abort() leave the
+    // refcounts stale and the dirty bit set.
+    let mut args = vec!["-f", "qcow2", "-c", "write -P 0x44 160k 16k"];
+    if dirty {
+        args.extend(["-c", "write -P 0x45 200k 8k", "-c", "abort"]);
+    }
+    args.push(p.to_str().unwrap());
+    let o = run("qemu-io", &args);
+    assert_eq!(o.status.success(), !dirty);
     let bytes = std::fs::read(&p).unwrap();
+    assert_eq!(bytes[79] & 1 == 1, dirty);
     let path = Path::new("img.qcow2");
     let open = |st: &Arc<MemStorage>| Image::open_in(st.clone(), path, &rw());
     let old = {
         let st = Arc::new(MemStorage::new());
         st.insert(path, bytes.clone());
-        read_all(&open(&st).unwrap())
+        let ro = OpenOptions {
+            read_only: true,
+            ..rw()
+        };
+        read_all(&Image::open_in(st, path, &ro).unwrap())
     };
-    // The new state and the number of operations it takes.
     let (new, total, cs) = {
         let st = Arc::new(MemStorage::new());
         st.insert(path, bytes.clone());
         let img = open(&st).unwrap();
         let cs = img.cluster_size();
+        drop(img);
+        let st = Arc::new(MemStorage::new());
+        st.insert(path, bytes.clone());
         st.reset_count();
+        let img = open(&st).unwrap();
         crash_workload(&img, cs).unwrap();
         let n = st.op_count();
         (read_all(&img), n, cs)
     };
     assert!(total > 20, "{total} operations");
+    eprintln!("{name}: {total} operations, {} crash states", total * 3);
     let out = d.join("crash.qcow2");
-    let mut states = 0;
     for k in 0..total {
         for policy in 0..3u64 {
             let st = Arc::new(MemStorage::new());
             st.insert(path, bytes.clone());
-            {
-                let img = open(&st).unwrap();
-                st.reset_count();
-                st.fail_from(Some(k));
+            st.reset_count();
+            st.fail_from(Some(k));
+            if let Ok(img) = open(&st) {
                 let _ = crash_workload(&img, cs);
                 std::mem::forget(img); // a power cut runs no destructor
             }
@@ -497,7 +514,6 @@ fn crash_run(name: &str, opts: &str) {
                 _ => rng.below(2) == 0,
             });
             let bytes = cut.file(path).unwrap().contents();
-            std::fs::write(&out, &bytes).unwrap();
             let cut = Arc::new(cut);
             let img = open(&cut).unwrap_or_else(|e| panic!("op {k} policy {policy}: {e}"));
             let got = read_all(&img);
@@ -513,22 +529,33 @@ fn crash_run(name: &str, opts: &str) {
                 );
             }
             drop(img);
+            // QEMU checks the state as the cut left it (a dirty one only
+            // after our open repaired it: check the repaired file then).
+            let state = if bytes[79] & 1 == 1 {
+                cut.file(path).unwrap().contents()
+            } else {
+                bytes
+            };
+            std::fs::write(&out, &state).unwrap();
             qemu_check(&out, true);
-            states += 1;
         }
     }
-    assert_eq!(states, total * 3);
     let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
 fn crash_at_every_operation_4k() {
-    crash_run("crash4k", "cluster_size=4096");
+    crash_run("crash4k", "cluster_size=4096", false);
+}
+
+#[test]
+fn crash_at_every_operation_lazy_refcounts_dirty_image() {
+    crash_run("crashlazy", "cluster_size=4096,lazy_refcounts=on", true);
 }
 
 #[test]
 fn crash_at_every_operation_v2_512() {
-    crash_run("crashv2", "cluster_size=512,compat=0.10");
+    crash_run("crashv2", "cluster_size=512,compat=0.10", false);
 }
 
 // ---------------------------------------------------------------- resize
@@ -621,5 +648,65 @@ fn overlap_check_marks_the_image_corrupt() {
     assert!(info.contains("corrupt: true"), "{info}");
     let e = Image::open(&p, &rw()).err().unwrap();
     assert!(e.to_string().contains("marked corrupt"), "{e}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+// ---------------------------------------------------------------- lazy refcounts
+
+/// QEMU with lazy refcounts, killed after writing (qemu-io's abort),
+/// leaves a dirty image whose refcounts are stale; a read-write open
+/// rebuilds them and clears the bit before writing: qemu-img check is
+/// then clean, and the data QEMU wrote is there. Internal snapshots and
+/// compressed clusters are counted too.
+#[test]
+fn dirty_images_are_repaired_on_open() {
+    let d = tmpdir("dirty");
+    for opts in [
+        "lazy_refcounts=on,cluster_size=65536",
+        "lazy_refcounts=on,cluster_size=4096,refcount_bits=8",
+    ] {
+        let p = d.join("t.qcow2");
+        create(&p, opts, 8 << 20);
+        ok(
+            "qemu-io",
+            &["-f", "qcow2", "-c", "write -c -P 0x21 1M 64k", p.to_str().unwrap()],
+        );
+        ok("qemu-img", &["snapshot", "-c", "s1", p.to_str().unwrap()]);
+        // abort() makes qemu-io exit abnormally: run() not ok().
+        let o = run(
+            "qemu-io",
+            &[
+                "-f",
+                "qcow2",
+                "-c",
+                "write -P 0x55 0 300k",
+                "-c",
+                "write -P 0x56 4M 64k",
+                "-c",
+                "abort",
+                p.to_str().unwrap(),
+            ],
+        );
+        assert!(!o.status.success());
+        let b = std::fs::read(&p).unwrap();
+        assert_eq!(b[79] & 1, 1, "{opts}: QEMU left the dirty bit");
+        let o = run("qemu-img", &["check", p.to_str().unwrap()]);
+        assert!(!o.status.success(), "{opts}: stale refcounts before the repair");
+        let mut model = vec![0u8; 8 << 20];
+        model[..300 << 10].fill(0x55);
+        model[1 << 20..(1 << 20) + (64 << 10)].fill(0x21);
+        model[4 << 20..(4 << 20) + (64 << 10)].fill(0x56);
+        {
+            let img = Image::open(&p, &rw()).unwrap();
+            same(&read_all(&img), &model, opts);
+            let b = std::fs::read(&p).unwrap();
+            assert_eq!(b[79] & 1, 0, "{opts}: dirty bit cleared");
+            workload(&img, &mut model, 0, 8 << 20, 200, 9, true, &Under { backing: None });
+            img.close().unwrap();
+        }
+        qemu_check(&p, false);
+        qemu_compare(&p, &model);
+        std::fs::remove_file(&p).unwrap();
+    }
     let _ = std::fs::remove_dir_all(&d);
 }

@@ -5,8 +5,7 @@
 //!
 //! Read-write opens (v2 and v3) write through `write` (allocation,
 //! refcounts, ordered write-back). Refused for writing, with a clear error:
-//! the corrupt bit, the dirty bit (its refcount repair is not written yet),
-//! extended L2 entries and external data files (not written yet). Images
+//! the corrupt bit, extended L2 entries and external data files (not written yet). Images
 //! with the corrupt bit open read-only with a warning (`Image::warnings`);
 //! unknown incompatible features are refused by name (from the image's
 //! feature name table); encrypted images are refused as unsupported.
@@ -231,6 +230,10 @@ impl Qcow2 {
             self.header.refcount_table_clusters as u64,
             blocks.min(1 << 16) as usize,
         )));
+        if self.header.incompatible & features::INCOMPAT_DIRTY != 0 {
+            self.rebuild_refcounts()
+                .map_err(|e| e.context("repairing the refcounts of an image not closed cleanly"))?;
+        }
         let keep = self.header.autoclear & features::AUTOCLEAR_DATA_FILE_RAW;
         if self.header.version >= 3 && keep != self.header.autoclear {
             let mut b = [0u8; 8];
@@ -264,8 +267,8 @@ impl Qcow2 {
         if !read_only {
             let why = if h.incompatible & features::INCOMPAT_CORRUPT != 0 {
                 Some("it is marked corrupt ('qemu-img check -r all' repairs it)")
-            } else if h.incompatible & features::INCOMPAT_DIRTY != 0 {
-                Some("it was not closed cleanly (dirty bit set) and rebuilding its refcounts is not implemented yet ('qemu-img check -r all' repairs it)")
+            } else if h.incompatible & features::INCOMPAT_DIRTY != 0 && h.bitmaps.is_some() {
+                Some("it was not closed cleanly (dirty bit set) and has persistent bitmaps, whose refcounts this build does not rebuild ('qemu-img check -r all' repairs it)")
             } else if h.extended_l2() {
                 Some("writing images with extended L2 entries is not implemented yet")
             } else if h.has_data_file() {

@@ -844,3 +844,100 @@ impl Qcow2 {
         Ok(())
     }
 }
+
+impl Qcow2 {
+    /// Repairs the refcounts of an image found dirty (lazy refcounts, not
+    /// closed cleanly) on a read-write open, as QEMU does before using it:
+    /// counts every reference (header, tables, every L1 table's L2 tables
+    /// and clusters), writes the counts that differ, flushes, and only then
+    /// clears the dirty bit, so a cut during the repair leaves it dirty.
+    pub(super) fn rebuild_refcounts(&self) -> Result<()> {
+        let mut guard = self.meta()?;
+        let m = &mut *guard;
+        let cs = self.cs();
+        let cb = self.geo.cluster_bits;
+        let n = self.file.len()?.div_ceil(cs);
+        let mut counts = vec![0u32; n as usize];
+        let mut add = |off: u64, len: u64, what: &str| -> Result<()> {
+            if len == 0 {
+                return Ok(());
+            }
+            let (first, last) = (off >> cb, (off + len - 1) >> cb);
+            if last >= n {
+                return Err(Error::Corrupt(format!(
+                    "{what} at {off:#x} lies past the end of the image file"
+                )));
+            }
+            for c in first..=last {
+                counts[c as usize] = counts[c as usize].saturating_add(1);
+            }
+            Ok(())
+        };
+        add(0, cs, "the header")?;
+        add(m.rt_offset, m.rt_clusters * cs, "the refcount table")?;
+        for e in &m.rt {
+            let b = e & RT_OFFSET_MASK;
+            if b != 0 {
+                add(b, cs, "a refcount block")?;
+            }
+        }
+        let mut l1s = vec![(self.l1.load().offset(), self.l1.load().entries())];
+        if self.header.nb_snapshots > 0 {
+            let mut pos = 0u64;
+            let mut fixed = [0u8; 40];
+            for _ in 0..self.header.nb_snapshots {
+                self.file
+                    .read_at(&mut fixed, self.header.snapshots_offset + pos)?;
+                pos += super::snapshot::entry_len(&fixed)?;
+            }
+            add(self.header.snapshots_offset, pos, "the snapshot table")?;
+            for s in &self.snapshots {
+                l1s.push((s.l1_table_offset, s.l1_size as u64));
+            }
+        }
+        let mut raw = vec![0u8; cs as usize];
+        for (l1_off, l1_len) in l1s {
+            add(l1_off, l1_len * 8, "an L1 table")?;
+            let mut l1 = vec![0u8; (l1_len * 8) as usize];
+            self.file.read_at(&mut l1, l1_off)?;
+            for (i, e) in l1.chunks_exact(8).map(BigEndian::read_u64).enumerate() {
+                let l2 = e & OFFSET_MASK;
+                if l2 == 0 {
+                    continue;
+                }
+                if !l2.is_multiple_of(cs) {
+                    return Err(Error::Corrupt(format!(
+                        "L2 table offset {l2:#x} (L1 index {i}) is not cluster aligned"
+                    )));
+                }
+                add(l2, cs, "an L2 table")?;
+                self.file.read_at(&mut raw, l2)?;
+                for w in raw.chunks_exact(8).map(BigEndian::read_u64) {
+                    if w & OFLAG_COMPRESSED != 0 {
+                        let (host, csize) = self.geo.compressed(w);
+                        add(host, csize, "a compressed cluster")?;
+                    } else if w & OFFSET_MASK != 0 {
+                        add(w & OFFSET_MASK, cs, "a data cluster")?;
+                    }
+                }
+            }
+        }
+        // New refcount blocks go past everything counted.
+        m.hint = n;
+        for c in 0..n {
+            let want = counts[c as usize] as u64;
+            if self.refcount(m, c)? != want {
+                self.set_refcount(m, c, want, 0)?;
+            }
+        }
+        self.flush_locked(m)?;
+        m.hint = 0;
+        let flags = self.incompat.load(Ordering::SeqCst) & !features::INCOMPAT_DIRTY;
+        let mut b = [0u8; 8];
+        BigEndian::write_u64(&mut b, flags);
+        self.file.write_at(&b, 72)?;
+        self.file.flush()?;
+        self.incompat.store(flags, Ordering::SeqCst);
+        Ok(())
+    }
+}
