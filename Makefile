@@ -11,17 +11,21 @@ build:
 	$(CARGO) build --release
 
 # The whole test suite (README's test command): the patched QEMU's tests,
-# a bounded fuzz run, then the Rust and C tests.
+# the nbdkit plugin's tests, a bounded fuzz run, then the Rust and C tests.
 check:
 	$(MAKE) qemu-test
+	$(MAKE) nbdkit-test
 	FUZZ_SEED=$${FUZZ_SEED:-1} $(MAKE) fuzz
 	$(MAKE) test
 
 # The Rust and C tests alone (no QEMU build, no fuzzing).
 test: rust-test ctest
 
+# The parity suite runs on its own with its output shown: it prints the
+# list of known differences from QEMU's tools (tests/parity/known.txt).
 rust-test:
-	$(CARGO) test --release
+	$(CARGO) test --release -- --skip our_tools_answer_as_qemus_do
+	$(CARGO) test --release --test parity -- --nocapture
 
 # --- C ABI: header, C tests, demo (owner: ffi) ---
 # C programs build against target/release through build/lib, which holds the
@@ -133,14 +137,55 @@ install: build
 	sed -e 's|@PREFIX@|$(PREFIX)|' -e 's|@LIBDIR@|$(LIBDIR)|' \
 	    -e 's|@INCLUDEDIR@|$(INCLUDEDIR)|' -e 's|@VERSION@|$(VERSION)|' \
 	    cowblk.pc.in > $(DESTDIR)$(LIBDIR)/pkgconfig/cowblk.pc
+	$(MAKE) -s install-nbdkit
+
+# --- nbdkit plugin: serve any image over NBD (owner: nbd) ---
+# See README's "Serve it". scripts/nbdkit-deps.sh installs nbdkit, its plugin
+# headers and libnbd's tools from Debian when missing.
+.PHONY: nbdkit nbdkit-test bench-nbd install-nbdkit
+NBDKIT_PLUGIN := build/nbdkit/nbdkit-cowblk-plugin.so
+NBDKIT_CFLAGS = $(C_STD_FLAGS) -fPIC -shared -Iinclude $$(pkg-config --cflags nbdkit)
+nbdkit:
+	scripts/nbdkit-deps.sh
+	$(MAKE) $(NBDKIT_PLUGIN)
+
+$(NBDKIT_PLUGIN): nbdkit/cowblk.c include/cowblk.h | c-libs
+	@mkdir -p build/nbdkit
+	$(CC) $(NBDKIT_CFLAGS) $< -o $@ $(C_LINK)
+
+nbdkit-test: nbdkit
+	scripts/nbdkit-test.sh
+
+# fio over NBD: our plugin against nbdkit's file plugin and qemu-nbd.
+bench-nbd: nbdkit
+	scripts/nbdkit-deps.sh bench
+	scripts/bench-nbd.sh
+
+# Installed where nbdkit looks for plugins (`nbdkit cowblk file=...`) when
+# installing to the default prefix, else under LIBDIR (load it by path).
+NBDKIT_PLUGINDIR ?= $(if $(filter /usr/local,$(PREFIX)),$(shell pkg-config --variable=plugindir nbdkit 2>/dev/null),$(LIBDIR)/nbdkit/plugins)
+install-nbdkit: | c-libs
+	@if [ -z "$(NBDKIT_PLUGINDIR)" ] || [ ! -e /usr/include/nbdkit-plugin.h ]; then \
+	    echo "nbdkit plugin not installed: nbdkit-plugin-dev is missing (make nbdkit installs it)"; \
+	else \
+	    mkdir -p build/nbdkit && \
+	    $(CC) $(NBDKIT_CFLAGS) nbdkit/cowblk.c -o build/nbdkit/installed-plugin.so \
+	        -L$(CLIB) -lcowblk -Wl,-rpath,$(LIBDIR) -lpthread && \
+	    install -d $(DESTDIR)$(NBDKIT_PLUGINDIR) && \
+	    install -m 755 build/nbdkit/installed-plugin.so \
+	        $(DESTDIR)$(NBDKIT_PLUGINDIR)/nbdkit-cowblk-plugin.so; \
+	fi
 
 # --- benchmarks (owner: bench) ---
 bench:
 	$(CARGO) bench --bench addcow
 	$(CARGO) bench --bench qcow2_read
+	$(MAKE) bench-nbd
 
-# --- fuzzing (owner: qcow2) ---
-# Each cargo-fuzz target for FUZZ_SECONDS; needs cargo-fuzz and a C++ compiler.
+# --- fuzzing ---
+# Each cargo-fuzz target (qcow2_parse, qcow2_read, addcow_parse, addcow_io)
+# for FUZZ_SECONDS: 4 x 60 s = 4 minutes in CI. Needs cargo-fuzz and a C++
+# compiler. Lower FUZZ_SECONDS if more targets come.
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz
 fuzz:

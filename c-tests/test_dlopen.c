@@ -98,7 +98,13 @@ int main(int argc, char **argv)
     OK(ac->get_info(img, &info));
     CHECK(strcmp(info.format, "add-cow") == 0);
     CHECK(strcmp(info.backing_file, "base.raw") == 0);
-    CHECK(info.allocated_bytes == 2 * 65536);
+    CHECK(info.allocated_bytes == COWBLK_ALLOCATED_UNKNOWN);
+    int (*allocated)(cowblk_image *, uint64_t *);
+    *(void **)&allocated = dlsym(lib, "cowblk_get_allocated_bytes");
+    CHECK(allocated);
+    uint64_t counted = 0;
+    OK(allocated(img, &counted));
+    CHECK(counted == 2 * 65536);
     void (*info_free)(cowblk_info *);
     *(void **)&info_free = dlsym(lib, "cowblk_info_free");
     CHECK(info_free);

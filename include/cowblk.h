@@ -31,11 +31,16 @@
 #define COWBLK_VERSION_NUMBER 100
 
 /**
- * Version of the C ABI described by this header. `cowblk_abi_version()`
- * returns the library's; a program built against this header should refuse
- * a library whose value differs.
+ * Version of the C ABI described by this header; `cowblk_abi_version()`
+ * returns the library's. It grows by one with every change a host can see
+ * (a member appended to a struct or driver table, a table member becoming
+ * NULL, a new flag); changes are compatible within a soname, so a program
+ * built against this header works with any library whose value is at
+ * least this one (see docs/C-API.md, "Versioning"). 2: tables have NULL
+ * where a format cannot do an operation (qcow2 writes, raw and qcow2
+ * check).
  */
-#define COWBLK_ABI_VERSION 1
+#define COWBLK_ABI_VERSION 2
 
 /**
  * Open flag: open every file read-only; writes fail with -EROFS.
@@ -60,6 +65,40 @@
  * with -ENOTSUP.
  */
 #define COWBLK_OPEN_CALLER_BACKING (1 << 2)
+
+/**
+ * Open flag, read-only opens only: take no lock that keeps writers out
+ * (QEMU's force-share, qemu-img -U). Reads may then see data change under
+ * them. With a read-write open the call fails with -EINVAL.
+ */
+#define COWBLK_OPEN_FORCE_SHARE (1 << 3)
+
+/**
+ * Open flag: take no image locks on any file of the chain. For hosts that
+ * lock the files themselves (the QEMU glue, whose file children QEMU's
+ * file-posix locks). Without it every file is locked the way QEMU locks
+ * images (docs/C-API.md, "Image locking") and an image in use by another
+ * writer fails to open with -EAGAIN.
+ */
+#define COWBLK_OPEN_NO_LOCK (1 << 5)
+
+/**
+ * `cowblk_write_zeroes_flags` flag: the range may be deallocated (holes
+ * punched), as QEMU's BDRV_REQ_MAY_UNMAP.
+ */
+#define COWBLK_ZERO_MAY_UNMAP (1 << 0)
+
+/**
+ * `cowblk_write_zeroes_flags` flag: fail with -ENOTSUP rather than write
+ * zeros as data, as QEMU's BDRV_REQ_NO_FALLBACK.
+ */
+#define COWBLK_ZERO_NO_FALLBACK (1 << 1)
+
+/**
+ * `cowblk_info.allocated_bytes`: not computed (ask
+ * `cowblk_get_allocated_bytes`).
+ */
+#define COWBLK_ALLOCATED_UNKNOWN UINT64_MAX
 
 /**
  * Bytes of `cowblk_check_result.messages`.
@@ -193,7 +232,9 @@ typedef struct cowblk_info {
    */
   char *backing_format;
   /**
-   * Guest bytes allocated in this layer.
+   * COWBLK_ALLOCATED_UNKNOWN: counting guest bytes allocated in this
+   * layer can read all of the image's metadata, so `cowblk_get_info`
+   * leaves it to `cowblk_get_allocated_bytes`.
    */
   uint64_t allocated_bytes;
   /**
@@ -215,6 +256,13 @@ typedef struct cowblk_info {
  * valid until `cowblk_close`. The callbacks run on whichever thread issues
  * the I/O, possibly on several threads at once when the handle is shared,
  * so they must be thread-safe in that case.
+ *
+ * Re-entrancy: a callback may run while the library holds a range lock on
+ * the handle (copy-on-write of a partially written cluster, truncate), so
+ * it must not call back into the same handle (no cowblk_* call on the
+ * image being served, nor on one whose backing chain reaches it): that
+ * call can wait for the lock its own caller holds and deadlock. It may
+ * read its own files or other, unrelated handles.
  */
 typedef struct cowblk_backing_ops {
   /**
@@ -278,11 +326,14 @@ typedef struct cowblk_check_result {
 /**
  * A format's entry points, like QEMU's `BlockDriver`. Tables are static
  * and owned by the library (valid until it is unloaded); never write to
- * them. A NULL member means the format does not support that operation.
+ * them. A NULL member means the format does not support that operation
+ * (a member is never a stub that always fails): qcow2 has no create,
+ * change_backing_file or check yet; raw has no change_backing_file or
+ * check.
  *
- * Versioning: members are only ever appended. A host checks
- * `abi_version == COWBLK_ABI_VERSION` and uses only members that lie
- * within `struct_size`.
+ * Versioning: members are only ever appended, and `abi_version` grows
+ * with every change to a table. A host built against ABI N checks
+ * `abi_version >= N` and uses only members that lie within `struct_size`.
  *
  * Each member behaves as the flat function of the same name (probe,
  * create and open are bound to this table's format); see those for
@@ -368,8 +419,9 @@ const char *cowblk_version(void);
 
 /**
  * Fills `*info` (see `cowblk_info` for ownership). Nothing is written on
- * failure. -EINVAL if `info->struct_size` is smaller than this version's
- * struct; a larger one (a newer header) gets this version's fields.
+ * failure. A `struct_size` from an older header (down to the first
+ * version's struct) gets the members it has, a larger one (a newer header)
+ * this version's; -EINVAL below the first version.
  *
  * # Safety
  * `img` is a live handle; `info` points to `info->struct_size` writable
@@ -378,8 +430,21 @@ const char *cowblk_version(void);
 int cowblk_get_info(struct cowblk_image *img, struct cowblk_info *info);
 
 /**
+ * Stores in `*bytes` the guest bytes allocated in this layer of the image
+ * (what `cowblk_info.allocated_bytes` once held). Reads all of the image's
+ * allocation metadata (an add-cow file's whole bitmap): call it off any
+ * event loop.
+ *
+ * # Safety
+ * `img` is a live handle; `bytes` is writable.
+ */
+int cowblk_get_allocated_bytes(struct cowblk_image *img, uint64_t *bytes);
+
+/**
  * Frees the strings `cowblk_get_info` stored in `*info` and sets them to
  * NULL; numbers are left alone. NULL is a no-op; calling it twice is safe.
+ * Only members within `info->struct_size` (and those of the first
+ * version) are touched, so a struct from an older header is fine.
  *
  * # Safety
  * `info` is NULL or a struct whose string members are NULL or from
@@ -565,6 +630,23 @@ int cowblk_discard(struct cowblk_image *img, uint64_t offset, uint64_t bytes);
 int cowblk_write_zeroes(struct cowblk_image *img, uint64_t offset, uint64_t bytes);
 
 /**
+ * Makes `[offset, offset + bytes)` read as zeros, as `flags` (a mask of
+ * COWBLK_ZERO_*) allow: without COWBLK_ZERO_MAY_UNMAP nothing is
+ * deallocated (the file keeps its blocks, zeroed); with
+ * COWBLK_ZERO_NO_FALLBACK the call fails with -ENOTSUP instead of writing
+ * zero buffers or a partly zeroed cluster's other bytes. QEMU's
+ * BDRV_REQ_MAY_UNMAP and BDRV_REQ_NO_FALLBACK. `cowblk_write_zeroes` is
+ * this with COWBLK_ZERO_MAY_UNMAP.
+ *
+ * # Safety
+ * `img` is a live handle.
+ */
+int cowblk_write_zeroes_flags(struct cowblk_image *img,
+                              uint64_t offset,
+                              uint64_t bytes,
+                              uint32_t flags);
+
+/**
  * Stores the virtual size in bytes in `*length`.
  *
  * # Safety
@@ -603,6 +685,30 @@ int cowblk_block_status(struct cowblk_image *img,
                         uint64_t bytes,
                         uint64_t *pnum,
                         uint64_t *map);
+
+/**
+ * Block status of the whole chain, as `qemu-img map` reports it and as
+ * an NBD server answers block status: walking down from this image, the
+ * first layer whose run holds data or reads zeros (or the bottom layer).
+ * Returns a COWBLK_BLOCK_* mask: DATA, ZERO (also for ranges that no
+ * layer allocates and that read zeros), ALLOCATED (set when some layer
+ * allocates the run: map's "present"), OFFSET_VALID (then `*map`, if not
+ * NULL, gets the offset in that layer's data file) and EOF. `*pnum` gets
+ * the run's length (at most `bytes`, clamped to the end) and `*depth`, if
+ * not NULL, the layer (0 = this image). With a caller-supplied backing
+ * layer the walk stops at this image. At or past the end: COWBLK_BLOCK_EOF
+ * with `*pnum` = 0; for 0 bytes: 0 with `*pnum` = 0.
+ *
+ * # Safety
+ * `img` is a live handle; `pnum` is writable; `map` and `depth` are NULL
+ * or writable.
+ */
+int cowblk_chain_status(struct cowblk_image *img,
+                        uint64_t offset,
+                        uint64_t bytes,
+                        uint64_t *pnum,
+                        uint64_t *map,
+                        uint32_t *depth);
 
 /**
  * For hosts that supply backing data themselves: the range of old
@@ -648,10 +754,12 @@ int cowblk_pwritev_cow(struct cowblk_image *img,
  * `fix` allows (`COWBLK_CHECK_FIX_LEAKS`, `COWBLK_CHECK_FIX_ERRORS`; a
  * repair needs a read-write handle). Returns 0 with `*result` filled, or
  * -ENOTSUP for a format without checks (raw), or another negative errno.
+ * A `struct_size` from an older header (down to the first version's
+ * struct) gets the members it has; -EINVAL below that.
  *
  * # Safety
  * `img` is a live handle; `result` points at a `cowblk_check_result` with
- * `struct_size` set.
+ * `struct_size` set, and at `struct_size` writable bytes.
  */
 int cowblk_check(struct cowblk_image *img, uint32_t fix, struct cowblk_check_result *result);
 

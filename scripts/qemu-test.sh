@@ -290,6 +290,82 @@ cowblk_qcow2_ok() {
 }
 check "the library's qcow2 as cowblk-qcow2: reads and qemu-img bench beside qcow2" cowblk_qcow2_ok
 
+# ---- image locking: QEMU's locks and the library's keep each other out ----
+COWBLK_IO=$ROOT/target/release/cowblk-io
+# hold TOOL ARGS...: keeps an image open in TOOL, fed commands through a fifo
+# (fd 3), until unhold; waits until the tool has answered one command.
+HOLD_PID=
+hold() {
+    rm -f hold.fifo hold.out && mkfifo hold.fifo || return 1
+    "$@" <hold.fifo >hold.out 2>&1 &
+    HOLD_PID=$!
+    exec 3>hold.fifo
+    echo length >&3
+    for _ in $(seq 100); do grep -q 'iB$' hold.out && return 0; sleep 0.1; done
+    echo "holder did not open:"; cat hold.out; unhold; return 1
+}
+unhold() { exec 3>&-; wait "$HOLD_PID"; local rc=$?; HOLD_PID=; return $rc; }
+# refused WHAT CMD...: CMD must fail and say WHAT.
+refused() {
+    local what=$1
+    shift
+    if t "$@" >refused.txt 2>&1; then echo "not refused: $*"; return 1; fi
+    cat refused.txt
+    grep -q "$what" refused.txt || { echo "no '$what' in the error of: $*"; return 1; }
+}
+lock_qemu_holds_ok() {
+    t "$QIMG" create -q -f add-cow -o backing_file=base.raw,backing_fmt=raw,image_file=lk.img \
+        lk.add-cow 8M || return 1
+    hold "$QIO" -f add-cow lk.add-cow || return 1
+    refused 'Failed to get "write" lock' "$COWBLK_IO" -f add-cow -c "write 0 512" lk.add-cow &&
+    refused 'Failed to get shared "write" lock' "$COWBLK_IO" -r -c "read 0 512" lk.add-cow &&
+    t "$COWBLK_IO" -r -U -c "read -P 0x11 0 512" lk.add-cow &&
+    refused 'Failed to get "write" lock' "$SYS_QIO" -f raw -c "write 0 512" lk.add-cow &&
+    refused 'Failed to get shared "write" lock' "$QIO" -r -f add-cow -c "read 0 512" lk.add-cow &&
+    t "$QIO" -r -U -f add-cow -c "read -P 0x11 0 512" lk.add-cow || { unhold; return 1; }
+    unhold
+}
+check "locking: the patched qemu-io holding add-cow keeps cowblk and QEMU 10 writers out" \
+    lock_qemu_holds_ok
+lock_cowblk_holds_ok() {
+    hold "$COWBLK_IO" -f add-cow lk.add-cow || return 1
+    refused 'Failed to get "write" lock' "$QIO" -f add-cow -c "write 0 512" lk.add-cow &&
+    refused 'Failed to get shared "write" lock' "$QIO" -r -f add-cow -c "read 0 512" lk.add-cow &&
+    t "$QIO" -r -U -f add-cow -c "read -P 0x11 0 512" lk.add-cow &&
+    refused 'Failed to get "write" lock' "$SYS_QIO" -f raw -c "write 0 512" lk.img || { unhold; return 1; }
+    unhold && t "$QIO" -f add-cow -c "write -P 0x44 0 512" lk.add-cow
+}
+check "locking: cowblk-io holding add-cow keeps the patched qemu-io out" lock_cowblk_holds_ok
+
+# ---- write -z: holes only with -u (MAY_UNMAP), -n (NO_FALLBACK) refuses ----
+# data_at FILE OFF: whether QEMU 10 maps FILE (raw) as data at OFF.
+data_at() {
+    "$SYS_QIMG" map -f raw --output=json "$1" | python3 -c '
+import json, sys
+off = int(sys.argv[1])
+for e in json.load(sys.stdin):
+    if e["start"] <= off < e["start"] + e["length"]:
+        sys.exit(0 if e["data"] else 1)
+sys.exit(2)' "$2"
+}
+zero_flags_ok() {
+    t "$QIMG" create -q -f add-cow -o backing_file=base.raw,backing_fmt=raw,image_file=zf.img \
+        zf.add-cow 8M &&
+    t "$QIO" -f add-cow -c "write -P 0x55 0 128k" zf.add-cow &&
+    data_at zf.img 0 && data_at zf.img 65536 &&
+    t "$QIO" -f add-cow -c "write -z 0 64k" -c "write -z -u 64k 64k" zf.add-cow &&
+    t "$QIO" -f add-cow -c "read -P 0 0 128k" -c "read -P 0x11 128k 64k" zf.add-cow || return 1
+    data_at zf.img 0 || { echo "write -z without -u punched a hole"; return 1; }
+    ! data_at zf.img 65536 || { echo "write -z -u left data"; return 1; }
+    # a partial unallocated cluster needs its backing bytes written: with -n
+    # that is refused, without it the block layer falls back
+    refused "Operation not supported" "$QIO" -f add-cow -c "write -z -n 200000 1000" zf.add-cow &&
+    t "$QIO" -f add-cow -c "read -P 0x11 196608 65536" zf.add-cow &&
+    t "$QIO" -f add-cow -c "write -z 200000 1000" -c "read -P 0 200000 1000" \
+        -c "read -P 0x11 201000 1000" zf.add-cow
+}
+check "write -z keeps blocks, -z -u punches holes, -z -n refuses slow zeroing" zero_flags_ok
+
 # ---- bad input gives a clear error ----
 bad_ok() {
     t "$QIMG" create -f add-cow -o backing_file=base.raw,backing_fmt=raw noimg.add-cow 8M 2>err.txt

@@ -9,14 +9,23 @@
 use crate::error::{Error, Result};
 use crate::format::Mapping;
 use crate::image::{Backing, BlockStatus, Image};
-use crate::io::IoVec;
+use crate::io::{BlockFile, Const, IoVec, ZeroFlags};
 
 /// What an allocating write puts between the copied head and tail.
 #[derive(Clone, Copy)]
 enum Payload<'v, 'a> {
     /// Bytes `[at, at + len)` of the caller's list.
-    Data(&'v IoVec<'a>, usize),
-    Zeros,
+    Data(&'v IoVec<'a, Const>, usize),
+    Zeros(ZeroFlags),
+}
+
+/// Zeroes `[host, host + n)` of `file` as `flags` allow.
+fn zero_file(file: &dyn BlockFile, host: u64, n: u64, flags: ZeroFlags) -> Result<()> {
+    if flags == ZeroFlags::UNMAP {
+        file.write_zeroes(host, n)
+    } else {
+        file.zero_range(host, n, flags)
+    }
 }
 
 impl Image {
@@ -88,18 +97,18 @@ impl Image {
     }
 
     /// Writes a scatter list at `off`.
-    pub fn writev(&self, iov: &IoVec, off: u64) -> Result<()> {
+    pub fn writev(&self, iov: &IoVec<Const>, off: u64) -> Result<()> {
         self.writev_with(iov, off, None)
     }
 
     /// Writes with `backing` supplying the old contents of partially
     /// written, unallocated clusters instead of the image's own backing
     /// layer: for hosts that manage the backing chain themselves.
-    pub fn writev_cow(&self, iov: &IoVec, off: u64, backing: &dyn Backing) -> Result<()> {
+    pub fn writev_cow(&self, iov: &IoVec<Const>, off: u64, backing: &dyn Backing) -> Result<()> {
         self.writev_with(iov, off, Some(backing))
     }
 
-    fn writev_with(&self, iov: &IoVec, off: u64, over: Option<&dyn Backing>) -> Result<()> {
+    fn writev_with(&self, iov: &IoVec<Const>, off: u64, over: Option<&dyn Backing>) -> Result<()> {
         self.check_writable()?;
         let len = iov.len() as u64;
         self.check_range(off, len)?;
@@ -127,8 +136,16 @@ impl Image {
         Ok(())
     }
 
-    /// Makes `[off, off + len)` read as zeros.
+    /// Makes `[off, off + len)` read as zeros, deallocating where it can.
     pub fn write_zeroes(&self, off: u64, len: u64) -> Result<()> {
+        self.write_zeroes_flags(off, len, ZeroFlags::UNMAP)
+    }
+
+    /// Makes `[off, off + len)` read as zeros as `flags` allow: no
+    /// deallocation without `may_unmap`; with `no_fallback`, fails with
+    /// `Error::Unsupported` where zeros (or old contents of a partly
+    /// zeroed cluster) would have to be written as data.
+    pub fn write_zeroes_flags(&self, off: u64, len: u64, flags: ZeroFlags) -> Result<()> {
         self.check_writable()?;
         self.check_range(off, len)?;
         let cs = self.fmt.cluster_size();
@@ -152,10 +169,10 @@ impl Image {
                     host,
                     in_place: true,
                 } => {
-                    self.fmt.data_file().write_zeroes(host, n)?;
+                    zero_file(&**self.fmt.data_file(), host, n, flags)?;
                     n
                 }
-                _ => self.write_allocating(pos, n, Payload::Zeros, None)?,
+                _ => self.write_allocating(pos, n, Payload::Zeros(flags), None)?,
             };
         }
         Ok(())
@@ -240,11 +257,19 @@ impl Image {
                     .fmt
                     .data_file()
                     .pwritev(&iov.slice(at, n as usize), host)?,
-                Payload::Zeros => self.fmt.data_file().write_zeroes(host, n)?,
+                Payload::Zeros(flags) => zero_file(&**self.fmt.data_file(), host, n, flags)?,
             }
             return Ok(n);
         }
         let want_end = (pos + n).div_ceil(cs).saturating_mul(cs).min(size);
+        if matches!(payload, Payload::Zeros(f) if f.no_fallback)
+            && (pos > cstart || pos + n < want_end)
+        {
+            // Checked before allocating, so nothing is left half done.
+            return Err(Error::Unsupported(
+                "zeroing part of an unallocated cluster writes its other bytes".into(),
+            ));
+        }
         let (host, alen) = self.fmt.allocate(cstart, want_end - cstart)?;
         let run_end = cstart + alen;
         let wend = (pos + n).min(run_end);
@@ -265,11 +290,11 @@ impl Image {
                 all.append(IoVec::from_ref(&tail));
                 data.pwritev(&all, host)?;
             }
-            Payload::Zeros => {
+            Payload::Zeros(flags) => {
                 if !head.is_empty() {
                     data.write_at(&head, host)?;
                 }
-                data.write_zeroes(host + (pos - cstart), wend - pos)?;
+                zero_file(&**data, host + (pos - cstart), wend - pos, flags)?;
                 if !tail.is_empty() {
                     data.write_at(&tail, host + (wend - cstart))?;
                 }

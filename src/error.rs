@@ -37,6 +37,9 @@ pub enum Error {
     /// The file format was not recognised.
     #[error("unknown format: {0}")]
     UnknownFormat(String),
+    /// Another open of the file holds a conflicting lock (`io::lock`).
+    #[error("{0}")]
+    Locked(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -63,6 +66,7 @@ impl Error {
             Error::NotFound(_) => libc::ENOENT,
             Error::TooLarge(_) => libc::EFBIG,
             Error::UnknownFormat(_) => libc::EINVAL,
+            Error::Locked(_) => libc::EAGAIN,
         }
     }
 
@@ -82,6 +86,7 @@ impl Error {
             Error::NotFound(m) => Error::NotFound(format!("{w}: {m}")),
             Error::TooLarge(m) => Error::TooLarge(format!("{w}: {m}")),
             Error::UnknownFormat(m) => Error::UnknownFormat(format!("{w}: {m}")),
+            Error::Locked(m) => Error::Locked(format!("{w}: {m}")),
         }
     }
 }

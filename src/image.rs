@@ -5,8 +5,9 @@ use crate::error::{Error, Result};
 use crate::format::{
     self, BackingSpec, CheckReport, CreateCtx, CreateOptions, Format, OpenCtx, Repair, SnapshotInfo,
 };
+use crate::io::lock::{LockSpec, Role};
 use crate::io::posix::PosixStorage;
-use crate::io::{Access, IoVec, Storage};
+use crate::io::{Access, BlockFile, IoVec, Storage};
 use crate::rangelock::RangeLocks;
 use arc_swap::ArcSwapOption;
 use std::path::{Path, PathBuf};
@@ -44,10 +45,71 @@ pub struct OpenOptions {
     pub cache_size: u64,
     /// A caller-supplied backing layer, used instead of the recorded one.
     pub backing: Option<Arc<dyn Backing>>,
-    /// Open this internal snapshot (matched by id, then by name, as
-    /// `qemu-img convert -l`); needs `read_only`. Applies to the top image
-    /// only.
-    pub snapshot: Option<String>,
+    /// Open this internal snapshot; needs `read_only`. Applies to the top
+    /// image only.
+    pub snapshot: Option<SnapshotRef>,
+    /// Read-only opens only: take no lock that keeps writers out (QEMU's
+    /// `force-share`); reads may then see data change underneath.
+    pub force_share: bool,
+    /// Take no image locks at all: for hosts whose own locks govern the
+    /// files (the QEMU glue). Applies to the whole chain.
+    pub no_lock: bool,
+}
+
+/// Which internal snapshot to open, with QEMU's rules
+/// (`bdrv_snapshot_load_tmp`): the first snapshot in the table that
+/// matches. `qemu-img convert -l snapshot.id=ID` is `Id`,
+/// `-l snapshot.name=NAME` is `Name`, both together `IdAndName`, and a bare
+/// `-l STRING` (or `-s`) is `IdOrName`. A string converts to `IdOrName`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SnapshotRef {
+    Id(String),
+    Name(String),
+    /// A snapshot with this id if there is one, else one with this name.
+    IdOrName(String),
+    /// A snapshot with both this id and this name.
+    IdAndName(String, String),
+}
+
+impl SnapshotRef {
+    /// The index of the snapshot selected among `(id, name)` pairs in
+    /// table order.
+    pub fn find<'s>(
+        &self,
+        snaps: impl Iterator<Item = (&'s str, &'s str)> + Clone,
+    ) -> Option<usize> {
+        let first = |f: &dyn Fn(&str, &str) -> bool| snaps.clone().position(|(i, n)| f(i, n));
+        match self {
+            SnapshotRef::Id(id) => first(&|i, _| i == id),
+            SnapshotRef::Name(name) => first(&|_, n| n == name),
+            SnapshotRef::IdOrName(s) => first(&|i, _| i == s).or_else(|| first(&|_, n| n == s)),
+            SnapshotRef::IdAndName(id, name) => first(&|i, n| i == id && n == name),
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Messages read "snapshot 'X' ...", whatever the selector.
+            SnapshotRef::Id(i) => write!(f, "'{i}' (by id)"),
+            SnapshotRef::Name(n) => write!(f, "'{n}' (by name)"),
+            SnapshotRef::IdOrName(s) => write!(f, "'{s}' (id or name)"),
+            SnapshotRef::IdAndName(i, n) => write!(f, "'{i}' named '{n}'"),
+        }
+    }
+}
+
+impl From<&str> for SnapshotRef {
+    fn from(s: &str) -> Self {
+        SnapshotRef::IdOrName(s.to_string())
+    }
+}
+
+impl From<String> for SnapshotRef {
+    fn from(s: String) -> Self {
+        SnapshotRef::IdOrName(s)
+    }
 }
 
 /// The state of a run of guest bytes.
@@ -65,6 +127,9 @@ pub struct BlockStatus {
     pub compressed: bool,
 }
 
+/// `ImageInfo::allocated_bytes` when it was not computed (`info_cheap`).
+pub const ALLOCATED_UNKNOWN: u64 = u64::MAX;
+
 /// Facts for `info`.
 #[derive(Clone, Debug)]
 pub struct ImageInfo {
@@ -81,7 +146,11 @@ pub struct ImageInfo {
     /// Bytes the image's files take on disk.
     pub disk_size: u64,
     pub read_only: bool,
-    pub specific: Vec<(String, String)>,
+    pub specific: Vec<(String, crate::format::info::InfoValue)>,
+    /// Not closed cleanly (qcow2's dirty bit).
+    pub dirty: bool,
+    /// Where VM state is kept (qcow2), for qemu-io's `info`.
+    pub vm_state_offset: Option<u64>,
 }
 
 /// A sized holder for the backing layer (arc-swap needs thin pointers).
@@ -141,7 +210,20 @@ impl Image {
         } else {
             Access::ReadWrite
         };
-        let file = storage.open(path, access)?;
+        if opts.force_share && !opts.read_only {
+            // QEMU's words for the same refusal.
+            return Err(Error::InvalidArgument(
+                "force-share=on can only be used with read-only images".into(),
+            ));
+        }
+        // QEMU's shape for the top image: "could not open 'X': <why>".
+        let file = storage.open(path, access).map_err(|e| {
+            if seen.len() == 1 {
+                e.context(format!("could not open '{}'", path.display()))
+            } else {
+                e
+            }
+        })?;
         let driver = match &opts.format {
             Some(f) => format::find_driver(f)?,
             None => {
@@ -150,19 +232,38 @@ impl Image {
                 format::probe(&buf, path)
             }
         };
+        // Locked before the driver reads metadata or repairs anything.
+        let role = if driver.name == format::raw::DRIVER.name {
+            Role::Raw
+        } else {
+            Role::Metadata
+        };
+        let lock = |f: &Arc<dyn BlockFile>, role| match opts.no_lock {
+            true => Ok(()),
+            false => f.lock(LockSpec::for_role(role, opts.read_only, opts.force_share)),
+        };
+        lock(&file, role)?;
         let fmt = (driver.open)(&OpenCtx {
             storage: &*storage,
             path,
-            file,
+            file: file.clone(),
             read_only: opts.read_only,
             cache_size: opts.cache_size,
-            snapshot: opts.snapshot.as_deref(),
+            snapshot: opts.snapshot.as_ref(),
         })
         .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
+        // The data file under metadata (add-cow image file, qcow2 data file).
+        let data = fmt.data_file();
+        if Arc::as_ptr(data) as *const u8 != Arc::as_ptr(&file) as *const u8 {
+            lock(data, Role::Data)?;
+        }
         if let Some(s) = &opts.snapshot {
-            if !fmt.snapshots().iter().any(|x| x.id == *s || x.name == *s) {
+            let snaps = fmt.snapshots();
+            if s.find(snaps.iter().map(|x| (x.id.as_str(), x.name.as_str())))
+                .is_none()
+            {
                 return Err(Error::NotFound(format!(
-                    "snapshot '{s}' in '{}' ({} images have {} snapshots)",
+                    "snapshot {s} in '{}' ({} images have {} snapshots)",
                     path.display(),
                     fmt.format_name(),
                     fmt.snapshots().len()
@@ -180,9 +281,17 @@ impl Image {
                         cache_size: opts.cache_size,
                         backing: None,
                         snapshot: None,
+                        force_share: opts.force_share,
+                        no_lock: opts.no_lock,
                     };
-                    let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen)
-                        .map_err(|e| e.context(format!("backing file '{}'", spec.name)))?;
+                    let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen).map_err(
+                        |e| {
+                            e.context(format!(
+                                "could not open '{}': Could not open backing file",
+                                path.display()
+                            ))
+                        },
+                    )?;
                     Some(Arc::new(b))
                 }
                 _ => None,
@@ -237,6 +346,9 @@ impl Image {
                 &OpenOptions {
                     format: fmt,
                     read_only: true,
+                    // Only its size is read: qemu-img create shares too, so
+                    // an image in use can still get an overlay.
+                    force_share: true,
                     ..Default::default()
                 },
             )
@@ -328,7 +440,24 @@ impl Image {
         w
     }
 
+    /// Facts for `info`, `allocated_bytes` included (which may scan all
+    /// of the image's metadata).
     pub fn info(&self) -> Result<ImageInfo> {
+        let mut i = self.info_cheap()?;
+        i.allocated_bytes = self.allocated_bytes()?;
+        Ok(i)
+    }
+
+    /// Guest bytes allocated in this layer. May read all of the image's
+    /// allocation metadata (the whole add-cow bitmap): hosts call it off
+    /// their event loop.
+    pub fn allocated_bytes(&self) -> Result<u64> {
+        self.fmt.allocated_bytes()
+    }
+
+    /// `info` from what is in memory plus a stat of the image's files:
+    /// `allocated_bytes` is `ALLOCATED_UNKNOWN` (see `allocated_bytes`).
+    pub fn info_cheap(&self) -> Result<ImageInfo> {
         let b = self.fmt.backing();
         let fi = self.fmt.info();
         Ok(ImageInfo {
@@ -340,10 +469,12 @@ impl Image {
             backing_path: b.as_ref().map(|b| b.path.display().to_string()),
             backing_format: b.and_then(|b| b.format),
             data_file: fi.data_file,
-            allocated_bytes: self.fmt.allocated_bytes()?,
+            allocated_bytes: ALLOCATED_UNKNOWN,
             disk_size: self.fmt.disk_size()?,
             read_only: self.read_only(),
             specific: fi.specific,
+            dirty: fi.dirty,
+            vm_state_offset: fi.vm_state_offset,
         })
     }
 
@@ -428,5 +559,32 @@ impl Backing for Image {
 
     fn as_image(&self) -> Option<&Image> {
         Some(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SnapshotRef::{self, *};
+
+    /// (id, name) in table order: names that collide with other ids, and
+    /// a name used twice.
+    const TABLE: [(&str, &str); 4] = [("1", "2"), ("2", "1"), ("3", "x"), ("4", "x")];
+
+    fn pick(r: SnapshotRef) -> Option<usize> {
+        r.find(TABLE.iter().map(|&(i, n)| (i, n)))
+    }
+
+    #[test]
+    fn selectors_follow_qemu() {
+        assert_eq!(pick(Id("2".into())), Some(1));
+        assert_eq!(pick(Name("2".into())), Some(0));
+        // A bare string: ids first, then names; the first match wins.
+        assert_eq!(pick("2".into()), Some(1));
+        assert_eq!(pick("x".into()), Some(2));
+        assert_eq!(pick(Name("x".into())), Some(2));
+        assert_eq!(pick(IdAndName("4".into(), "x".into())), Some(3));
+        assert_eq!(pick(IdAndName("1".into(), "1".into())), None);
+        assert_eq!(pick(Id("x".into())), None);
+        assert_eq!(pick(Name("3".into())), None);
     }
 }

@@ -16,5 +16,5 @@ pub mod rangelock;
 
 pub use error::{Error, Result};
 pub use format::CreateOptions;
-pub use image::{Backing, BlockStatus, Image, ImageInfo, OpenOptions};
-pub use io::IoVec;
+pub use image::{Backing, BlockStatus, Image, ImageInfo, OpenOptions, SnapshotRef};
+pub use io::{Const, IoVec, Mut};

@@ -418,6 +418,7 @@ fn unknown_autoclear_bits_are_cleared_and_growth_works() {
     assert_eq!(u64::from_be_bytes(b[88..96].try_into().unwrap()), 0);
     let img = Image::open(&p, &OpenOptions::default()).unwrap();
     assert_eq!(img.size(), 3 << 20);
+    drop(img);
     qemu_check(&p, false);
     let mut model = vec![0u8; 3 << 20];
     model[..512].fill(7);

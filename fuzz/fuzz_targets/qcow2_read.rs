@@ -4,7 +4,7 @@
 #![no_main]
 
 use cowblk::io::fault::MemStorage;
-use cowblk::{Image, OpenOptions};
+use cowblk::{Image, OpenOptions, SnapshotRef};
 use libfuzzer_sys::fuzz_target;
 use std::path::Path;
 use std::sync::Arc;
@@ -44,7 +44,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = img.info();
     for s in img.snapshots().into_iter().take(4) {
         let o = OpenOptions {
-            snapshot: Some(s.id),
+            snapshot: Some(SnapshotRef::Id(s.id)),
             ..opts.clone()
         };
         if let Ok(i) = Image::open_in(st.clone(), Path::new("fuzz.qcow2"), &o) {

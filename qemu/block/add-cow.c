@@ -20,8 +20,12 @@
  *    pool (thread_pool_submit_co), so the event loop never waits for the
  *    disk.  Worker functions call only cowblk_* (and QEMU's iovec helpers);
  *    every bdrv_* call stays in coroutine context.  Open, close, reopen,
- *    getlength, allocated size and change_backing_file run in the main loop
- *    synchronously, as QEMU's own drivers do there.
+ *    getlength and change_backing_file run in the main loop synchronously,
+ *    as QEMU's own drivers do there; they use only the library's cheap
+ *    calls (cowblk_get_info reads no bitmap).  The allocated file size
+ *    (query-block, qemu-img info) is a stat on the pool, polled for.
+ *  - Locking: QEMU's file-posix locks the add-cow file (bs->file); the
+ *    library is opened with COWBLK_OPEN_NO_LOCK so that nothing locks twice.
  *
  * The library's qcow2 driver, when the library has one, is registered as
  * format "cowblk-qcow2" (never chosen by probing) so that qemu-img bench can
@@ -138,7 +142,13 @@ static int add_cow_open_lib(BlockDriverState *bs, int flags,
                             struct cowblk_image **out, Error **errp)
 {
     BlockDriverState *file = add_cow_local_file(bs, errp);
-    uint32_t oflags = COWBLK_OPEN_CALLER_BACKING;
+    /*
+     * No library locks: QEMU's file-posix locks the add-cow file through
+     * bs->file, and a second lock from the library's own descriptor would
+     * conflict with QEMU's (OFD locks) and with the handle a reopen opens
+     * beside the old one.
+     */
+    uint32_t oflags = COWBLK_OPEN_CALLER_BACKING | COWBLK_OPEN_NO_LOCK;
     int ret;
 
     if (!file) {
@@ -197,8 +207,8 @@ static int add_cow_open(BlockDriverState *bs, QDict *options, int flags,
     bs->total_sectors = DIV_ROUND_UP(len, BDRV_SECTOR_SIZE);
     /* the library makes grown space read zeros in caller-backing mode */
     bs->supported_truncate_flags = BDRV_REQ_ZERO_WRITE;
-    /* zeroing never falls back to writing zeros inside the library */
-    bs->supported_zero_flags = BDRV_REQ_NO_FALLBACK;
+    /* both are passed on to the library (cowblk_write_zeroes_flags) */
+    bs->supported_zero_flags = BDRV_REQ_MAY_UNMAP | BDRV_REQ_NO_FALLBACK;
     return 0;
 }
 
@@ -542,6 +552,7 @@ typedef struct AddCowSimpleTask {
     uint64_t pnum;
     int status;
     uint64_t map;
+    uint32_t zflags;            /* COWBLK_ZERO_* for OP_ZEROES */
     char err[ADD_COW_ERR_LEN];
 } AddCowSimpleTask;
 
@@ -575,7 +586,7 @@ static int add_cow_simple_worker(void *opaque)
             return -ENOTSUP;
         }
         if (ret >= 0) {
-            ret = cowblk_write_zeroes(t->img, t->a, t->b);
+            ret = cowblk_write_zeroes_flags(t->img, t->a, t->b, t->zflags);
         }
         break;
     }
@@ -593,6 +604,9 @@ static int coroutine_fn add_cow_co_pwrite_zeroes(BlockDriverState *bs,
     BDRVAddCowState *s = bs->opaque;
     AddCowSimpleTask t = {
         .img = s->img, .op = OP_ZEROES, .a = offset, .b = bytes,
+        /* holes only with leave to unmap; -ENOTSUP rather than slow zeros */
+        .zflags = (flags & BDRV_REQ_MAY_UNMAP ? COWBLK_ZERO_MAY_UNMAP : 0) |
+                  (flags & BDRV_REQ_NO_FALLBACK ? COWBLK_ZERO_NO_FALLBACK : 0),
     };
     int ret = add_cow_submit(bs, add_cow_simple_worker, &t);
 
@@ -723,18 +737,56 @@ static int add_cow_get_info(BlockDriverState *bs, BlockDriverInfo *bdi)
     return 0;
 }
 
-/* Both files: the add-cow file and the raw image file. */
-static int64_t add_cow_get_allocated_file_size(BlockDriverState *bs)
+/*
+ * Both files: the add-cow file and the raw image file.  Asked from the main
+ * loop (query-block, qemu-img info); the stat runs on the thread pool while
+ * the loop keeps polling, so a slow filesystem does not stall it.
+ */
+typedef struct AddCowSizeTask {
+    BlockDriverState *bs;
+    struct cowblk_image *img;
+    int64_t ret;
+    bool done;
+} AddCowSizeTask;
+
+static int add_cow_size_worker(void *opaque)
 {
-    BDRVAddCowState *s = bs->opaque;
+    AddCowSizeTask *t = opaque;
     struct cowblk_info info = { .struct_size = sizeof(info) };
-    int ret = cowblk_get_info(s->img, &info);
+    int ret = cowblk_get_info(t->img, &info);   /* cheap: no bitmap scan */
 
     if (ret < 0) {
         return ret;
     }
     cowblk_info_free(&info);
-    return info.disk_size;
+    t->ret = info.disk_size;
+    return 0;
+}
+
+static void coroutine_fn add_cow_size_entry(void *opaque)
+{
+    AddCowSizeTask *t = opaque;
+    int ret = add_cow_submit(t->bs, add_cow_size_worker, t);
+
+    if (ret < 0) {
+        t->ret = ret;
+    }
+    t->done = true;
+    aio_wait_kick();
+}
+
+static int64_t add_cow_get_allocated_file_size(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowSizeTask t = { .bs = bs, .img = s->img };
+
+    if (qemu_in_coroutine()) {
+        add_cow_size_entry(&t);
+    } else {
+        bdrv_coroutine_enter(bs, qemu_coroutine_create(add_cow_size_entry, &t));
+        BDRV_POLL_WHILE(bs, !t.done);
+    }
+    return t.ret;
 }
 
 static ImageInfoSpecific *add_cow_get_specific_info(BlockDriverState *bs,

@@ -15,6 +15,13 @@ use std::ffi::{c_int, c_void};
 /// valid until `cowblk_close`. The callbacks run on whichever thread issues
 /// the I/O, possibly on several threads at once when the handle is shared,
 /// so they must be thread-safe in that case.
+///
+/// Re-entrancy: a callback may run while the library holds a range lock on
+/// the handle (copy-on-write of a partially written cluster, truncate), so
+/// it must not call back into the same handle (no cowblk_* call on the
+/// image being served, nor on one whose backing chain reaches it): that
+/// call can wait for the lock its own caller holds and deadlock. It may
+/// read its own files or other, unrelated handles.
 #[repr(C)]
 #[derive(Clone, Copy)]
 pub struct cowblk_backing_ops {
@@ -137,7 +144,7 @@ impl Backing for CallbackBacking {
 /// `cowblk_pwritev_cow` call.
 pub(crate) struct CallerBytes<'a> {
     pub start: u64,
-    pub data: IoVec<'a>,
+    pub data: IoVec<'a, crate::io::Const>,
 }
 
 impl Backing for CallerBytes<'_> {

@@ -1,5 +1,6 @@
 //! `cowblk_check`: qemu-img check through the C ABI.
 
+use super::args::{struct_size_arg, write_prefix};
 use super::error::guard;
 use super::handle::{cowblk_image, image};
 use super::{COWBLK_CHECK_FIX_ERRORS, COWBLK_CHECK_FIX_LEAKS, COWBLK_CHECK_MESSAGES_LEN};
@@ -8,6 +9,10 @@ const MESSAGES_LEN: usize = COWBLK_CHECK_MESSAGES_LEN;
 use crate::error::Error;
 use crate::format::check::Repair;
 use std::ffi::{c_char, c_int};
+
+/// Where the first version (ABI 1) of `cowblk_check_result` ends: the
+/// smallest `struct_size` accepted.
+const CHECK_V1_END: usize = std::mem::offset_of!(cowblk_check_result, messages) + MESSAGES_LEN;
 
 /// What `cowblk_check` found. Before the call, zero the struct and set
 /// `struct_size = sizeof(struct cowblk_check_result)`. No member needs
@@ -38,10 +43,12 @@ pub struct cowblk_check_result {
 /// `fix` allows (`COWBLK_CHECK_FIX_LEAKS`, `COWBLK_CHECK_FIX_ERRORS`; a
 /// repair needs a read-write handle). Returns 0 with `*result` filled, or
 /// -ENOTSUP for a format without checks (raw), or another negative errno.
+/// A `struct_size` from an older header (down to the first version's
+/// struct) gets the members it has; -EINVAL below that.
 ///
 /// # Safety
 /// `img` is a live handle; `result` points at a `cowblk_check_result` with
-/// `struct_size` set.
+/// `struct_size` set, and at `struct_size` writable bytes.
 #[no_mangle]
 pub unsafe extern "C" fn cowblk_check(
     img: *mut cowblk_image,
@@ -50,16 +57,7 @@ pub unsafe extern "C" fn cowblk_check(
 ) -> c_int {
     guard(|| {
         let h = image(img)?;
-        if result.is_null() {
-            return Err(Error::InvalidArgument("result is NULL".into()));
-        }
-        let own = std::mem::size_of::<cowblk_check_result>();
-        let given = (*result).struct_size;
-        if given < own {
-            return Err(Error::InvalidArgument(format!(
-                "check result struct_size {given} is smaller than {own}"
-            )));
-        }
+        let given = struct_size_arg(result, CHECK_V1_END, "check result")?;
         if fix & !(COWBLK_CHECK_FIX_LEAKS | COWBLK_CHECK_FIX_ERRORS) != 0 {
             return Err(Error::InvalidArgument(format!(
                 "unknown check flags {fix:#x}"
@@ -74,7 +72,8 @@ pub unsafe extern "C" fn cowblk_check(
         };
         let r = h.img.check(repair)?;
         let mut out = cowblk_check_result {
-            struct_size: own,
+            // The caller's: it describes their buffer.
+            struct_size: given,
             corruptions: r.corruptions,
             leaks: r.leaks,
             check_errors: r.check_errors,
@@ -90,7 +89,7 @@ pub unsafe extern "C" fn cowblk_check(
         for (d, s) in out.messages.iter_mut().zip(&text.as_bytes()[..n]) {
             *d = *s as c_char;
         }
-        result.write(out);
+        write_prefix(result, given, out);
         Ok(0)
     })
 }

@@ -22,11 +22,14 @@ use std::path::Path;
 
 /// A format's entry points, like QEMU's `BlockDriver`. Tables are static
 /// and owned by the library (valid until it is unloaded); never write to
-/// them. A NULL member means the format does not support that operation.
+/// them. A NULL member means the format does not support that operation
+/// (a member is never a stub that always fails): qcow2 has no create,
+/// change_backing_file or check yet; raw has no change_backing_file or
+/// check.
 ///
-/// Versioning: members are only ever appended. A host checks
-/// `abi_version == COWBLK_ABI_VERSION` and uses only members that lie
-/// within `struct_size`.
+/// Versioning: members are only ever appended, and `abi_version` grows
+/// with every change to a table. A host built against ABI N checks
+/// `abi_version >= N` and uses only members that lie within `struct_size`.
 ///
 /// Each member behaves as the flat function of the same name (probe,
 /// create and open are bound to this table's format); see those for
@@ -136,9 +139,11 @@ unsafe fn probe_with(name: &str, buf: *const u8, len: usize, filename: *const c_
     })
 }
 
-/// Makes one format's table and the three entries bound to its name.
+/// Makes one format's table and the three entries bound to its name. The
+/// trailing `member: None` list names what the format cannot do.
 macro_rules! driver_table {
-    ($table:ident, $name:literal, $probe:ident, $create:ident, $open:ident, $rebase:expr) => {
+    ($table:ident, $name:literal, $probe:ident, $create:ident, $open:ident,
+     unsupported: [$($none:ident),* $(,)?]) => {
         unsafe extern "C" fn $probe(buf: *const u8, len: usize, filename: *const c_char) -> c_int {
             probe_with($name, buf, len, filename)
         }
@@ -160,6 +165,8 @@ macro_rules! driver_table {
             )
         }
         static $table: cowblk_driver = cowblk_driver {
+            $($none: None,)*
+            ..cowblk_driver {
             struct_size: std::mem::size_of::<cowblk_driver>(),
             abi_version: COWBLK_ABI_VERSION,
             format_name: concat!($name, "\0").as_ptr().cast(),
@@ -177,8 +184,9 @@ macro_rules! driver_table {
             discard: Some(cowblk_discard),
             write_zeroes: Some(cowblk_write_zeroes),
             get_length: Some(cowblk_get_length),
-            change_backing_file: $rebase,
+            change_backing_file: Some(cowblk_change_backing_file),
             check: Some(cowblk_check),
+            }
         };
     };
 }
@@ -189,12 +197,27 @@ driver_table!(
     addcow_probe,
     addcow_create,
     addcow_open,
-    Some(cowblk_change_backing_file)
+    unsupported: []
 );
-// raw records no backing file.
-driver_table!(RAW, "raw", raw_probe, raw_create, raw_open, None);
-// qcow2 writes through the same entries (read-write opens of v2/v3 images).
-driver_table!(QCOW2, "qcow2", qcow2_probe, qcow2_create, qcow2_open, None);
+// raw records no backing file and has no metadata to check.
+driver_table!(
+    RAW,
+    "raw",
+    raw_probe,
+    raw_create,
+    raw_open,
+    unsupported: [change_backing_file, check]
+);
+// qcow2 writes (read-write opens of v2/v3 images); it has no creator,
+// checker or backing-file change yet.
+driver_table!(
+    QCOW2,
+    "qcow2",
+    qcow2_probe,
+    qcow2_create,
+    qcow2_open,
+    unsupported: [create, change_backing_file, check]
+);
 
 static TABLES: [&cowblk_driver; 3] = [&ADDCOW, &RAW, &QCOW2];
 

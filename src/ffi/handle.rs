@@ -4,7 +4,8 @@ use super::args::{opt_str_arg, out_arg, path_arg, str_arg};
 use super::backing::{CallbackBacking, CallerManaged};
 use super::error::guard;
 use super::{
-    cowblk_backing_ops, COWBLK_OPEN_CALLER_BACKING, COWBLK_OPEN_NO_BACKING, COWBLK_OPEN_RDONLY,
+    cowblk_backing_ops, COWBLK_OPEN_CALLER_BACKING, COWBLK_OPEN_FORCE_SHARE,
+    COWBLK_OPEN_NO_BACKING, COWBLK_OPEN_NO_LOCK, COWBLK_OPEN_RDONLY,
 };
 use crate::error::{Error, Result};
 use crate::format::{self, CreateOptions};
@@ -171,7 +172,11 @@ fn open_options(
     cache_size: u64,
     backing: Option<Arc<dyn Backing>>,
 ) -> Result<OpenOptions> {
-    let known = COWBLK_OPEN_RDONLY | COWBLK_OPEN_NO_BACKING | COWBLK_OPEN_CALLER_BACKING;
+    let known = COWBLK_OPEN_RDONLY
+        | COWBLK_OPEN_NO_BACKING
+        | COWBLK_OPEN_CALLER_BACKING
+        | COWBLK_OPEN_FORCE_SHARE
+        | COWBLK_OPEN_NO_LOCK;
     if flags & !known != 0 {
         return Err(Error::InvalidArgument(format!(
             "unknown open flags {:#x}",
@@ -202,6 +207,8 @@ fn open_options(
         cache_size,
         backing,
         snapshot: None,
+        force_share: flags & COWBLK_OPEN_FORCE_SHARE != 0,
+        no_lock: flags & COWBLK_OPEN_NO_LOCK != 0,
     })
 }
 

@@ -1,6 +1,7 @@
 //! Facts about the library and an open image: versions, `cowblk_info`,
 //! capabilities.
 
+use super::args::{out_arg, struct_size_arg, write_prefix};
 use super::error::{guard, guard_value};
 use super::handle::{cowblk_image, image, BackingMode};
 use super::{
@@ -50,7 +51,9 @@ pub struct cowblk_info {
     pub backing_path: *mut c_char,
     /// The recorded backing format, or NULL.
     pub backing_format: *mut c_char,
-    /// Guest bytes allocated in this layer.
+    /// COWBLK_ALLOCATED_UNKNOWN: counting guest bytes allocated in this
+    /// layer can read all of the image's metadata, so `cowblk_get_info`
+    /// leaves it to `cowblk_get_allocated_bytes`.
     pub allocated_bytes: u64,
     /// Bytes the image's files occupy on disk.
     pub disk_size: u64,
@@ -77,25 +80,50 @@ fn c_string(s: &str) -> Result<*mut c_char> {
     }
 }
 
-/// Frees the strings of an info struct and sets them to NULL.
-fn free_strings(i: &mut cowblk_info) {
-    for p in [
-        &mut i.format,
-        &mut i.filename,
-        &mut i.data_file,
-        &mut i.backing_file,
-        &mut i.backing_path,
-        &mut i.backing_format,
-    ] {
-        // SAFETY: each is NULL or came from malloc in c_string.
-        unsafe { libc::free(p.cast()) };
-        *p = std::ptr::null_mut();
+/// Where the first version (ABI 1) of `cowblk_info` ends: the smallest
+/// `struct_size` accepted. Members appended later are filled only for
+/// callers whose `struct_size` covers them.
+const INFO_V1_END: usize = std::mem::offset_of!(cowblk_info, read_only) + 1;
+
+/// The string members, by offset. A string appended to the struct must be
+/// listed here so that callers too old to see it never leak it.
+const INFO_STRINGS: [usize; 6] = [
+    std::mem::offset_of!(cowblk_info, format),
+    std::mem::offset_of!(cowblk_info, filename),
+    std::mem::offset_of!(cowblk_info, data_file),
+    std::mem::offset_of!(cowblk_info, backing_file),
+    std::mem::offset_of!(cowblk_info, backing_path),
+    std::mem::offset_of!(cowblk_info, backing_format),
+];
+
+/// Frees the string members of `*i` that lie wholly within its first
+/// `size` bytes (`inside`) or those that do not (`!inside`), and sets them
+/// to NULL.
+///
+/// # Safety
+/// `i` points to a `cowblk_info` whose strings are NULL or from `c_string`,
+/// readable and writable for every member freed.
+unsafe fn free_strings_within(i: *mut cowblk_info, size: usize, inside: bool) {
+    for off in INFO_STRINGS {
+        if (off + std::mem::size_of::<*mut c_char>() <= size) != inside {
+            continue;
+        }
+        let p = i.cast::<u8>().add(off).cast::<*mut c_char>();
+        libc::free(p.read_unaligned().cast());
+        p.write_unaligned(std::ptr::null_mut());
     }
 }
 
+/// Frees the strings of an info struct and sets them to NULL.
+fn free_strings(i: &mut cowblk_info) {
+    // SAFETY: a whole struct we own.
+    unsafe { free_strings_within(i, std::mem::size_of::<cowblk_info>(), true) }
+}
+
 /// Fills `*info` (see `cowblk_info` for ownership). Nothing is written on
-/// failure. -EINVAL if `info->struct_size` is smaller than this version's
-/// struct; a larger one (a newer header) gets this version's fields.
+/// failure. A `struct_size` from an older header (down to the first
+/// version's struct) gets the members it has, a larger one (a newer header)
+/// this version's; -EINVAL below the first version.
 ///
 /// # Safety
 /// `img` is a live handle; `info` points to `info->struct_size` writable
@@ -104,17 +132,10 @@ fn free_strings(i: &mut cowblk_info) {
 pub unsafe extern "C" fn cowblk_get_info(img: *mut cowblk_image, info: *mut cowblk_info) -> c_int {
     guard(|| {
         let h = image(img)?;
-        if info.is_null() {
-            return Err(Error::InvalidArgument("info is NULL".into()));
-        }
+        let given = struct_size_arg(info, INFO_V1_END, "info")?;
         let own = std::mem::size_of::<cowblk_info>();
-        let given = (*info).struct_size;
-        if given < own {
-            return Err(Error::InvalidArgument(format!(
-                "info struct_size {given} is smaller than {own} (set it to sizeof(struct cowblk_info))"
-            )));
-        }
-        let ii = h.img.info()?;
+        // Cheap: nothing beyond in-memory metadata and a stat of the files.
+        let ii = h.img.info_cheap()?;
         let mut out = cowblk_info {
             struct_size: own,
             format: std::ptr::null_mut(),
@@ -145,13 +166,37 @@ pub unsafe extern "C" fn cowblk_get_info(img: *mut cowblk_image, info: *mut cowb
         }
         // Keep the caller's struct_size: it describes their buffer.
         out.struct_size = given;
-        std::ptr::write(info, out);
+        // Strings an older caller cannot see would leak: drop them.
+        free_strings_within(&mut out, given, false);
+        write_prefix(info, given, out);
+        Ok(0)
+    })
+}
+
+/// Stores in `*bytes` the guest bytes allocated in this layer of the image
+/// (what `cowblk_info.allocated_bytes` once held). Reads all of the image's
+/// allocation metadata (an add-cow file's whole bitmap): call it off any
+/// event loop.
+///
+/// # Safety
+/// `img` is a live handle; `bytes` is writable.
+#[no_mangle]
+pub unsafe extern "C" fn cowblk_get_allocated_bytes(
+    img: *mut cowblk_image,
+    bytes: *mut u64,
+) -> c_int {
+    guard(|| {
+        let h = image(img)?;
+        out_arg(bytes, "bytes")?;
+        *bytes = h.img.allocated_bytes()?;
         Ok(0)
     })
 }
 
 /// Frees the strings `cowblk_get_info` stored in `*info` and sets them to
 /// NULL; numbers are left alone. NULL is a no-op; calling it twice is safe.
+/// Only members within `info->struct_size` (and those of the first
+/// version) are touched, so a struct from an older header is fine.
 ///
 /// # Safety
 /// `info` is NULL or a struct whose string members are NULL or from
@@ -159,8 +204,9 @@ pub unsafe extern "C" fn cowblk_get_info(img: *mut cowblk_image, info: *mut cowb
 #[no_mangle]
 pub unsafe extern "C" fn cowblk_info_free(info: *mut cowblk_info) {
     guard(|| {
-        if let Some(i) = info.as_mut() {
-            free_strings(i);
+        if !info.is_null() {
+            let size = info.cast::<usize>().read_unaligned().max(INFO_V1_END);
+            free_strings_within(info, size, true);
         }
         Ok(0)
     });

@@ -7,10 +7,11 @@ use super::error::guard;
 use super::handle::{cowblk_image, image};
 use super::{
     COWBLK_BLOCK_ALLOCATED, COWBLK_BLOCK_DATA, COWBLK_BLOCK_EOF, COWBLK_BLOCK_OFFSET_VALID,
-    COWBLK_BLOCK_ZERO,
+    COWBLK_BLOCK_ZERO, COWBLK_ZERO_MAY_UNMAP, COWBLK_ZERO_NO_FALLBACK,
 };
 use crate::error::Error;
-use crate::image::Backing;
+use crate::image::{Backing, BlockStatus};
+use crate::io::ZeroFlags;
 use libc::iovec;
 use std::ffi::c_int;
 
@@ -52,7 +53,8 @@ pub unsafe extern "C" fn cowblk_pwritev(
 ) -> c_int {
     guard(|| {
         let h = image(img)?;
-        let v = iov_arg(iov, iovcnt, "iov")?;
+        // Only read: the caller's buffers may be read-only memory.
+        let v = iov_arg(iov, iovcnt, "iov")?.into_const();
         h.img.writev(&v, offset)?;
         Ok(0)
     })
@@ -110,6 +112,40 @@ pub unsafe extern "C" fn cowblk_write_zeroes(
 ) -> c_int {
     guard(|| {
         image(img)?.img.write_zeroes(offset, bytes)?;
+        Ok(0)
+    })
+}
+
+/// Makes `[offset, offset + bytes)` read as zeros, as `flags` (a mask of
+/// COWBLK_ZERO_*) allow: without COWBLK_ZERO_MAY_UNMAP nothing is
+/// deallocated (the file keeps its blocks, zeroed); with
+/// COWBLK_ZERO_NO_FALLBACK the call fails with -ENOTSUP instead of writing
+/// zero buffers or a partly zeroed cluster's other bytes. QEMU's
+/// BDRV_REQ_MAY_UNMAP and BDRV_REQ_NO_FALLBACK. `cowblk_write_zeroes` is
+/// this with COWBLK_ZERO_MAY_UNMAP.
+///
+/// # Safety
+/// `img` is a live handle.
+#[no_mangle]
+pub unsafe extern "C" fn cowblk_write_zeroes_flags(
+    img: *mut cowblk_image,
+    offset: u64,
+    bytes: u64,
+    flags: u32,
+) -> c_int {
+    guard(|| {
+        let known = COWBLK_ZERO_MAY_UNMAP | COWBLK_ZERO_NO_FALLBACK;
+        if flags & !known != 0 {
+            return Err(Error::InvalidArgument(format!(
+                "unknown zero flags {:#x}",
+                flags & !known
+            )));
+        }
+        let f = ZeroFlags {
+            may_unmap: flags & COWBLK_ZERO_MAY_UNMAP != 0,
+            no_fallback: flags & COWBLK_ZERO_NO_FALLBACK != 0,
+        };
+        image(img)?.img.write_zeroes_flags(offset, bytes, f)?;
         Ok(0)
     })
 }
@@ -193,23 +229,83 @@ pub unsafe extern "C" fn cowblk_block_status(
             });
         }
         let (st, n) = h.img.block_status(offset, bytes.min(size - offset))?;
-        let mut flags = 0;
-        for (on, f) in [
-            (st.data, COWBLK_BLOCK_DATA),
-            (st.zero, COWBLK_BLOCK_ZERO),
-            (st.offset.is_some(), COWBLK_BLOCK_OFFSET_VALID),
-            (st.allocated, COWBLK_BLOCK_ALLOCATED),
-            (offset + n == size, COWBLK_BLOCK_EOF),
-        ] {
-            if on {
-                flags |= f;
-            }
-        }
         *pnum = n;
         if !map.is_null() {
             *map = st.offset.unwrap_or(0);
         }
-        Ok(flags as c_int)
+        Ok(status_flags(&st, offset + n == size))
+    })
+}
+
+/// The COWBLK_BLOCK_* mask for a status.
+fn status_flags(st: &BlockStatus, eof: bool) -> c_int {
+    let mut flags = 0;
+    for (on, f) in [
+        (st.data, COWBLK_BLOCK_DATA),
+        (st.zero, COWBLK_BLOCK_ZERO),
+        (st.offset.is_some(), COWBLK_BLOCK_OFFSET_VALID),
+        (st.allocated, COWBLK_BLOCK_ALLOCATED),
+        (eof, COWBLK_BLOCK_EOF),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
+    flags as c_int
+}
+
+/// Block status of the whole chain, as `qemu-img map` reports it and as
+/// an NBD server answers block status: walking down from this image, the
+/// first layer whose run holds data or reads zeros (or the bottom layer).
+/// Returns a COWBLK_BLOCK_* mask: DATA, ZERO (also for ranges that no
+/// layer allocates and that read zeros), ALLOCATED (set when some layer
+/// allocates the run: map's "present"), OFFSET_VALID (then `*map`, if not
+/// NULL, gets the offset in that layer's data file) and EOF. `*pnum` gets
+/// the run's length (at most `bytes`, clamped to the end) and `*depth`, if
+/// not NULL, the layer (0 = this image). With a caller-supplied backing
+/// layer the walk stops at this image. At or past the end: COWBLK_BLOCK_EOF
+/// with `*pnum` = 0; for 0 bytes: 0 with `*pnum` = 0.
+///
+/// # Safety
+/// `img` is a live handle; `pnum` is writable; `map` and `depth` are NULL
+/// or writable.
+#[no_mangle]
+pub unsafe extern "C" fn cowblk_chain_status(
+    img: *mut cowblk_image,
+    offset: u64,
+    bytes: u64,
+    pnum: *mut u64,
+    map: *mut u64,
+    depth: *mut u32,
+) -> c_int {
+    guard(|| {
+        let h = image(img)?;
+        out_arg(pnum, "pnum")?;
+        let size = h.img.size();
+        let (st, n, d) = if offset >= size || bytes == 0 {
+            let none = BlockStatus {
+                allocated: false,
+                data: false,
+                zero: false,
+                offset: None,
+                compressed: false,
+            };
+            (none, 0, 0)
+        } else {
+            let (d, st, n) = h.img.chain_status(offset, bytes.min(size - offset))?;
+            (st, n, d)
+        };
+        *pnum = n;
+        if !map.is_null() {
+            *map = st.offset.unwrap_or(0);
+        }
+        if !depth.is_null() {
+            *depth = d as u32;
+        }
+        Ok(status_flags(
+            &st,
+            offset >= size || (n > 0 && offset + n == size),
+        ))
     })
 }
 
@@ -265,10 +361,10 @@ pub unsafe extern "C" fn cowblk_pwritev_cow(
 ) -> c_int {
     guard(|| {
         let h = image(img)?;
-        let v = iov_arg(iov, iovcnt, "iov")?;
+        let v = iov_arg(iov, iovcnt, "iov")?.into_const();
         let old = CallerBytes {
             start: cow_offset,
-            data: iov_arg(cow_iov, cow_iovcnt, "cow_iov")?,
+            data: iov_arg(cow_iov, cow_iovcnt, "cow_iov")?.into_const(),
         };
         if let Some((o, n)) = h.img.cow_range(offset, v.len() as u64)? {
             // Checked up front so that a short supply writes nothing.

@@ -49,15 +49,20 @@ pub use info::{
     cowblk_version,
 };
 pub use io::{
-    cowblk_block_status, cowblk_cow_range, cowblk_discard, cowblk_flush, cowblk_get_length,
-    cowblk_is_allocated, cowblk_preadv, cowblk_pwritev, cowblk_pwritev_cow, cowblk_truncate,
-    cowblk_write_zeroes,
+    cowblk_block_status, cowblk_chain_status, cowblk_cow_range, cowblk_discard, cowblk_flush,
+    cowblk_get_length, cowblk_is_allocated, cowblk_preadv, cowblk_pwritev, cowblk_pwritev_cow,
+    cowblk_truncate, cowblk_write_zeroes,
 };
 
-/// Version of the C ABI described by this header. `cowblk_abi_version()`
-/// returns the library's; a program built against this header should refuse
-/// a library whose value differs.
-pub const COWBLK_ABI_VERSION: u32 = 1;
+/// Version of the C ABI described by this header; `cowblk_abi_version()`
+/// returns the library's. It grows by one with every change a host can see
+/// (a member appended to a struct or driver table, a table member becoming
+/// NULL, a new flag); changes are compatible within a soname, so a program
+/// built against this header works with any library whose value is at
+/// least this one (see docs/C-API.md, "Versioning"). 2: tables have NULL
+/// where a format cannot do an operation (qcow2 writes, raw and qcow2
+/// check).
+pub const COWBLK_ABI_VERSION: u32 = 2;
 
 /// Open flag: open every file read-only; writes fail with -EROFS.
 pub const COWBLK_OPEN_RDONLY: u32 = 1 << 0;
@@ -74,6 +79,27 @@ pub const COWBLK_OPEN_NO_BACKING: u32 = 1 << 1;
 /// size inside an unallocated cluster needs its backing bytes and fails
 /// with -ENOTSUP.
 pub const COWBLK_OPEN_CALLER_BACKING: u32 = 1 << 2;
+/// Open flag, read-only opens only: take no lock that keeps writers out
+/// (QEMU's force-share, qemu-img -U). Reads may then see data change under
+/// them. With a read-write open the call fails with -EINVAL.
+pub const COWBLK_OPEN_FORCE_SHARE: u32 = 1 << 3;
+/// Open flag: take no image locks on any file of the chain. For hosts that
+/// lock the files themselves (the QEMU glue, whose file children QEMU's
+/// file-posix locks). Without it every file is locked the way QEMU locks
+/// images (docs/C-API.md, "Image locking") and an image in use by another
+/// writer fails to open with -EAGAIN.
+pub const COWBLK_OPEN_NO_LOCK: u32 = 1 << 5;
+
+/// `cowblk_write_zeroes_flags` flag: the range may be deallocated (holes
+/// punched), as QEMU's BDRV_REQ_MAY_UNMAP.
+pub const COWBLK_ZERO_MAY_UNMAP: u32 = 1 << 0;
+/// `cowblk_write_zeroes_flags` flag: fail with -ENOTSUP rather than write
+/// zeros as data, as QEMU's BDRV_REQ_NO_FALLBACK.
+pub const COWBLK_ZERO_NO_FALLBACK: u32 = 1 << 1;
+
+/// `cowblk_info.allocated_bytes`: not computed (ask
+/// `cowblk_get_allocated_bytes`).
+pub const COWBLK_ALLOCATED_UNKNOWN: u64 = u64::MAX;
 
 /// Bytes of `cowblk_check_result.messages`.
 pub const COWBLK_CHECK_MESSAGES_LEN: usize = 1024;

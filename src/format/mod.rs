@@ -3,6 +3,7 @@
 
 pub mod addcow;
 pub mod check;
+pub mod info;
 pub mod options;
 pub mod qcow2;
 pub mod raw;
@@ -86,10 +87,16 @@ pub struct BackingSpec {
 /// Format-specific facts for `info`.
 #[derive(Clone, Debug, Default)]
 pub struct FormatInfo {
-    /// Extra `key: value` lines, in display order.
-    pub specific: Vec<(String, String)>,
+    /// Named values, in display order (`info::fields_human` and
+    /// `info::fields_json` render them as qemu-img does).
+    pub specific: Vec<(String, info::InfoValue)>,
     /// The external data/image file, if the format has one.
     pub data_file: Option<String>,
+    /// Not closed cleanly (qcow2's dirty bit): "cleanly shut down: no".
+    pub dirty: bool,
+    /// Where internal snapshots keep VM state (qcow2), as qemu-io's `info`
+    /// shows it.
+    pub vm_state_offset: Option<u64>,
 }
 
 /// Reads the image as it was before a resize, for formats that must copy
@@ -210,9 +217,9 @@ pub struct OpenCtx<'a> {
     pub read_only: bool,
     /// Metadata cache budget in bytes (0 = the driver's default).
     pub cache_size: u64,
-    /// Open this internal snapshot (id or name) instead of the active
-    /// state; only with `read_only`. Formats without snapshots refuse it.
-    pub snapshot: Option<&'a str>,
+    /// Open this internal snapshot instead of the active state; only with
+    /// `read_only`. Formats without snapshots refuse it.
+    pub snapshot: Option<&'a crate::image::SnapshotRef>,
 }
 
 /// What a creator is given.

@@ -6,7 +6,7 @@
 //! durable contents (as of each file's last flush) plus any chosen subset of
 //! the writes issued since, applied in issue order.
 
-use super::{Access, BlockFile, IoVec, Storage};
+use super::{Access, BlockFile, Const, IoVec, Storage};
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -106,7 +106,7 @@ impl BlockFile for MemFile {
         Ok(())
     }
 
-    fn pwritev(&self, iov: &IoVec, off: u64) -> Result<()> {
+    fn pwritev(&self, iov: &IoVec<Const>, off: u64) -> Result<()> {
         self.ctl.tick(&self.name)?;
         let mut data = vec![0u8; iov.len()];
         iov.copy_to(0, &mut data);

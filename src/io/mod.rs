@@ -6,13 +6,14 @@
 
 pub mod fault;
 pub mod iov;
+pub mod lock;
 pub mod posix;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use std::path::Path;
 use std::sync::Arc;
 
-pub use iov::IoVec;
+pub use iov::{Const, IoVec, Mut};
 
 /// A byte-addressed file. All methods take `&self`: implementations must be
 /// safe to call from many threads at once.
@@ -22,7 +23,7 @@ pub trait BlockFile: Send + Sync {
     /// as zeros.
     fn preadv(&self, iov: &IoVec, off: u64) -> Result<()>;
     /// Writes `iov.len()` bytes at `off`, growing the file if needed.
-    fn pwritev(&self, iov: &IoVec, off: u64) -> Result<()>;
+    fn pwritev(&self, iov: &IoVec<Const>, off: u64) -> Result<()>;
     /// Makes every completed write durable.
     fn flush(&self) -> Result<()>;
     /// Current length in bytes.
@@ -31,6 +32,18 @@ pub trait BlockFile: Send + Sync {
     fn set_len(&self, len: u64) -> Result<()>;
     /// Makes `[off, off + len)` read as zeros, deallocating where the OS can.
     fn write_zeroes(&self, off: u64, len: u64) -> Result<()> {
+        self.zero_range(off, len, ZeroFlags::UNMAP)
+    }
+    /// Makes `[off, off + len)` read as zeros as `flags` allow: deallocate
+    /// only with `may_unmap`; with `no_fallback`, fail with
+    /// `Error::Unsupported` rather than write zero buffers.
+    fn zero_range(&self, off: u64, len: u64, flags: ZeroFlags) -> Result<()> {
+        if flags.no_fallback {
+            return Err(Error::Unsupported(format!(
+                "'{}' cannot zero without writing zeros",
+                self.name()
+            )));
+        }
         write_zeroes_by_writing(self, off, len)
     }
     /// Hints that `[off, off + len)` is no longer needed; contents become
@@ -51,6 +64,12 @@ pub trait BlockFile: Send + Sync {
     }
     /// A name for messages.
     fn name(&self) -> &str;
+    /// Takes QEMU-compatible image locks (`lock`) for as long as the file
+    /// stays open; fails if another open holds conflicting ones. Files
+    /// that no other process can see need none (the default).
+    fn lock(&self, _spec: lock::LockSpec) -> Result<()> {
+        Ok(())
+    }
 
     /// Convenience: reads into one buffer.
     fn read_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
@@ -60,6 +79,25 @@ pub trait BlockFile: Send + Sync {
     fn write_at(&self, buf: &[u8], off: u64) -> Result<()> {
         self.pwritev(&IoVec::from_ref(buf), off)
     }
+}
+
+/// How a zero write may be done (QEMU's BDRV_REQ_MAY_UNMAP and
+/// BDRV_REQ_NO_FALLBACK).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ZeroFlags {
+    /// The range may be deallocated (a hole punched).
+    pub may_unmap: bool,
+    /// Fail rather than write zero buffers.
+    pub no_fallback: bool,
+}
+
+impl ZeroFlags {
+    /// Deallocate where possible, write zeros where not (the default of
+    /// `write_zeroes`).
+    pub const UNMAP: ZeroFlags = ZeroFlags {
+        may_unmap: true,
+        no_fallback: false,
+    };
 }
 
 /// Fallback for files that cannot punch holes: write zero buffers.

@@ -1,6 +1,6 @@
 //! POSIX files: preadv/pwritev, fdatasync, fallocate.
 
-use super::{Access, BlockFile, IoVec, Storage};
+use super::{Access, BlockFile, Const, IoVec, Storage, ZeroFlags};
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -39,8 +39,10 @@ enum Dir {
 
 impl PosixFile {
     /// preadv/pwritev until the whole list is done, resuming after short
-    /// transfers and EINTR. Reads past the end of the file fill zeros.
-    fn vectored(&self, iov: &IoVec, off: u64, dir: Dir) -> Result<()> {
+    /// transfers and EINTR. Returns the bytes done: fewer than asked only
+    /// when a read hit the end of the file (the caller zeroes the rest).
+    /// `Dir::Read` only with a list from an `IoVec<Mut>`.
+    fn vectored<M>(&self, iov: &IoVec<M>, off: u64, dir: Dir) -> Result<usize> {
         let what = if dir == Dir::Read {
             "read from"
         } else {
@@ -71,15 +73,13 @@ impl PosixFile {
             }
             if r == 0 {
                 if dir == Dir::Read {
-                    // End of file: the rest reads as zeros.
-                    part.zero();
                     break;
                 }
                 return Err(self.err(what, std::io::Error::from_raw_os_error(libc::ENOSPC)));
             }
             done += r as usize;
         }
-        Ok(())
+        Ok(done)
     }
 }
 
@@ -90,16 +90,21 @@ impl BlockFile for PosixFile {
             let b = unsafe { std::slice::from_raw_parts_mut(seg.iov_base as *mut u8, seg.iov_len) };
             return self.read_at(b, off);
         }
-        self.vectored(iov, off, Dir::Read)
+        let done = self.vectored(iov, off, Dir::Read)?;
+        if done < iov.len() {
+            // End of file: the rest reads as zeros.
+            iov.slice(done, iov.len() - done).zero();
+        }
+        Ok(())
     }
 
-    fn pwritev(&self, iov: &IoVec, off: u64) -> Result<()> {
+    fn pwritev(&self, iov: &IoVec<Const>, off: u64) -> Result<()> {
         if let [seg] = iov.segments() {
             // SAFETY: the segment is readable memory borrowed by `iov`.
             let b = unsafe { std::slice::from_raw_parts(seg.iov_base as *const u8, seg.iov_len) };
             return self.write_at(b, off);
         }
-        self.vectored(iov, off, Dir::Write)
+        self.vectored(iov, off, Dir::Write).map(|_| ())
     }
 
     fn flush(&self) -> Result<()> {
@@ -114,18 +119,22 @@ impl BlockFile for PosixFile {
         self.file.set_len(len).map_err(|e| self.err("resize", e))
     }
 
-    fn write_zeroes(&self, off: u64, len: u64) -> Result<()> {
+    fn zero_range(&self, off: u64, len: u64, flags: ZeroFlags) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
-        let fd = self.file.as_raw_fd();
-        // Punching a hole keeps reads zero and frees space; fall back to
-        // writing zeros where the filesystem cannot.
+        // Punching a hole keeps reads zero and frees space; without leave
+        // to deallocate, ZERO_RANGE zeroes and keeps the blocks.
+        let mode = if flags.may_unmap {
+            libc::FALLOC_FL_PUNCH_HOLE
+        } else {
+            libc::FALLOC_FL_ZERO_RANGE
+        };
         // SAFETY: plain syscall on an owned fd.
         let r = unsafe {
             libc::fallocate(
-                fd,
-                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                self.file.as_raw_fd(),
+                mode | libc::FALLOC_FL_KEEP_SIZE,
                 off as libc::off_t,
                 len as libc::off_t,
             )
@@ -138,6 +147,13 @@ impl BlockFile for PosixFile {
                 self.write_at(&[0], off + len - 1)?;
             }
             return Ok(());
+        }
+        if flags.no_fallback {
+            return Err(Error::Unsupported(format!(
+                "'{}' cannot zero without writing zeros ({})",
+                self.name,
+                std::io::Error::last_os_error()
+            )));
         }
         super::write_zeroes_by_writing(self, off, len)
     }
@@ -197,6 +213,10 @@ impl BlockFile for PosixFile {
 
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn lock(&self, spec: super::lock::LockSpec) -> Result<()> {
+        super::lock::lock(self.file.as_raw_fd(), spec, &self.name)
     }
 
     fn read_at(&self, buf: &mut [u8], off: u64) -> Result<()> {

@@ -19,8 +19,36 @@ pub fn commit(top: &Image, keep: bool, progress: Progress) -> Result<()> {
         format: spec.format.clone(),
         ..Default::default()
     };
-    let base = Image::open_in(top.storage().clone(), &spec.path, &opts)
-        .map_err(|e| e.context(format!("backing file '{}'", spec.name)))?;
+    // The top's own read-only handle on the base keeps writers out (image
+    // locking, even within this process): let go of it while the base is
+    // open for writing, and put a read-only one back afterwards, also when
+    // the copy fails.
+    let ro = OpenOptions {
+        read_only: true,
+        ..opts.clone()
+    };
+    top.set_backing_layer(None);
+    let copied = Image::open_in(top.storage().clone(), &spec.path, &opts)
+        .map_err(|e| e.context(format!("backing file '{}'", spec.name)))
+        .and_then(|base| copy_into(top, base, progress));
+    let fresh = Image::open_in(top.storage().clone(), &spec.path, &ro).map(Arc::new);
+    if let Ok(b) = &fresh {
+        top.set_backing_layer(Some(b.clone()));
+    }
+    copied?;
+    fresh?;
+    if !keep {
+        match top.make_empty() {
+            Ok(()) | Err(Error::Unsupported(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    top.flush()
+}
+
+/// Copies what `top` allocates into `base`, then closes `base` (its data
+/// durable before the top lets go of it).
+fn copy_into(top: &Image, base: Image, progress: Progress) -> Result<()> {
     let size = top.size();
     if base.size() < size {
         base.truncate(size)?;
@@ -42,22 +70,5 @@ pub fn commit(top: &Image, keep: bool, progress: Progress) -> Result<()> {
         off += n;
         progress(off, size);
     }
-    // The base holds the data durably before the top lets go of it.
-    base.close()?;
-    let fresh = Image::open_in(
-        top.storage().clone(),
-        &spec.path,
-        &OpenOptions {
-            read_only: true,
-            ..opts
-        },
-    )?;
-    top.set_backing_layer(Some(Arc::new(fresh)));
-    if !keep {
-        match top.make_empty() {
-            Ok(()) | Err(Error::Unsupported(_)) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    top.flush()
+    base.close()
 }

@@ -15,25 +15,73 @@ pub struct CompareResult {
     /// The first sector whose contents differ (past the shorter image, the
     /// longer must read zeros).
     pub first_mismatch: Option<u64>,
+    /// Strict mode: the first offset where the two images' block status
+    /// (present, data, zero across the chain) differs, when that comes
+    /// before any content mismatch.
+    pub status_mismatch: Option<u64>,
 }
 
 impl CompareResult {
     pub fn identical(&self, strict: bool) -> bool {
-        self.first_mismatch.is_none() && !(strict && self.size_mismatch)
+        self.first_mismatch.is_none()
+            && self.status_mismatch.is_none()
+            && !(strict && self.size_mismatch)
     }
 }
 
 /// Compares `a` and `b`. With `strict`, a size difference alone is a
-/// mismatch and the contents are not read.
+/// mismatch and the contents are not read, and so is a difference in
+/// allocation (as `qemu-img compare -s`).
 pub fn compare(a: &Image, b: &Image, strict: bool, progress: Progress) -> Result<CompareResult> {
     let (sa, sb) = (a.size(), b.size());
-    let mut r = CompareResult {
+    let r = CompareResult {
         size_mismatch: sa != sb,
         first_mismatch: None,
+        status_mismatch: None,
     };
     if strict && r.size_mismatch {
         return Ok(r);
     }
+    let status = if strict {
+        first_status_mismatch(a, b)?
+    } else {
+        None
+    };
+    let r = contents(a, b, r, progress)?;
+    // Whichever comes first is what a walk in offset order meets first.
+    Ok(match (status, r.first_mismatch) {
+        (Some(s), Some(c)) if c < s => r,
+        (Some(s), _) => CompareResult {
+            status_mismatch: Some(s),
+            first_mismatch: None,
+            ..r
+        },
+        (None, _) => r,
+    })
+}
+
+/// The first offset where the chain status of `a` and `b` differs.
+fn first_status_mismatch(a: &Image, b: &Image) -> Result<Option<u64>> {
+    let end = a.size().min(b.size());
+    let mut off = 0;
+    while off < end {
+        let (_, x, n1) = a.chain_status(off, end - off)?;
+        let (_, y, n2) = b.chain_status(off, end - off)?;
+        if (x.allocated, x.data, x.zero) != (y.allocated, y.data, y.zero) {
+            return Ok(Some(off));
+        }
+        off += n1.min(n2);
+    }
+    Ok(None)
+}
+
+fn contents(
+    a: &Image,
+    b: &Image,
+    mut r: CompareResult,
+    progress: Progress,
+) -> Result<CompareResult> {
+    let (sa, sb) = (a.size(), b.size());
     let common = sa.min(sb);
     let total = sa.max(sb);
     let (mut ba, mut bb) = (Vec::new(), Vec::new());

@@ -5,14 +5,16 @@
 #[path = "../shared/mod.rs"]
 mod shared;
 
+use cowblk::format::info::{fields_human, fields_json};
 use cowblk::format::{self, CheckReport, OptKind, Repair, SnapshotInfo};
 use cowblk::ops::{self, BenchOptions};
-use cowblk::{CreateOptions, Error, Image, ImageInfo, OpenOptions};
+use cowblk::{CreateOptions, Error, Image, ImageInfo, OpenOptions, SnapshotRef};
 use lexopt::prelude::*;
 use serde_json::{json, Map, Value};
 use shared::{describe, qemu_json, size_to_str, ProgressBar};
 use std::ffi::OsString;
 use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 const PROG: &str = "cowblk-img";
 
@@ -22,6 +24,9 @@ struct Fail {
     code: i32,
     /// Point at `cowblk-img CMD --help` (bad usage).
     usage: Option<&'static str>,
+    /// The command whose name prefixes the message instead of the tool's
+    /// alone, as getopt's messages are ("cowblk-img info: ...").
+    getopt: Option<&'static str>,
 }
 
 type Res = Result<i32, Fail>;
@@ -31,6 +36,7 @@ fn fail(msg: impl Into<String>) -> Fail {
         msg: msg.into(),
         code: 1,
         usage: None,
+        getopt: None,
     }
 }
 
@@ -39,6 +45,7 @@ fn usage_err(cmd: &'static str, msg: impl Into<String>) -> Fail {
         msg: msg.into(),
         code: 1,
         usage: Some(cmd),
+        getopt: None,
     }
 }
 
@@ -58,6 +65,7 @@ Commands (run cowblk-img COMMAND --help for command-specific help):
   compare - Check if two images have the same contents
   convert - Copy one image to another with optional format conversion
   create - Create and format new image file
+  dd - Copy input to output with optional format conversion
   info - Display information about image
   map - Dump image metadata
   rebase - Change backing file of the image
@@ -108,7 +116,7 @@ Exit codes: 0 clean, 1 check error, 2 corruptions, 3 leaks, 63 format has no che
             "Copy an image into a new one, possibly of another format.  Usage:
 
   cowblk-img convert [-p] [-q] [-n] [-f FMT] [-O OUTPUT_FMT] [-o OPTIONS]
-        [-l snapshot.id=ID|snapshot.name=NAME] [-s SNAPSHOT] FILENAME OUTPUT
+        [-l SNAPSHOT|snapshot.id=ID|snapshot.name=NAME] FILENAME OUTPUT
 
   -n    the output exists already: do not create it
   -p    show progress on a terminal"
@@ -130,6 +138,17 @@ Exit codes: 0 identical, 1 different, 2 error."
             "Resize an image.  Usage:
 
   cowblk-img resize [-f FMT] [-q] [--shrink] FILENAME [+|-]SIZE"
+        }
+        "dd" => {
+            "Copy input to output with optional format conversion.  Usage:
+
+  cowblk-img dd [-f FMT] [-O OUTPUT_FMT] [-U]
+        [bs=BLOCK_SIZE] [count=BLOCKS] [skip=BLOCKS] if=INPUT of=OUTPUT
+
+  bs=BLOCK_SIZE  bytes per block, with k/M/G/T/P/E suffixes (default 512)
+  count=BLOCKS   copy only up to BLOCKS blocks of the input
+  skip=BLOCKS    skip BLOCKS blocks at the start of the input
+  The output is created (format OUTPUT_FMT, default raw)."
         }
         "commit" => {
             "Write an overlay's own data into its backing file.  Usage:
@@ -191,16 +210,19 @@ fn main() {
         "commit" => commit(args),
         "rebase" => rebase(args),
         "bench" => bench(args),
+        "dd" => dd(args),
         other => Err(Fail {
-            msg: format!("Command not found: {other}"),
-            code: 1,
             usage: Some(""),
+            ..fail(format!("Command not found: {other}"))
         }),
     };
     let code = match r {
         Ok(c) => c,
         Err(f) => {
-            shared::error(PROG, &f.msg);
+            match f.getopt {
+                Some(c) => eprintln!("{PROG} {c}: {}", f.msg),
+                None => shared::error(PROG, &f.msg),
+            }
             match f.usage {
                 Some("") => eprintln!("Try '{PROG} --help' for more info"),
                 Some(c) => eprintln!("Try '{PROG} {c} --help' for more info"),
@@ -224,8 +246,17 @@ fn val(p: &mut lexopt::Parser, cmd: &'static str) -> Result<String, Fail> {
         .map_err(|e| usage_err(cmd, e.to_string()))
 }
 
+/// An option the command does not take, in getopt's words.
 fn unexpected(a: lexopt::Arg, cmd: &'static str) -> Fail {
-    usage_err(cmd, a.unexpected().to_string())
+    let msg = match a {
+        Long(l) => format!("unrecognized option '--{l}'"),
+        Short(c) => format!("invalid option -- '{c}'"),
+        a => return usage_err(cmd, a.unexpected().to_string()),
+    };
+    Fail {
+        getopt: Some(cmd),
+        ..usage_err(cmd, msg)
+    }
 }
 
 fn one_file(files: Vec<String>, cmd: &'static str) -> Result<String, Fail> {
@@ -248,18 +279,28 @@ fn output_arg(s: &str, cmd: &'static str) -> Result<Output, Fail> {
         "json" => Ok(Output::Json),
         _ => Err(usage_err(
             cmd,
-            format!("--output expects 'human' or 'json', not '{s}'"),
+            format!("--output expects 'human' or 'json' not '{s}'"),
         )),
     }
 }
 
-fn size_arg(s: &str) -> Result<u64, Fail> {
-    shared::size_arg(s).map_err(|_| {
-        fail(
-            "Invalid image size specified. You may use k, M, G, T, P or E suffixes for\n\
-             kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
-        )
-    })
+/// A number argument in QEMU's grammar, bounded, with qemu-img's messages
+/// ("Invalid image size specified: 'x'.").
+fn cvtnum(name: &str, s: &str, min: u64, max: u64) -> Result<u64, Fail> {
+    match format::options::cvtnum(s) {
+        Ok(v) if (min..=max).contains(&v) => Ok(v),
+        Err(format::options::SizeError::Invalid) => {
+            Err(fail(format!("Invalid {name} specified: '{s}'.")))
+        }
+        _ => Err(fail(format!(
+            "Invalid {name} specified. Must be between {min} and {max}."
+        ))),
+    }
+}
+
+/// `cvtnum` for a 64-bit offset or size (0 to 2^63 - 1).
+fn size_arg(name: &str, s: &str) -> Result<u64, Fail> {
+    cvtnum(name, s, 0, i64::MAX as u64)
 }
 
 fn open(file: &str, fmt: Option<String>, read_only: bool) -> Result<Image, Fail> {
@@ -273,14 +314,31 @@ fn open(file: &str, fmt: Option<String>, read_only: bool) -> Result<Image, Fail>
     )
 }
 
-/// Opens an image and prints what the library warns about (as qemu-img's
-/// "warning:" lines).
+/// Set by -U/--force-share: opens of the command's source images share
+/// every permission (read-only opens only, as in qemu-img).
+static FORCE_SHARE: AtomicBool = AtomicBool::new(false);
+
+fn force_share() {
+    FORCE_SHARE.store(true, Ordering::Relaxed);
+}
+
+/// Opens an image. The library's warnings (a corrupt bit on a read-only
+/// open) are not printed: qemu-img opens such images silently too.
 fn open_with(file: &str, opts: &OpenOptions) -> Result<Image, Fail> {
-    let img = Image::open(file, opts).map_err(lib)?;
-    for w in img.warnings() {
-        eprintln!("{PROG}: warning: {w}");
-    }
-    Ok(img)
+    let mut opts = opts.clone();
+    opts.force_share |= FORCE_SHARE.load(Ordering::Relaxed);
+    Image::open(file, &opts).map_err(|e| match e {
+        // Said as qemu-img says it.
+        Error::Locked(m) | Error::InvalidArgument(m) if is_lock_refusal(&m) => {
+            fail(format!("Could not open '{file}': {m}"))
+        }
+        e => lib(e),
+    })
+}
+
+/// Whether a message is a lock conflict or a refused force-share.
+fn is_lock_refusal(m: &str) -> bool {
+    m.starts_with("Failed to get ") || m.starts_with("force-share=on")
 }
 
 /// A progress callback for `-p`, with its bar.
@@ -302,12 +360,18 @@ fn kind_name(k: OptKind) -> &'static str {
     }
 }
 
-fn print_opts_help(fmt: &str) -> Res {
+/// `-o help`. Without a file name qemu-img adds that the protocol layer
+/// (the file) may take more options.
+fn print_opts_help(fmt: &str, no_file: bool) -> Res {
     let d = format::find_driver(fmt).map_err(lib)?;
     println!("Supported {fmt} options:");
     for o in d.create_opts {
         let key = format!("{}=<{}>", o.name, kind_name(o.kind));
         println!("  {key:<22} - {}", o.help);
+    }
+    if no_file {
+        println!("\nThe protocol level may support further options.");
+        println!("Specify the target filename to include those options.");
     }
     Ok(0)
 }
@@ -337,7 +401,7 @@ fn create(args: Vec<OsString>) -> Res {
         }
     }
     if opt_strs.iter().any(|o| o == "help" || o == "?") {
-        return print_opts_help(&fmt);
+        return print_opts_help(&fmt, pos.is_empty());
     }
     for o in &opt_strs {
         opts.parse_into(o).map_err(lib)?;
@@ -347,7 +411,10 @@ fn create(args: Vec<OsString>) -> Res {
     }
     let file = pos[0].clone();
     if let Some(s) = pos.get(1) {
-        opts.set(format::options::SIZE, size_arg(s)?.to_string());
+        opts.set(
+            format::options::SIZE,
+            size_arg("image size", s)?.to_string(),
+        );
     }
     if let Some(b) = &backing {
         opts.set(format::options::BACKING_FILE, b.clone());
@@ -355,7 +422,8 @@ fn create(args: Vec<OsString>) -> Res {
     if let Some(f) = &bfmt {
         opts.set(format::options::BACKING_FMT, f.clone());
     }
-    let driver = format::find_driver(&fmt).map_err(lib)?;
+    let driver =
+        format::find_driver(&fmt).map_err(|e| fail(format!("{file}: {}", describe(&e))))?;
     if backing.is_some() && !driver.supports_backing {
         return Err(fail(format!(
             "{file}: Backing file not supported for file format '{fmt}'"
@@ -397,21 +465,12 @@ fn create(args: Vec<OsString>) -> Res {
 
 // ---- info ----
 
+/// The image file's length and disk usage as QEMU's file driver reports
+/// them: the length in whole 512-byte sectors, rounded up.
 fn file_node(path: &str) -> (u64, u64) {
     std::fs::metadata(path)
-        .map(|m| (m.len(), m.blocks() * 512))
+        .map(|m| (m.len().div_ceil(512) * 512, m.blocks() * 512))
         .unwrap_or((0, 0))
-}
-
-fn json_scalar(v: &str) -> Value {
-    if let Ok(n) = v.parse::<u64>() {
-        return json!(n);
-    }
-    match v {
-        "true" => json!(true),
-        "false" => json!(false),
-        _ => json!(v),
-    }
 }
 
 fn info_json(i: &ImageInfo, snaps: &[SnapshotInfo]) -> Value {
@@ -466,20 +525,16 @@ fn info_json(i: &ImageInfo, snaps: &[SnapshotInfo]) -> Value {
     m.insert("format".into(), json!(i.format));
     m.insert("actual-size".into(), json!(i.disk_size));
     if !i.specific.is_empty() {
-        let mut data = Map::new();
-        for (k, v) in &i.specific {
-            data.insert(k.replace(' ', "-"), json_scalar(v));
-        }
         m.insert(
             "format-specific".into(),
-            json!({ "type": i.format, "data": data }),
+            json!({ "type": i.format, "data": fields_json(&i.specific) }),
         );
     }
     if let (Some(b), Some(p)) = (&i.backing_file, &i.backing_path) {
         m.insert("full-backing-filename".into(), json!(p));
         m.insert("backing-filename".into(), json!(b));
     }
-    m.insert("dirty-flag".into(), json!(false));
+    m.insert("dirty-flag".into(), json!(i.dirty));
     Value::Object(m)
 }
 
@@ -543,6 +598,9 @@ fn info_human(i: &ImageInfo, snaps: &[SnapshotInfo]) -> String {
     if i.cluster_size > 0 {
         s += &format!("cluster_size: {}\n", i.cluster_size);
     }
+    if i.dirty {
+        s += "cleanly shut down: no\n";
+    }
     if let (Some(b), Some(p)) = (&i.backing_file, &i.backing_path) {
         if b == p {
             s += &format!("backing file: {b}\n");
@@ -559,9 +617,7 @@ fn info_human(i: &ImageInfo, snaps: &[SnapshotInfo]) -> String {
     }
     if !i.specific.is_empty() {
         s += "Format specific information:\n";
-        for (k, v) in &i.specific {
-            s += &format!("    {k}: {v}\n");
-        }
+        s += &fields_human(&i.specific, 4);
     }
     let (flen, fdisk) = file_node(&i.filename);
     s += &format!(
@@ -582,7 +638,7 @@ fn info(args: Vec<OsString>) -> Res {
             Short('f') | Long("format") => fmt = Some(val(&mut p, C)?),
             Long("output") => out = output_arg(&val(&mut p, C)?, C)?,
             Short('b') | Long("backing-chain") => chain = true,
-            Short('U') | Long("force-share") => {}
+            Short('U') | Long("force-share") => force_share(),
             Value(v) => files.push(v.to_string_lossy().into_owned()),
             a => return Err(unexpected(a, C)),
         }
@@ -593,7 +649,7 @@ fn info(args: Vec<OsString>) -> Res {
     let mut cur: Option<&Image> = Some(&img);
     let mut holder;
     while let Some(l) = cur {
-        layers.push((l.info().map_err(lib)?, l.snapshots()));
+        layers.push((l.info_cheap().map_err(lib)?, l.snapshots()));
         if !chain {
             break;
         }
@@ -635,16 +691,33 @@ fn map(args: Vec<OsString>) -> Res {
         match a {
             Short('f') | Long("format") => fmt = Some(val(&mut p, C)?),
             Long("output") => out = output_arg(&val(&mut p, C)?, C)?,
-            Short('s') | Long("start-offset") => start = size_arg(&val(&mut p, C)?)?,
-            Short('l') | Long("max-length") => max_len = size_arg(&val(&mut p, C)?)?,
-            Short('U') | Long("force-share") => {}
+            Short('s') | Long("start-offset") => {
+                start = size_arg("start offset", &val(&mut p, C)?)?
+            }
+            Short('l') | Long("max-length") => max_len = size_arg("max length", &val(&mut p, C)?)?,
+            Short('U') | Long("force-share") => force_share(),
             Value(v) => files.push(v.to_string_lossy().into_owned()),
             a => return Err(unexpected(a, C)),
         }
     }
     let file = one_file(files, C)?;
     let img = open(&file, fmt, true)?;
-    let entries = ops::map(&img, start, max_len).map_err(lib)?;
+    let mut entries = ops::map(&img, start, max_len).map_err(lib)?;
+    if entries.is_empty() {
+        // Nothing to map (an empty image, a start at or past the end):
+        // qemu-img still prints one empty run.
+        entries.push(ops::MapEntry {
+            start,
+            length: 0,
+            depth: 0,
+            present: false,
+            zero: false,
+            data: false,
+            compressed: false,
+            offset: None,
+            file: None,
+        });
+    }
     match out {
         Output::Json => {
             let lines: Vec<String> = entries
@@ -664,7 +737,13 @@ fn map(args: Vec<OsString>) -> Res {
         }
         Output::Human => {
             println!("{:<16}{:<16}{:<16}File", "Offset", "Length", "Mapped to");
-            for e in entries.iter().filter(|e| e.data) {
+            for e in entries.iter().filter(|e| e.data || e.compressed) {
+                // A compressed run has no host offset to show.
+                if e.compressed {
+                    return Err(fail(
+                        "File contains external, encrypted or compressed clusters.",
+                    ));
+                }
                 if let (Some(o), Some(f)) = (e.offset, &e.file) {
                     println!("{:<16}{:<16}{:<16}{f}", hex(e.start), hex(e.length), hex(o));
                 }
@@ -701,7 +780,7 @@ fn check(args: Vec<OsString>) -> Res {
             }
             Short('q') | Long("quiet") => quiet = true,
             Short('p') => progress = true,
-            Short('U') | Long("force-share") => {}
+            Short('U') | Long("force-share") => force_share(),
             Value(v) => files.push(v.to_string_lossy().into_owned()),
             a => return Err(unexpected(a, C)),
         }
@@ -713,9 +792,8 @@ fn check(args: Vec<OsString>) -> Res {
             Ok(r) => r,
             Err(Error::Unsupported(_)) => {
                 return Err(Fail {
-                    msg: "This image format does not support checks".into(),
                     code: 63,
-                    usage: None,
+                    ..fail("This image format does not support checks")
                 })
             }
             Err(e) => return Err(lib(e)),
@@ -808,21 +886,62 @@ fn img_format(file: &str) -> String {
 
 // ---- convert ----
 
-/// `-l snapshot.id=ID`, `-l snapshot.name=NAME` or `-l NAME`: the library
-/// matches the string against ids, then names.
-fn snapshot_ref(s: &str) -> Result<String, Fail> {
-    if let Some(id) = s.strip_prefix("snapshot.id=") {
-        Ok(id.into())
-    } else if let Some(n) = s.strip_prefix("snapshot.name=") {
-        Ok(n.into())
-    } else if s.contains('=') {
-        Err(usage_err(
-            "convert",
-            format!("Failed in parsing snapshot param '{s}'"),
-        ))
-    } else {
-        Ok(s.into())
+/// `-l` as qemu-img reads it: an argument starting with "snapshot." is an
+/// option list of `snapshot.id=ID` and/or `snapshot.name=NAME` (",," is a
+/// comma in a value; the last of a repeated key wins) selecting by id, by
+/// name, or by both; anything else is a string matched as an id first,
+/// then as a name.
+fn snapshot_ref(s: &str) -> Result<SnapshotRef, Fail> {
+    if !s.starts_with("snapshot.") {
+        return Ok(SnapshotRef::IdOrName(s.into()));
     }
+    let (mut id, mut name) = (None, None);
+    for part in split_opts(s) {
+        // QEMU reads a bare key as KEY=on, with a warning.
+        let (key, v) = part.split_once('=').unwrap_or_else(|| {
+            eprintln!(
+                "cowblk-img: warning: short-form boolean option '{part}' deprecated\n\
+                 Please use {part}=on instead"
+            );
+            (part.as_str(), "on")
+        });
+        match key {
+            "snapshot.id" => id = Some(v.to_string()),
+            "snapshot.name" => name = Some(v.to_string()),
+            _ => {
+                eprintln!("cowblk-img: Invalid parameter '{key}'");
+                return Err(fail(format!("Failed in parsing snapshot param '{s}'")));
+            }
+        }
+    }
+    Ok(match (id, name) {
+        (Some(i), Some(n)) => SnapshotRef::IdAndName(i, n),
+        (Some(i), None) => SnapshotRef::Id(i),
+        (None, Some(n)) => SnapshotRef::Name(n),
+        // split_opts yields at least one part, and each sets one or fails.
+        (None, None) => unreachable!("an option list with no option"),
+    })
+}
+
+/// Splits a QEMU option list at single commas (",," is a literal comma);
+/// a trailing comma ends the list.
+fn split_opts(s: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != ',' {
+            out.last_mut().unwrap().push(c);
+        } else if chars.peek() == Some(&',') {
+            chars.next();
+            out.last_mut().unwrap().push(',');
+        } else {
+            out.push(String::new());
+        }
+    }
+    if out.len() > 1 && out.last().is_some_and(|p| p.is_empty()) {
+        out.pop();
+    }
+    out
 }
 
 fn convert(args: Vec<OsString>) -> Res {
@@ -840,13 +959,13 @@ fn convert(args: Vec<OsString>) -> Res {
             Short('q') => quiet = true,
             Short('n') => no_create = true,
             Short('l') => snap = Some(snapshot_ref(&val(&mut p, C)?)?),
-            Short('s') => snap = Some(val(&mut p, C)?),
             // Cache modes, sparse size, coroutines, out-of-order: the
             // library has one way of doing each; accepted for scripts.
             Short('t') | Short('T') | Short('S') | Short('m') => {
                 val(&mut p, C)?;
             }
-            Short('W') | Short('U') => {}
+            Short('W') => {}
+            Short('U') | Long("force-share") => force_share(),
             Short('c') => {
                 return Err(fail(
                     "Compression is not supported by cowblk's output drivers",
@@ -857,34 +976,165 @@ fn convert(args: Vec<OsString>) -> Res {
         }
     }
     if opt_strs.iter().any(|o| o == "help" || o == "?") {
-        return print_opts_help(&ofmt);
+        return print_opts_help(&ofmt, files.len() < 2);
     }
-    if files.len() != 2 {
-        return Err(usage_err(C, "Expecting one input and one output file name"));
+    if files.len() < 2 {
+        return Err(fail("Must specify image file name"));
     }
-    let src = open_with(
-        &files[0],
-        &OpenOptions {
-            format: fmt,
-            read_only: true,
-            snapshot: snap,
-            ..Default::default()
-        },
-    )?;
-    let out = &files[1];
+    let out = files.pop().unwrap_or_default();
+    // A snapshot names one source's state; with several sources qemu-img
+    // refuses it.
+    if snap.is_some() && files.len() > 1 {
+        return Err(fail("No support for concatenating multiple snapshot"));
+    }
+    let srcs = files
+        .iter()
+        .map(|f| {
+            let opts = OpenOptions {
+                format: fmt.clone(),
+                read_only: true,
+                snapshot: snap.clone(),
+                ..Default::default()
+            };
+            match Image::open(f, &opts) {
+                // qemu-img's words for a snapshot the image does not have.
+                Err(Error::NotFound(m)) if snap.is_some() && m.contains("snapshot '") => {
+                    Err(fail("Failed to load snapshot: Can't find snapshot"))
+                }
+                _ => open_with(f, &opts),
+            }
+        })
+        .collect::<Result<Vec<Image>, Fail>>()?;
+    let total = srcs.iter().map(|s| s.size()).sum::<u64>();
     if !no_create {
         let mut opts = CreateOptions::new();
         for o in &opt_strs {
             opts.parse_into(o).map_err(lib)?;
         }
-        opts.set(format::options::SIZE, src.size().to_string());
-        Image::create(out, &ofmt, &opts).map_err(lib)?;
+        // An explicit size must parse, but the sources' total wins, as in
+        // qemu-img.
+        opts.get_size(format::options::SIZE).map_err(|_| {
+            fail(
+                "Parameter 'size' expects a non-negative number below 2^64\n\
+                 Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
+                 and exabytes, respectively.",
+            )
+        })?;
+        opts.set(format::options::SIZE, total.to_string());
+        Image::create(&out, &ofmt, &opts).map_err(lib)?;
     }
-    let dst = open(out, Some(ofmt), false)?;
+    // -U covers the sources only, as in qemu-img.
+    FORCE_SHARE.store(false, Ordering::Relaxed);
+    let dst = open(&out, Some(ofmt), false)?;
+    let refs: Vec<&Image> = srcs.iter().collect();
     with_progress(progress && !quiet, |pr| {
-        ops::convert(&src, &dst, !no_create, pr)
+        ops::convert(&refs, &dst, !no_create, pr)
     })
     .map_err(lib)?;
+    dst.close().map_err(lib)?;
+    Ok(0)
+}
+
+// ---- dd ----
+
+/// A dd count or skip: an integer as strtoll reads it (decimal, 0x hex, 0
+/// octal; no suffix), 0 to 2^63 - 1, in qemu-img's words.
+fn dd_blocks(name: &str, s: &str) -> Result<u64, Fail> {
+    let (neg, t) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let v = if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        i64::from_str_radix(h, 16)
+    } else if t.len() > 1 && t.starts_with('0') {
+        i64::from_str_radix(&t[1..], 8)
+    } else {
+        t.parse::<i64>()
+    };
+    match v {
+        Ok(v) if !neg => Ok(v as u64),
+        Ok(_) => Err(fail(format!(
+            "Invalid {name} specified. Must be between 0 and {}.",
+            i64::MAX
+        ))),
+        Err(e) if matches!(e.kind(), std::num::IntErrorKind::PosOverflow) => Err(fail(format!(
+            "Invalid {name} specified. Must be between 0 and {}.",
+            i64::MAX
+        ))),
+        Err(_) => Err(fail(format!("Invalid {name} specified: '{s}'."))),
+    }
+}
+
+/// `qemu-img dd`: copies the input from block `skip` up to block `count`
+/// (both in `bs` units from the input's start, as qemu-img counts them)
+/// into a new output image.
+fn dd(args: Vec<OsString>) -> Res {
+    const C: &str = "dd";
+    let mut p = parser(args);
+    let (mut fmt, mut ofmt) = (None, "raw".to_string());
+    let (mut bs, mut count, mut skip, mut input, mut output) = (512u64, None, None, None, None);
+    while let Some(a) = p.next().map_err(|e| usage_err(C, e.to_string()))? {
+        match a {
+            Short('f') | Long("format") => fmt = Some(val(&mut p, C)?),
+            Short('O') | Long("output-format") => ofmt = val(&mut p, C)?,
+            Short('U') | Long("force-share") => force_share(),
+            Value(v) => {
+                let v = v.to_string_lossy().into_owned();
+                match v.split_once('=') {
+                    Some(("bs", x)) => bs = cvtnum("bs", x, 1, i32::MAX as u64)?,
+                    Some(("count", x)) => count = Some(dd_blocks("count", x)?),
+                    Some(("skip", x)) => skip = Some(dd_blocks("skip", x)?),
+                    Some(("if", x)) => input = Some(x.to_string()),
+                    Some(("of", x)) => output = Some(x.to_string()),
+                    _ => {
+                        let name = v.split('=').next().unwrap_or(&v);
+                        return Err(fail(format!("unrecognized operand {name}")));
+                    }
+                }
+            }
+            a => return Err(unexpected(a, C)),
+        }
+    }
+    let (Some(input), Some(output)) = (input, output) else {
+        return Err(fail("Must specify both input and output files"));
+    };
+    let src = open(&input, fmt, true)?;
+    let mut end = src.size();
+    if let Some(c) = count {
+        if let Some(n) = c.checked_mul(bs) {
+            end = end.min(n);
+        }
+    }
+    let start = skip.map(|k| k.checked_mul(bs));
+    let out_size = match start {
+        Some(Some(off)) if off <= end => end - off,
+        Some(_) => 0,
+        None => end,
+    };
+    let mut opts = CreateOptions::new();
+    opts.set(format::options::SIZE, out_size.to_string());
+    Image::create(&output, &ofmt, &opts).map_err(lib)?;
+    FORCE_SHARE.store(false, Ordering::Relaxed);
+    let dst = open(&output, Some(ofmt), false)?;
+    let mut pos = match start {
+        Some(Some(off)) if off <= end => off,
+        None => 0,
+        // qemu-img reports this after creating the (empty) output and
+        // still exits 0.
+        Some(_) => {
+            shared::error(PROG, format!("{input}: cannot skip to specified offset"));
+            return Ok(0);
+        }
+    };
+    let first = pos;
+    let mut buf = vec![0u8; bs.min(end - pos).max(1) as usize];
+    while pos < end {
+        let n = bs.min(end - pos) as usize;
+        src.read(&mut buf[..n], pos).map_err(lib)?;
+        dst.write(&buf[..n], pos - first).map_err(lib)?;
+        pos += n as u64;
+    }
     dst.close().map_err(lib)?;
     Ok(0)
 }
@@ -899,7 +1149,8 @@ fn snapshot(args: Vec<OsString>) -> Res {
         match a {
             Short('f') => fmt = Some(val(&mut p, C)?),
             Short('l') => list = true,
-            Short('U') | Short('q') => {}
+            Short('q') => {}
+            Short('U') | Long("force-share") => force_share(),
             Short(c @ ('a' | 'c' | 'd')) => {
                 let _ = val(&mut p, C)?;
                 return Err(fail(format!(
@@ -939,7 +1190,7 @@ fn compare(args: Vec<OsString>) -> Res {
             Short('s') => strict = true,
             Short('q') => quiet = true,
             Short('p') => progress = true,
-            Short('U') => {}
+            Short('U') | Long("force-share") => force_share(),
             Short('T') => {
                 val(&mut p, C)?;
             }
@@ -953,10 +1204,7 @@ fn compare(args: Vec<OsString>) -> Res {
         }
     }
     if files.len() != 2 {
-        return Err(Fail {
-            code: 2,
-            ..usage_err(C, "Expecting two image file names")
-        });
+        return Err(usage_err(C, "Expecting two image file names"));
     }
     let err2 = |f: Fail| Fail { code: 2, ..f };
     let a = open(&files[0], fa.clone(), true).map_err(err2)?;
@@ -976,6 +1224,10 @@ fn compare(args: Vec<OsString>) -> Res {
             return Ok(1);
         }
         say("Warning: Image size mismatch!".into());
+    }
+    if let Some(off) = r.status_mismatch {
+        say(format!("Strict mode: Offset {off} block status mismatch!"));
+        return Ok(1);
     }
     match r.first_mismatch {
         Some(off) => {
@@ -1009,7 +1261,6 @@ fn resize(mut args: Vec<OsString>) -> Res {
             Short('f') => fmt = Some(val(&mut p, C)?),
             Short('q') => quiet = true,
             Long("shrink") => shrink = true,
-            Short('U') => {}
             Long("preallocation") => {
                 let v = val(&mut p, C)?;
                 if v != "off" {
@@ -1021,22 +1272,47 @@ fn resize(mut args: Vec<OsString>) -> Res {
         }
     }
     let file = one_file(files, C)?;
+    // As qemu-img: the number is checked before the image is opened, as a
+    // 64-bit option value; the sum as a signed 64-bit size.
+    let (sign, digits) = match size_s.as_bytes().first() {
+        Some(b'+') => (1i128, &size_s[1..]),
+        Some(b'-') => (-1, &size_s[1..]),
+        _ => (0, size_s.as_str()),
+    };
+    let n = match format::options::strtosz(digits) {
+        Ok(n) => n,
+        Err(format::options::SizeError::TooLarge) => {
+            return Err(fail(format!(
+                "Value '{digits}' is out of range for parameter 'size'"
+            )))
+        }
+        Err(format::options::SizeError::Invalid) => {
+            return Err(fail(
+                "Parameter 'size' expects a non-negative number below 2^64\n\
+                 Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
+                 and exabytes, respectively.",
+            ))
+        }
+    };
     let img = open(&file, fmt, false)?;
     let cur = img.size();
-    let new = if let Some(d) = size_s.strip_prefix('+') {
-        cur.checked_add(size_arg(d)?)
-            .ok_or_else(|| fail("Image size too large"))?
-    } else if let Some(d) = size_s.strip_prefix('-') {
-        cur.checked_sub(size_arg(d)?)
-            .ok_or_else(|| fail("New image size must be positive"))?
+    let total = if sign == 0 {
+        i128::from(n as i64)
     } else {
-        size_arg(&size_s)?
+        i128::from(cur) + sign * i128::from(n as i64)
     };
+    if total <= 0 || total > i128::from(i64::MAX) {
+        return Err(fail("New image size must be positive"));
+    }
+    let new = total as u64;
     if new < cur && !shrink {
-        eprintln!("{PROG}: warning: Shrinking an image will delete all data beyond the shrunken image's end. Before performing such an operation, make sure there is no important data there.");
-        return Err(fail(
-            "Use the --shrink option to perform a shrink operation.",
-        ));
+        // The error, then the warning, as qemu-img orders them.
+        return Err(fail(format!(
+            "Use the --shrink option to perform a shrink operation.\n\
+             {PROG}: warning: Shrinking an image will delete all data beyond the shrunken \
+             image's end. Before performing such an operation, make sure there is no \
+             important data there."
+        )));
     }
     img.truncate(new).map_err(lib)?;
     img.close().map_err(lib)?;
@@ -1103,7 +1379,7 @@ fn rebase(args: Vec<OsString>) -> Res {
             Short('t') | Short('T') => {
                 val(&mut p, C)?;
             }
-            Short('U') => {}
+            Short('U') | Long("force-share") => force_share(),
             Short('c') => return Err(fail("Compression is not supported")),
             Value(v) => files.push(v.to_string_lossy().into_owned()),
             a => return Err(unexpected(a, C)),
@@ -1142,13 +1418,14 @@ fn bench(args: Vec<OsString>) -> Res {
             Short('c') => o.count = num(val(&mut p, C)?)?,
             Short('d') => o.depth = num(val(&mut p, C)?)?,
             Short('f') => fmt = Some(val(&mut p, C)?),
-            Short('o') => o.offset = size_arg(&val(&mut p, C)?)?,
-            Short('s') => o.buf_size = size_arg(&val(&mut p, C)?)?,
-            Short('S') => o.step = size_arg(&val(&mut p, C)?)?,
+            Short('o') => o.offset = size_arg("offset", &val(&mut p, C)?)?,
+            Short('s') => o.buf_size = cvtnum("buffer size", &val(&mut p, C)?, 1, i32::MAX as u64)?,
+            Short('S') => o.step = size_arg("step size", &val(&mut p, C)?)?,
             Short('w') => o.write = true,
             Short('q') => quiet = true,
             Short('p') => progress = true,
-            Short('n') | Short('U') | Long("no-drain") => {}
+            Short('n') | Long("no-drain") => {}
+            Short('U') | Long("force-share") => force_share(),
             Short('t') | Short('i') => {
                 val(&mut p, C)?;
             }

@@ -6,6 +6,7 @@
 #[path = "../shared/mod.rs"]
 mod shared;
 
+use cowblk::io::ZeroFlags;
 use cowblk::{Image, OpenOptions};
 use shared::{cvtstr, errno_text};
 use std::io::{BufRead, IsTerminal, Write};
@@ -27,7 +28,7 @@ Exercise a disk image with qemu-io's commands, through the cowblk library.
   -t, --cache=MODE     accepted for compatibility
   -d, --discard=MODE   accepted for compatibility
   -i, --aio=MODE       accepted for compatibility (aio runs on threads)
-  -U, --force-share    accepted for compatibility
+  -U, --force-share    force shared permissions (read-only opens only)
   -h, --help           display this help and exit
   -V, --version        output version information and exit
 
@@ -53,14 +54,14 @@ const CMDS: &[CmdInfo] = &[
     },
     CmdInfo {
         name: "aio_read",
-        args: "[-qv] [-P pattern] off len [len..]",
+        args: "[-Ciqrv] [-P pattern] off len [len..]",
         help: "asynchronously reads a number of bytes",
         min: 2,
         max: None,
     },
     CmdInfo {
         name: "aio_write",
-        args: "[-fquz] [-P pattern] off len [len..]",
+        args: "[-Cfiqruz] [-P pattern] off len [len..]",
         help: "asynchronously writes a number of bytes",
         min: 2,
         max: None,
@@ -74,7 +75,7 @@ const CMDS: &[CmdInfo] = &[
     },
     CmdInfo {
         name: "discard",
-        args: "[-q] off len",
+        args: "[-Cq] off len",
         help: "discards a number of bytes at a specified offset",
         min: 2,
         max: Some(2),
@@ -123,14 +124,14 @@ const CMDS: &[CmdInfo] = &[
     },
     CmdInfo {
         name: "read",
-        args: "[-qv] [-P pattern [-s off] [-l len]] off len",
+        args: "[-abCqrv] [-P pattern [-s off] [-l len]] off len",
         help: "reads a number of bytes at a specified offset",
         min: 2,
         max: None,
     },
     CmdInfo {
         name: "readv",
-        args: "[-qv] [-P pattern] off len [len..]",
+        args: "[-Cqrv] [-P pattern] off len [len..]",
         help: "reads a number of bytes at a specified offset",
         min: 2,
         max: None,
@@ -144,26 +145,34 @@ const CMDS: &[CmdInfo] = &[
     },
     CmdInfo {
         name: "truncate",
-        args: "off",
+        args: "[-m prealloc_mode] off",
         help: "truncates the current file at the given offset",
         min: 1,
         max: Some(1),
     },
     CmdInfo {
         name: "write",
-        args: "[-fquz] [-P pattern] off len",
+        args: "[-bcCfnqruz] [-P pattern | -s source_file] off len",
         help: "writes a number of bytes at a specified offset",
         min: 0,
         max: None,
     },
     CmdInfo {
         name: "writev",
-        args: "[-fq] [-P pattern] off len [len..]",
+        args: "[-Cfqr] [-P pattern] off len [len..]",
         help: "writes a number of bytes at a specified offset",
         min: 2,
         max: None,
     },
 ];
+
+/// How `write -z` zeroes: holes only with -u, as qemu-io.
+fn zero_flags(f: &Flags) -> ZeroFlags {
+    ZeroFlags {
+        may_unmap: f.unmap,
+        no_fallback: f.no_fallback,
+    }
+}
 
 fn find_cmd(name: &str) -> Option<&'static CmdInfo> {
     CMDS.iter().find(|c| c.name == name)
@@ -181,7 +190,8 @@ type CmdResult = Result<(), Failed>;
 
 /// The open image and outstanding aio requests.
 struct Session {
-    img: Arc<Image>,
+    /// None when qemu-io runs without a file: commands then say so.
+    img: Option<Arc<Image>>,
     aio: Vec<JoinHandle<String>>,
     quit: bool,
 }
@@ -196,13 +206,29 @@ struct Flags {
     verbose: bool,
     zero: bool,
     fua: bool,
+    /// -u: with -z, the range may be deallocated (QEMU's MAY_UNMAP).
+    unmap: bool,
+    /// -n: fail rather than write zero bytes.
+    no_fallback: bool,
+    /// -C: machine-parsable statistics.
+    cflag: bool,
+    /// -b: the VM state area, not the disk.
+    vmstate: bool,
+    /// -c: compressed.
+    compressed: bool,
     args: Vec<String>,
 }
 
+/// A number in QEMU's grammar, with qemu-io's messages.
 fn cvtnum(s: &str) -> Result<u64, Failed> {
-    match shared::size_arg(s) {
+    use cowblk::format::options::{cvtnum, SizeError};
+    match cvtnum(s) {
         Ok(v) => Ok(v),
-        Err(_) => {
+        Err(SizeError::TooLarge) => {
+            println!("Parsing error: argument too large -- {s}");
+            Err(Failed)
+        }
+        Err(SizeError::Invalid) => {
             println!(
                 "Parsing error: non-numeric argument, or extraneous/unrecognized suffix -- {s}"
             );
@@ -262,8 +288,13 @@ fn parse_flags(argv: &[String], allowed: &str) -> Result<Flags, Failed> {
                     'v' => f.verbose = true,
                     'z' => f.zero = true,
                     'f' => f.fua = true,
-                    // Unmap is a hint; zeroing may deallocate anyway.
-                    'u' => {}
+                    'u' => f.unmap = true,
+                    'n' => f.no_fallback = true,
+                    'C' => f.cflag = true,
+                    'b' => f.vmstate = true,
+                    'c' => f.compressed = true,
+                    // Accepted and ignored, as qemu-io does.
+                    'p' | 'r' => {}
                     _ => return Err(bad(format!("unhandled option -- '{c}'"))),
                 }
             }
@@ -316,6 +347,25 @@ fn timestr(t: Duration) -> String {
     }
 }
 
+/// qemu-io's two-line report after a data command, or with -C its one
+/// machine-parsable line (bytes,ops,h:mm:ss.cc,bytes/sec,ops/sec).
+fn report_c(c: bool, op: &str, t: Duration, off: u64, count: u64, total: u64, cnt: u64) -> String {
+    if !c {
+        return report(op, t, off, count, total, cnt);
+    }
+    let secs = t.as_secs_f64().max(1e-9);
+    let cs = t.as_millis() / 10;
+    format!(
+        "{total},{cnt},{}:{:02}:{:02}.{:02},{:.3},{:.3}\n",
+        cs / 360_000,
+        cs / 6000 % 60,
+        cs / 100 % 60,
+        cs % 100,
+        total as f64 / secs,
+        cnt as f64 / secs
+    )
+}
+
 /// qemu-io's two-line report after a data command.
 fn report(op: &str, t: Duration, off: u64, count: u64, total: u64, cnt: u64) -> String {
     let secs = t.as_secs_f64().max(1e-9);
@@ -364,8 +414,20 @@ fn check_len_note(len: u64, given: &str, note: &str) -> Result<(), Failed> {
     Ok(())
 }
 
+/// What qemu-io says for an operation the format cannot do (-b, -c).
+fn unsupported(op: &str) -> Failed {
+    println!("{op} failed: {}", errno_text(libc::ENOTSUP));
+    Failed
+}
+
 fn fail(op: &str, e: &cowblk::Error) -> Failed {
-    println!("{op} failed: {}", errno_text(e.errno()));
+    // QEMU's block layer refuses writes to a read-only node itself, before
+    // the command sees an errno.
+    if let cowblk::Error::ReadOnly(_) = e {
+        shared::error(PROG, "Block node is read-only");
+    } else {
+        println!("{op} failed: {}", errno_text(e.errno()));
+    }
     Failed
 }
 
@@ -392,6 +454,12 @@ fn verify(buf: &[u8], pattern: u8, off: u64) -> Option<String> {
 }
 
 impl Session {
+    fn image(&self) -> &Arc<Image> {
+        self.img
+            .as_ref()
+            .expect("commands check for an open file first")
+    }
+
     fn run(&mut self, line: &str) -> CmdResult {
         let argv: Vec<String> = line.split_whitespace().map(str::to_owned).collect();
         let Some(name) = argv.first() else {
@@ -401,6 +469,10 @@ impl Session {
             eprintln!("command \"{name}\" not found");
             return Err(Failed);
         };
+        if self.img.is_none() && !matches!(info.name, "help" | "quit" | "sleep") {
+            eprintln!("no file open, try 'help open'");
+            return Err(Failed);
+        }
         match info.name {
             "read" => self.read(&argv),
             "readv" => self.readv(&argv),
@@ -411,21 +483,23 @@ impl Session {
             "aio_flush" => {
                 parse_flags(&argv, "")?;
                 self.drain();
-                self.img.flush().map_err(|e| fail("aio_flush", &e))
+                self.image().flush().map_err(|e| fail("aio_flush", &e))
             }
             "discard" => self.discard(&argv),
             "flush" => {
                 parse_flags(&argv, "")?;
-                self.img.flush().map_err(|e| fail("flush", &e))
+                self.image().flush().map_err(|e| fail("flush", &e))
             }
             "truncate" => {
                 let f = parse_flags(&argv, "")?;
                 let size = cvtnum(&f.args[0])?;
-                self.img.truncate(size).map_err(|e| fail("truncate", &e))
+                self.image()
+                    .truncate(size)
+                    .map_err(|e| fail("truncate", &e))
             }
             "length" => {
                 parse_flags(&argv, "")?;
-                println!("{}", cvtstr(self.img.size() as f64));
+                println!("{}", cvtstr(self.image().size() as f64));
                 Ok(())
             }
             "map" => self.map(&argv),
@@ -469,7 +543,7 @@ impl Session {
     }
 
     fn read(&mut self, argv: &[String]) -> CmdResult {
-        let f = parse_flags(argv, "P:s:l:qv")?;
+        let f = parse_flags(argv, "P:s:l:bCqrvp")?;
         exactly_two(&f, "read")?;
         let off = cvtnum(&f.args[0])?;
         let count = cvtnum(&f.args[1])?;
@@ -486,9 +560,14 @@ impl Session {
             }
             None => (0, 0),
         };
+        if f.vmstate {
+            return Err(unsupported("read"));
+        }
         let mut buf = vec![0u8; count as usize];
         let t = Instant::now();
-        self.img.read(&mut buf, off).map_err(|e| fail("read", &e))?;
+        self.image()
+            .read(&mut buf, off)
+            .map_err(|e| fail("read", &e))?;
         let t = t.elapsed();
         let mut res = Ok(());
         if let Some(p) = f.pattern {
@@ -502,13 +581,13 @@ impl Session {
             if f.verbose {
                 print!("{}", dump(&buf, off));
             }
-            print!("{}", report("read", t, off, count, count, 1));
+            print!("{}", report_c(f.cflag, "read", t, off, count, count, 1));
         }
         res
     }
 
     fn readv(&mut self, argv: &[String]) -> CmdResult {
-        let f = parse_flags(argv, "P:qv")?;
+        let f = parse_flags(argv, "P:Cqrv")?;
         let (off, lens) = off_lens(&f.args)?;
         let mut bufs: Vec<Vec<u8>> = lens.iter().map(|&l| vec![0u8; l as usize]).collect();
         let count: u64 = lens.iter().sum();
@@ -519,7 +598,9 @@ impl Session {
             for p in parts {
                 iov.append(p);
             }
-            self.img.readv(&iov, off).map_err(|e| fail("readv", &e))?;
+            self.image()
+                .readv(&iov, off)
+                .map_err(|e| fail("readv", &e))?;
         }
         let t = t.elapsed();
         let all: Vec<u8> = bufs.concat();
@@ -534,38 +615,50 @@ impl Session {
             if f.verbose {
                 print!("{}", dump(&all, off));
             }
-            print!("{}", report("read", t, off, count, count, 1));
+            print!("{}", report_c(f.cflag, "read", t, off, count, count, 1));
         }
         res
     }
 
     fn write(&mut self, argv: &[String]) -> CmdResult {
-        let f = parse_flags(argv, "P:fquz")?;
+        let f = parse_flags(argv, "P:bcCfnqruzp")?;
         exactly_two(&f, "write")?;
         if f.zero && f.pattern.is_some() {
             println!("-z and -P cannot be specified at the same time");
             return Err(Failed);
+        }
+        for (set, flag) in [(f.unmap, 'u'), (f.no_fallback, 'n')] {
+            if set && !f.zero {
+                println!("-{flag} requires -z to be specified");
+                return Err(Failed);
+            }
+        }
+        if f.vmstate || f.compressed {
+            return Err(unsupported("write"));
         }
         let off = cvtnum(&f.args[0])?;
         let count = cvtnum(&f.args[1])?;
         check_len_note(count, &f.args[1], " without -n")?;
         let t = Instant::now();
         let r = if f.zero {
-            self.img.write_zeroes(off, count)
+            self.image().write_zeroes_flags(off, count, zero_flags(&f))
         } else {
             let buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
-            self.img.write(&buf, off)
+            self.image().write(&buf, off)
         };
-        r.and_then(|_| if f.fua { self.img.flush() } else { Ok(()) })
+        r.and_then(|_| if f.fua { self.image().flush() } else { Ok(()) })
             .map_err(|e| fail("write", &e))?;
         if !f.quiet {
-            print!("{}", report("wrote", t.elapsed(), off, count, count, 1));
+            print!(
+                "{}",
+                report_c(f.cflag, "wrote", t.elapsed(), off, count, count, 1)
+            );
         }
         Ok(())
     }
 
     fn writev(&mut self, argv: &[String]) -> CmdResult {
-        let f = parse_flags(argv, "P:fq")?;
+        let f = parse_flags(argv, "P:Cfqr")?;
         let (off, lens) = off_lens(&f.args)?;
         let count: u64 = lens.iter().sum();
         let buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
@@ -581,13 +674,16 @@ impl Session {
             for p in parts {
                 iov.append(p);
             }
-            self.img
+            self.image()
                 .writev(&iov, off)
-                .and_then(|_| if f.fua { self.img.flush() } else { Ok(()) })
+                .and_then(|_| if f.fua { self.image().flush() } else { Ok(()) })
                 .map_err(|e| fail("writev", &e))?;
         }
         if !f.quiet {
-            print!("{}", report("wrote", t.elapsed(), off, count, count, 1));
+            print!(
+                "{}",
+                report_c(f.cflag, "wrote", t.elapsed(), off, count, count, 1)
+            );
         }
         Ok(())
     }
@@ -595,21 +691,24 @@ impl Session {
     /// Starts a request on its own thread; its report is printed when the
     /// requests are drained (aio_flush, or exit), in submission order.
     fn aio(&mut self, argv: &[String], write: bool) -> CmdResult {
-        let f = parse_flags(argv, if write { "P:fquz" } else { "P:qv" })?;
+        let f = parse_flags(argv, if write { "P:Cfqruz" } else { "P:Cqrv" })?;
         if f.zero && f.pattern.is_some() {
             println!("-z and -P cannot be specified at the same time");
             return Err(Failed);
         }
         let (off, lens) = off_lens(&f.args)?;
         let count: u64 = lens.iter().sum();
-        let img = self.img.clone();
+        let img = self.image().clone();
         self.aio.push(std::thread::spawn(move || {
             let t = Instant::now();
             let mut buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
             let (op, r) = if !write {
                 ("aio_read", img.read(&mut buf, off))
             } else if f.zero {
-                ("aio_write", img.write_zeroes(off, count))
+                (
+                    "aio_write",
+                    img.write_zeroes_flags(off, count, zero_flags(&f)),
+                )
             } else {
                 ("aio_write", img.write(&buf, off))
             };
@@ -630,7 +729,7 @@ impl Session {
                     out += &dump(&buf, off);
                 }
                 let verb = if write { "wrote" } else { "read" };
-                out += &report(verb, t, off, count, count, 1);
+                out += &report_c(f.cflag, verb, t, off, count, count, 1);
             }
             out
         }));
@@ -648,27 +747,30 @@ impl Session {
     }
 
     fn discard(&mut self, argv: &[String]) -> CmdResult {
-        let f = parse_flags(argv, "q")?;
+        let f = parse_flags(argv, "Cq")?;
         let off = cvtnum(&f.args[0])?;
         let count = cvtnum(&f.args[1])?;
         check_len(count, &f.args[1])?;
         let t = Instant::now();
-        self.img
+        self.image()
             .discard(off, count)
             .map_err(|e| fail("discard", &e))?;
         if !f.quiet {
-            print!("{}", report("discard", t.elapsed(), off, count, count, 1));
+            print!(
+                "{}",
+                report_c(f.cflag, "discard", t.elapsed(), off, count, count, 1)
+            );
         }
         Ok(())
     }
 
     fn map(&mut self, argv: &[String]) -> CmdResult {
         parse_flags(argv, "")?;
-        let size = self.img.size();
+        let size = self.image().size();
         let mut off = 0;
         while off < size {
             let (alloc, n) = self
-                .img
+                .image()
                 .is_allocated(off, size - off)
                 .map_err(|e| fail("map", &e))?;
             println!(
@@ -689,16 +791,31 @@ impl Session {
     fn alloc(&mut self, argv: &[String]) -> CmdResult {
         let f = parse_flags(argv, "")?;
         let off = cvtnum(&f.args[0])?;
-        let count = match f.args.get(1) {
+        if off % 512 != 0 {
+            println!("{off} is not a sector-aligned value for 'offset'");
+            return Err(Failed);
+        }
+        // One sector by default; the count stops at the end of the image.
+        let mut count = match f.args.get(1) {
             Some(c) => cvtnum(c)?,
-            None => 1,
+            None => 512,
         };
+        if count % 512 != 0 {
+            println!("{count} is not a sector-aligned value for 'count'");
+            return Err(Failed);
+        }
+        let size = self.image().size();
         let mut sum = 0;
         let mut pos = off;
         while pos < off + count {
+            if pos >= size {
+                count = pos - off;
+                break;
+            }
+            let want = (off + count - pos).min(size - pos);
             let (a, n) = self
-                .img
-                .is_allocated(pos, off + count - pos)
+                .image()
+                .is_allocated(pos, want)
                 .map_err(|e| fail("is_allocated", &e))?;
             if a {
                 sum += n;
@@ -714,15 +831,16 @@ impl Session {
 
     fn info(&mut self, argv: &[String]) -> CmdResult {
         parse_flags(argv, "")?;
-        let i = self.img.info().map_err(|e| fail("info", &e))?;
+        let i = self.image().info_cheap().map_err(|e| fail("info", &e))?;
         println!("format name: {}", i.format);
         println!("cluster size: {}", cvtstr(i.cluster_size as f64));
-        println!("vm state offset: {}", cvtstr(0.0));
+        println!(
+            "vm state offset: {}",
+            cvtstr(i.vm_state_offset.unwrap_or(0) as f64)
+        );
         if !i.specific.is_empty() {
             println!("Format specific information:");
-            for (k, v) in &i.specific {
-                println!("    {k}: {v}");
-            }
+            print!("{}", cowblk::format::info::fields_human(&i.specific, 4));
         }
         Ok(())
     }
@@ -732,6 +850,7 @@ struct Args {
     cmds: Vec<String>,
     format: Option<String>,
     read_only: bool,
+    force_share: bool,
     file: Option<String>,
 }
 
@@ -741,6 +860,7 @@ fn parse_args() -> Result<Args, String> {
         cmds: Vec::new(),
         format: None,
         read_only: false,
+        force_share: false,
         file: None,
     };
     let mut p = lexopt::Parser::from_env();
@@ -755,8 +875,9 @@ fn parse_args() -> Result<Args, String> {
             Short('c') | Long("cmd") => a.cmds.push(val(&mut p)?),
             Short('f') | Long("format") => a.format = Some(val(&mut p)?),
             Short('r') | Long("read-only") => a.read_only = true,
-            Short('n') | Long("nocache") | Short('k') | Long("native-aio") | Short('U')
-            | Long("force-share") | Short('m') | Long("misalign") => {}
+            Short('U') | Long("force-share") => a.force_share = true,
+            Short('n') | Long("nocache") | Short('k') | Long("native-aio") | Short('m')
+            | Long("misalign") => {}
             Short('t') | Long("cache") | Short('d') | Long("discard") | Short('i')
             | Long("aio") => {
                 val(&mut p)?;
@@ -791,31 +912,36 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let Some(file) = args.file else {
-        shared::error(PROG, "no image file given");
-        eprintln!("Try '{PROG} --help' for more information.");
+    if let (Some(file), true, false) = (&args.file, args.force_share, args.read_only) {
+        shared::error(
+            PROG,
+            format!(
+                "can't open device {file}: force-share=on can only be used with read-only images"
+            ),
+        );
         std::process::exit(1);
-    };
+    }
     let opts = OpenOptions {
         format: args.format,
         read_only: args.read_only,
+        force_share: args.force_share,
         ..Default::default()
     };
-    let img = match Image::open(&file, &opts) {
-        Ok(i) => {
-            for w in i.warnings() {
-                shared::error(PROG, format!("warning: {w}"));
-            }
-            Arc::new(i)
-        }
+    let img = args.file.map(|file| match Image::open(&file, &opts) {
+        // Warnings (a corrupt bit on a read-only open) stay unprinted, as
+        // qemu-io opens such images silently.
+        Ok(i) => Arc::new(i),
         Err(e) => {
-            shared::error(
-                PROG,
-                format!("can't open device {file}: {}", shared::describe(&e)),
-            );
+            // qemu-io says "can't open device X:" where qemu-img says
+            // "Could not open 'X':".
+            let d = shared::describe(&e);
+            let why = d
+                .strip_prefix(&format!("Could not open '{file}': "))
+                .unwrap_or(&d);
+            shared::error(PROG, format!("can't open device {file}: {why}"));
             std::process::exit(1);
         }
-    };
+    });
     let mut s = Session {
         img,
         aio: Vec::new(),
@@ -851,9 +977,10 @@ fn main() {
     }
     s.drain();
     let Session { img, .. } = s;
-    let close = match Arc::try_unwrap(img) {
-        Ok(img) => img.close(),
-        Err(img) => img.flush(),
+    let close = match img.map(Arc::try_unwrap) {
+        Some(Ok(img)) => img.close(),
+        Some(Err(img)) => img.flush(),
+        None => Ok(()),
     };
     if let Err(e) = close {
         shared::error(PROG, shared::describe(&e));

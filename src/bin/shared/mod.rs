@@ -3,7 +3,6 @@
 
 #![allow(dead_code)]
 
-use cowblk::format::options::parse_size;
 use std::io::IsTerminal;
 
 /// Exit code of a failed command.
@@ -39,11 +38,30 @@ pub fn error(prog: &str, msg: impl std::fmt::Display) {
 pub fn describe(e: &cowblk::Error) -> String {
     use cowblk::Error as E;
     match e {
-        // A bare quoted path: say what the C tools say.
-        E::NotFound(m) if m.starts_with('\'') && m.ends_with('\'') && m.len() > 1 => {
-            format!("Could not open {m}: No such file or directory")
+        // A missing file ends the message as a bare quoted path: say what
+        // the C tools say of it.
+        E::NotFound(m) if m.ends_with('\'') => {
+            let (ctx, path) = match m.rfind(": '") {
+                Some(i) => (&m[..i + 2], &m[i + 2..]),
+                None => ("", m.as_str()),
+            };
+            capitalise(&format!(
+                "{ctx}Could not open {path}: No such file or directory"
+            ))
+        }
+        // Errors while opening an image read "Could not open 'X': why", as
+        // qemu-img's do, without the library's category word.
+        E::Corrupt(m) | E::Unsupported(m) | E::NotFound(m) | E::InvalidArgument(m)
+            if m.starts_with("could not open '") =>
+        {
+            capitalise(m)
         }
         E::Io { context, source } => format!("{context}: {}", strerror(source)),
+        // qemu-img's words; the library's message also lists the known ones.
+        E::UnknownFormat(m) if m.starts_with('\'') => {
+            let name = m.split(" (known:").next().unwrap_or(m);
+            format!("Unknown file format {name}")
+        }
         other => capitalise(&other.to_string()),
     }
 }
@@ -75,11 +93,6 @@ pub fn errno_text(n: i32) -> String {
         }
         std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
     }
-}
-
-/// A size argument with qemu's suffixes (k/M/G/T/P/E, powers of 1024).
-pub fn size_arg(s: &str) -> Result<u64, String> {
-    parse_size(s).map_err(|_| format!("Invalid size '{s}'"))
 }
 
 /// qemu's size_to_str: three significant digits and a binary unit

@@ -536,10 +536,14 @@ impl Format for AddCow {
     fn info(&self) -> FormatInfo {
         FormatInfo {
             specific: vec![
-                ("image file".into(), self.image_path.display().to_string()),
-                ("cluster bits".into(), self.cluster_bits.to_string()),
+                (
+                    "image file".into(),
+                    self.image_path.display().to_string().into(),
+                ),
+                ("cluster bits".into(), u64::from(self.cluster_bits).into()),
             ],
             data_file: Some(self.image_path.display().to_string()),
+            ..Default::default()
         }
     }
 

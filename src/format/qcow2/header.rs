@@ -93,13 +93,12 @@ fn corrupt(msg: impl Into<String>) -> Error {
     Error::Corrupt(msg.into())
 }
 
-/// Whether `buf` starts like a qcow2 image.
+/// Whether `buf` starts like a qcow2 image: the magic and a version of 2
+/// or more, as QEMU probes (an unknown version then fails to open as
+/// qcow2 rather than opening as raw).
 pub fn probe(buf: &[u8]) -> i32 {
-    if buf.len() >= 8 && &buf[..4] == MAGIC {
-        let v = BigEndian::read_u32(&buf[4..8]);
-        if v == 2 || v == 3 {
-            return 100;
-        }
+    if buf.len() >= 8 && &buf[..4] == MAGIC && BigEndian::read_u32(&buf[4..8]) >= 2 {
+        return 100;
     }
     0
 }
@@ -149,7 +148,14 @@ impl Header {
     /// much of the file `parse` needs.
     pub fn peek_cluster_bits(buf: &[u8]) -> Result<u32> {
         if buf.len() < 24 || &buf[..4] != MAGIC {
-            return Err(corrupt("not a qcow2 image (bad magic)"));
+            return Err(corrupt("Image is not in qcow2 format"));
+        }
+        // The version decides how the rest reads: check it first, as QEMU.
+        let version = BigEndian::read_u32(&buf[4..8]);
+        if version != 2 && version != 3 {
+            return Err(Error::Unsupported(format!(
+                "Unsupported qcow2 version {version}"
+            )));
         }
         let bits = BigEndian::read_u32(&buf[20..24]);
         if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&bits) {
@@ -178,7 +184,9 @@ impl Header {
         let r64 = |o: usize| BigEndian::read_u64(&b[o..o + 8]);
         let version = r32(4);
         if version != 2 && version != 3 {
-            return Err(Error::Unsupported(format!("qcow2 version {version}")));
+            return Err(Error::Unsupported(format!(
+                "Unsupported qcow2 version {version}"
+            )));
         }
         let mut h = Header {
             version,
@@ -509,14 +517,17 @@ pub(crate) mod tests {
         assert_eq!(h.size, 1 << 20);
         assert_eq!(h.compression, Compression::Zlib);
         assert_eq!(probe(&good()), 100);
-        assert_eq!(probe(b"QFI\xfb\0\0\0\x04"), 0);
+        // Any version from 2 up probes as qcow2 (and then fails to open if
+        // unknown), as in QEMU; 0 and 1 do not.
+        assert_eq!(probe(b"QFI\xfb\0\0\0\x04"), 100);
+        assert_eq!(probe(b"QFI\xfb\0\0\0\x01"), 0);
     }
 
     #[test]
     fn magic_version_and_cluster_bits() {
         let mut b = good();
         b[0] = b'X';
-        assert!(err(&b).contains("bad magic"));
+        assert!(err(&b).contains("not in qcow2 format"));
         let mut b = good();
         set32(&mut b, 4, 4);
         assert!(err(&b).contains("version 4"));

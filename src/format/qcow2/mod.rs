@@ -19,6 +19,7 @@
 //! (see `cache`), and `map` reports COPIED (`in_place`) and preallocated
 //! space (`Extent::reserved`).
 
+pub mod bitmaps;
 pub mod cache;
 pub mod compress;
 pub mod features;
@@ -31,6 +32,7 @@ pub mod snapshot;
 mod tests;
 mod write;
 
+use super::info::InfoValue;
 use super::{
     resolve_relative, BackingSpec, CreateCtx, Driver, Extent, Format, FormatInfo, Mapping,
     OldReader, OpenCtx, SnapshotInfo,
@@ -84,6 +86,8 @@ pub struct Qcow2 {
     l1: ArcSwap<L1Table>,
     l2_cache: TableCache,
     snapshots: Vec<Snapshot>,
+    /// The persistent bitmap directory (for `info`).
+    bitmaps: Vec<bitmaps::Bitmap>,
     backing: Option<BackingSpec>,
     warnings: Vec<String>,
     /// Whether the image looks metadata-preallocated (QEMU's heuristic,
@@ -152,16 +156,15 @@ impl Qcow2 {
         let (l1_off, l1_size) = match ctx.snapshot {
             None => (h.l1_table_offset, h.l1_size as u64),
             Some(want) => {
-                let s = snapshots
-                    .iter()
-                    .find(|s| s.id == want)
-                    .or_else(|| snapshots.iter().find(|s| s.name == want))
+                let i = want
+                    .find(snapshots.iter().map(|s| (s.id.as_str(), s.name.as_str())))
                     .ok_or_else(|| {
                         Error::NotFound(format!(
-                            "snapshot '{want}' (the image has {})",
+                            "snapshot {want} (the image has {})",
                             snapshots.len()
                         ))
                     })?;
+                let s = &snapshots[i];
                 snapshot::check_l1(s, cluster_bits)?;
                 (s.l1_table_offset, s.l1_size as u64)
             }
@@ -177,6 +180,16 @@ impl Qcow2 {
             (DEFAULT_L2_CACHE_BYTES / cs).min(tables_for_disk)
         };
         let tables = (tables.min(usize::MAX as u64) as usize).max(MIN_L2_CACHE_TABLES);
+        // The directory is bounded by the extension's limits (header.rs);
+        // QEMU reads it at open too.
+        let bitmaps = match &h.bitmaps {
+            Some(b) => {
+                let mut dir = vec![0u8; b.dir_size as usize];
+                file.read_at(&mut dir, b.dir_offset)?;
+                bitmaps::parse_directory(&dir, b.nb_bitmaps)?
+            }
+            None => Vec::new(),
+        };
         let backing = h.backing_file.as_ref().map(|name| BackingSpec {
             name: name.clone(),
             path: resolve_relative(ctx.path, name),
@@ -192,6 +205,7 @@ impl Qcow2 {
             l1: ArcSwap::from_pointee(l1),
             l2_cache: TableCache::new(tables),
             snapshots,
+            bitmaps,
             backing,
             warnings,
             header: h,
@@ -581,50 +595,68 @@ impl Format for Qcow2 {
 
     fn info(&self) -> FormatInfo {
         let h = &self.header;
-        let yes = |b: bool| if b { "true" } else { "false" }.to_string();
-        let mut s = vec![
-            (
-                "compat".into(),
-                if h.version >= 3 { "1.1" } else { "0.10" }.into(),
-            ),
-            (
-                "compression type".into(),
-                match h.compression {
-                    Compression::Zlib => "zlib",
-                    Compression::Zstd => "zstd",
-                }
-                .into(),
-            ),
-            (
-                "lazy refcounts".into(),
-                yes(h.compatible & features::COMPAT_LAZY_REFCOUNTS != 0),
-            ),
-            ("refcount bits".into(), h.refcount_bits().to_string()),
-            (
-                "corrupt".into(),
-                yes(h.incompatible & features::INCOMPAT_CORRUPT != 0),
-            ),
-            ("extended l2".into(), yes(h.extended_l2())),
+        let compat = if h.version >= 3 { "1.1" } else { "0.10" };
+        let compression = match h.compression {
+            Compression::Zlib => "zlib",
+            Compression::Zstd => "zstd",
+        };
+        let mut s: Vec<(String, InfoValue)> = vec![
+            ("compat".into(), compat.into()),
+            ("compression type".into(), compression.into()),
         ];
-        if let Some(d) = &h.data_file {
-            s.push(("data file".into(), d.clone()));
-            s.push(("data file raw".into(), yes(h.data_file_raw())));
+        // Version 2 has no feature bits: qemu-img shows none of them.
+        if h.version >= 3 {
+            s.push((
+                "lazy refcounts".into(),
+                (h.compatible & features::COMPAT_LAZY_REFCOUNTS != 0).into(),
+            ));
         }
+        if !self.bitmaps.is_empty() {
+            let list = self
+                .bitmaps
+                .iter()
+                .map(|b| {
+                    InfoValue::Map(vec![
+                        (
+                            "flags".into(),
+                            InfoValue::List(b.flag_names().into_iter().map(Into::into).collect()),
+                        ),
+                        ("name".into(), b.name.as_str().into()),
+                        ("granularity".into(), b.granularity.into()),
+                    ])
+                })
+                .collect();
+            s.push(("bitmaps".into(), InfoValue::List(list)));
+        }
+        s.push(("refcount bits".into(), u64::from(h.refcount_bits()).into()));
+        if let Some(d) = &h.data_file {
+            s.push(("data file".into(), d.as_str().into()));
+            s.push(("data file raw".into(), h.data_file_raw().into()));
+        }
+        if h.version >= 3 {
+            s.push((
+                "corrupt".into(),
+                (h.incompatible & features::INCOMPAT_CORRUPT != 0).into(),
+            ));
+            s.push(("extended l2".into(), h.extended_l2().into()));
+        }
+        // The VM state lives past the last L1 entry the disk needs.
+        let l1_entries = h.size.div_ceil(self.geo.l2_coverage());
         FormatInfo {
             specific: s,
             data_file: self
                 .data_file_path
                 .as_ref()
                 .map(|p| p.display().to_string()),
+            dirty: h.incompatible & features::INCOMPAT_DIRTY != 0,
+            vm_state_offset: Some(l1_entries.saturating_mul(self.geo.l2_coverage())),
         }
     }
 
+    // As qemu-img: the disk size of the image file alone, not of its data
+    // file.
     fn disk_size(&self) -> Result<u64> {
-        let mut n = self.file.allocated_size()?;
-        if self.data_file_path.is_some() {
-            n += self.data.allocated_size()?;
-        }
-        Ok(n)
+        self.file.allocated_size()
     }
 
     fn zero_holes_under_data(&self) -> bool {

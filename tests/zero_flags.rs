@@ -1,0 +1,123 @@
+//! Zero writes honour QEMU's MAY_UNMAP and NO_FALLBACK: no deallocation
+//! without leave to unmap, and no zero buffers written under NO_FALLBACK.
+
+mod common;
+
+use cowblk::io::ZeroFlags;
+use cowblk::{CreateOptions, Error, Image, OpenOptions};
+use std::os::unix::fs::MetadataExt;
+
+fn blocks(p: &std::path::Path) -> u64 {
+    std::fs::metadata(p).unwrap().blocks()
+}
+
+const KEEP: ZeroFlags = ZeroFlags {
+    may_unmap: false,
+    no_fallback: true,
+};
+
+#[test]
+fn zeroing_keeps_blocks_unless_it_may_unmap() {
+    let d = common::tmpdir("zero-flags");
+    let p = d.join("r.raw");
+    let mut o = CreateOptions::new();
+    o.set("size", "1048576");
+    Image::create(&p, "raw", &o).unwrap();
+    let img = Image::open(&p, &OpenOptions::default()).unwrap();
+    img.write(&vec![0x5a; 1 << 20], 0).unwrap();
+    img.flush().unwrap();
+    let full = blocks(&p);
+    assert!(full >= 2048, "{full}");
+    // Without MAY_UNMAP: zeros, blocks kept (ext4's ZERO_RANGE, no
+    // fallback needed).
+    img.write_zeroes_flags(0, 512 << 10, KEEP).unwrap();
+    let mut buf = vec![1u8; 1 << 20];
+    img.read(&mut buf, 0).unwrap();
+    assert!(buf[..512 << 10].iter().all(|&b| b == 0));
+    assert!(buf[512 << 10..].iter().all(|&b| b == 0x5a));
+    assert_eq!(blocks(&p), full);
+    // With it: the range is deallocated.
+    img.write_zeroes_flags(
+        0,
+        512 << 10,
+        ZeroFlags {
+            may_unmap: true,
+            no_fallback: true,
+        },
+    )
+    .unwrap();
+    assert!(blocks(&p) <= full - 1024, "{} of {full}", blocks(&p));
+    img.read(&mut buf, 0).unwrap();
+    assert!(buf[..512 << 10].iter().all(|&b| b == 0));
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+#[test]
+fn no_fallback_refuses_partial_unallocated_clusters_and_leaves_them_alone() {
+    let d = common::tmpdir("zero-flags-addcow");
+    let base = d.join("base.raw");
+    let mut o = CreateOptions::new();
+    o.set("size", "1048576");
+    Image::create(&base, "raw", &o).unwrap();
+    Image::open(&base, &OpenOptions::default())
+        .unwrap()
+        .write(&vec![0x11; 1 << 20], 0)
+        .unwrap();
+    let top = d.join("top.add-cow");
+    let mut o = CreateOptions::new();
+    o.parse_into(
+        "size=1048576,backing_file=base.raw,backing_fmt=raw,image_file=top.img,cluster_size=65536",
+    )
+    .unwrap();
+    Image::create(&top, "add-cow", &o).unwrap();
+    let img = Image::open(&top, &OpenOptions::default()).unwrap();
+    // Half a cluster: the other half would have to be copied as data.
+    let e = img.write_zeroes_flags(1000, 4096, KEEP).unwrap_err();
+    assert!(matches!(e, Error::Unsupported(_)), "{e}");
+    assert!(!img.block_status(0, 65536).unwrap().0.allocated);
+    // Whole clusters can be zeroed without writing zeros.
+    img.write_zeroes_flags(65536, 131072, KEEP).unwrap();
+    let mut buf = vec![1u8; 262144];
+    img.read(&mut buf, 0).unwrap();
+    assert!(buf[..65536].iter().all(|&b| b == 0x11));
+    assert!(buf[65536..196608].iter().all(|&b| b == 0));
+    assert!(buf[196608..].iter().all(|&b| b == 0x11));
+    // Without NO_FALLBACK the partial cluster is done the slow way.
+    img.write_zeroes_flags(1000, 4096, ZeroFlags::default())
+        .unwrap();
+    img.read(&mut buf, 0).unwrap();
+    assert!(buf[..1000].iter().all(|&b| b == 0x11));
+    assert!(buf[1000..5096].iter().all(|&b| b == 0));
+    assert!(buf[5096..65536].iter().all(|&b| b == 0x11));
+    drop(img);
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// cowblk-io's `write -z` keeps blocks and `write -z -u` frees them, as
+/// qemu-io's do on the same raw file.
+#[test]
+fn cowblk_io_write_z_allocates_like_qemu_io() {
+    let d = common::tmpdir("zero-flags-cli");
+    let data = vec![0x5au8; 1 << 20];
+    let mut sizes = Vec::new();
+    for prog in ["qemu-io", env!("CARGO_BIN_EXE_cowblk-io")] {
+        let p = d.join("z.raw");
+        std::fs::write(&p, &data).unwrap();
+        let mut seen = vec![blocks(&p)];
+        for cmd in ["write -z 0 512k", "write -z -u 0 512k"] {
+            let o = std::process::Command::new(prog)
+                .args(["-f", "raw", "-c", cmd])
+                .arg(&p)
+                .output()
+                .unwrap();
+            assert!(o.status.success(), "{prog} {cmd}: {o:?}");
+            seen.push(blocks(&p));
+        }
+        sizes.push(seen);
+    }
+    assert_eq!(sizes[0], sizes[1], "qemu-io vs cowblk-io st_blocks");
+    // And the figures say what the flags mean: kept, then freed.
+    assert_eq!(sizes[1][1], sizes[1][0]);
+    assert!(sizes[1][2] < sizes[1][1]);
+    std::fs::remove_dir_all(&d).unwrap();
+}
