@@ -48,7 +48,10 @@ fn create(path: &Path, opts: &str, size: u64) {
 
 /// `qemu-img check`: no errors; leaks only if `leaks_ok`.
 fn qemu_check(path: &Path, leaks_ok: bool) {
-    let o = run("qemu-img", &["check", "-f", "qcow2", path.to_str().unwrap()]);
+    let o = run(
+        "qemu-img",
+        &["check", "-f", "qcow2", path.to_str().unwrap()],
+    );
     let code = o.status.code().unwrap_or(-1);
     let fine = code == 0 || (leaks_ok && code == 3);
     assert!(
@@ -278,7 +281,14 @@ fn small_clusters_1bit_refcounts() {
 
 #[test]
 fn clusters_4k_64bit_refcounts_threads() {
-    round("c4k", "cluster_size=4096,refcount_bits=64", 16 << 20, 300, 4, false);
+    round(
+        "c4k",
+        "cluster_size=4096,refcount_bits=64",
+        16 << 20,
+        300,
+        4,
+        false,
+    );
 }
 
 #[test]
@@ -295,7 +305,14 @@ fn clusters_2m_lazy_refcounts_backing() {
 
 #[test]
 fn v2_with_backing_discard_reads_backing() {
-    round("v2b", "compat=0.10,cluster_size=4096", 8 << 20, 300, 2, true);
+    round(
+        "v2b",
+        "compat=0.10,cluster_size=4096",
+        8 << 20,
+        300,
+        2,
+        true,
+    );
 }
 
 /// Enough 512-byte clusters with 1-bit refcounts that the refcount table
@@ -644,7 +661,11 @@ fn overlap_check_marks_the_image_corrupt() {
     let incompat = be64(&after, 72);
     assert_eq!(incompat & 2, 2, "corrupt bit set");
     let l1 = l1 as usize;
-    assert_eq!(after[l1..l1 + 8], b[l1..l1 + 8], "the L1 table is untouched");
+    assert_eq!(
+        after[l1..l1 + 8],
+        b[l1..l1 + 8],
+        "the L1 table is untouched"
+    );
     let info = ok("qemu-img", &["info", p.to_str().unwrap()]);
     assert!(info.contains("corrupt: true"), "{info}");
     let e = Image::open(&p, &rw()).err().unwrap();
@@ -670,7 +691,13 @@ fn dirty_images_are_repaired_on_open() {
         create(&p, opts, 8 << 20);
         ok(
             "qemu-io",
-            &["-f", "qcow2", "-c", "write -c -P 0x21 1M 64k", p.to_str().unwrap()],
+            &[
+                "-f",
+                "qcow2",
+                "-c",
+                "write -c -P 0x21 1M 64k",
+                p.to_str().unwrap(),
+            ],
         );
         ok("qemu-img", &["snapshot", "-c", "s1", p.to_str().unwrap()]);
         // abort() makes qemu-io exit abnormally: run() not ok().
@@ -692,7 +719,10 @@ fn dirty_images_are_repaired_on_open() {
         let b = std::fs::read(&p).unwrap();
         assert_eq!(b[79] & 1, 1, "{opts}: QEMU left the dirty bit");
         let o = run("qemu-img", &["check", p.to_str().unwrap()]);
-        assert!(!o.status.success(), "{opts}: stale refcounts before the repair");
+        assert!(
+            !o.status.success(),
+            "{opts}: stale refcounts before the repair"
+        );
         let mut model = vec![0u8; 8 << 20];
         model[..300 << 10].fill(0x55);
         model[1 << 20..(1 << 20) + (64 << 10)].fill(0x21);
@@ -702,7 +732,16 @@ fn dirty_images_are_repaired_on_open() {
             same(&read_all(&img), &model, opts);
             let b = std::fs::read(&p).unwrap();
             assert_eq!(b[79] & 1, 0, "{opts}: dirty bit cleared");
-            workload(&img, &mut model, 0, 8 << 20, 200, 9, true, &Under { backing: None });
+            workload(
+                &img,
+                &mut model,
+                0,
+                8 << 20,
+                200,
+                9,
+                true,
+                &Under { backing: None },
+            );
             img.close().unwrap();
         }
         qemu_check(&p, false);
@@ -755,7 +794,10 @@ fn cli_writes_match_qemu_io() {
         env!("CARGO_BIN_EXE_cowblk-img"),
         &["resize", "-f", "qcow2", ours.to_str().unwrap(), "+3G"],
     );
-    ok("qemu-img", &["resize", "-f", "qcow2", theirs.to_str().unwrap(), "+3G"]);
+    ok(
+        "qemu-img",
+        &["resize", "-f", "qcow2", theirs.to_str().unwrap(), "+3G"],
+    );
     qemu_check(&ours, false);
     ok(
         "qemu-img",

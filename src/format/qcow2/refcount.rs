@@ -114,7 +114,11 @@ mod tests {
             }
             for i in 0..n {
                 let v = (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 3) & max;
-                assert_eq!(entry(&block, i, order).unwrap(), v, "order {order} entry {i}");
+                assert_eq!(
+                    entry(&block, i, order).unwrap(),
+                    v,
+                    "order {order} entry {i}"
+                );
             }
             if order < 6 {
                 let before = block.clone();

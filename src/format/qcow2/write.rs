@@ -13,8 +13,8 @@
 
 use super::l2::{Kind, OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO};
 use super::{features, refcount, Qcow2};
-use crate::format::Format;
 use crate::error::{Error, Result};
+use crate::format::Format;
 use byteorder::{BigEndian, ByteOrder};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -622,12 +622,11 @@ impl Qcow2 {
         }
         let tables = self.l2_cache.dirty();
         if !tables.is_empty() {
-            let blocks: HashSet<u64> = m
-                .rt
-                .iter()
-                .map(|e| e & RT_OFFSET_MASK)
-                .filter(|&o| o != 0)
-                .collect();
+            let blocks: HashSet<u64> =
+                m.rt.iter()
+                    .map(|e| e & RT_OFFSET_MASK)
+                    .filter(|&o| o != 0)
+                    .collect();
             for (off, t) in &tables {
                 self.check_overlap(m, *off, cs, "an L2 table")?;
                 if blocks.contains(off) {
@@ -833,8 +832,12 @@ impl Qcow2 {
         self.file.write_at(&h, 36)?;
         self.file.flush()?;
         let flen = self.file.len()?;
-        self.l1
-            .store(Arc::new(super::l1::L1Table::new(self.file.clone(), c, need, flen)));
+        self.l1.store(Arc::new(super::l1::L1Table::new(
+            self.file.clone(),
+            c,
+            need,
+            flen,
+        )));
         let old_clusters = (old.entries() * 8).div_ceil(cs);
         if old.entries() > 0 {
             for i in 0..old_clusters {
