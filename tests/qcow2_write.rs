@@ -183,6 +183,9 @@ fn workload(
 fn round(name: &str, opts: &str, size: u64, ops: usize, threads: u64, with_backing: bool) {
     let d = tmpdir(name);
     let p = d.join("t.qcow2");
+    // "{dir}" names the test's directory (qemu-img resolves a data file
+    // name against its working directory).
+    let opts = &opts.replace("{dir}", d.to_str().unwrap());
     let mut base = None;
     if with_backing {
         let b = d.join("base.raw");
@@ -236,6 +239,11 @@ fn round(name: &str, opts: &str, size: u64, ops: usize, threads: u64, with_backi
     }
     qemu_check(&p, false);
     qemu_compare(&p, &model);
+    if opts.contains("data_file_raw=on") {
+        let mut raw = std::fs::read(d.join("t.data")).unwrap();
+        raw.resize(size as usize, 0);
+        same(&raw, &model, &format!("{name}: the raw data file"));
+    }
     // QEMU writes next; we read it.
     ok(
         "qemu-io",
@@ -312,6 +320,35 @@ fn v2_with_backing_discard_reads_backing() {
         300,
         2,
         true,
+    );
+}
+
+#[test]
+fn extended_l2_with_backing() {
+    round(
+        "extl2",
+        "extended_l2=on,cluster_size=65536",
+        16 << 20,
+        250,
+        2,
+        true,
+    );
+}
+
+#[test]
+fn external_data_file() {
+    round("dfile", "data_file={dir}/t.data", 8 << 20, 250, 2, false);
+}
+
+#[test]
+fn external_data_file_raw() {
+    round(
+        "dfraw",
+        "data_file={dir}/t.data,data_file_raw=on,cluster_size=4096",
+        8 << 20,
+        250,
+        1,
+        false,
     );
 }
 

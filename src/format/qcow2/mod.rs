@@ -3,10 +3,10 @@
 //! entries, external data files, internal snapshots) reads back as
 //! `qemu-img convert -O raw` does.
 //!
-//! Read-write opens (v2 and v3) write through `write` (allocation,
-//! refcounts, ordered write-back). Refused for writing, with a clear error:
-//! the corrupt bit, extended L2 entries and external data files (not written yet). Images
-//! with the corrupt bit open read-only with a warning (`Image::warnings`);
+//! Read-write opens (v2 and v3, extended L2, external data files) write
+//! through `write` (allocation, refcounts, ordered write-back, repair of
+//! dirty images). Images with the corrupt bit are refused for writing and
+//! open read-only with a warning (`Image::warnings`);
 //! unknown incompatible features are refused by name (from the image's
 //! feature name table); encrypted images are refused as unsupported.
 //!
@@ -14,10 +14,10 @@
 //! (entry decoding), `compress`, `snapshot`, `cache` (bounded L2 cache).
 //! Parsers take byte slices; file I/O stays in this file.
 //!
-//! Made for the write side to come: the L1 table sits behind a lock, L2
-//! tables are immutable `Arc`s in a cache that can hold dirty versions
-//! (see `cache`), and `map` reports COPIED (`in_place`) and preallocated
-//! space (`Extent::reserved`).
+//! The L1 table is swapped whole when a resize moves it; L2 tables are
+//! immutable `Arc`s in a cache that holds dirty versions (see `cache`), and
+//! `map` reports COPIED (`in_place`) and preallocated space
+//! (`Extent::reserved`).
 
 pub mod bitmaps;
 pub mod cache;
@@ -136,9 +136,14 @@ impl Qcow2 {
                 Error::Corrupt("the image uses an external data file but does not name it".into())
             })?;
             let p = resolve_relative(ctx.path, name);
+            let access = if ctx.read_only {
+                Access::ReadOnly
+            } else {
+                Access::ReadWrite
+            };
             let f = ctx
                 .storage
-                .open(&p, Access::ReadOnly)
+                .open(&p, access)
                 .map_err(|e| e.context(format!("external data file '{name}'")))?;
             (f, Some(p))
         } else {
@@ -283,10 +288,6 @@ impl Qcow2 {
                 Some("it is marked corrupt ('qemu-img check -r all' repairs it)")
             } else if h.incompatible & features::INCOMPAT_DIRTY != 0 && h.bitmaps.is_some() {
                 Some("it was not closed cleanly (dirty bit set) and has persistent bitmaps, whose refcounts this build does not rebuild ('qemu-img check -r all' repairs it)")
-            } else if h.extended_l2() {
-                Some("writing images with extended L2 entries is not implemented yet")
-            } else if h.has_data_file() {
-                Some("writing images with an external data file is not implemented yet")
             } else {
                 None
             };
@@ -565,8 +566,8 @@ impl Format for Qcow2 {
         self.ro.load(Ordering::SeqCst)
     }
 
-    fn allocate(&self, _guest: u64, len: u64) -> Result<(u64, u64)> {
-        self.w_allocate(len)
+    fn allocate(&self, guest: u64, len: u64) -> Result<(u64, u64)> {
+        self.w_allocate(guest, len)
     }
 
     fn link(&self, guest: u64, len: u64, host: u64) -> Result<()> {

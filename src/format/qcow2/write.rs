@@ -22,6 +22,11 @@ use std::sync::Arc;
 
 /// Offset bits of a refcount table entry (the low 9 bits are reserved).
 const RT_OFFSET_MASK: u64 = !0x1ff;
+/// An L2 entry: the entry word and (extended L2) the subcluster bitmap.
+type Entry = (u64, u64);
+/// Every subcluster allocated / reading zeros (extended L2 bitmaps).
+const ALL_ALLOC: u64 = 0xffff_ffff;
+const ALL_ZERO: u64 = 0xffff_ffff << 32;
 /// Dirty metadata that triggers a write-back (the cache's "eviction").
 const MAX_DIRTY_L2: usize = 1024;
 
@@ -360,9 +365,13 @@ impl Qcow2 {
         ))
     }
 
-    /// Host clusters an L2 entry holds a reference to.
+    /// Host clusters of the image file an L2 entry holds a reference to
+    /// (none for data in an external data file: it has no refcounts).
     fn entry_clusters(&self, entry: u64) -> Vec<u64> {
         let cb = self.geo.cluster_bits;
+        if self.geo.data_file {
+            return Vec::new();
+        }
         if entry & OFLAG_COMPRESSED != 0 {
             let (host, csize) = self.geo.compressed(entry);
             return ((host >> cb)..=((host + csize - 1) >> cb)).collect();
@@ -401,17 +410,44 @@ impl Qcow2 {
         Ok(new)
     }
 
+    /// An entry for data at `host` (every subcluster allocated).
+    fn data_entry(&self, host: u64) -> Entry {
+        let bitmap = if self.geo.extended { ALL_ALLOC } else { 0 };
+        (host | OFLAG_COPIED, bitmap)
+    }
+
+    /// An entry reading zeros, keeping `host` (owned by this image alone)
+    /// as preallocated space if given.
+    fn zero_entry(&self, host: Option<u64>) -> Entry {
+        let word = host.map_or(0, |h| h | OFLAG_COPIED);
+        if self.geo.extended {
+            (word, ALL_ZERO)
+        } else {
+            (word | OFLAG_ZERO, 0)
+        }
+    }
+
+    /// The host cluster of an entry this image alone owns (COPIED, not
+    /// compressed), if any.
+    fn owned_host(&self, e: Entry) -> Option<u64> {
+        let allocated = e.0 & OFFSET_MASK != 0 || self.geo.data_file;
+        (e.0 & OFLAG_COPIED != 0 && e.0 & OFLAG_COMPRESSED == 0 && allocated)
+            .then_some(e.0 & OFFSET_MASK)
+    }
+
     /// Rewrites the L2 entries of whole clusters `[guest, guest + len)`
-    /// with `f(guest cluster offset, old entry) -> new entry`; references
-    /// the old entries held and the new ones drop are released after the
-    /// next write-back.
+    /// with `f(guest cluster offset, old entry) -> new entry` (entry word
+    /// and, with extended L2, the subcluster bitmap); references the old
+    /// entries held and the new ones drop are released after the next
+    /// write-back.
     fn rewrite_entries(
         &self,
         m: &mut Meta,
         guest: u64,
         len: u64,
-        mut f: impl FnMut(u64, u64) -> Option<u64>,
+        mut f: impl FnMut(u64, Entry) -> Option<Entry>,
     ) -> Result<()> {
+        let w = self.geo.entry_words();
         let cs = self.cs();
         let end = guest + len;
         let cov = self.geo.l2_coverage();
@@ -430,7 +466,8 @@ impl Qcow2 {
             let mut p = pos;
             while p < stop {
                 let (_, i) = self.geo.indices(p);
-                let old = current[i];
+                let i = i * w;
+                let old = (current[i], if w == 2 { current[i + 1] } else { 0 });
                 if let Some(new) = f(p, old) {
                     if new != old {
                         changes.push((i, old, new));
@@ -443,8 +480,11 @@ impl Qcow2 {
                 let mut t = self.l2_table(toff, l1i)?.to_vec();
                 for &(i, _, new) in &changes {
                     let old = t[i];
-                    t[i] = new;
-                    let keep = self.entry_clusters(new);
+                    t[i] = new.0;
+                    if w == 2 {
+                        t[i + 1] = new.1;
+                    }
+                    let keep = self.entry_clusters(new.0);
                     for c in self.entry_clusters(old) {
                         if !keep.contains(&c) {
                             m.frees.push(c);
@@ -460,10 +500,14 @@ impl Qcow2 {
     }
 
     /// `Format::allocate`: a run of fresh clusters for `len` guest bytes.
-    pub(super) fn w_allocate(&self, len: u64) -> Result<(u64, u64)> {
+    pub(super) fn w_allocate(&self, guest: u64, len: u64) -> Result<(u64, u64)> {
         let mut m = self.meta()?;
         let cs = self.cs();
         let n = len.div_ceil(cs).max(1);
+        if self.geo.data_file {
+            // The data file holds guest cluster N at host cluster N.
+            return Ok((guest / cs * cs, n * cs));
+        }
         let c = self.alloc_run(&mut m, n)?;
         self.check_overlap(&m, c * cs, n * cs, "guest data")?;
         Ok((c * cs, n * cs))
@@ -475,7 +519,7 @@ impl Qcow2 {
         let cs = self.cs();
         let len = len.div_ceil(cs) * cs;
         self.rewrite_entries(&mut m, guest, len, |g, _| {
-            Some((host + (g - guest)) | OFLAG_COPIED)
+            Some(self.data_entry(host + (g - guest)))
         })?;
         self.after_change(&mut m)
     }
@@ -486,15 +530,10 @@ impl Qcow2 {
         if self.header.version < 3 {
             return Ok(false);
         }
+        self.zero_raw_data(guest, len)?;
         let mut m = self.meta()?;
-        let geo = self.geo;
         self.rewrite_entries(&mut m, guest, len, |_, old| {
-            Some(match geo.kind(old, 0, 0) {
-                Kind::Normal(h) | Kind::ZeroAlloc(h) if old & OFLAG_COPIED != 0 => {
-                    h | OFLAG_COPIED | OFLAG_ZERO
-                }
-                _ => OFLAG_ZERO,
-            })
+            Some(self.zero_entry(self.owned_host(old)))
         })?;
         self.after_change(&mut m)?;
         Ok(true)
@@ -503,21 +542,39 @@ impl Qcow2 {
     /// `Format::discard`: clusters freed; they read zeros (v3, or v2
     /// without a backing file) or the backing file (v2), as QEMU.
     pub(super) fn w_discard(&self, guest: u64, len: u64) -> Result<()> {
+        // A raw data file must read as the guest does: zeros, as QEMU's
+        // zero flag reads.
+        if self.header.data_file_raw() {
+            return self.w_zero(guest, len).map(|_| ());
+        }
         let mut m = self.meta()?;
         let v3 = self.header.version >= 3;
         let backing = self.backing.is_some();
         let cs = self.cs();
         let len = len.div_ceil(cs) * cs;
         self.rewrite_entries(&mut m, guest, len, |_, old| {
-            if v3 && (backing || old & !OFLAG_COPIED != 0) {
-                Some(OFLAG_ZERO)
+            if v3 && (backing || old != (0, 0)) {
+                Some(self.zero_entry(None))
             } else if v3 {
                 None
             } else {
-                Some(0)
+                Some((0, 0))
             }
         })?;
         self.after_change(&mut m)
+    }
+
+    /// With data_file_raw the data file is the guest's disk as raw: zeros
+    /// go there too (before the metadata says zero). No lock held.
+    fn zero_raw_data(&self, guest: u64, len: u64) -> Result<()> {
+        if !self.header.data_file_raw() {
+            return Ok(());
+        }
+        let end = (guest + len).min(self.size.load(Ordering::SeqCst));
+        if end > guest {
+            self.data.write_zeroes(guest, end - guest)?;
+        }
+        Ok(())
     }
 
     /// Writes back when too much is dirty (the caches' eviction).
@@ -731,7 +788,7 @@ impl Qcow2 {
             if hides {
                 let end = backing_len.unwrap_or(0).min(size).div_ceil(cs) * cs;
                 let end = end.min(size.div_ceil(cs) * cs);
-                self.rewrite_entries(&mut m, old, end - old, |_, _| Some(OFLAG_ZERO))?;
+                self.rewrite_entries(&mut m, old, end - old, |_, _| Some(self.zero_entry(None)))?;
                 self.flush_locked(&mut m)?;
             }
             return Ok(());
@@ -743,7 +800,7 @@ impl Qcow2 {
         let from = size.div_ceil(cs) * cs;
         let to = old.div_ceil(cs) * cs;
         if to > from {
-            self.rewrite_entries(&mut m, from, to - from, |_, _| Some(0))?;
+            self.rewrite_entries(&mut m, from, to - from, |_, _| Some((0, 0)))?;
         }
         // L2 tables wholly past the end.
         let cov = self.geo.l2_coverage();
@@ -802,7 +859,7 @@ impl Qcow2 {
                 let c = self.alloc_run(m, 1)? * cs;
                 self.check_overlap(m, c, cs, "guest data")?;
                 self.data.write_at(&buf, c)?;
-                self.rewrite_entries(m, base, cs, |_, _| Some(c | OFLAG_COPIED))
+                self.rewrite_entries(m, base, cs, |_, _| Some(self.data_entry(c)))
             }
             _ => Ok(()),
         }
@@ -915,7 +972,11 @@ impl Qcow2 {
                 }
                 add(l2, cs, "an L2 table")?;
                 self.file.read_at(&mut raw, l2)?;
-                for w in raw.chunks_exact(8).map(BigEndian::read_u64) {
+                let words = self.geo.entry_words() * 8;
+                for w in raw.chunks_exact(words).map(BigEndian::read_u64) {
+                    if self.geo.data_file {
+                        continue;
+                    }
                     if w & OFLAG_COMPRESSED != 0 {
                         let (host, csize) = self.geo.compressed(w);
                         add(host, csize, "a compressed cluster")?;
