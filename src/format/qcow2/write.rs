@@ -280,12 +280,19 @@ impl Qcow2 {
 
     /// The first run of `n` free clusters at or after the hint.
     fn find_free(&self, m: &mut Meta, n: u64) -> Result<u64> {
-        let limit = super::header::MAX_HOST_OFFSET >> self.geo.cluster_bits;
+        // Past the end of the file only our own unwritten allocations can
+        // be in use; a long run of refcounts there is a hostile image, and
+        // scanning it would take forever.
+        let eof = self.file.len()? >> self.geo.cluster_bits;
+        let limit = (super::header::MAX_HOST_OFFSET >> self.geo.cluster_bits)
+            .min(eof.max(m.hint) + n + (1 << 20));
         let mut start = m.hint.max(1);
         let mut c = start;
         while c - start < n {
             if c >= limit {
-                return Err(Error::TooLarge("no free host cluster below 2^56".into()));
+                return Err(Error::Corrupt(format!(
+                    "no free run of {n} host clusters: refcounts are set far past the end of the file (or the image reached 2^56 bytes)"
+                )));
             }
             if self.refcount(m, c)? != 0 {
                 start = c + 1;
