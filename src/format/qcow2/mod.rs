@@ -570,6 +570,10 @@ impl Format for Qcow2 {
         self.w_allocate(guest, len)
     }
 
+    fn cow_unit(&self, guest: u64) -> Result<u64> {
+        self.w_cow_unit(guest)
+    }
+
     fn link(&self, guest: u64, len: u64, host: u64) -> Result<()> {
         self.w_link(guest, len, host)
     }

@@ -506,10 +506,61 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// `Format::allocate`: a run of fresh clusters for `len` guest bytes.
+    /// The L2 entry of the cluster holding `guest` (no lock: the engine's
+    /// range lock keeps it stable against other writers).
+    fn entry_at(&self, guest: u64) -> Result<Entry> {
+        let (l1i, i) = self.geo.indices(guest);
+        let toff = self.l1.load().entry(l1i)? & OFFSET_MASK;
+        if toff == 0 {
+            return Ok((0, 0));
+        }
+        let t = self.l2_table(toff, l1i)?;
+        let i = i * self.geo.entry_words();
+        Ok((t[i], if self.geo.extended { t[i + 1] } else { 0 }))
+    }
+
+    /// Whether a write at `guest` allocates per subcluster: extended L2,
+    /// and the cluster's host space (if any) belongs to this image alone,
+    /// so the subclusters not written need no copy.
+    fn subcluster_mode(&self, guest: u64) -> Result<bool> {
+        if !self.geo.extended {
+            return Ok(false);
+        }
+        let e = self.entry_at(guest)?;
+        let has_host = e.0 & OFFSET_MASK != 0 || (self.geo.data_file && e.0 & OFLAG_COPIED != 0);
+        Ok(e.0 & OFLAG_COMPRESSED == 0 && (!has_host || self.owned_host(e).is_some()))
+    }
+
+    /// `Format::cow_unit`.
+    pub(super) fn w_cow_unit(&self, guest: u64) -> Result<u64> {
+        Ok(if self.subcluster_mode(guest)? {
+            1 << self.geo.unit_bits()
+        } else {
+            self.cs()
+        })
+    }
+
+    /// `Format::allocate`: a run of fresh clusters for `len` guest bytes,
+    /// or (subcluster mode) space inside one cluster: its own host cluster
+    /// when it has one, else a fresh one.
     pub(super) fn w_allocate(&self, guest: u64, len: u64) -> Result<(u64, u64)> {
         let mut m = self.meta()?;
         let cs = self.cs();
+        if self.subcluster_mode(guest)? && (guest % cs != 0 || len < cs) {
+            let inside = guest % cs;
+            let len = len.min(cs - inside);
+            let e = self.entry_at(guest)?;
+            let hc = match self.owned_host(e) {
+                Some(h) => h,
+                None if self.geo.data_file => guest - inside,
+                None => {
+                    let c = self.alloc_run(&mut m, 1)? * cs;
+                    self.check_overlap(&m, c, cs, "guest data")?;
+                    c
+                }
+            };
+            return Ok((hc + inside, len));
+        }
         let n = len.div_ceil(cs).max(1);
         if self.geo.data_file {
             // The data file holds guest cluster N at host cluster N.
@@ -524,6 +575,18 @@ impl Qcow2 {
     pub(super) fn w_link(&self, guest: u64, len: u64, host: u64) -> Result<()> {
         let mut m = self.meta()?;
         let cs = self.cs();
+        if self.geo.extended && (guest % cs != 0 || len < cs) {
+            // Subclusters: mark the written ones allocated (not zero).
+            let inside = guest % cs;
+            let sub = self.geo.unit_bits();
+            let (first, last) = (inside >> sub, (inside + len - 1) >> sub);
+            let bits = ((1u64 << (last + 1)) - 1) & !((1u64 << first) - 1);
+            let hc = host - inside;
+            self.rewrite_entries(&mut m, guest - inside, cs, |_, old| {
+                Some((hc | OFLAG_COPIED, (old.1 | bits) & !(bits << 32)))
+            })?;
+            return self.after_change(&mut m);
+        }
         let len = len.div_ceil(cs) * cs;
         self.rewrite_entries(&mut m, guest, len, |g, _| {
             Some(self.data_entry(host + (g - guest)))
