@@ -546,7 +546,7 @@ impl Qcow2 {
     pub(super) fn w_allocate(&self, guest: u64, len: u64) -> Result<(u64, u64)> {
         let mut m = self.meta()?;
         let cs = self.cs();
-        if self.subcluster_mode(guest)? && (guest % cs != 0 || len < cs) {
+        if self.subcluster_mode(guest)? && (!guest.is_multiple_of(cs) || len < cs) {
             let inside = guest % cs;
             let len = len.min(cs - inside);
             let e = self.entry_at(guest)?;
@@ -575,7 +575,7 @@ impl Qcow2 {
     pub(super) fn w_link(&self, guest: u64, len: u64, host: u64) -> Result<()> {
         let mut m = self.meta()?;
         let cs = self.cs();
-        if self.geo.extended && (guest % cs != 0 || len < cs) {
+        if self.geo.extended && (!guest.is_multiple_of(cs) || len < cs) {
             // Subclusters: mark the written ones allocated (not zero).
             let inside = guest % cs;
             let sub = self.geo.unit_bits();
