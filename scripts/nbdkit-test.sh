@@ -171,6 +171,16 @@ sys.exit(1)
 ' "$T/bad.sock" && stop bad && grep "cowblk: read:" "$T/bad.err"
 }
 check "a corrupt image: the client gets the errno, the log the message" corrupt_qcow2
+# confined=true: an image naming a file outside its directory is refused
+# (here an add-cow whose image file lies elsewhere), and says why.
+confined_refusal() {
+    mkdir -p "$T/outside" "$T/jail" &&
+    t $CIMG create -q -f add-cow -o image_file="$T/outside/x.img" "$T/jail/evil.add-cow" 1M &&
+    serve evil confined=true file="$T/jail/evil.add-cow" &&
+    ! t $QIO -f raw -c 'read 0 512' "$(url evil)" && stop evil &&
+    grep "outside the image's directory" "$T/evil.err"
+}
+check "confined=true refuses an image naming a file outside its directory" confined_refusal
 check "a missing image fails at startup with a message" \
     sh -c "! timeout $TO nbdkit -f -U $T/x.sock $PLUGIN file=$T/nope.add-cow 2>$T/x.err && grep -q nope $T/x.err"
 

@@ -11,6 +11,9 @@ use crate::format::Mapping;
 use crate::image::{Backing, BlockStatus, Image};
 use crate::io::{BlockFile, Const, IoVec, ZeroFlags};
 
+/// The bytes QEMU's probe-protection looks at (the first sector).
+const PROBE_SECTOR: u64 = 512;
+
 /// What an allocating write puts between the copied head and tail.
 #[derive(Clone, Copy)]
 enum Payload<'v, 'a> {
@@ -112,6 +115,9 @@ impl Image {
         self.check_writable()?;
         let len = iov.len() as u64;
         self.check_range(off, len)?;
+        if self.probed_raw() && off < PROBE_SECTOR && len > 0 {
+            self.check_probe_write(iov, off)?;
+        }
         let mut done = 0u64;
         while done < len {
             let pos = off + done;
@@ -132,6 +138,25 @@ impl Image {
                 }
                 _ => self.write_allocating(pos, n, Payload::Data(iov, done as usize), over)?,
             };
+        }
+        Ok(())
+    }
+
+    /// Refuses a write that would make a probed raw image's first sector
+    /// probe as another format (QEMU refuses it with EPERM too).
+    fn check_probe_write(&self, iov: &IoVec<Const>, off: u64) -> Result<()> {
+        let mut sector = vec![0u8; PROBE_SECTOR.min(self.size()) as usize];
+        self.read_inner(&IoVec::from_mut(&mut sector), 0)?;
+        let n = (sector.len() as u64 - off).min(iov.len() as u64) as usize;
+        iov.copy_to(0, &mut sector[off as usize..off as usize + n]);
+        let d = crate::format::probe(&sector, self.path());
+        if d.name != self.fmt.format_name() {
+            return Err(Error::PermissionDenied(format!(
+                "'{}' was probed as raw: a write that makes its first sector look like {} is \
+                 refused (give the format explicitly to allow it)",
+                self.path().display(),
+                d.name
+            )));
         }
         Ok(())
     }

@@ -40,6 +40,10 @@ pub enum Error {
     /// Another open of the file holds a conflicting lock (`io::lock`).
     #[error("{0}")]
     Locked(String),
+    /// An operation refused by policy (QEMU's EPERM), such as a write that
+    /// would change a probed raw image's format.
+    #[error("not permitted: {0}")]
+    PermissionDenied(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -67,6 +71,7 @@ impl Error {
             Error::TooLarge(_) => libc::EFBIG,
             Error::UnknownFormat(_) => libc::EINVAL,
             Error::Locked(_) => libc::EAGAIN,
+            Error::PermissionDenied(_) => libc::EPERM,
         }
     }
 
@@ -87,6 +92,7 @@ impl Error {
             Error::TooLarge(m) => Error::TooLarge(format!("{w}: {m}")),
             Error::UnknownFormat(m) => Error::UnknownFormat(format!("{w}: {m}")),
             Error::Locked(m) => Error::Locked(format!("{w}: {m}")),
+            Error::PermissionDenied(m) => Error::PermissionDenied(format!("{w}: {m}")),
         }
     }
 }

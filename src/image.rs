@@ -48,6 +48,15 @@ pub struct OpenOptions {
     /// Open this internal snapshot; needs `read_only`. Applies to the top
     /// image only.
     pub snapshot: Option<SnapshotRef>,
+    /// For untrusted images: every file the image names (backing files,
+    /// add-cow image files, qcow2 data files, at any depth) must resolve,
+    /// after symlinks, inside the top image's directory and be a regular
+    /// file; anything else is refused (EACCES) naming the file and rule.
+    pub confined: bool,
+    /// Parse metadata only, for `info`: data files the image names are not
+    /// opened (they may be missing; reads then fail), backing files open
+    /// the same way. Needs `read_only`.
+    pub metadata_only: bool,
     /// Read-only opens only: take no lock that keeps writers out (QEMU's
     /// `force-share`); reads may then see data change underneath.
     pub force_share: bool,
@@ -165,6 +174,13 @@ pub struct Image {
     storage: Arc<dyn Storage>,
     path: PathBuf,
     closed: AtomicBool,
+    /// The confinement directory of a confined open (`OpenOptions::confined`).
+    confine: Option<PathBuf>,
+    /// Opened read-write as raw because probing said so (no format was
+    /// given): writes may not make the first sector look like another
+    /// format, as in QEMU (a guest could otherwise turn its disk into,
+    /// say, a qcow2 image naming host files at the next probing open).
+    probed_raw: bool,
 }
 
 impl Image {
@@ -176,14 +192,25 @@ impl Image {
     /// Opens an image in `storage`.
     pub fn open_in(storage: Arc<dyn Storage>, path: &Path, opts: &OpenOptions) -> Result<Image> {
         let mut seen = Vec::new();
-        Self::open_chain(storage, path, opts, &mut seen)
+        let root = match opts.confined {
+            // Names resolve against the directory of the path as given.
+            true => Some(match path.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+                _ => PathBuf::from("."),
+            }),
+            false => None,
+        };
+        Self::open_chain(storage, path, opts, &mut seen, root.as_deref())
     }
 
+    /// Opens `path` and the chain behind it. `root` is the confinement
+    /// directory; every layer but the top is a name an image recorded.
     fn open_chain(
         storage: Arc<dyn Storage>,
         path: &Path,
         opts: &OpenOptions,
         seen: &mut Vec<PathBuf>,
+        root: Option<&Path>,
     ) -> Result<Image> {
         if seen.len() >= MAX_CHAIN_DEPTH {
             return Err(Error::InvalidArgument(format!(
@@ -216,8 +243,20 @@ impl Image {
                 "force-share=on can only be used with read-only images".into(),
             ));
         }
+        if opts.metadata_only && !opts.read_only {
+            return Err(Error::InvalidArgument(format!(
+                "'{}': a metadata-only open must be read-only",
+                path.display()
+            )));
+        }
+        // Every layer but the top is a name an image recorded.
+        let named = seen.len() > 1;
+        let file = match root {
+            Some(r) if named => storage.open_confined(path, access, r),
+            _ => storage.open(path, access),
+        };
         // QEMU's shape for the top image: "could not open 'X': <why>".
-        let file = storage.open(path, access).map_err(|e| {
+        let file = file.map_err(|e| {
             if seen.len() == 1 {
                 e.context(format!("could not open '{}'", path.display()))
             } else {
@@ -250,6 +289,8 @@ impl Image {
             read_only: opts.read_only,
             cache_size: opts.cache_size,
             snapshot: opts.snapshot.as_ref(),
+            confine: root,
+            metadata_only: opts.metadata_only,
         })
         .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
         // The data file under metadata (add-cow image file, qcow2 data file).
@@ -277,33 +318,53 @@ impl Image {
                     let bopts = OpenOptions {
                         format: spec.format.clone(),
                         read_only: true,
-                        no_backing: false,
                         cache_size: opts.cache_size,
+                        no_backing: false,
                         backing: None,
                         snapshot: None,
                         force_share: opts.force_share,
                         no_lock: opts.no_lock,
+                        confined: opts.confined,
+                        metadata_only: opts.metadata_only,
                     };
-                    let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen).map_err(
-                        |e| {
+                    let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen, root)
+                        .map_err(|e| {
                             e.context(format!(
                                 "could not open '{}': Could not open backing file",
                                 path.display()
                             ))
-                        },
-                    )?;
+                        })?;
                     Some(Arc::new(b))
                 }
                 _ => None,
             };
+        let probed_raw = opts.format.is_none() && !opts.read_only && fmt.passthrough();
         Ok(Image {
             fmt,
+            probed_raw,
             backing: ArcSwapOption::new(backing.map(|b| Arc::new(BackingSlot(b)))),
             alloc_locks: RangeLocks::default(),
             storage,
             path: path.to_path_buf(),
             closed: AtomicBool::new(false),
+            confine: root.map(Path::to_path_buf),
         })
+    }
+
+    /// Opens `path`, a file this image names (its backing file, for
+    /// `commit`), under this image's confinement when it was opened
+    /// confined: the file and its chain are then held to the same directory.
+    pub fn open_named(&self, path: &Path, opts: &OpenOptions) -> Result<Image> {
+        let mut seen = vec![self.storage.canonical(&self.path)];
+        let mut opts = opts.clone();
+        opts.confined |= self.confine.is_some();
+        Self::open_chain(
+            self.storage.clone(),
+            path,
+            &opts,
+            &mut seen,
+            self.confine.as_deref(),
+        )
     }
 
     /// Creates an image on the host filesystem.
@@ -385,6 +446,12 @@ impl Image {
         &self.path
     }
 
+    /// Whether the image was opened read-write as raw by probing (see
+    /// `probed_raw`); tools warn about it as qemu-img does.
+    pub fn probed_raw(&self) -> bool {
+        self.probed_raw
+    }
+
     /// The name of the file this layer's data lives in (the image itself
     /// for raw, the image file for add-cow), as `map` reports it.
     pub fn data_file_name(&self) -> String {
@@ -416,6 +483,12 @@ impl Image {
     pub fn set_backing_file(&self, backing: Option<(&str, &str)>) -> Result<()> {
         self.check_writable()?;
         self.fmt.set_backing(backing)
+    }
+
+    /// The persistent dirty bitmaps stored in this image (name,
+    /// granularity), or `None` if it cannot store any.
+    pub fn persistent_bitmaps(&self) -> Option<Vec<(String, u64)>> {
+        self.fmt.persistent_bitmaps()
     }
 
     /// The internal snapshots stored in this image.

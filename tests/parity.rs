@@ -12,7 +12,8 @@
 //!   io ARGS...       qemu-io vs cowblk-io
 //!   w img ARGS...    the same, run on private copies of the images because
 //!                    the command writes; `=> FILE...` at the end names files
-//!                    whose guest contents must then be equal
+//!                    whose guest contents must then be equal (`FMT:FILE`
+//!                    where probing would guess the format wrong)
 //! ARGS are split on spaces; a word in single quotes may hold spaces.
 //! `@NAME` expands to one line per image of the set NAME (see `SETS`).
 
@@ -198,6 +199,9 @@ fn setup(dir: &Path) {
     ]);
     let v3 = std::fs::read(dir.join("v3.qcow2")).unwrap();
     std::fs::write(dir.join("trunc.qcow2"), &v3[..300]).unwrap();
+    // A qcow2 magic and version: writing it to sector 0 of a probed raw
+    // image is refused.
+    std::fs::write(dir.join("magic.bin"), b"QFI\xfb\0\0\0\x03").unwrap();
     std::fs::write(
         dir.join("garbage.bin"),
         b"QFI\xfbnot really a qcow2 image at all".repeat(40),
@@ -381,10 +385,21 @@ fn our_tools_answer_as_qemus_do() {
                 diff.push(format!("{what}:\n  qemu: {a:?}\n  ours: {b:?}"));
             }
         }
-        for f in &c.compare {
+        for spec in &c.compare {
+            // FMT:FILE names the format where probing would guess wrong.
+            let (fmt, f) = match spec.split_once(':') {
+                Some((fmt, f)) => (Some(fmt), f),
+                None => (None, spec.as_str()),
+            };
             let (qf, of) = (qd.join(f), od.join(f));
             match (qf.exists(), of.exists()) {
-                (false, false) => continue,
+                // A failed command need not leave the file; a successful
+                // one must (else the corpus names the wrong file).
+                (false, false) if q.code != 0 => continue,
+                (false, false) => {
+                    diff.push(format!("written file {f}: missing after both tools"));
+                    continue;
+                }
                 (true, true) => {}
                 (q, o) => {
                     diff.push(format!(
@@ -393,16 +408,13 @@ fn our_tools_answer_as_qemus_do() {
                     continue;
                 }
             }
-            let r = run(
-                &root,
-                "qemu-img",
-                &[
-                    "compare",
-                    "-U",
-                    &qd.join(f).display().to_string(),
-                    &od.join(f).display().to_string(),
-                ],
-            );
+            let (qs, os) = (qf.display().to_string(), of.display().to_string());
+            let mut args = vec!["compare", "-U"];
+            if let Some(fmt) = fmt {
+                args.extend(["-f", fmt, "-F", fmt]);
+            }
+            args.extend([qs.as_str(), os.as_str()]);
+            let r = run(&root, "qemu-img", &args);
             if r.code != 0 {
                 diff.push(format!(
                     "written file {f}: {}{}",

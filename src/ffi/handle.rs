@@ -4,8 +4,8 @@ use super::args::{opt_str_arg, out_arg, path_arg, str_arg};
 use super::backing::{CallbackBacking, CallerManaged};
 use super::error::guard;
 use super::{
-    cowblk_backing_ops, COWBLK_OPEN_CALLER_BACKING, COWBLK_OPEN_FORCE_SHARE,
-    COWBLK_OPEN_NO_BACKING, COWBLK_OPEN_NO_LOCK, COWBLK_OPEN_RDONLY,
+    cowblk_backing_ops, COWBLK_OPEN_CALLER_BACKING, COWBLK_OPEN_CONFINED, COWBLK_OPEN_FORCE_SHARE,
+    COWBLK_OPEN_METADATA_ONLY, COWBLK_OPEN_NO_BACKING, COWBLK_OPEN_NO_LOCK, COWBLK_OPEN_RDONLY,
 };
 use crate::error::{Error, Result};
 use crate::format::{self, CreateOptions};
@@ -176,7 +176,9 @@ fn open_options(
         | COWBLK_OPEN_NO_BACKING
         | COWBLK_OPEN_CALLER_BACKING
         | COWBLK_OPEN_FORCE_SHARE
-        | COWBLK_OPEN_NO_LOCK;
+        | COWBLK_OPEN_NO_LOCK
+        | COWBLK_OPEN_CONFINED
+        | COWBLK_OPEN_METADATA_ONLY;
     if flags & !known != 0 {
         return Err(Error::InvalidArgument(format!(
             "unknown open flags {:#x}",
@@ -209,6 +211,8 @@ fn open_options(
         snapshot: None,
         force_share: flags & COWBLK_OPEN_FORCE_SHARE != 0,
         no_lock: flags & COWBLK_OPEN_NO_LOCK != 0,
+        confined: flags & COWBLK_OPEN_CONFINED != 0,
+        metadata_only: flags & COWBLK_OPEN_METADATA_ONLY != 0,
     })
 }
 

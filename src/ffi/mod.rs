@@ -61,8 +61,9 @@ pub use io::{
 /// built against this header works with any library whose value is at
 /// least this one (see docs/C-API.md, "Versioning"). 2: tables have NULL
 /// where a format cannot do an operation (qcow2 writes, raw and qcow2
-/// check).
-pub const COWBLK_ABI_VERSION: u32 = 2;
+/// check). 3: the open flags COWBLK_OPEN_CONFINED and
+/// COWBLK_OPEN_METADATA_ONLY.
+pub const COWBLK_ABI_VERSION: u32 = 3;
 
 /// Open flag: open every file read-only; writes fail with -EROFS.
 pub const COWBLK_OPEN_RDONLY: u32 = 1 << 0;
@@ -89,6 +90,21 @@ pub const COWBLK_OPEN_FORCE_SHARE: u32 = 1 << 3;
 /// images (docs/C-API.md, "Image locking") and an image in use by another
 /// writer fails to open with -EAGAIN.
 pub const COWBLK_OPEN_NO_LOCK: u32 = 1 << 5;
+/// Open flag, for untrusted images: every file the image names (backing
+/// files, add-cow image files, qcow2 data files, at any depth of the chain)
+/// must resolve, after symlinks, inside the directory of `path` and be a
+/// regular file; it is checked on the file actually opened, so renames
+/// during the open cannot slip another file in. Anything else fails the
+/// open with -EACCES and a message naming the file and the rule. Without
+/// the flag, names are followed wherever they point, as QEMU does.
+pub const COWBLK_OPEN_CONFINED: u32 = 1 << 4;
+/// Open flag: parse metadata only, as `qemu-img info` does. The data files
+/// an image names (add-cow image file, qcow2 data file) are not opened and
+/// may be missing (an add-cow file with size field 0 still needs its image
+/// file: its length is the size); backing files open the same way. Needs
+/// COWBLK_OPEN_RDONLY. `cowblk_get_info`, `cowblk_block_status` on this
+/// layer and `cowblk_check` work; reading stored data fails with -ENOTSUP.
+pub const COWBLK_OPEN_METADATA_ONLY: u32 = 1 << 6;
 
 /// `cowblk_write_zeroes_flags` flag: the range may be deallocated (holes
 /// punched), as QEMU's BDRV_REQ_MAY_UNMAP.

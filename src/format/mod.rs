@@ -9,7 +9,7 @@ pub mod qcow2;
 pub mod raw;
 
 use crate::error::{Error, Result};
-use crate::io::{BlockFile, IoVec, Storage};
+use crate::io::{Access, BlockFile, IoVec, Storage};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -201,6 +201,12 @@ pub trait Format: Send + Sync {
             self.format_name()
         )))
     }
+    /// Persistent dirty bitmaps stored in the image, as (name, granularity
+    /// in bytes); `None` when the image cannot store any (most formats,
+    /// qcow2 version 2).
+    fn persistent_bitmaps(&self) -> Option<Vec<(String, u64)>> {
+        None
+    }
     /// Internal snapshots stored in the image (none for most formats).
     fn snapshots(&self) -> Vec<SnapshotInfo> {
         Vec::new()
@@ -227,6 +233,27 @@ pub struct OpenCtx<'a> {
     /// Open this internal snapshot instead of the active state; only with
     /// `read_only`. Formats without snapshots refuse it.
     pub snapshot: Option<&'a crate::image::SnapshotRef>,
+    /// Confined open (`OpenOptions::confined`): files the image names must
+    /// be regular files inside this directory (the top image's).
+    pub confine: Option<&'a Path>,
+    /// Parse metadata only (`OpenOptions::metadata_only`): do not open the
+    /// data files the image names unless their contents are needed to
+    /// know the image's shape.
+    pub metadata_only: bool,
+}
+
+impl OpenCtx<'_> {
+    /// Opens a file the image names (`name` as recorded), resolved against
+    /// the image's directory and held to the open's confinement. Returns
+    /// the file and the resolved path.
+    pub fn open_named(&self, name: &str, access: Access) -> Result<(Arc<dyn BlockFile>, PathBuf)> {
+        let p = resolve_relative(self.path, name);
+        let f = match self.confine {
+            Some(root) => self.storage.open_confined(&p, access, root)?,
+            None => self.storage.open(&p, access)?,
+        };
+        Ok((f, p))
+    }
 }
 
 /// What a creator is given.

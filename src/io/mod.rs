@@ -134,4 +134,90 @@ pub trait Storage: Send + Sync {
     fn canonical(&self, path: &Path) -> std::path::PathBuf {
         path.to_path_buf()
     }
+    /// Opens a file an untrusted image names, only if it is a regular file
+    /// that lies (after symlinks) inside the directory `root`; otherwise an
+    /// `EACCES` error naming the file and the rule it breaks. The check is
+    /// made on what was opened, so a rename between check and open cannot
+    /// slip another file in. This default suits namespaces without
+    /// symlinks or special files (the in-memory one): a lexical check.
+    fn open_confined(
+        &self,
+        path: &Path,
+        access: Access,
+        root: &Path,
+    ) -> Result<Arc<dyn BlockFile>> {
+        let real = self.canonical(path);
+        let root = self.canonical(root);
+        if !real.starts_with(&root) {
+            return Err(confinement_error(path, &real, &root));
+        }
+        self.open(path, access)
+    }
+}
+
+/// Why a confined open refused `path`: it resolves to `real`, outside `root`.
+pub fn confinement_error(path: &Path, real: &Path, root: &Path) -> crate::error::Error {
+    refused(
+        path,
+        &format!(
+            "it resolves to '{}', outside the image's directory '{}'",
+            real.display(),
+            root.display()
+        ),
+    )
+}
+
+/// A confined open's refusal: `EACCES`, naming the file and the rule.
+pub fn refused(path: &Path, rule: &str) -> crate::error::Error {
+    crate::error::Error::io(
+        format!("confined open refused '{}': {rule}", path.display()),
+        std::io::Error::from_raw_os_error(libc::EACCES),
+    )
+}
+
+/// Stands for a file an image names but that a metadata-only open did not
+/// open (`OpenOptions::metadata_only`): every access fails, naming it.
+pub struct NotOpened {
+    name: String,
+}
+
+impl NotOpened {
+    pub fn new(name: impl Into<String>) -> Self {
+        NotOpened { name: name.into() }
+    }
+
+    fn fail<T>(&self) -> Result<T> {
+        Err(crate::error::Error::Unsupported(format!(
+            "'{}' was not opened (metadata-only open)",
+            self.name
+        )))
+    }
+}
+
+impl BlockFile for NotOpened {
+    fn preadv(&self, _iov: &IoVec, _off: u64) -> Result<()> {
+        self.fail()
+    }
+    fn pwritev(&self, _iov: &IoVec<Const>, _off: u64) -> Result<()> {
+        self.fail()
+    }
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+    fn len(&self) -> Result<u64> {
+        self.fail()
+    }
+    fn set_len(&self, _len: u64) -> Result<()> {
+        self.fail()
+    }
+    fn write_zeroes(&self, _off: u64, _len: u64) -> Result<()> {
+        self.fail()
+    }
+    /// Nothing of it was opened, so nothing is counted.
+    fn allocated_size(&self) -> Result<u64> {
+        Ok(0)
+    }
+    fn name(&self) -> &str {
+        &self.name
+    }
 }

@@ -3,8 +3,9 @@
 use super::{Access, BlockFile, Const, IoVec, Storage, ZeroFlags};
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
-use std::os::unix::io::AsRawFd;
+use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -255,11 +256,60 @@ fn open_err(path: &Path, e: std::io::Error) -> Error {
     }
 }
 
+fn fstat(fd: &impl AsRawFd) -> std::io::Result<libc::stat> {
+    // SAFETY: fstat fills the zeroed struct for an open descriptor.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd.as_raw_fd(), &mut st) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(st)
+    }
+}
+
+/// A file type for messages ("a fifo", ...).
+fn kind_name(mode: libc::mode_t) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => "a regular file",
+        libc::S_IFDIR => "a directory",
+        libc::S_IFIFO => "a fifo",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        libc::S_IFLNK => "a symlink",
+        _ => "a special file",
+    }
+}
+
+/// Fifos and sockets cannot hold an image (no offsets) and would block
+/// reads; refuse them, then drop the O_NONBLOCK the open used.
+fn refuse_unseekable(f: &File, path: &Path) -> Result<()> {
+    let st = fstat(f).map_err(|e| open_err(path, e))?;
+    let t = st.st_mode & libc::S_IFMT;
+    if t == libc::S_IFIFO || t == libc::S_IFSOCK {
+        return Err(Error::InvalidArgument(format!(
+            "'{}' is {}, not a file an image can live in",
+            path.display(),
+            kind_name(st.st_mode)
+        )));
+    }
+    let fd = f.as_raw_fd();
+    // SAFETY: flag changes on an owned descriptor.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, fl & !libc::O_NONBLOCK);
+        }
+    }
+    Ok(())
+}
+
 impl Storage for PosixStorage {
     fn open(&self, path: &Path, access: Access) -> Result<Arc<dyn BlockFile>> {
         let mut o = OpenOptions::new();
         o.read(true).write(access == Access::ReadWrite);
-        o.custom_flags(libc::O_CLOEXEC);
+        // Non-blocking so that a fifo cannot hang the open; cleared below.
+        o.custom_flags(libc::O_CLOEXEC | libc::O_NONBLOCK);
         let f = o.open(path).map_err(|e| open_err(path, e))?;
         if f.metadata().map(|m| m.is_dir()).unwrap_or(false) {
             return Err(Error::InvalidArgument(format!(
@@ -267,6 +317,7 @@ impl Storage for PosixStorage {
                 path.display()
             )));
         }
+        refuse_unseekable(&f, path)?;
         Ok(Arc::new(PosixFile::new(f, path.display().to_string())))
     }
 
@@ -292,6 +343,56 @@ impl Storage for PosixStorage {
     fn remove(&self, path: &Path) -> Result<()> {
         std::fs::remove_file(path)
             .map_err(|e| Error::io(format!("could not remove '{}'", path.display()), e))
+    }
+
+    fn open_confined(
+        &self,
+        path: &Path,
+        access: Access,
+        root: &Path,
+    ) -> Result<Arc<dyn BlockFile>> {
+        let root_real = root.canonicalize().map_err(|e| open_err(root, e))?;
+        // O_PATH resolves the name without opening the file itself: no
+        // side effect on a device, no blocking on a fifo.
+        let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| Error::InvalidArgument(format!("'{}' contains NUL", path.display())))?;
+        // SAFETY: a NUL-terminated path; the fd is owned right below.
+        let raw = unsafe { libc::open(cpath.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+        if raw < 0 {
+            return Err(open_err(path, std::io::Error::last_os_error()));
+        }
+        // SAFETY: `raw` is a fresh descriptor nobody else owns.
+        let handle = unsafe { OwnedFd::from_raw_fd(raw) };
+        let st = fstat(&handle).map_err(|e| open_err(path, e))?;
+        if st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            let kind = kind_name(st.st_mode);
+            return Err(super::refused(
+                path,
+                &format!("it is {kind}, not a regular file"),
+            ));
+        }
+        // Where the descriptor really points, after every symlink: the
+        // check is made on the file held, not on a name that could change.
+        let via = PathBuf::from(format!("/proc/self/fd/{raw}"));
+        let real = std::fs::read_link(&via).map_err(|e| {
+            super::refused(
+                path,
+                &format!("cannot tell where it lies ({e}; is /proc mounted?)"),
+            )
+        })?;
+        if !real.starts_with(&root_real) {
+            return Err(super::confinement_error(path, &real, &root_real));
+        }
+        // Reopen that very inode through its descriptor with real access.
+        let mut o = OpenOptions::new();
+        o.read(true).write(access == Access::ReadWrite);
+        o.custom_flags(libc::O_CLOEXEC);
+        let f = o.open(&via).map_err(|e| open_err(path, e))?;
+        let st2 = fstat(&f).map_err(|e| open_err(path, e))?;
+        if (st2.st_dev, st2.st_ino) != (st.st_dev, st.st_ino) {
+            return Err(super::refused(path, "it changed while being opened"));
+        }
+        Ok(Arc::new(PosixFile::new(f, path.display().to_string())))
     }
 
     fn canonical(&self, path: &Path) -> PathBuf {

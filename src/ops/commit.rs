@@ -28,10 +28,11 @@ pub fn commit(top: &Image, keep: bool, progress: Progress) -> Result<()> {
         ..opts.clone()
     };
     top.set_backing_layer(None);
-    let copied = Image::open_in(top.storage().clone(), &spec.path, &opts)
+    let copied = top
+        .open_named(&spec.path, &opts)
         .map_err(|e| e.context(format!("backing file '{}'", spec.name)))
         .and_then(|base| copy_into(top, base, progress));
-    let fresh = Image::open_in(top.storage().clone(), &spec.path, &ro).map(Arc::new);
+    let fresh = top.open_named(&spec.path, &ro).map(Arc::new);
     if let Ok(b) = &fresh {
         top.set_backing_layer(Some(b.clone()));
     }

@@ -10,6 +10,7 @@ pub mod commit;
 pub mod compare;
 pub mod convert;
 pub mod map;
+pub mod measure;
 pub mod rebase;
 
 use crate::error::Result;
@@ -20,6 +21,7 @@ pub use commit::commit;
 pub use compare::{compare, CompareResult};
 pub use convert::convert;
 pub use map::{map, MapEntry};
+pub use measure::{measure, Measure};
 pub use rebase::rebase;
 
 /// Progress callback: bytes done so far and bytes in all.
@@ -37,6 +39,24 @@ pub const CHUNK: u64 = 4 << 20;
 pub fn zero_run(img: &Image, off: u64, len: u64) -> Result<(bool, u64)> {
     let (_, st, n) = img.chain_status(off, len)?;
     Ok((st.zero && !st.data, n))
+}
+
+/// The image's runs through its chain as `(offset, length, data)`: `data`
+/// when some layer stores bytes there that are not known to be zeros.
+pub fn chain_runs(img: &Image) -> Result<Vec<(u64, u64, bool)>> {
+    let mut out: Vec<(u64, u64, bool)> = Vec::new();
+    let size = img.size();
+    let mut off = 0;
+    while off < size {
+        let (_, st, n) = img.chain_status(off, size - off)?;
+        let data = st.data && st.allocated && !st.zero;
+        match out.last_mut() {
+            Some(last) if last.2 == data && last.0 + last.1 == off => last.1 += n,
+            _ => out.push((off, n, data)),
+        }
+        off += n;
+    }
+    Ok(out)
 }
 
 /// Whether every byte of `buf` is zero (word at a time: this runs over

@@ -68,9 +68,13 @@ Commands (run cowblk-img COMMAND --help for command-specific help):
   dd - Copy input to output with optional format conversion
   info - Display information about image
   map - Dump image metadata
+  measure - Calculate file size required for a new image
   rebase - Change backing file of the image
   resize - Resize the image to the new size
   snapshot - List snapshots within image
+
+Commands that open an image take --confined: files the image names must be
+regular files inside its directory (for untrusted images; docs/CLI.md).
 
 Exit codes are qemu-img's: 0 success, 1 error; check: 2 corruptions,
 3 leaks, 63 no checks for the format; compare: 1 different, 2 error.";
@@ -139,6 +143,16 @@ Exit codes: 0 identical, 1 different, 2 error."
 
   cowblk-img resize [-f FMT] [-q] [--shrink] FILENAME [+|-]SIZE"
         }
+        "measure" => {
+            "Calculate the file size required for a new image.  Usage:
+
+  cowblk-img measure [--output=human|json] [-O OUTPUT_FMT] [-o OPTIONS]
+        [--size N | [-f FMT] [-l SNAPSHOT] [-U] FILENAME]
+
+  Prints the bytes a new OUTPUT_FMT image (default raw) made with OPTIONS
+  needs: for N bytes of guest data, or to hold FILENAME's contents
+  (required) and once fully allocated."
+        }
         "dd" => {
             "Copy input to output with optional format conversion.  Usage:
 
@@ -186,6 +200,11 @@ fn main() {
         std::process::exit(1);
     }
     let cmd = args.remove(0).to_string_lossy().into_owned();
+    if OPENING.contains(&cmd.as_str()) {
+        let before = args.len();
+        args.retain(|a| a != "--confined");
+        CONFINED.store(args.len() != before, Ordering::Relaxed);
+    }
     let r = match cmd.as_str() {
         "-h" | "--help" => {
             println!("{HELP}");
@@ -211,6 +230,7 @@ fn main() {
         "rebase" => rebase(args),
         "bench" => bench(args),
         "dd" => dd(args),
+        "measure" => measure(args),
         other => Err(Fail {
             usage: Some(""),
             ..fail(format!("Command not found: {other}"))
@@ -314,6 +334,17 @@ fn open(file: &str, fmt: Option<String>, read_only: bool) -> Result<Image, Fail>
     )
 }
 
+/// Commands that open existing images: they take `--confined` anywhere
+/// on their command line.
+const OPENING: &[&str] = &[
+    "info", "map", "check", "convert", "snapshot", "compare", "resize", "commit", "rebase",
+    "bench", "dd",
+];
+
+/// `--confined` was given: every image opened holds the files it names to
+/// its own directory (`OpenOptions::confined`).
+static CONFINED: AtomicBool = AtomicBool::new(false);
+
 /// Set by -U/--force-share: opens of the command's source images share
 /// every permission (read-only opens only, as in qemu-img).
 static FORCE_SHARE: AtomicBool = AtomicBool::new(false);
@@ -327,13 +358,16 @@ fn force_share() {
 fn open_with(file: &str, opts: &OpenOptions) -> Result<Image, Fail> {
     let mut opts = opts.clone();
     opts.force_share |= FORCE_SHARE.load(Ordering::Relaxed);
-    Image::open(file, &opts).map_err(|e| match e {
+    opts.confined |= CONFINED.load(Ordering::Relaxed);
+    let img = Image::open(file, &opts).map_err(|e| match e {
         // Said as qemu-img says it.
         Error::Locked(m) | Error::InvalidArgument(m) if is_lock_refusal(&m) => {
             fail(format!("Could not open '{file}': {m}"))
         }
         e => lib(e),
-    })
+    })?;
+    shared::warn_probed_raw(&img);
+    Ok(img)
 }
 
 /// Whether a message is a lock conflict or a refused force-share.
@@ -644,7 +678,18 @@ fn info(args: Vec<OsString>) -> Res {
         }
     }
     let file = one_file(files, C)?;
-    let img = open(&file, fmt, true)?;
+    // As qemu-img info: metadata only; the files the image names are shown,
+    // not opened (they may be missing), and the chain only when asked.
+    let img = open_with(
+        &file,
+        &OpenOptions {
+            format: fmt,
+            read_only: true,
+            no_backing: !chain,
+            metadata_only: true,
+            ..Default::default()
+        },
+    )?;
     let mut layers = Vec::new();
     let mut cur: Option<&Image> = Some(&img);
     let mut holder;
@@ -994,6 +1039,7 @@ fn convert(args: Vec<OsString>) -> Res {
                 format: fmt.clone(),
                 read_only: true,
                 snapshot: snap.clone(),
+                confined: CONFINED.load(Ordering::Relaxed),
                 ..Default::default()
             };
             match Image::open(f, &opts) {
@@ -1032,6 +1078,77 @@ fn convert(args: Vec<OsString>) -> Res {
     })
     .map_err(lib)?;
     dst.close().map_err(lib)?;
+    Ok(0)
+}
+
+// ---- measure ----
+
+fn measure(args: Vec<OsString>) -> Res {
+    const C: &str = "measure";
+    let mut p = parser(args);
+    let (mut out, mut ofmt, mut fmt) = (Output::Human, "raw".to_string(), None);
+    let (mut opt_strs, mut size, mut snap, mut files) = (Vec::new(), None, None, Vec::new());
+    while let Some(a) = p.next().map_err(|e| usage_err(C, e.to_string()))? {
+        match a {
+            Long("output") => out = output_arg(&val(&mut p, C)?, C)?,
+            Short('O') => ofmt = val(&mut p, C)?,
+            Short('o') => opt_strs.push(val(&mut p, C)?),
+            Short('f') => fmt = Some(val(&mut p, C)?),
+            Short('l') => snap = Some(snapshot_ref(&val(&mut p, C)?)?),
+            Short('U') | Long("force-share") => force_share(),
+            Long("size") => size = Some(size_arg("image size", &val(&mut p, C)?)?),
+            Value(v) => files.push(v.to_string_lossy().into_owned()),
+            a => return Err(unexpected(a, C)),
+        }
+    }
+    if files.len() > 1 {
+        return Err(usage_err(C, "Expecting one image file name"));
+    }
+    if size.is_some() && !files.is_empty() {
+        return Err(fail("--size N cannot be used together with a filename."));
+    }
+    if size.is_none() && files.is_empty() {
+        return Err(fail("Either --size N or one filename must be specified."));
+    }
+    format::find_driver(&ofmt).map_err(lib)?;
+    let mut opts = CreateOptions::new();
+    for o in &opt_strs {
+        opts.parse_into(o).map_err(lib)?;
+    }
+    let input = match files.first() {
+        Some(f) => Some(open_with(
+            f,
+            &OpenOptions {
+                format: fmt,
+                read_only: true,
+                snapshot: snap,
+                ..Default::default()
+            },
+        )?),
+        None => None,
+    };
+    let m = ops::measure(&ofmt, &opts, input.as_ref(), size).map_err(|e| match e {
+        Error::InvalidArgument(m) => fail(m),
+        e => lib(e),
+    })?;
+    match out {
+        Output::Human => {
+            println!("required size: {}", m.required);
+            println!("fully allocated size: {}", m.fully_allocated);
+            if let Some(b) = m.bitmaps {
+                println!("bitmaps size: {b}");
+            }
+        }
+        Output::Json => {
+            let mut o = Map::new();
+            if let Some(b) = m.bitmaps {
+                o.insert("bitmaps".into(), json!(b));
+            }
+            o.insert("required".into(), json!(m.required));
+            o.insert("fully-allocated".into(), json!(m.fully_allocated));
+            println!("{}", qemu_json(&Value::Object(o)));
+        }
+    }
     Ok(0)
 }
 

@@ -10,6 +10,7 @@ use cowblk::io::ZeroFlags;
 use cowblk::{Image, OpenOptions};
 use shared::{cvtstr, errno_text};
 use std::io::{BufRead, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +25,8 @@ Exercise a disk image with qemu-io's commands, through the cowblk library.
   -c, --cmd STRING     execute command with its arguments from the given string
   -f, --format FMT     specifies the block driver to use
   -r, --read-only      open read-only
+      --confined       untrusted image: files it names must be regular files
+                       inside its directory (see docs/CLI.md)
   -n, --nocache        accepted for compatibility (host cache is not bypassed)
   -t, --cache=MODE     accepted for compatibility
   -d, --discard=MODE   accepted for compatibility
@@ -105,6 +108,20 @@ const CMDS: &[CmdInfo] = &[
         name: "length",
         args: "",
         help: "gets the length of the current file",
+        min: 0,
+        max: Some(0),
+    },
+    CmdInfo {
+        name: "open",
+        args: "[-rsCnkU] [-t cache] [-d discard] [-o options] [path]",
+        help: "open the file specified by path",
+        min: 1,
+        max: None,
+    },
+    CmdInfo {
+        name: "close",
+        args: "",
+        help: "close the current open file",
         min: 0,
         max: Some(0),
     },
@@ -200,6 +217,8 @@ struct Session {
 #[derive(Default)]
 struct Flags {
     pattern: Option<u8>,
+    /// write -s: the data comes from this file (zeros past its end).
+    source: Option<String>,
     pattern_off: Option<u64>,
     pattern_len: Option<u64>,
     quiet: bool,
@@ -282,6 +301,7 @@ fn parse_flags(argv: &[String], allowed: &str) -> Result<Flags, Failed> {
                 };
                 match c {
                     'P' => f.pattern = Some(parse_pattern(&val()?)?),
+                    's' if name == "write" => f.source = Some(val()?),
                     's' => f.pattern_off = Some(cvtnum(&val()?)?),
                     'l' => f.pattern_len = Some(cvtnum(&val()?)?),
                     'q' => f.quiet = true,
@@ -469,7 +489,7 @@ impl Session {
             eprintln!("command \"{name}\" not found");
             return Err(Failed);
         };
-        if self.img.is_none() && !matches!(info.name, "help" | "quit" | "sleep") {
+        if self.img.is_none() && !matches!(info.name, "help" | "quit" | "sleep" | "open") {
             eprintln!("no file open, try 'help open'");
             return Err(Failed);
         }
@@ -503,6 +523,19 @@ impl Session {
                 Ok(())
             }
             "map" => self.map(&argv),
+            "open" => self.open(&argv),
+            "close" => {
+                parse_flags(&argv, "")?;
+                self.drain();
+                if let Some(img) = self.img.take() {
+                    let r = match Arc::try_unwrap(img) {
+                        Ok(img) => img.close(),
+                        Err(img) => img.flush(),
+                    };
+                    r.map_err(|e| fail("close", &e))?;
+                }
+                Ok(())
+            }
             "alloc" => self.alloc(&argv),
             "info" => self.info(&argv),
             "help" => {
@@ -621,10 +654,15 @@ impl Session {
     }
 
     fn write(&mut self, argv: &[String]) -> CmdResult {
-        let f = parse_flags(argv, "P:bcCfnqruzp")?;
+        let f = parse_flags(argv, "P:s:bcCfnqruzp")?;
         exactly_two(&f, "write")?;
-        if f.zero && f.pattern.is_some() {
-            println!("-z and -P cannot be specified at the same time");
+        if [f.zero, f.pattern.is_some(), f.source.is_some()]
+            .iter()
+            .filter(|&&b| b)
+            .count()
+            > 1
+        {
+            println!("Only one of -z, -P, and -s can be specified at the same time");
             return Err(Failed);
         }
         for (set, flag) in [(f.unmap, 'u'), (f.no_fallback, 'n')] {
@@ -639,11 +677,27 @@ impl Session {
         let off = cvtnum(&f.args[0])?;
         let count = cvtnum(&f.args[1])?;
         check_len_note(count, &f.args[1], " without -n")?;
+        let mut buf = Vec::new();
+        if let Some(src) = &f.source {
+            // The file's first bytes, zeros past its end.
+            use std::io::Read;
+            let mut data = Vec::new();
+            std::fs::File::open(src)
+                .and_then(|f| f.take(count).read_to_end(&mut data))
+                .map_err(|e| {
+                    eprintln!("{src}: {}", shared::strerror(&e));
+                    Failed
+                })?;
+            data.resize(count as usize, 0);
+            buf = data;
+        }
         let t = Instant::now();
         let r = if f.zero {
             self.image().write_zeroes_flags(off, count, zero_flags(&f))
         } else {
-            let buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
+            if f.source.is_none() {
+                buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
+            }
             self.image().write(&buf, off)
         };
         r.and_then(|_| if f.fua { self.image().flush() } else { Ok(()) })
@@ -788,6 +842,107 @@ impl Session {
         Ok(())
     }
 
+    /// `open [-rsCnkU] [-t cache] [-d discard] [-o options] [path]`: the
+    /// format comes from `-o driver=FMT`, as in qemu-io.
+    fn open(&mut self, argv: &[String]) -> CmdResult {
+        use lexopt::Arg::*;
+        let info = find_cmd("open").ok_or(Failed)?;
+        if argv.len() < 2 {
+            eprintln!("bad argument count 0 to open, expected at least 1 arguments");
+            return Err(Failed);
+        }
+        if self.img.is_some() {
+            shared::error(PROG, "file open already, try 'help close'");
+            return Err(Failed);
+        }
+        let mut opts = OpenOptions::default();
+        let (mut file, mut bad_opt) = (None, None);
+        let mut p = lexopt::Parser::from_args(argv[1..].iter().cloned());
+        let bad = |msg: String| {
+            eprintln!("open: {msg}");
+            print_cmd_help(info);
+            Failed
+        };
+        loop {
+            let arg = match p.next() {
+                Ok(Some(a)) => a,
+                Ok(None) => break,
+                Err(e) => return Err(bad(e.to_string())),
+            };
+            let val = |p: &mut lexopt::Parser| -> Result<String, Failed> {
+                p.value()
+                    .map(|v| v.to_string_lossy().into_owned())
+                    .map_err(|e| bad(e.to_string()))
+            };
+            match arg {
+                Short('r') => opts.read_only = true,
+                Short('U') => opts.force_share = true,
+                // Host cache and aio tuning: one way of doing each here.
+                Short('n') | Short('k') => {}
+                Short('t') | Short('d') | Short('i') => {
+                    val(&mut p)?;
+                }
+                Short('s') | Short('C') => {
+                    println!(
+                        "open: -{} (snapshot mode / copy-on-read) is not supported",
+                        {
+                            match arg {
+                                Short(c) => c,
+                                _ => '?',
+                            }
+                        }
+                    );
+                    return Err(Failed);
+                }
+                Short('o') => {
+                    let o = val(&mut p)?;
+                    for kv in o.split(',').filter(|x| !x.is_empty()) {
+                        match kv.split_once('=') {
+                            Some(("driver", d)) => opts.format = Some(d.to_string()),
+                            _ => {
+                                let k = kv.split('=').next().unwrap_or(kv);
+                                bad_opt.get_or_insert(k.to_string());
+                            }
+                        }
+                    }
+                }
+                Short(c) => {
+                    eprintln!("open: invalid option -- '{c}'");
+                    print_cmd_help(info);
+                    return Err(Failed);
+                }
+                Long(l) => return Err(bad(format!("unrecognized option '--{l}'"))),
+                Value(v) => file = Some(v.to_string_lossy().into_owned()),
+            }
+        }
+        let Some(file) = file else {
+            print_cmd_help(info);
+            return Err(Failed);
+        };
+        if let Some(k) = bad_opt {
+            let fmt = opts.format.as_deref().unwrap_or("raw");
+            shared::error(
+                PROG,
+                format!(
+                    "can't open device {file}: Block format '{fmt}' does not support the \
+                     option '{k}'"
+                ),
+            );
+            return Err(Failed);
+        }
+        if opts.force_share && !opts.read_only {
+            shared::error(
+                PROG,
+                format!(
+                    "can't open device {file}: force-share=on can only be used with read-only images"
+                ),
+            );
+            return Err(Failed);
+        }
+        self.img = Some(open_image(&file, &opts).map_err(|()| Failed)?);
+        Ok(())
+    }
+
     fn alloc(&mut self, argv: &[String]) -> CmdResult {
         let f = parse_flags(argv, "")?;
         let off = cvtnum(&f.args[0])?;
@@ -850,8 +1005,38 @@ struct Args {
     cmds: Vec<String>,
     format: Option<String>,
     read_only: bool,
+    /// --confined: hold the files the image names to its directory.
+    confined: bool,
     force_share: bool,
     file: Option<String>,
+}
+
+/// `--confined` on the command line: every image the session opens, also
+/// with the `open` command, holds the files it names to its directory.
+static CONFINED: AtomicBool = AtomicBool::new(false);
+
+/// Opens an image for the session, printing qemu-io's messages.
+fn open_image(file: &str, opts: &OpenOptions) -> Result<Arc<Image>, ()> {
+    let mut opts = opts.clone();
+    opts.confined |= CONFINED.load(Ordering::Relaxed);
+    match Image::open(file, &opts) {
+        // Warnings (a corrupt bit on a read-only open) stay unprinted, as
+        // qemu-io opens such images silently.
+        Ok(i) => {
+            shared::warn_probed_raw(&i);
+            Ok(Arc::new(i))
+        }
+        Err(e) => {
+            // qemu-io says "can't open device X:" where qemu-img says
+            // "Could not open 'X':".
+            let d = shared::describe(&e);
+            let why = d
+                .strip_prefix(&format!("Could not open '{file}': "))
+                .unwrap_or(&d);
+            shared::error(PROG, format!("can't open device {file}: {why}"));
+            Err(())
+        }
+    }
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -860,6 +1045,7 @@ fn parse_args() -> Result<Args, String> {
         cmds: Vec::new(),
         format: None,
         read_only: false,
+        confined: false,
         force_share: false,
         file: None,
     };
@@ -875,6 +1061,7 @@ fn parse_args() -> Result<Args, String> {
             Short('c') | Long("cmd") => a.cmds.push(val(&mut p)?),
             Short('f') | Long("format") => a.format = Some(val(&mut p)?),
             Short('r') | Long("read-only") => a.read_only = true,
+            Long("confined") => a.confined = true,
             Short('U') | Long("force-share") => a.force_share = true,
             Short('n') | Long("nocache") | Short('k') | Long("native-aio") | Short('m')
             | Long("misalign") => {}
@@ -921,26 +1108,17 @@ fn main() {
         );
         std::process::exit(1);
     }
+    CONFINED.store(args.confined, Ordering::Relaxed);
     let opts = OpenOptions {
         format: args.format,
         read_only: args.read_only,
+        confined: args.confined,
         force_share: args.force_share,
         ..Default::default()
     };
-    let img = args.file.map(|file| match Image::open(&file, &opts) {
-        // Warnings (a corrupt bit on a read-only open) stay unprinted, as
-        // qemu-io opens such images silently.
-        Ok(i) => Arc::new(i),
-        Err(e) => {
-            // qemu-io says "can't open device X:" where qemu-img says
-            // "Could not open 'X':".
-            let d = shared::describe(&e);
-            let why = d
-                .strip_prefix(&format!("Could not open '{file}': "))
-                .unwrap_or(&d);
-            shared::error(PROG, format!("can't open device {file}: {why}"));
-            std::process::exit(1);
-        }
+    let img = args.file.map(|file| match open_image(&file, &opts) {
+        Ok(i) => i,
+        Err(()) => std::process::exit(1),
     });
     let mut s = Session {
         img,

@@ -219,6 +219,21 @@ fn qemu_json_into(v: &serde_json::Value, level: usize, out: &mut String) {
     }
 }
 
+/// Printed when an image opened read-write was probed as raw, with
+/// qemu-img's wording: the library then refuses writes that would make
+/// its first sector look like another format.
+pub fn warn_probed_raw(img: &cowblk::Image) {
+    if img.probed_raw() {
+        eprintln!(
+            "WARNING: Image format was not specified for '{}' and probing guessed raw.\n         \
+             Automatically detecting the format is dangerous for raw images, write operations \
+             on block 0 will be restricted.\n         \
+             Specify the 'raw' format explicitly to remove the restrictions.",
+            img.path().display()
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ use super::{
     FormatInfo, Mapping, OldReader, OpenCtx, OptDesc, OptKind, Repair,
 };
 use crate::error::{Error, Result};
-use crate::io::{Access, BlockFile, IoVec};
+use crate::io::{Access, BlockFile, IoVec, NotOpened};
 use bitmap::Bitmap;
 use byteorder::{BigEndian, ByteOrder};
 use header::{Header, HEADER_SIZE, MAX_SIZE};
@@ -198,10 +198,15 @@ fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
     } else {
         Access::ReadWrite
     };
-    let image = ctx
-        .storage
-        .open(&image_path, access)
-        .map_err(|e| e.context(format!("add-cow image file '{}'", hdr.image_file)))?;
+    // A metadata-only open needs the image file only when its length is
+    // the virtual size (2012 layout, size field 0).
+    let image: Arc<dyn BlockFile> = if ctx.metadata_only && hdr.size != 0 {
+        Arc::new(NotOpened::new(image_path.display().to_string()))
+    } else {
+        ctx.open_named(&hdr.image_file, access)
+            .map_err(|e| e.context(format!("add-cow image file '{}'", hdr.image_file)))?
+            .0
+    };
     let size = if hdr.size == 0 {
         image.len()?
     } else {

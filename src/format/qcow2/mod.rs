@@ -38,7 +38,7 @@ use super::{
     OldReader, OpenCtx, SnapshotInfo,
 };
 use crate::error::{Error, Result};
-use crate::io::{Access, BlockFile, IoVec};
+use crate::io::{Access, BlockFile, IoVec, NotOpened};
 use arc_swap::ArcSwap;
 use byteorder::{BigEndian, ByteOrder};
 use cache::{Table, TableCache};
@@ -135,17 +135,23 @@ impl Qcow2 {
             let name = h.data_file.as_deref().ok_or_else(|| {
                 Error::Corrupt("the image uses an external data file but does not name it".into())
             })?;
-            let p = resolve_relative(ctx.path, name);
-            let access = if ctx.read_only {
-                Access::ReadOnly
+            if ctx.metadata_only {
+                // As qemu-img info: the data file is named, not opened.
+                let p = resolve_relative(ctx.path, name);
+                let f: Arc<dyn BlockFile> = Arc::new(NotOpened::new(p.display().to_string()));
+                (f, Some(p))
             } else {
-                Access::ReadWrite
-            };
-            let f = ctx
-                .storage
-                .open(&p, access)
-                .map_err(|e| e.context(format!("external data file '{name}'")))?;
-            (f, Some(p))
+                // Opened for writing with the image (guest data goes there).
+                let access = if ctx.read_only {
+                    Access::ReadOnly
+                } else {
+                    Access::ReadWrite
+                };
+                let (f, p) = ctx
+                    .open_named(name, access)
+                    .map_err(|e| e.context(format!("external data file '{name}'")))?;
+                (f, Some(p))
+            }
         } else {
             (file.clone(), None)
         };
@@ -684,6 +690,15 @@ impl Format for Qcow2 {
                 icount: s.icount,
             })
             .collect()
+    }
+
+    fn persistent_bitmaps(&self) -> Option<Vec<(String, u64)>> {
+        (self.header.version >= 3).then(|| {
+            self.bitmaps
+                .iter()
+                .map(|b| (b.name.clone(), b.granularity))
+                .collect()
+        })
     }
 
     fn warnings(&self) -> Vec<String> {

@@ -110,6 +110,8 @@ impl Builder {
             read_only: true,
             cache_size,
             snapshot: None,
+            confine: None,
+            metadata_only: false,
         })
         .unwrap()
     }
