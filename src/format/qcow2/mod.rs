@@ -101,6 +101,9 @@ pub struct Qcow2 {
     ro: AtomicBool,
     /// The incompatible feature bits as on disk.
     incompat: AtomicU64,
+    /// A length the image file is known to have reached (it never shrinks
+    /// while open), so `check_in_file` rarely asks the file.
+    known_len: AtomicU64,
 }
 
 fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
@@ -224,6 +227,7 @@ impl Qcow2 {
             meta: None,
             ro: AtomicBool::new(ctx.read_only),
             incompat,
+            known_len: AtomicU64::new(file_len),
         };
         if !ctx.read_only {
             q.open_for_writing(ctx.cache_size)?;
@@ -376,6 +380,28 @@ impl Qcow2 {
         }
     }
 
+    /// On a writable open, data the engine may write in place must lie
+    /// inside the image file: a hostile L2 entry far past its end would
+    /// otherwise make a write grow the file without bound. (Our own
+    /// clusters are written before they are linked, so they pass.)
+    fn check_in_file(&self, host: u64, n: u64) -> Result<()> {
+        if self.meta.is_none() || self.geo.data_file {
+            return Ok(());
+        }
+        let end = host.saturating_add(n);
+        if end <= self.known_len.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let flen = self.file.len()?;
+        self.known_len.fetch_max(flen, Ordering::Relaxed);
+        if end > flen {
+            return Err(Error::Corrupt(format!(
+                "data at host offset {host:#x} ({n} bytes) lies past the end of the image file ({flen} bytes)"
+            )));
+        }
+        Ok(())
+    }
+
     /// QEMU's metadata preallocation heuristic: clearly more clusters have
     /// a refcount than the file has allocated on disk. Bounded by the file
     /// length; any error says no.
@@ -511,6 +537,9 @@ impl Format for Qcow2 {
             pos += 1 << unit_bits;
         }
         let n = pos.min(end) - off;
+        if let (Kind::Normal(_), Some(h)) = (first, first_host) {
+            self.check_in_file(h, n)?;
+        }
         let ext = match first {
             Kind::Normal(_) => Extent::new(
                 Mapping::Data {

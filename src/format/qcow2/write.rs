@@ -551,7 +551,19 @@ impl Qcow2 {
             let len = len.min(cs - inside);
             let e = self.entry_at(guest)?;
             let hc = match self.owned_host(e) {
-                Some(h) => h,
+                Some(h) if self.geo.data_file => h,
+                Some(h) => {
+                    // Reserved space we write into must start inside the
+                    // file and hold no metadata.
+                    let flen = self.file.len()?;
+                    if h >= flen {
+                        return Err(Error::Corrupt(format!(
+                            "host cluster {h:#x} lies past the end of the image file ({flen} bytes)"
+                        )));
+                    }
+                    self.check_overlap(&m, h, cs, "guest data")?;
+                    h
+                }
                 None if self.geo.data_file => guest - inside,
                 None => {
                     let c = self.alloc_run(&mut m, 1)? * cs;
