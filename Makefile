@@ -191,8 +191,8 @@ bench-qemu: qemu
 	scripts/bench-qemu.sh
 
 # --- fuzzing ---
-# Each cargo-fuzz target (qcow2_parse, qcow2_read, addcow_parse, addcow_io)
-# for FUZZ_SECONDS: 4 x 60 s = 4 minutes in CI. Needs cargo-fuzz and a C++
+# Each cargo-fuzz target (qcow2_parse, qcow2_read, qcow2_write, addcow_parse,
+# addcow_io) for FUZZ_SECONDS: 5 x 60 s = 5 minutes in CI. Needs cargo-fuzz and a C++
 # compiler. Lower FUZZ_SECONDS if more targets come.
 FUZZ_SECONDS ?= 60
 .PHONY: fuzz

@@ -367,9 +367,9 @@ typedef struct cowblk_check_result {
  * A format's entry points, like QEMU's `BlockDriver`. Tables are static
  * and owned by the library (valid until it is unloaded); never write to
  * them. A NULL member means the format does not support that operation
- * (a member is never a stub that always fails): qcow2, read-only in this
- * version, has no create, writev, truncate, discard, write_zeroes or
- * check; raw has no change_backing_file or check.
+ * (a member is never a stub that always fails): qcow2 has no create,
+ * change_backing_file or check yet; raw has no change_backing_file or
+ * check.
  *
  * Versioning: members are only ever appended, and `abi_version` grows
  * with every change to a table. A host built against ABI N checks

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target for a bounded time: scripts/fuzz.sh SECONDS
-# (per target; default 60, so 5 minutes for the five targets: qcow2_parse,
-# qcow2_read, addcow_parse, addcow_io, meta_parse). Seeds come from fuzz/corpus/<target> (committed,
+# (per target; default 60, so 6 minutes for the six targets: qcow2_parse,
+# qcow2_read, qcow2_write, addcow_parse, addcow_io, meta_parse). Seeds come from fuzz/corpus/<target> (committed,
 # left untouched); new inputs go to a temporary directory. A crash leaves
 # its input in fuzz/artifacts/<target>/ and makes this script fail.
 #

@@ -343,10 +343,15 @@ impl Image {
                 "zeroing part of an unallocated cluster writes its other bytes".into(),
             ));
         }
+        // The copy unit: a format may copy less than a cluster around a
+        // write (qcow2 subclusters); the lock above stays per cluster.
+        let unit = self.fmt.cow_unit(pos)?.clamp(1, cs);
+        let cstart = pos / unit * unit;
+        let want_end = (pos + n).div_ceil(unit).saturating_mul(unit).min(size);
         let (host, alen) = self.fmt.allocate(cstart, want_end - cstart)?;
         let run_end = cstart + alen;
         let wend = (pos + n).min(run_end);
-        // Old contents of the partial clusters at either end.
+        // Old contents of the partial units at either end.
         let mut head = vec![0u8; (pos - cstart) as usize];
         let mut tail = vec![0u8; (run_end - wend) as usize];
         if !head.is_empty() {

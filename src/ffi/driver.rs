@@ -23,9 +23,9 @@ use std::path::Path;
 /// A format's entry points, like QEMU's `BlockDriver`. Tables are static
 /// and owned by the library (valid until it is unloaded); never write to
 /// them. A NULL member means the format does not support that operation
-/// (a member is never a stub that always fails): qcow2, read-only in this
-/// version, has no create, writev, truncate, discard, write_zeroes or
-/// check; raw has no change_backing_file or check.
+/// (a member is never a stub that always fails): qcow2 has no create,
+/// change_backing_file or check yet; raw has no change_backing_file or
+/// check.
 ///
 /// Versioning: members are only ever appended, and `abi_version` grows
 /// with every change to a table. A host built against ABI N checks
@@ -208,15 +208,15 @@ driver_table!(
     raw_open,
     unsupported: [change_backing_file, check]
 );
-// qcow2 creates images and checks them read-only, but does not write yet
-// (opening read-write fails): every entry that would write could only fail.
+// qcow2 creates, checks (read-only) and writes images; it cannot change
+// its backing file yet.
 driver_table!(
     QCOW2,
     "qcow2",
     qcow2_probe,
     qcow2_create,
     qcow2_open,
-    unsupported: [writev, truncate, discard, write_zeroes, change_backing_file]
+    unsupported: [change_backing_file]
 );
 
 static TABLES: [&cowblk_driver; 3] = [&ADDCOW, &RAW, &QCOW2];

@@ -137,6 +137,13 @@ pub trait Format: Send + Sync {
     /// offset and length of a contiguous run (a prefix of the request,
     /// whole clusters). Nothing points at it until `link`.
     fn allocate(&self, guest: u64, len: u64) -> Result<(u64, u64)>;
+    /// The unit an allocating write at `guest` copies old contents in
+    /// (head and tail up to its boundaries): the cluster size unless the
+    /// format can allocate less there (qcow2 subclusters). `allocate` and
+    /// `link` then get ranges aligned to it.
+    fn cow_unit(&self, _guest: u64) -> Result<u64> {
+        Ok(self.cluster_size())
+    }
     /// Makes the guest range point at `host` once its data has been written.
     /// The metadata may reach the disk only after that data is durable.
     fn link(&self, guest: u64, len: u64, host: u64) -> Result<()>;

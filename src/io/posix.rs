@@ -141,9 +141,11 @@ impl BlockFile for PosixFile {
             )
         };
         if r == 0 {
-            let cur = self.len()?;
-            if off + len > cur {
-                self.set_len(off + len)?;
+            // Extend past the end with a write of the last byte, never
+            // with set_len: another thread may have grown the file since
+            // we looked, and set_len would cut its data off.
+            if off + len > self.len()? {
+                self.write_at(&[0], off + len - 1)?;
             }
             return Ok(());
         }

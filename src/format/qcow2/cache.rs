@@ -30,6 +30,9 @@ struct Inner {
     /// Use order: tick -> key.
     lru: BTreeMap<u64, u64>,
     tick: u64,
+    /// Bumped by every `put` and `invalidate`: a load that started before
+    /// one may have read a table that was written over since.
+    generation: u64,
     hits: u64,
     misses: u64,
 }
@@ -103,22 +106,31 @@ impl TableCache {
     }
 
     /// The table at `key`, loading it with `load` (no lock held) on a miss.
-    pub fn get(&self, key: u64, load: impl FnOnce() -> Result<Vec<u64>>) -> Result<Table> {
-        {
+    /// A load that raced with a `put` (the writer may have written the
+    /// table back and let it go since) is retried, so a stale table never
+    /// enters the cache.
+    pub fn get(&self, key: u64, load: impl Fn() -> Result<Vec<u64>>) -> Result<Table> {
+        loop {
+            let gen = {
+                let mut g = self.lock();
+                if let Some(t) = g.touch(key) {
+                    g.hits += 1;
+                    return Ok(t);
+                }
+                g.misses += 1;
+                g.generation
+            };
+            let table: Table = load()?.into();
             let mut g = self.lock();
             if let Some(t) = g.touch(key) {
-                g.hits += 1;
                 return Ok(t);
             }
-            g.misses += 1;
+            if g.generation != gen {
+                continue;
+            }
+            self.insert(&mut g, key, table.clone(), false);
+            return Ok(table);
         }
-        let table: Table = load()?.into();
-        let mut g = self.lock();
-        if let Some(t) = g.touch(key) {
-            return Ok(t);
-        }
-        self.insert(&mut g, key, table.clone(), false);
-        Ok(table)
     }
 
     /// The table at `key` if cached, else `None`: never loads. Counts as
@@ -142,6 +154,7 @@ impl TableCache {
     /// `mark_clean`.
     pub fn put(&self, key: u64, table: Table, dirty: bool) {
         let mut g = self.lock();
+        g.generation += 1;
         let dirty = dirty || g.map.get(&key).is_some_and(|s| s.dirty);
         self.insert(&mut g, key, table, dirty);
     }
@@ -173,6 +186,7 @@ impl TableCache {
     /// Forgets `key` (a freed table).
     pub fn invalidate(&self, key: u64) {
         let mut g = self.lock();
+        g.generation += 1;
         if let Some(s) = g.map.remove(&key) {
             g.lru.remove(&s.tick);
         }

@@ -552,7 +552,11 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
             .push(format!("({} more messages not shown)", c.dropped));
     }
     let mut r = c.r;
-    r.total_clusters = Some(q.size.div_ceil(cs));
+    r.total_clusters = Some(
+        q.size
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .div_ceil(cs),
+    );
     r.allocated_clusters = Some(c.allocated);
     r.fragmented_clusters = Some(c.fragmented);
     r.compressed_clusters = Some(c.compressed);

@@ -75,6 +75,36 @@ impl L1Table {
         g.get(&(index / CHUNK)).map(|c| c[(index % CHUNK) as usize])
     }
 
+    /// Replaces entry `index` in memory (the writer puts it on disk,
+    /// ordered after what it points to). Only entries inside the file can
+    /// change: a read-write open checks the table lies inside it.
+    pub fn set(&self, index: u64, value: u64) -> Result<()> {
+        if index >= self.stored {
+            return Err(crate::Error::Corrupt(format!(
+                "L1 index {index} lies outside the L1 table stored in the file"
+            )));
+        }
+        self.entry(index)?; // loads the chunk
+        let c = index / CHUNK;
+        let mut g = self.chunks.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(chunk) = g.get_mut(&c) {
+            let mut v = chunk.to_vec();
+            v[(index % CHUNK) as usize] = value;
+            *chunk = v.into();
+        }
+        Ok(())
+    }
+
+    /// Host offset of the table.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Whether every entry lies inside the file.
+    pub fn fully_stored(&self) -> bool {
+        self.stored == self.len
+    }
+
     /// Entries in the table.
     pub fn entries(&self) -> u64 {
         self.len

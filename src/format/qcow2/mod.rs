@@ -3,22 +3,21 @@
 //! entries, external data files, internal snapshots) reads back as
 //! `qemu-img convert -O raw` does.
 //!
-//! Read-write opens are refused: this build does not write qcow2 yet, and
-//! failing at open is clearer than failing at the first write. Images with
-//! the dirty bit (lazy refcounts, not closed cleanly) therefore only open
-//! read-only, which needs no refcount repair; images with the corrupt bit
-//! open read-only with a warning (`Image::warnings`); unknown incompatible
-//! features are refused by name (from the image's feature name table);
-//! encrypted images are refused as unsupported.
+//! Read-write opens (v2 and v3, extended L2, external data files) write
+//! through `write` (allocation, refcounts, ordered write-back, repair of
+//! dirty images). Images with the corrupt bit are refused for writing and
+//! open read-only with a warning (`Image::warnings`);
+//! unknown incompatible features are refused by name (from the image's
+//! feature name table); encrypted images are refused as unsupported.
 //!
 //! Modules: `header` (cluster 0, extensions, limits), `features`, `l2`
 //! (entry decoding), `compress`, `snapshot`, `cache` (bounded L2 cache).
 //! Parsers take byte slices; file I/O stays in this file.
 //!
-//! Made for the write side to come: the L1 table sits behind a lock, L2
-//! tables are immutable `Arc`s in a cache that can hold dirty versions
-//! (see `cache`), and `map` reports COPIED (`in_place`) and preallocated
-//! space (`Extent::reserved`).
+//! The L1 table is swapped whole when a resize moves it; L2 tables are
+//! immutable `Arc`s in a cache that holds dirty versions (see `cache`), and
+//! `map` reports COPIED (`in_place`) and preallocated space
+//! (`Extent::reserved`).
 
 pub mod bitmaps;
 pub mod cache;
@@ -34,6 +33,7 @@ pub mod refcount;
 pub mod snapshot;
 #[cfg(test)]
 mod tests;
+mod write;
 
 use super::info::InfoValue;
 use super::{
@@ -42,6 +42,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::io::{Access, BlockFile, IoVec, NotOpened};
+use arc_swap::ArcSwap;
 use byteorder::{BigEndian, ByteOrder};
 use cache::{Table, TableCache};
 use header::{Compression, Header};
@@ -50,7 +51,9 @@ use l2::{Geometry, Kind, OFFSET_MASK, OFLAG_COPIED};
 use snapshot::Snapshot;
 use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use write::Meta;
 
 /// QEMU's default L2 cache limit (Linux): 32 MiB, or less when that
 /// covers the whole disk; never less than two tables.
@@ -110,9 +113,10 @@ pub struct Qcow2 {
     data_file_path: Option<PathBuf>,
     header: Header,
     geo: Geometry,
-    size: u64,
-    /// The L1 table in use (active or a snapshot's), read on demand.
-    l1: L1Table,
+    size: AtomicU64,
+    /// The L1 table in use (active or a snapshot's), read on demand;
+    /// swapped whole when a resize moves it.
+    l1: ArcSwap<L1Table>,
     l2_cache: TableCache,
     snapshots: Vec<Snapshot>,
     /// The persistent bitmap directory (for `info`).
@@ -123,6 +127,16 @@ pub struct Qcow2 {
     /// computed on first use): block status then asks the data file about
     /// holes under data clusters.
     prealloc: OnceLock<bool>,
+    /// The write side's state; `None` on a read-only open.
+    meta: Option<Mutex<Meta>>,
+    /// Read-only: opened so, or stopped after corruption or a failed
+    /// write-back.
+    ro: AtomicBool,
+    /// The incompatible feature bits as on disk.
+    incompat: AtomicU64,
+    /// A length the image file is known to have reached (it never shrinks
+    /// while open), so `check_in_file` rarely asks the file.
+    known_len: AtomicU64,
 }
 
 fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
@@ -163,8 +177,14 @@ impl Qcow2 {
                 let f: Arc<dyn BlockFile> = Arc::new(NotOpened::new(p.display().to_string()));
                 (f, Some(p))
             } else {
+                // Opened for writing with the image (guest data goes there).
+                let access = if ctx.read_only {
+                    Access::ReadOnly
+                } else {
+                    Access::ReadWrite
+                };
                 let (f, p) = ctx
-                    .open_named(name, Access::ReadOnly)
+                    .open_named(name, access)
                     .map_err(|e| e.context(format!("external data file '{name}'")))?;
                 (f, Some(p))
             }
@@ -222,13 +242,14 @@ impl Qcow2 {
             path: resolve_relative(ctx.path, name),
             format: h.backing_fmt.clone(),
         });
-        Ok(Qcow2 {
+        let incompat = AtomicU64::new(h.incompatible);
+        let mut q = Qcow2 {
             file,
             data,
             data_file_path,
             geo,
-            size,
-            l1,
+            size: AtomicU64::new(size),
+            l1: ArcSwap::from_pointee(l1),
             l2_cache: TableCache::new(tables),
             snapshots,
             bitmaps,
@@ -236,7 +257,54 @@ impl Qcow2 {
             warnings,
             header: h,
             prealloc: OnceLock::new(),
-        })
+            meta: None,
+            ro: AtomicBool::new(ctx.read_only),
+            incompat,
+            known_len: AtomicU64::new(file_len),
+        };
+        if !ctx.read_only {
+            q.open_for_writing(ctx.cache_size)?;
+        }
+        Ok(q)
+    }
+
+    /// Prepares a read-write open: checks what the write side needs, loads
+    /// the refcount table and, before the first write, clears the
+    /// autoclear bits this build does not keep consistent (as QEMU does on
+    /// a read-write open: here everything but data_file_raw, since
+    /// bitmaps are not updated by our writes).
+    fn open_for_writing(&mut self, cache_size: u64) -> Result<()> {
+        if !self.l1.load().fully_stored() {
+            return Err(Error::Corrupt(
+                "the active L1 table runs past the end of the image file".into(),
+            ));
+        }
+        let rt = self.load_refcount_table()?;
+        let cs = self.cs();
+        let blocks = if cache_size > 0 {
+            cache_size / 4 / cs
+        } else {
+            (1u64 << 20) / cs
+        };
+        self.meta = Some(Mutex::new(Meta::new(
+            rt,
+            self.header.refcount_table_offset,
+            self.header.refcount_table_clusters as u64,
+            blocks.min(1 << 16) as usize,
+        )));
+        if self.header.incompatible & features::INCOMPAT_DIRTY != 0 {
+            self.rebuild_refcounts()
+                .map_err(|e| e.context("repairing the refcounts of an image not closed cleanly"))?;
+        }
+        let keep = self.header.autoclear & features::AUTOCLEAR_DATA_FILE_RAW;
+        if self.header.version >= 3 && keep != self.header.autoclear {
+            let mut b = [0u8; 8];
+            BigEndian::write_u64(&mut b, keep);
+            self.file.write_at(&b, 88)?;
+            self.file.flush()?;
+            self.header.autoclear = keep;
+        }
+        Ok(())
     }
 
     /// Refuses what this build cannot read or must not write.
@@ -259,16 +327,18 @@ impl Qcow2 {
             )));
         }
         if !read_only {
-            let mut why = String::from(
-                "writing qcow2 images is not implemented yet; open the image read-only",
-            );
-            if h.incompatible & features::INCOMPAT_DIRTY != 0 {
-                why += " (it was not closed cleanly: the dirty bit is set)";
+            let why = if h.incompatible & features::INCOMPAT_CORRUPT != 0 {
+                Some("it is marked corrupt ('qemu-img check -r all' repairs it)")
+            } else if h.incompatible & features::INCOMPAT_DIRTY != 0 && h.bitmaps.is_some() {
+                Some("it was not closed cleanly (dirty bit set) and has persistent bitmaps, whose refcounts this build does not rebuild ('qemu-img check -r all' repairs it)")
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                return Err(Error::ReadOnly(format!(
+                    "cannot open the qcow2 image for writing: {why}; open it read-only"
+                )));
             }
-            if h.incompatible & features::INCOMPAT_CORRUPT != 0 {
-                why += " (it is marked corrupt)";
-            }
-            return Err(Error::ReadOnly(why));
         }
         Ok(())
     }
@@ -299,7 +369,7 @@ impl Qcow2 {
     }
 
     fn l1_entry(&self, index: u64) -> Result<u64> {
-        self.l1.entry(index)
+        self.l1.load().entry(index)
     }
 
     /// `map` for the run `[off, end)` inside the L2 table `table`.
@@ -331,6 +401,9 @@ impl Qcow2 {
             pos += 1 << unit_bits;
         }
         let n = pos.min(end) - off;
+        if let (Kind::Normal(_), Some(h)) = (first, first_host) {
+            self.check_in_file(h, n)?;
+        }
         let ext = match first {
             Kind::Normal(_) => Extent::new(
                 Mapping::Data {
@@ -400,6 +473,28 @@ impl Qcow2 {
         }
     }
 
+    /// On a writable open, data the engine may write in place must lie
+    /// inside the image file: a hostile L2 entry far past its end would
+    /// otherwise make a write grow the file without bound. (Our own
+    /// clusters are written before they are linked, so they pass.)
+    fn check_in_file(&self, host: u64, n: u64) -> Result<()> {
+        if self.meta.is_none() || self.geo.data_file {
+            return Ok(());
+        }
+        let end = host.saturating_add(n);
+        if end <= self.known_len.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let flen = self.file.len()?;
+        self.known_len.fetch_max(flen, Ordering::Relaxed);
+        if end > flen {
+            return Err(Error::Corrupt(format!(
+                "data at host offset {host:#x} ({n} bytes) lies past the end of the image file ({flen} bytes)"
+            )));
+        }
+        Ok(())
+    }
+
     /// QEMU's metadata preallocation heuristic: clearly more clusters have
     /// a refcount than the file has allocated on disk. Bounded by the file
     /// length; any error says no.
@@ -445,7 +540,8 @@ impl Qcow2 {
     /// once (a table listed twice is corruption: it would multiply work).
     fn count_allocated(&self) -> Result<u64> {
         let cov = self.geo.l2_coverage();
-        let tables = self.size.div_ceil(cov);
+        let size = self.size.load(Ordering::Relaxed);
+        let tables = size.div_ceil(cov);
         let unit = 1u64 << self.geo.unit_bits();
         let mut seen = HashSet::new();
         let mut total = 0u64;
@@ -460,7 +556,7 @@ impl Qcow2 {
                 )));
             }
             let table = self.l2_table(l2off, i)?;
-            let end = ((i + 1) * cov).min(self.size);
+            let end = ((i + 1) * cov).min(size);
             let mut pos = i * cov;
             while pos < end {
                 let (_, k) = self.unit(&table, pos);
@@ -492,7 +588,7 @@ impl Format for Qcow2 {
     }
 
     fn size(&self) -> u64 {
-        self.size
+        self.size.load(Ordering::Relaxed)
     }
 
     fn cluster_size(&self) -> u64 {
@@ -508,7 +604,7 @@ impl Format for Qcow2 {
         let end = off
             .saturating_add(len)
             .min((off / cov + 1).saturating_mul(cov))
-            .min(self.size.max(off + 1));
+            .min(self.size().max(off + 1));
         let (l1_index, _) = self.geo.indices(off);
         let l2off = self.l1_entry(l1_index)? & OFFSET_MASK;
         if l2off == 0 {
@@ -552,29 +648,35 @@ impl Format for Qcow2 {
     }
 
     fn read_only(&self) -> bool {
-        true
+        self.ro.load(Ordering::SeqCst)
     }
 
-    fn allocate(&self, _guest: u64, _len: u64) -> Result<(u64, u64)> {
-        Err(Error::ReadOnly(
-            "qcow2 images are read-only in this build".into(),
-        ))
+    fn allocate(&self, guest: u64, len: u64) -> Result<(u64, u64)> {
+        self.w_allocate(guest, len)
     }
 
-    fn link(&self, _guest: u64, _len: u64, _host: u64) -> Result<()> {
-        Err(Error::ReadOnly(
-            "qcow2 images are read-only in this build".into(),
-        ))
+    fn cow_unit(&self, guest: u64) -> Result<u64> {
+        self.w_cow_unit(guest)
+    }
+
+    fn link(&self, guest: u64, len: u64, host: u64) -> Result<()> {
+        self.w_link(guest, len, host)
+    }
+
+    fn zero_clusters(&self, guest: u64, len: u64) -> Result<bool> {
+        self.w_zero(guest, len)
+    }
+
+    fn discard(&self, guest: u64, len: u64) -> Result<()> {
+        self.w_discard(guest, len)
     }
 
     fn flush(&self) -> Result<()> {
-        Ok(())
+        self.w_flush()
     }
 
-    fn truncate(&self, _size: u64, _backing_len: Option<u64>, _old: OldReader) -> Result<()> {
-        Err(Error::ReadOnly(
-            "qcow2 images are read-only in this build".into(),
-        ))
+    fn truncate(&self, size: u64, backing_len: Option<u64>, _old: OldReader) -> Result<()> {
+        self.w_truncate(size, backing_len)
     }
 
     fn allocated_bytes(&self) -> Result<u64> {
@@ -683,6 +785,6 @@ impl Format for Qcow2 {
     }
 
     fn close(&self) -> Result<()> {
-        Ok(())
+        self.w_flush()
     }
 }

@@ -17,7 +17,7 @@ impl Qcow2 {
             .min((off / cov + 1).saturating_mul(cov))
             .min(self.size().max(off + 1));
         let (l1_index, _) = self.geo.indices(off);
-        let Some(l1) = self.l1.cached_entry(l1_index) else {
+        let Some(l1) = self.l1.load().cached_entry(l1_index) else {
             return Ok(None);
         };
         let l2off = l1 & OFFSET_MASK;

@@ -252,11 +252,11 @@ fn l1_table_past_the_end_of_the_file_reads_zeros() {
     // one inside it loads one chunk.
     use crate::format::Format;
     let d = b.driver(0);
-    assert_eq!(d.l1.loaded_chunks(), 0);
+    assert_eq!(d.l1.load().loaded_chunks(), 0);
     d.map(size - 4096, 4096).unwrap();
-    assert_eq!(d.l1.loaded_chunks(), 0);
+    assert_eq!(d.l1.load().loaded_chunks(), 0);
     d.map(0, 4096).unwrap();
-    assert_eq!(d.l1.loaded_chunks(), 1);
+    assert_eq!(d.l1.load().loaded_chunks(), 1);
 }
 
 #[test]
