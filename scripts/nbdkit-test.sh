@@ -138,6 +138,25 @@ check "qemu-img 10 compare: qcow2 through NBD equals qemu-img's own view" \
 check "map over NBD equals cowblk-img map (qcow2)" map_same ov.qcow2 q
 check "stop the qcow2 server" stop q
 
+# qcow2 read-write through NBD: QEMU 10's qemu-io writes our qcow2 overlay
+# (made by QEMU), the same writes go to a raw twin; then QEMU 10 checks the
+# image we wrote and compares it with the twin.
+cp base.raw qtwin.raw
+t $QIMG create -q -f qcow2 -b base.raw -F raw qrw.qcow2
+QCMDS=(-c 'write -P 0xb1 0 4k' -c 'write -P 0xb2 1M 3M' -c 'write -z 21M 512k'
+       -c 'write -P 0xb3 40000 70000' -c 'write -z -u 2M 64k' -c 'write -P 0xb4 63M 64k' -c flush)
+qcow2_writes() {
+    t $QIO -f raw "${QCMDS[@]}" -c 'read -P 0xb2 1M 1M' -c 'read -P 0 2M 64k' "$(url qrw)" &&
+    t $QIO -f raw "${QCMDS[@]}" qtwin.raw
+}
+check "serve a qcow2 overlay read-write" serve qrw file="$T/qrw.qcow2"
+check "qemu-io 10 writes and reads a qcow2 image through NBD" qcow2_writes
+check "qemu-img 10 compare: the qcow2 through NBD equals the raw twin" \
+    t $QIMG compare -f raw -F raw "$(url qrw)" qtwin.raw
+check "stop the qcow2 server" stop qrw
+check "qemu-img 10 check: the qcow2 we wrote is clean" t $QIMG check qrw.qcow2
+check "qemu-img 10 reads the qcow2 we wrote as the twin" t $QIMG compare qrw.qcow2 qtwin.raw
+
 # Errors reach the client with their errno: a read past the end.
 check "serve add-cow again" serve ov file="$T/ov.add-cow"
 check "a read past the end is refused" sh -c "! timeout $TO $QIO -f raw -c 'read 64M 512' '$(url ov)'"
@@ -227,6 +246,11 @@ killed_server() {
 t $CIMG create -q -f add-cow -o image_file=kill.img kill.add-cow 256M
 check "add-cow: server SIGKILLed during writes, restarted: flushed writes all there" \
     killed_server kill.add-cow add-cow
+t $QIMG create -q -f qcow2 kill.qcow2 256M
+check "qcow2: server SIGKILLed during writes, restarted: flushed writes all there" \
+    killed_server kill.qcow2 qcow2
+check "qemu-img 10 check of the killed qcow2: no errors (leaks allowed)" \
+    sh -c "timeout $TO $QIMG check kill.qcow2; r=\$?; [ \$r -eq 0 ] || [ \$r -eq 3 ]"
 
 echo "$PASS passed, $FAIL failed"
 [ "$FAIL" = 0 ]
