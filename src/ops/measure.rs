@@ -5,6 +5,7 @@ use super::chain_runs;
 use crate::error::{Error, Result};
 use crate::format::addcow::{self, header::Header as AddCowHeader};
 use crate::format::options::{self, CreateOptions};
+use crate::format::qcow2::create::refcount_metadata;
 use crate::image::Image;
 
 /// qemu-img measure's answer.
@@ -93,23 +94,6 @@ fn add_cow(opts: &CreateOptions, input: Option<&Image>, size: u64) -> Result<Mea
     })
 }
 
-/// Refcount table and block clusters needed to count `clusters` clusters
-/// and themselves: the fixed point of that recursion.
-fn refcount_metadata(clusters: u64, cs: u64, refcount_order: u32) -> u64 {
-    let per_table_cluster = cs / 8;
-    let per_block = (cs * 8) >> refcount_order;
-    let (mut table, mut blocks, mut n) = (0u64, 0u64, 0u64);
-    loop {
-        let last = n;
-        blocks = (clusters + table + blocks).div_ceil(per_block);
-        table = blocks.div_ceil(per_table_cluster);
-        n = clusters + blocks + table;
-        if n == last {
-            return (blocks + table) * cs;
-        }
-    }
-}
-
 /// A fully allocated qcow2 image of `size` bytes: header cluster, L2 and L1
 /// tables for every cluster, refcount structures for all of that, data.
 fn qcow2_full(size: u64, cs: u64, refcount_order: u32, extended: bool) -> u64 {
@@ -120,7 +104,13 @@ fn qcow2_full(size: u64, cs: u64, refcount_order: u32, extended: bool) -> u64 {
     meta += nl2e * l2e;
     let nl1e = (nl2e * l2e / cs).div_ceil(cs / 8) * (cs / 8);
     meta += nl1e * 8;
-    meta += refcount_metadata((meta + aligned) / cs, cs, refcount_order);
+    let (blocks, table) = refcount_metadata(
+        (meta + aligned) / cs,
+        (cs * 8) >> refcount_order,
+        cs / 8,
+        false,
+    );
+    meta += (blocks + table) * cs;
     meta + aligned
 }
 

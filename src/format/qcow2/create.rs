@@ -616,8 +616,8 @@ impl Alloc {
 
 /// QEMU's `qcow2_refcount_metadata_size`: refcount blocks and table
 /// clusters needed to cover `clusters` plus themselves (`generous`: room
-/// for half the table again).
-fn refcount_metadata(
+/// for half the table again). `ops::measure` sizes images with it too.
+pub fn refcount_metadata(
     mut clusters: u64,
     rb_entries: u64,
     rt_per_cluster: u64,
