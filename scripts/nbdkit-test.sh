@@ -29,22 +29,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-PASS=0
-FAIL=0
-LOG=$T/step.log
-check() {
-    local name=$1
-    shift
-    if "$@" >"$LOG" 2>&1; then
-        PASS=$((PASS + 1))
-        echo "ok   $name"
-    else
-        FAIL=$((FAIL + 1))
-        echo "FAIL $name"
-        tail -n 25 "$LOG" | sed 's/^/     | /'
-    fi
-}
-t() { timeout "$TO" "$@"; }
+. "$ROOT/scripts/testlib.sh"
 
 # serve NAME ARGS...: starts nbdkit on $T/NAME.sock with the plugin and ARGS,
 # waits for the socket. stop NAME: stops it and waits until it has exited

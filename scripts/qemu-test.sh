@@ -29,26 +29,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-PASS=0
-FAIL=0
-LOG=$T/step.log
-
-# check NAME CMD...: runs CMD (a shell function or command) and records it.
-check() {
-    local name=$1
-    shift
-    if "$@" >"$LOG" 2>&1; then
-        PASS=$((PASS + 1))
-        echo "ok   $name"
-    else
-        FAIL=$((FAIL + 1))
-        echo "FAIL $name"
-        tail -n 25 "$LOG" | sed 's/^/     | /'
-    fi
-}
-
-# Runs a tool with a time bound.
-t() { timeout "$TO" "$@"; }
+. "$ROOT/scripts/testlib.sh"
 
 # Every qemu-io -c list below is applied twice: through add-cow with the
 # patched qemu-io, and to a raw copy of the base with the system qemu-io.
