@@ -3,6 +3,10 @@
 
 #![allow(dead_code)]
 
+pub mod doc;
+pub mod getopt;
+pub mod spec;
+
 use std::io::IsTerminal;
 
 /// Exit code of a failed command.

@@ -1,0 +1,40 @@
+//! `commit`: an overlay's data written into its backing file.
+
+use crate::args::{fail, lib, one_file, Parser, Res};
+use crate::open::{open, with_progress};
+use cowblk::ops;
+use std::ffi::OsString;
+
+pub fn run(args: Vec<OsString>) -> Res {
+    const C: &str = "commit";
+    let mut p = Parser::new(C, args);
+    let (mut fmt, mut quiet, mut progress, mut keep, mut base) =
+        (None, false, false, false, None);
+    while let Some((k, v)) = p.next()? {
+        match k.as_str() {
+            "f" => fmt = Some(v),
+            "q" => quiet = true,
+            "p" => progress = true,
+            "d" => keep = true,
+            "b" => base = Some(v),
+            _ => {}
+        }
+    }
+    let file = one_file(p.files(), C)?;
+    let img = open(&file, fmt, false)?;
+    if let Some(b) = base {
+        let direct = img.backing_spec().map(|s| s.name);
+        if direct.as_deref() != Some(b.as_str()) {
+            return Err(fail(format!(
+                "'{b}' is not the backing file of '{file}': only commits into the direct backing file are supported"
+            )));
+        }
+    }
+    with_progress(progress && !quiet, |pr| ops::commit(&img, keep, pr)).map_err(lib)?;
+    img.close().map_err(lib)?;
+    if !quiet {
+        println!("Image committed.");
+    }
+    Ok(0)
+}
+

@@ -1,0 +1,100 @@
+//! `convert`: the guest view of one or more images copied into a new (or
+//! existing, -n) one.
+
+use crate::args::{fail, lib, snapshot_ref, Fail, Parser, Res};
+use crate::create::print_opts_help;
+use crate::open::{confined, end_force_share, force_share, open, open_with, with_progress};
+use cowblk::format;
+use cowblk::ops;
+use cowblk::{CreateOptions, Error, Image, OpenOptions};
+use std::ffi::OsString;
+
+pub fn run(args: Vec<OsString>) -> Res {
+    const C: &str = "convert";
+    let mut p = Parser::new(C, args);
+    let (mut fmt, mut ofmt, mut progress, mut quiet, mut no_create) =
+        (None, "raw".to_string(), false, false, false);
+    let (mut opt_strs, mut snap) = (Vec::new(), None);
+    while let Some((k, v)) = p.next()? {
+        match k.as_str() {
+            "f" => fmt = Some(v),
+            "O" => ofmt = v,
+            "o" => opt_strs.push(v),
+            "p" => progress = true,
+            "q" => quiet = true,
+            "n" => no_create = true,
+            "l" => snap = Some(snapshot_ref(&v)?),
+            // Cache modes, sparse size, coroutines, out-of-order (-t, -T,
+            // -S, -m, -W): the library has one way of doing each; declared
+            // for scripts and ignored.
+            "U" => force_share(),
+            "c" => {
+                return Err(fail(
+                    "Compression is not supported by cowblk's output drivers",
+                ))
+            }
+            _ => {}
+        }
+    }
+    let mut files = p.files();
+    if opt_strs.iter().any(|o| o == "help" || o == "?") {
+        return print_opts_help(&ofmt, files.len() < 2);
+    }
+    if files.len() < 2 {
+        return Err(fail("Must specify image file name"));
+    }
+    let out = files.pop().unwrap_or_default();
+    // A snapshot names one source's state; with several sources qemu-img
+    // refuses it.
+    if snap.is_some() && files.len() > 1 {
+        return Err(fail("No support for concatenating multiple snapshot"));
+    }
+    let srcs = files
+        .iter()
+        .map(|f| {
+            let opts = OpenOptions {
+                format: fmt.clone(),
+                read_only: true,
+                snapshot: snap.clone(),
+                confined: confined(),
+                ..Default::default()
+            };
+            match Image::open(f, &opts) {
+                // qemu-img's words for a snapshot the image does not have.
+                Err(Error::NotFound(m)) if snap.is_some() && m.contains("snapshot '") => {
+                    Err(fail("Failed to load snapshot: Can't find snapshot"))
+                }
+                _ => open_with(f, &opts),
+            }
+        })
+        .collect::<Result<Vec<Image>, Fail>>()?;
+    let total = srcs.iter().map(|s| s.size()).sum::<u64>();
+    if !no_create {
+        let mut opts = CreateOptions::new();
+        for o in &opt_strs {
+            opts.parse_into(o).map_err(lib)?;
+        }
+        // An explicit size must parse, but the sources' total wins, as in
+        // qemu-img.
+        opts.get_size(format::options::SIZE).map_err(|_| {
+            fail(
+                "Parameter 'size' expects a non-negative number below 2^64\n\
+                 Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
+                 and exabytes, respectively.",
+            )
+        })?;
+        opts.set(format::options::SIZE, total.to_string());
+        Image::create(&out, &ofmt, &opts).map_err(lib)?;
+    }
+    // -U covers the sources only, as in qemu-img.
+    end_force_share();
+    let dst = open(&out, Some(ofmt), false)?;
+    let refs: Vec<&Image> = srcs.iter().collect();
+    with_progress(progress && !quiet, |pr| {
+        ops::convert(&refs, &dst, !no_create, pr)
+    })
+    .map_err(lib)?;
+    dst.close().map_err(lib)?;
+    Ok(0)
+}
+
