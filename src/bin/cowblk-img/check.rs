@@ -147,4 +147,3 @@ fn img_format(file: &str) -> String {
         .map(|i| i.format_name().to_string())
         .unwrap_or_default()
 }
-

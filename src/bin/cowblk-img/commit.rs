@@ -8,8 +8,7 @@ use std::ffi::OsString;
 pub fn run(args: Vec<OsString>) -> Res {
     const C: &str = "commit";
     let mut p = Parser::new(C, args);
-    let (mut fmt, mut quiet, mut progress, mut keep, mut base) =
-        (None, false, false, false, None);
+    let (mut fmt, mut quiet, mut progress, mut keep, mut base) = (None, false, false, false, None);
     while let Some((k, v)) = p.next()? {
         match k.as_str() {
             "f" => fmt = Some(v),
@@ -37,4 +36,3 @@ pub fn run(args: Vec<OsString>) -> Res {
     }
     Ok(0)
 }
-

@@ -9,8 +9,7 @@ use std::ffi::OsString;
 pub fn run(args: Vec<OsString>) -> Res {
     const C: &str = "compare";
     let mut p = Parser::new(C, args);
-    let (mut fa, mut fb, mut strict, mut quiet, mut progress) =
-        (None, None, false, false, false);
+    let (mut fa, mut fb, mut strict, mut quiet, mut progress) = (None, None, false, false, false);
     let bad = |f: Fail| Fail { code: 2, ..f };
     while let Some((k, v)) = p.next().map_err(bad)? {
         match k.as_str() {
@@ -61,4 +60,3 @@ pub fn run(args: Vec<OsString>) -> Res {
         }
     }
 }
-

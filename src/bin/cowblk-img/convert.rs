@@ -97,4 +97,3 @@ pub fn run(args: Vec<OsString>) -> Res {
     dst.close().map_err(lib)?;
     Ok(0)
 }
-

@@ -1,11 +1,11 @@
 //! `create`: a new image, reported with qemu-img's "Formatting" line;
 //! `-o help` (shared with convert).
 
+use crate::args::size_arg;
 use crate::args::{fail, lib, usage_err, Parser, Res};
 use crate::shared::describe;
 use cowblk::format::{self, OptKind};
 use cowblk::{CreateOptions, Image, OpenOptions};
-use crate::args::size_arg;
 use std::ffi::OsString;
 
 fn kind_name(k: OptKind) -> &'static str {
@@ -124,4 +124,3 @@ pub fn run(args: Vec<OsString>) -> Res {
     }
     Ok(0)
 }
-

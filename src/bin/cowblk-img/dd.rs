@@ -109,4 +109,3 @@ pub fn run(args: Vec<OsString>) -> Res {
     dst.close().map_err(lib)?;
     Ok(0)
 }
-

@@ -180,4 +180,3 @@ pub fn run(args: Vec<OsString>) -> Res {
     }
     Ok(0)
 }
-

@@ -22,9 +22,7 @@ pub fn run(args: Vec<OsString>) -> Res {
         match k.as_str() {
             "f" => fmt = Some(v),
             "output" => out = output_arg(&v, C)?,
-            "s" => {
-                start = size_arg("start offset", &v)?
-            }
+            "s" => start = size_arg("start offset", &v)?,
             "l" => max_len = size_arg("max length", &v)?,
             "U" => force_share(),
             _ => {}
@@ -82,4 +80,3 @@ pub fn run(args: Vec<OsString>) -> Res {
     }
     Ok(0)
 }
-

@@ -77,4 +77,3 @@ pub fn run(args: Vec<OsString>) -> Res {
     }
     Ok(0)
 }
-

@@ -40,4 +40,3 @@ pub fn run(args: Vec<OsString>) -> Res {
     img.close().map_err(lib)?;
     Ok(0)
 }
-

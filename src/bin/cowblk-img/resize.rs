@@ -89,4 +89,3 @@ pub fn run(mut args: Vec<OsString>) -> Res {
     }
     Ok(0)
 }
-

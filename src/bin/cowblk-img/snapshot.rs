@@ -36,7 +36,6 @@ pub fn run(args: Vec<OsString>) -> Res {
     Ok(0)
 }
 
-
 fn date_str(sec: u64) -> String {
     // SAFETY: localtime_r fills the caller's struct; strftime writes at most
     // the buffer's size.

@@ -96,7 +96,8 @@ impl Getopt {
 
     /// The non-option words; call after `next_opt` returned None.
     pub fn positional(mut self) -> Vec<String> {
-        self.positional.extend(self.args.drain(self.next.min(self.args.len())..));
+        self.positional
+            .extend(self.args.drain(self.next.min(self.args.len())..));
         self.positional
     }
 
@@ -132,7 +133,11 @@ impl Getopt {
             Some((n, v)) => (n, Some(v.to_string())),
             None => (body, None),
         };
-        let o = match self.opts.iter().find(|o| !o.long.is_empty() && o.long == name) {
+        let o = match self
+            .opts
+            .iter()
+            .find(|o| !o.long.is_empty() && o.long == name)
+        {
             Some(o) => o,
             None => {
                 let cands: Vec<&'static Opt> = self
@@ -180,7 +185,9 @@ mod tests {
         lflag("image-opts", ""),
     ];
 
-    fn all(words: &[&str]) -> Result<(Vec<(char, &'static str, String)>, Vec<String>), GetoptError> {
+    fn all(
+        words: &[&str],
+    ) -> Result<(Vec<(char, &'static str, String)>, Vec<String>), GetoptError> {
         let mut g = Getopt::new(words.iter().map(|s| s.to_string()).collect(), OPTS);
         let mut out = Vec::new();
         while let Some((o, v)) = g.next_opt()? {
