@@ -8,11 +8,7 @@ use super::spec::{flag, lflag, lopt, opt, sflag, Cmd, Opt, Tool};
 
 const HELP: Opt = flag('h', "help", "print this help and exit");
 const QUIET: Opt = flag('q', "quiet", "quiet: print nothing but errors");
-const PROGRESS: Opt = flag(
-    'p',
-    "progress",
-    "show progress (a bar on a terminal; percentages otherwise)",
-);
+const PROGRESS: Opt = flag('p', "progress", "show progress (a bar, on a terminal)");
 const FORMAT: Opt = opt(
     'f',
     "format",

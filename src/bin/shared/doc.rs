@@ -164,7 +164,12 @@ pub fn markdown(tool: &Tool) -> String {
     }
     for c in tool.cmds {
         let line = if img {
-            img_synopsis(tool, c)
+            flow(
+                &format!("{} {}", tool.name, c.name),
+                &img_items(c),
+                78,
+                "    ",
+            )
         } else if c.args.is_empty() {
             c.name.to_string()
         } else {
@@ -222,7 +227,7 @@ pub fn man(tool: &Tool, version: &str) -> String {
     let mut s = format!(
         ".\\\" Generated from the tool's option table (src/bin/{n}/table.rs);\n\
          .\\\" regenerate with `make man`, do not edit.\n\
-         .TH {} 1 \"\" \"cowblk {version}\" \"User Commands\"\n\
+         .TH {} 1 \"\" \"cowblk {version}\" \"User Commands\"\n.nh\n\
          .SH NAME\n{} \\- {}\n.SH SYNOPSIS\n.B {}\n{}\n.SH DESCRIPTION\n{}\n",
         tool.name.to_uppercase(),
         tool.name,
