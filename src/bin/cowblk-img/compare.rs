@@ -10,8 +10,8 @@ pub fn run(args: Vec<OsString>) -> Res {
     const C: &str = "compare";
     let mut p = Parser::new(C, args);
     let (mut fa, mut fb, mut strict, mut quiet, mut progress) = (None, None, false, false, false);
-    let bad = |f: Fail| Fail { code: 2, ..f };
-    while let Some((k, v)) = p.next().map_err(bad)? {
+    // A bad option exits 1, as in qemu-img (2 is for failures to compare).
+    while let Some((k, v)) = p.next()? {
         match k.as_str() {
             "f" => fa = Some(v),
             "F" => fb = Some(v),

@@ -2,8 +2,8 @@
 //! `-o help` (shared with convert).
 
 use crate::args::size_arg;
-use crate::args::{fail, lib, usage_err, Parser, Res};
-use crate::shared::describe;
+use crate::args::{fail, lib, usage_err, Fail, Parser, Res};
+use crate::shared::{describe, errno_text};
 use cowblk::format::{self, OptKind};
 use cowblk::{CreateOptions, Image, OpenOptions};
 use std::ffi::OsString;
@@ -80,47 +80,132 @@ pub fn run(args: Vec<OsString>) -> Res {
     }
     let driver =
         format::find_driver(&fmt).map_err(|e| fail(format!("{file}: {}", describe(&e))))?;
+    let backing = opts.get(format::options::BACKING_FILE).map(str::to_owned);
     if backing.is_some() && !driver.supports_backing {
         return Err(fail(format!(
             "{file}: Backing file not supported for file format '{fmt}'"
         )));
     }
-    if opts.get(format::options::SIZE).is_none() && backing.is_none() {
+    // Unknown options and a bad size fail before anything is printed.
+    if let Some(k) = opts
+        .keys()
+        .find(|k| !driver.create_opts.iter().any(|d| d.name == *k))
+    {
+        return Err(fail(format!("{file}: Invalid parameter '{k}'")));
+    }
+    let mut size = opts.get_size(format::options::SIZE).map_err(|_| {
+        fail(format!(
+            "{file}: Parameter 'size' expects a non-negative number below 2^64\n\
+             Optional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\n\
+             and exabytes, respectively."
+        ))
+    })?;
+    if size.is_none() && backing.is_none() {
         return Err(fail(format!(
             "{file}: Image creation needs a size parameter"
         )));
     }
-    Image::create(&file, &fmt, &opts).map_err(lib)?;
-    if !quiet {
-        // Report the options as created, in the driver's order.
-        let created = Image::open(
-            &file,
-            &OpenOptions {
-                format: Some(fmt.clone()),
-                read_only: true,
-                no_backing: true,
-                ..Default::default()
-            },
-        )
-        .map_err(lib)?;
-        let mut line = format!("Formatting '{file}', fmt={fmt}");
-        if fmt == "qcow2" {
-            // qemu-img's order and defaults.
-            for (k, v) in format::qcow2::create::formatting_opts(&opts, created.size()) {
-                line += &format!(" {k}={v}");
-            }
-        }
-        for d in driver.create_opts.iter().filter(|_| fmt != "qcow2") {
-            let v = if d.name == format::options::SIZE {
-                Some(created.size().to_string())
-            } else {
-                opts.get(d.name).map(str::to_owned)
-            };
-            if let Some(v) = v {
-                line += &format!(" {}={v}", d.name);
-            }
-        }
-        println!("{line}");
+    // As qemu-img: the backing file opens (and gives the size when none is
+    // given) before anything is printed or made.
+    if let Some(b) = &backing {
+        let bsize = backing_size(&file, b, opts.get(format::options::BACKING_FMT))?;
+        size = size.or(Some(bsize));
     }
+    let size = size.unwrap_or(0);
+    if !quiet {
+        println!("{}", formatting_line(&file, &fmt, &opts, size, driver));
+    }
+    Image::create(&file, &fmt, &opts).map_err(|e| create_error(&file, &e))?;
     Ok(0)
+}
+
+/// qemu-img's "Formatting 'FILE', fmt=FMT size=N ..." line, printed before
+/// the image is made: its options in qemu-img's order with its defaults.
+fn formatting_line(
+    file: &str,
+    fmt: &str,
+    opts: &CreateOptions,
+    size: u64,
+    driver: &format::Driver,
+) -> String {
+    let mut line = format!("Formatting '{file}', fmt={fmt}");
+    if fmt == "qcow2" {
+        for (k, v) in format::qcow2::create::formatting_opts(opts, size) {
+            line += &format!(" {k}={v}");
+        }
+        return line;
+    }
+    for d in driver.create_opts {
+        let v = if d.name == format::options::SIZE {
+            Some(size.to_string())
+        } else {
+            opts.get(d.name).map(str::to_owned)
+        };
+        if let Some(v) = v {
+            line += &format!(" {}={v}", d.name);
+        }
+    }
+    line
+}
+
+/// Opens the backing file named for a new image (relative to the image's
+/// directory) and returns its size, failing in qemu-img's words.
+fn backing_size(file: &str, backing: &str, bfmt: Option<&str>) -> Result<u64, Fail> {
+    let path = format::resolve_relative(std::path::Path::new(file), backing);
+    let shown = path.display().to_string();
+    let opts = OpenOptions {
+        format: bfmt.map(str::to_owned),
+        read_only: true,
+        no_backing: true,
+        metadata_only: true,
+        ..Default::default()
+    };
+    match Image::open(&path, &opts) {
+        Ok(img) if bfmt.is_some() => Ok(img.size()),
+        Ok(img) => Err(fail(format!(
+            "{file}: Backing file specified without backing format\nDetected format of {}.",
+            img.format_name()
+        ))),
+        Err(e) => {
+            // An OS error names the file, a format's complaint stands alone.
+            let why = match &e {
+                cowblk::Error::Io { .. } | cowblk::Error::NotFound(_) => {
+                    format!("Could not open '{shown}': {}", errno_text(e.errno()))
+                }
+                e => {
+                    let d = describe(e);
+                    let ctx = format!("Could not open '{}': ", path.display());
+                    match d.find(&ctx) {
+                        Some(i) => d[i + ctx.len()..].to_string(),
+                        None => d,
+                    }
+                }
+            };
+            Err(fail(format!(
+                "{file}: {why}\nCould not open backing image."
+            )))
+        }
+    }
+}
+
+/// A failed creation as qemu-img reports it: "FILE: why", the library's
+/// category and its "could not create 'FILE'" context left out, an I/O
+/// error as "Could not create 'FILE': strerror".
+fn create_error(file: &str, e: &cowblk::Error) -> Fail {
+    let d = describe(e);
+    let ctx = format!("could not create '{file}': ");
+    let why = match d.find(&ctx) {
+        Some(i) => &d[i + ctx.len()..],
+        None => d.as_str(),
+    };
+    let why = match why.strip_prefix(&ctx) {
+        Some(os) => format!("Could not create '{file}': {os}"),
+        None => {
+            let mut c = why.chars();
+            c.next()
+                .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
+                .unwrap_or_default()
+        }
+    };
+    fail(format!("{file}: {why}"))
 }

@@ -1,10 +1,11 @@
 //! cowblk-img's commands and options, declared once: the parser reads them,
 //! and `--help`, docs/CLI.md's option lists and the man page are generated
 //! from them (tests/cli_docs.rs keeps the committed copies current).
-//! Long names are qemu-img's (QEMU 10), in its order, so that abbreviations
-//! resolve, and fail as ambiguous, as they do there.
+//! Long names are those qemu-img (QEMU 10.0) accepts, in its order, so that
+//! abbreviations resolve, and fail as ambiguous, as they do there (its
+//! --help names a few more than it takes, e.g. convert's --target-format).
 
-use super::spec::{flag, lflag, lopt, opt, sflag, Cmd, Opt, Tool};
+use super::spec::{flag, lflag, lopt, opt, sflag, sopt, Cmd, Opt, Tool};
 
 const HELP: Opt = flag('h', "help", "print this help and exit");
 const QUIET: Opt = flag('q', "quiet", "quiet: print nothing but errors");
@@ -34,7 +35,7 @@ pub const COMMANDS: &[Cmd] = &[
         args: "FILENAME",
         opts: &[
             HELP,
-            QUIET,
+            sflag('q', "quiet: print nothing but errors"),
             FORMAT,
             opt('t', "cache", "CACHE", "accepted for compatibility; ignored"),
             opt('c', "count", "COUNT", "number of requests (default 75000)"),
@@ -72,7 +73,7 @@ pub const COMMANDS: &[Cmd] = &[
             ),
             lflag("no-drain", "accepted for compatibility; ignored"),
             SHARE,
-            PROGRESS,
+            sflag('p', "show progress on a terminal (not in qemu-img)"),
             CONFINED,
         ],
         text: "Sends the requests qemu-img bench sends (offsets step and wrap the same \
@@ -177,11 +178,10 @@ pub const COMMANDS: &[Cmd] = &[
         opts: &[
             HELP,
             QUIET,
-            PROGRESS,
+            sflag('p', "show progress (a bar, on a terminal)"),
             opt('f', "source-format", "SRC_FMT", "format of the sources"),
-            opt(
+            sopt(
                 'l',
-                "source-snapshot",
                 "SNAPSHOT_PARAMS",
                 "read an internal snapshot: ID_OR_NAME, snapshot.id=ID, snapshot.name=NAME",
             ),
@@ -191,34 +191,15 @@ pub const COMMANDS: &[Cmd] = &[
                 "SRC_CACHE",
                 "accepted for compatibility; ignored",
             ),
-            opt(
-                'O',
-                "target-format",
-                "TGT_FMT",
-                "format of the target (default raw)",
-            ),
-            opt(
+            sopt('O', "TGT_FMT", "format of the target (default raw)"),
+            sopt(
                 'o',
-                "target-options",
                 "TGT_OPTS",
                 "KEY=VALUE,... options of the new target; '-o help' lists them",
             ),
-            flag(
-                'c',
-                "compress",
-                "compressed output (refused: not supported)",
-            ),
-            opt(
-                't',
-                "target-cache",
-                "TGT_CACHE",
-                "accepted for compatibility; ignored",
-            ),
-            flag(
-                'n',
-                "no-create",
-                "the target exists already: do not create it",
-            ),
+            sflag('c', "compressed output (refused: not supported)"),
+            sopt('t', "TGT_CACHE", "accepted for compatibility; ignored"),
+            sflag('n', "the target exists already: do not create it"),
             opt(
                 'S',
                 "sparse-size",

@@ -23,7 +23,7 @@ impl Session {
             let t = Instant::now();
             let mut buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
             let (op, r) = if !write {
-                ("aio_read", img.read(&mut buf, off))
+                ("readv", img.read(&mut buf, off))
             } else if f.zero {
                 (
                     "aio_write",
@@ -34,6 +34,8 @@ impl Session {
             };
             let r = r.and_then(|_| if f.fua { img.flush() } else { Ok(()) });
             let t = t.elapsed();
+            // Named as qemu-io names them: its aio reads and writes are
+            // vectored, its zero writes not.
             if let Err(e) = r {
                 return format!("{op} failed: {}\n", errno_text(e.errno()));
             }

@@ -1,13 +1,14 @@
 //! read, readv, write, writev and discard: one synchronous request each,
 //! reported as qemu-io reports it.
 
+use crate::flags::find_cmd;
 use crate::flags::{
     check_len, check_len_note, cvtnum, exactly_two, off_lens, parse_flags, zero_flags, CmdResult,
     Failed,
 };
 use crate::report::{dump, fail, report_c, unsupported, verify};
 use crate::session::Session;
-use crate::shared;
+use crate::shared::{self, doc};
 use std::time::Instant;
 
 impl Session {
@@ -17,6 +18,11 @@ impl Session {
         let off = cvtnum(&f.args[0])?;
         let count = cvtnum(&f.args[1])?;
         check_len(count, &f.args[1])?;
+        // -s and -l qualify -P; alone they are a usage error.
+        if f.pattern.is_none() && (f.pattern_off.is_some() || f.pattern_len.is_some()) {
+            println!("{}", doc::io_cmd_line(find_cmd("read").ok_or(Failed)?));
+            return Err(Failed);
+        }
         let (poff, plen) = match f.pattern {
             Some(_) => {
                 let po = f.pattern_off.unwrap_or(0);

@@ -3,12 +3,16 @@
 
 use crate::flags::{cvtnum, find_cmd, parse_flags, CmdResult, Failed};
 use crate::report::fail;
-use crate::shared::{cvtstr, doc};
+use crate::shared::{self, cvtstr, doc};
 use crate::table::COMMANDS;
+use crate::PROG;
 use cowblk::Image;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
+
+/// The commands that write (qemu-io gives them write permission).
+const WRITING: &[&str] = &["aio_write", "discard", "truncate", "write", "writev"];
 
 /// The open image and outstanding aio requests.
 pub struct Session {
@@ -36,6 +40,12 @@ impl Session {
         };
         if self.img.is_none() && !matches!(info.name, "help" | "quit" | "sleep" | "open") {
             eprintln!("no file open, try 'help open'");
+            return Err(Failed);
+        }
+        // Commands that need write permission are refused on a read-only
+        // image before their words are read, as in qemu-io.
+        if WRITING.contains(&info.name) && self.image().read_only() {
+            shared::error(PROG, "Block node is read-only");
             return Err(Failed);
         }
         match info.name {
