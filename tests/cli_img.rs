@@ -656,7 +656,8 @@ fn usage_errors_and_help() {
         assert!(err.len() <= 2, "{args:?}: {}", c.stderr);
         assert!(!d.join("x.raw").exists(), "{args:?}");
     }
-    // add-cow refuses a backing file without its format.
+    // add-cow refuses a backing file without its format, in qemu-img's
+    // words.
     let c = run(
         &d,
         COWBLK_IMG,
@@ -672,7 +673,12 @@ fn usage_errors_and_help() {
         ],
     );
     assert_eq!(c.code, 1);
-    assert!(c.stderr.contains("backing_fmt"), "{}", c.stderr);
+    assert!(
+        c.stderr
+            .contains("Backing file specified without backing format"),
+        "{}",
+        c.stderr
+    );
     for cmd in [
         "create", "info", "map", "check", "convert", "snapshot", "compare", "resize", "commit",
         "rebase", "bench",
