@@ -1,7 +1,7 @@
 //! `bench`: qemu-img bench's request pattern, timed.
 
 use crate::args::{cvtnum, fail, lib, one_file, size_arg, usage_err, Fail, Parser, Res};
-use crate::open::{force_share, open, with_progress};
+use crate::open::{force_share, open, with_progress, ProgressStyle};
 use cowblk::ops::{self, BenchOptions};
 use std::ffi::OsString;
 
@@ -55,7 +55,15 @@ pub fn run(args: Vec<OsString>) -> Res {
             println!("Sending flush every {} requests", o.flush_interval);
         }
     }
-    let t = with_progress(progress && !quiet, |pr| ops::bench(&img, &o, pr)).map_err(lib)?;
+    let t = with_progress(
+        progress && !quiet,
+        ProgressStyle {
+            min_skip: 1.0,
+            final_100: false,
+        },
+        |pr| ops::bench(&img, &o, pr),
+    )
+    .map_err(lib)?;
     img.close().map_err(lib)?;
     if !quiet {
         println!("Run completed in {:.3} seconds.", t.as_secs_f64());

@@ -2,9 +2,10 @@
 //! output and exit codes.
 
 use crate::args::{fail, lib, one_file, output_arg, usage_err, Fail, Output, Parser, Res};
-use crate::open::{force_share, open, with_progress};
+use crate::open::{force_share, open};
 use crate::shared::qemu_json;
 use cowblk::format::{CheckReport, Repair};
+use cowblk::ops;
 use cowblk::Error;
 use serde_json::{json, Map, Value};
 use std::ffi::OsString;
@@ -12,8 +13,7 @@ use std::ffi::OsString;
 pub fn run(args: Vec<OsString>) -> Res {
     const C: &str = "check";
     let mut p = Parser::new(C, args);
-    let (mut fmt, mut out, mut repair, mut quiet, mut progress) =
-        (None, Output::Human, Repair::None, false, false);
+    let (mut fmt, mut out, mut repair, mut quiet) = (None, Output::Human, Repair::None, false);
     while let Some((k, v)) = p.next()? {
         match k.as_str() {
             "f" => fmt = Some(v),
@@ -31,24 +31,22 @@ pub fn run(args: Vec<OsString>) -> Res {
                 }
             }
             "q" => quiet = true,
-            "p" => progress = true,
             "U" => force_share(),
             _ => {}
         }
     }
     let file = one_file(p.files(), C)?;
     let img = open(&file, fmt, repair == Repair::None)?;
-    let r: CheckReport =
-        match with_progress(progress && !quiet, |pr| img.check_progress(repair, pr)) {
-            Ok(r) => r,
-            Err(Error::Unsupported(_)) => {
-                return Err(Fail {
-                    code: 63,
-                    ..fail("This image format does not support checks")
-                })
-            }
-            Err(e) => return Err(lib(e)),
-        };
+    let r: CheckReport = match img.check_progress(repair, &mut ops::no_progress) {
+        Ok(r) => r,
+        Err(Error::Unsupported(_)) => {
+            return Err(Fail {
+                code: 63,
+                ..fail("This image format does not support checks")
+            })
+        }
+        Err(e) => return Err(lib(e)),
+    };
     img.close().map_err(lib)?;
     // The checker's findings go to stderr in every mode, as qemu-img's.
     for msg in &r.messages {

@@ -1,8 +1,9 @@
 //! `commit`: an overlay's data written into its backing file.
 
 use crate::args::{fail, lib, one_file, Parser, Res};
-use crate::open::{open, with_progress};
+use crate::open::{open, with_progress, ProgressStyle};
 use cowblk::ops;
+use cowblk::Error;
 use std::ffi::OsString;
 
 pub fn run(args: Vec<OsString>) -> Res {
@@ -29,7 +30,21 @@ pub fn run(args: Vec<OsString>) -> Res {
             )));
         }
     }
-    with_progress(progress && !quiet, |pr| ops::commit(&img, keep, pr)).map_err(lib)?;
+    with_progress(
+        progress && !quiet,
+        ProgressStyle {
+            min_skip: 1.0,
+            final_100: true,
+        },
+        |pr| ops::commit(&img, keep, pr),
+    )
+    .map_err(|e| match e {
+        // qemu-img's words.
+        Error::InvalidArgument(m) if m.contains("does not have a backing file") => {
+            fail("Image does not have a backing file")
+        }
+        e => lib(e),
+    })?;
     img.close().map_err(lib)?;
     if !quiet {
         println!("Image committed.");

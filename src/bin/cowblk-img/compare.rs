@@ -2,7 +2,8 @@
 //! allocation), with qemu-img's exit codes 0/1/2.
 
 use crate::args::{lib, usage_err, Fail, Parser, Res};
-use crate::open::{force_share, open, with_progress};
+use crate::open::{force_share, open};
+use crate::shared::ProgressBar;
 use cowblk::ops;
 use std::ffi::OsString;
 
@@ -31,32 +32,48 @@ pub fn run(args: Vec<OsString>) -> Res {
     // -f names the first image's format only; the second is probed
     // unless -F names it (qemu-img does the same).
     let b = open(&files[1], fb, true).map_err(err2)?;
-    let r = with_progress(progress && !quiet, |pr| ops::compare(&a, &b, strict, pr))
-        .map_err(|e| err2(lib(e)))?;
-    let say = |s: String| {
-        if !quiet {
-            println!("{s}");
+    let mut bar = ProgressBar::new(progress && !quiet, 2.0);
+    let r = ops::compare(&a, &b, strict, &mut |d, t| bar.update(d, t));
+    let r = match r {
+        Ok(r) => r,
+        Err(e) => {
+            bar.finish(false);
+            return Err(err2(lib(e)));
         }
     };
-    if r.size_mismatch {
-        if strict {
-            say("Strict mode: Image size mismatch!".into());
-            return Ok(1);
-        }
-        say("Warning: Image size mismatch!".into());
+    let (msgs, code) = verdict(&r, a.size().min(b.size()), strict);
+    // The verdict comes before the progress line's newline, as in qemu-img.
+    for m in msgs.iter().filter(|_| !quiet) {
+        println!("{m}");
+    }
+    bar.finish(false);
+    Ok(code)
+}
+
+/// What compare prints and its exit code. As qemu-img, the size warning
+/// comes only once the common part compared equal.
+fn verdict(r: &ops::CompareResult, common: u64, strict: bool) -> (Vec<String>, i32) {
+    if r.size_mismatch && strict {
+        return (vec!["Strict mode: Image size mismatch!".into()], 1);
     }
     if let Some(off) = r.status_mismatch {
-        say(format!("Strict mode: Offset {off} block status mismatch!"));
-        return Ok(1);
+        return (
+            vec![format!("Strict mode: Offset {off} block status mismatch!")],
+            1,
+        );
+    }
+    let mut msgs = Vec::new();
+    if r.size_mismatch && r.first_mismatch.is_none_or(|off| off >= common) {
+        msgs.push("Warning: Image size mismatch!".to_string());
     }
     match r.first_mismatch {
         Some(off) => {
-            say(format!("Content mismatch at offset {off}!"));
-            Ok(1)
+            msgs.push(format!("Content mismatch at offset {off}!"));
+            (msgs, 1)
         }
         None => {
-            say("Images are identical.".into());
-            Ok(0)
+            msgs.push("Images are identical.".into());
+            (msgs, 0)
         }
     }
 }

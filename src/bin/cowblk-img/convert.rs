@@ -3,7 +3,9 @@
 
 use crate::args::{fail, lib, snapshot_ref, Fail, Parser, Res};
 use crate::create::print_opts_help;
-use crate::open::{confined, end_force_share, force_share, open, open_with, with_progress};
+use crate::open::{
+    confined, end_force_share, force_share, open, open_with, with_progress, ProgressStyle,
+};
 use cowblk::format;
 use cowblk::ops;
 use cowblk::{CreateOptions, Error, Image, OpenOptions};
@@ -90,9 +92,14 @@ pub fn run(args: Vec<OsString>) -> Res {
     end_force_share();
     let dst = open(&out, Some(ofmt), false)?;
     let refs: Vec<&Image> = srcs.iter().collect();
-    with_progress(progress && !quiet, |pr| {
-        ops::convert(&refs, &dst, !no_create, pr)
-    })
+    with_progress(
+        progress && !quiet,
+        ProgressStyle {
+            min_skip: 1.0,
+            final_100: true,
+        },
+        |pr| ops::convert(&refs, &dst, !no_create, pr),
+    )
     .map_err(lib)?;
     dst.close().map_err(lib)?;
     Ok(0)

@@ -65,10 +65,22 @@ fn is_lock_refusal(m: &str) -> bool {
     m.starts_with("Failed to get ") || m.starts_with("force-share=on")
 }
 
-/// A progress callback for `-p`, with its bar.
-pub fn with_progress<T>(enabled: bool, f: impl FnOnce(ops::Progress) -> T) -> T {
-    let mut bar = ProgressBar::new(enabled);
+/// How a command shows `-p`: qemu-img's step between printed values, and
+/// whether it prints 100.00 once more when done.
+#[derive(Clone, Copy)]
+pub struct ProgressStyle {
+    pub min_skip: f64,
+    pub final_100: bool,
+}
+
+/// A progress callback for `-p`, printing as qemu-img does.
+pub fn with_progress<T, E>(
+    enabled: bool,
+    style: ProgressStyle,
+    f: impl FnOnce(ops::Progress) -> Result<T, E>,
+) -> Result<T, E> {
+    let mut bar = ProgressBar::new(enabled, style.min_skip);
     let r = f(&mut |d, t| bar.update(d, t));
-    bar.finish();
+    bar.finish(style.final_100 && r.is_ok());
     r
 }

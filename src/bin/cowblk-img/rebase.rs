@@ -2,7 +2,7 @@
 //! the recorded name).
 
 use crate::args::{fail, lib, one_file, usage_err, Parser, Res};
-use crate::open::{force_share, open, with_progress};
+use crate::open::{force_share, open, with_progress, ProgressStyle};
 use cowblk::ops;
 use std::ffi::OsString;
 
@@ -36,7 +36,15 @@ pub fn run(args: Vec<OsString>) -> Res {
         name: &base,
         format: bfmt.as_deref(),
     });
-    with_progress(progress && !quiet, |pr| ops::rebase(&img, new, unsafe_, pr)).map_err(lib)?;
+    with_progress(
+        progress && !quiet,
+        ProgressStyle {
+            min_skip: 2.0,
+            final_100: false,
+        },
+        |pr| ops::rebase(&img, new, unsafe_, pr),
+    )
+    .map_err(lib)?;
     img.close().map_err(lib)?;
     Ok(0)
 }

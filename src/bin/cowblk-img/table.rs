@@ -9,7 +9,7 @@ use super::spec::{flag, lflag, lopt, opt, sflag, sopt, Cmd, Opt, Tool};
 
 const HELP: Opt = flag('h', "help", "print this help and exit");
 const QUIET: Opt = flag('q', "quiet", "quiet: print nothing but errors");
-const PROGRESS: Opt = flag('p', "progress", "show progress (a bar, on a terminal)");
+const PROGRESS: Opt = flag('p', "progress", "show progress: (NN.NN/100%) on stdout");
 const FORMAT: Opt = opt(
     'f',
     "format",
@@ -73,7 +73,7 @@ pub const COMMANDS: &[Cmd] = &[
             ),
             lflag("no-drain", "accepted for compatibility; ignored"),
             SHARE,
-            sflag('p', "show progress on a terminal (not in qemu-img)"),
+            sflag('p', "show progress (not in qemu-img)"),
             CONFINED,
         ],
         text: "Sends the requests qemu-img bench sends (offsets step and wrap the same \
@@ -103,7 +103,6 @@ pub const COMMANDS: &[Cmd] = &[
                 "leaks|all",
                 "repair leaks only, or everything (opens the image read-write)",
             ),
-            sflag('p', "show progress on a terminal"),
             CONFINED,
         ],
         text: "Exit codes: 0 clean, 1 check error, 2 corruptions, 3 leaks, 63 the \
@@ -178,7 +177,7 @@ pub const COMMANDS: &[Cmd] = &[
         opts: &[
             HELP,
             QUIET,
-            sflag('p', "show progress (a bar, on a terminal)"),
+            sflag('p', "show progress: (NN.NN/100%) on stdout"),
             opt('f', "source-format", "SRC_FMT", "format of the sources"),
             sopt(
                 'l',

@@ -7,8 +7,6 @@ pub mod doc;
 pub mod getopt;
 pub mod spec;
 
-use std::io::IsTerminal;
-
 /// Exit code of a failed command.
 pub const EXIT_FAILURE: i32 = 1;
 
@@ -152,35 +150,64 @@ pub fn cvtstr(v: f64) -> String {
     }
 }
 
-/// Progress for long commands: a bar on a terminal when asked for (`-p`),
-/// nothing otherwise.
+/// Progress as qemu-img shows it with `-p`, on stdout whether or not it
+/// is a terminal: "    (NN.NN/100%)\r" when the share done moves by more
+/// than `min_skip` points, and always at 0 and 100; a newline at the end.
 pub struct ProgressBar {
-    bar: Option<indicatif::ProgressBar>,
+    on: bool,
+    min_skip: f64,
+    current: f64,
+    last: Option<f64>,
 }
 
 impl ProgressBar {
-    pub fn new(enabled: bool) -> Self {
-        let bar = (enabled && std::io::stderr().is_terminal()).then(|| {
-            let b = indicatif::ProgressBar::new(100);
-            b.set_style(
-                indicatif::ProgressStyle::with_template("    [{bar:40}] {percent:>3}%")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b
-        });
-        ProgressBar { bar }
+    /// Starts (and, when enabled, prints 0.00) as qemu-img does before the
+    /// work starts.
+    pub fn new(enabled: bool, min_skip: f64) -> Self {
+        let mut p = ProgressBar {
+            on: enabled,
+            min_skip,
+            current: 0.0,
+            last: None,
+        };
+        p.set(0.0);
+        p
     }
 
     pub fn update(&mut self, done: u64, total: u64) {
-        if let Some(b) = &self.bar {
-            b.set_length(total.max(1));
-            b.set_position(done);
+        let pct = if total == 0 {
+            100.0
+        } else {
+            (done.min(total) as f64 * 100.0 / total as f64) as f32 as f64
+        };
+        // The start was printed already; the library reports it again.
+        if pct == 0.0 && self.last == Some(0.0) {
+            return;
+        }
+        self.set(pct);
+    }
+
+    fn set(&mut self, pct: f64) {
+        self.current = pct;
+        let due = match self.last {
+            None => true,
+            Some(l) => pct > l + self.min_skip || pct < l - self.min_skip,
+        };
+        if self.on && (due || pct == 0.0 || pct == 100.0) {
+            self.last = Some(pct);
+            print!("    ({pct:.2}/100%)\r");
+            let _ = std::io::Write::flush(&mut std::io::stdout());
         }
     }
 
-    pub fn finish(&self) {
-        if let Some(b) = &self.bar {
-            b.finish_and_clear();
+    /// Ends the display; `at_100` prints 100.00 once more first (convert
+    /// and commit do, compare and rebase not).
+    pub fn finish(&mut self, at_100: bool) {
+        if at_100 {
+            self.set(100.0);
+        }
+        if self.on {
+            println!();
         }
     }
 }
