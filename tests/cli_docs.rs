@@ -9,7 +9,6 @@
 mod cli_support;
 
 #[path = "../src/bin/shared/spec.rs"]
-#[allow(dead_code)]
 mod spec;
 
 #[path = "../src/bin/shared/doc.rs"]

@@ -128,6 +128,16 @@ pub fn output_arg(s: &str, cmd: &'static str) -> Result<Output, Fail> {
 /// A number argument in QEMU's grammar, bounded, with qemu-img's messages
 /// ("Invalid image size specified: 'x'.").
 pub fn cvtnum(name: &str, s: &str, min: u64, max: u64) -> Result<u64, Fail> {
+    // A negative decimal integer is out of range for qemu-img (its parser
+    // reads it as a huge number), any other negative form invalid.
+    let t = s.trim_start();
+    let negative_int =
+        t.len() > 1 && t.starts_with('-') && t[1..].bytes().all(|b| b.is_ascii_digit());
+    if negative_int {
+        return Err(fail(format!(
+            "Invalid {name} specified. Must be between {min} and {max}."
+        )));
+    }
     match format::options::cvtnum(s) {
         Ok(v) if (min..=max).contains(&v) => Ok(v),
         Err(format::options::SizeError::Invalid) => {

@@ -1,7 +1,7 @@
 //! `convert`: the guest view of one or more images copied into a new (or
 //! existing, -n) one.
 
-use crate::args::{fail, lib, snapshot_ref, Fail, Parser, Res};
+use crate::args::{cvtnum, fail, lib, snapshot_ref, Fail, Parser, Res};
 use crate::create::print_opts_help;
 use crate::open::{
     confined, end_force_share, force_share, open, open_with, with_progress, ProgressStyle,
@@ -16,7 +16,7 @@ pub fn run(args: Vec<OsString>) -> Res {
     let mut p = Parser::new(C, args);
     let (mut fmt, mut ofmt, mut progress, mut quiet, mut no_create) =
         (None, "raw".to_string(), false, false, false);
-    let (mut opt_strs, mut snap) = (Vec::new(), None);
+    let (mut opt_strs, mut snap, mut dense) = (Vec::new(), None, false);
     while let Some((k, v)) = p.next()? {
         match k.as_str() {
             "f" => fmt = Some(v),
@@ -26,9 +26,11 @@ pub fn run(args: Vec<OsString>) -> Res {
             "q" => quiet = true,
             "n" => no_create = true,
             "l" => snap = Some(snapshot_ref(&v)?),
-            // Cache modes, sparse size, coroutines, out-of-order (-t, -T,
-            // -S, -m, -W): the library has one way of doing each; declared
-            // for scripts and ignored.
+            // -S 0 copies every byte; any other valid size keeps holes
+            // (runs of zeros are always detected).
+            "S" => dense = sparse_size(&v)? == 0,
+            // Cache modes, coroutines, out-of-order (-t, -T, -m, -W): the
+            // library has one way of doing each; declared and ignored.
             "U" => force_share(),
             "c" => {
                 return Err(fail(
@@ -98,9 +100,28 @@ pub fn run(args: Vec<OsString>) -> Res {
             min_skip: 1.0,
             final_100: true,
         },
-        |pr| ops::convert(&refs, &dst, !no_create, pr),
+        |pr| {
+            if dense {
+                ops::convert_dense(&refs, &dst, pr)
+            } else {
+                ops::convert(&refs, &dst, !no_create, pr)
+            }
+        },
     )
     .map_err(lib)?;
     dst.close().map_err(lib)?;
     Ok(0)
+}
+
+/// `-S`, checked as qemu-img checks it: a number, a multiple of 512 up to
+/// 16 MiB, or 0.
+fn sparse_size(s: &str) -> Result<u64, Fail> {
+    let v = cvtnum("buffer size for sparse output", s, 0, i64::MAX as u64)?;
+    if v % 512 != 0 || v > 16 << 20 {
+        return Err(fail(
+            "Invalid buffer size for sparse output specified. Valid sizes are multiples of 512 \
+             up to 16777216. Select 0 to disable sparse detection (fully allocates output).",
+        ));
+    }
+    Ok(v)
 }

@@ -24,10 +24,8 @@ pub fn run(mut args: Vec<OsString>) -> Res {
             "f" => fmt = Some(v),
             "q" => quiet = true,
             "shrink" => shrink = true,
-            "preallocation" => {
-                if v != "off" {
-                    return Err(fail(format!("Preallocation mode '{v}' is not supported")));
-                }
+            "preallocation" if v != "off" => {
+                return Err(fail(format!("Preallocation mode '{v}' is not supported")));
             }
             _ => {}
         }

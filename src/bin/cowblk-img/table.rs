@@ -203,7 +203,7 @@ pub const COMMANDS: &[Cmd] = &[
                 'S',
                 "sparse-size",
                 "SPARSE_SIZE",
-                "accepted for compatibility; zero runs always stay holes",
+                "0: write every byte (fully allocated target); otherwise zero runs stay holes",
             ),
             SHARE,
             opt('r', "rate", "RATE", "accepted for compatibility; ignored"),

@@ -185,9 +185,10 @@ mod tests {
         lflag("image-opts", ""),
     ];
 
-    fn all(
-        words: &[&str],
-    ) -> Result<(Vec<(char, &'static str, String)>, Vec<String>), GetoptError> {
+    /// Each option as (short, long, value), then the other words.
+    type Parsed = (Vec<(char, &'static str, String)>, Vec<String>);
+
+    fn all(words: &[&str]) -> Result<Parsed, GetoptError> {
         let mut g = Getopt::new(words.iter().map(|s| s.to_string()).collect(), OPTS);
         let mut out = Vec::new();
         while let Some((o, v)) = g.next_opt()? {
