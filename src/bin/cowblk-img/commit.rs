@@ -25,6 +25,11 @@ pub fn run(args: Vec<OsString>) -> Res {
     if let Some(b) = base {
         let direct = img.backing_spec().map(|s| s.name);
         if direct.as_deref() != Some(b.as_str()) {
+            if !deeper_in_chain(&img, &b) {
+                return Err(fail(format!(
+                    "Did not find '{b}' in the backing chain of '{file}'"
+                )));
+            }
             return Err(fail(format!(
                 "'{b}' is not the backing file of '{file}': only commits into the direct backing file are supported"
             )));
@@ -50,4 +55,19 @@ pub fn run(args: Vec<OsString>) -> Res {
         println!("Image committed.");
     }
     Ok(0)
+}
+
+/// Whether a layer below the direct backing file is named `name`.
+fn deeper_in_chain(img: &cowblk::Image, name: &str) -> bool {
+    let mut cur = img.backing();
+    while let Some(layer) = cur {
+        let Some(l) = layer.as_image() else {
+            return false;
+        };
+        if l.backing_spec().is_some_and(|s| s.name == name) {
+            return true;
+        }
+        cur = l.backing();
+    }
+    false
 }

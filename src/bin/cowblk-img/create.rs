@@ -62,8 +62,11 @@ pub fn run(args: Vec<OsString>) -> Res {
     for o in &opt_strs {
         opts.parse_into(o).map_err(lib)?;
     }
-    if pos.is_empty() || pos.len() > 2 {
+    if pos.is_empty() {
         return Err(usage_err(C, "Expecting image file name"));
+    }
+    if let Some(extra) = pos.get(2) {
+        return Err(usage_err(C, format!("Unexpected argument: {extra}")));
     }
     let file = pos[0].clone();
     if let Some(s) = pos.get(1) {
@@ -191,7 +194,7 @@ fn backing_size(file: &str, backing: &str, bfmt: Option<&str>) -> Result<u64, Fa
 /// A failed creation as qemu-img reports it: "FILE: why", the library's
 /// category and its "could not create 'FILE'" context left out, an I/O
 /// error as "Could not create 'FILE': strerror".
-fn create_error(file: &str, e: &cowblk::Error) -> Fail {
+pub fn create_error(file: &str, e: &cowblk::Error) -> Fail {
     let d = describe(e);
     let ctx = format!("could not create '{file}': ");
     let why = match d.find(&ctx) {

@@ -2,6 +2,7 @@
 //! new image.
 
 use crate::args::{cvtnum, fail, lib, Fail, Parser, Res};
+use crate::create::create_error;
 use crate::open::{end_force_share, force_share, open};
 use crate::{shared, PROG};
 use cowblk::format;
@@ -85,7 +86,13 @@ pub fn run(args: Vec<OsString>) -> Res {
     };
     let mut opts = CreateOptions::new();
     opts.set(format::options::SIZE, out_size.to_string());
-    Image::create(&output, &ofmt, &opts).map_err(lib)?;
+    Image::create(&output, &ofmt, &opts).map_err(|e| {
+        let f = create_error(&output, &e);
+        let why = f.msg.strip_prefix(&format!("{output}: ")).unwrap_or(&f.msg);
+        fail(format!(
+            "{output}: error while creating output image: {why}"
+        ))
+    })?;
     end_force_share();
     let dst = open(&output, Some(ofmt), false)?;
     let mut pos = match start {

@@ -1,6 +1,6 @@
 //! `measure`: the file size a new image needs.
 
-use crate::args::{fail, lib, output_arg, size_arg, snapshot_ref, usage_err, Output, Parser, Res};
+use crate::args::{fail, lib, output_arg, size_arg, snapshot_ref, Output, Parser, Res};
 use crate::open::{force_share, open_with};
 use crate::shared::qemu_json;
 use cowblk::format;
@@ -28,7 +28,7 @@ pub fn run(args: Vec<OsString>) -> Res {
     }
     let files = p.files();
     if files.len() > 1 {
-        return Err(usage_err(C, "Expecting one image file name"));
+        return Err(fail("At most one filename argument is allowed."));
     }
     if size.is_some() && !files.is_empty() {
         return Err(fail("--size N cannot be used together with a filename."));

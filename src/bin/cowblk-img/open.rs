@@ -54,6 +54,11 @@ pub fn open_with(file: &str, opts: &OpenOptions) -> Result<Image, Fail> {
         Error::Locked(m) | Error::InvalidArgument(m) if is_lock_refusal(&m) => {
             fail(format!("Could not open '{file}': {m}"))
         }
+        // A format named with -f that does not exist.
+        Error::UnknownFormat(_) if opts.format.is_some() => fail(format!(
+            "Could not open '{file}': Unknown driver '{}'",
+            opts.format.as_deref().unwrap_or_default()
+        )),
         e => lib(e),
     })?;
     shared::warn_probed_raw(&img);

@@ -9,25 +9,28 @@ use std::ffi::OsString;
 pub fn run(args: Vec<OsString>) -> Res {
     const C: &str = "snapshot";
     let mut p = Parser::new(C, args);
-    let (mut fmt, mut list) = (None, false);
+    // One operation: -l (the default), -a, -c or -d.
+    let (mut fmt, mut op): (_, Option<String>) = (None, None);
     while let Some((k, v)) = p.next()? {
         match k.as_str() {
             "f" => fmt = Some(v),
-            "l" => list = true,
             "q" => {}
             "U" => force_share(),
-            c @ ("a" | "c" | "d") => {
-                return Err(fail(format!(
-                    "snapshot -{c} is not supported: cowblk opens snapshots read-only"
-                )));
+            c @ ("l" | "a" | "c" | "d") => {
+                if op.is_some() {
+                    return Err(usage_err(C, "Cannot mix '-l', '-a', '-c', '-d'"));
+                }
+                op = Some(c.to_string());
             }
             _ => {}
         }
     }
-    if !list {
-        return Err(usage_err(C, "Expecting -l (only listing is supported)"));
-    }
     let file = one_file(p.files(), C)?;
+    if let Some(c) = op.filter(|c| c != "l") {
+        return Err(fail(format!(
+            "snapshot -{c} is not supported: cowblk opens snapshots read-only"
+        )));
+    }
     let img = open(&file, fmt, true)?;
     let snaps = img.snapshots();
     if !snaps.is_empty() {
