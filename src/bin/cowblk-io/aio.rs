@@ -1,7 +1,7 @@
 //! aio_read and aio_write on their own threads; their reports wait for
 //! aio_flush (or exit), as qemu-io's do.
 
-use crate::flags::{off_lens, parse_flags, zero_flags, CmdResult, Failed};
+use crate::flags::{off_lens, parse_flags, zero_flags, CmdResult};
 use crate::report::{dump, report_c, verify};
 use crate::session::Session;
 use crate::shared::errno_text;
@@ -12,10 +12,7 @@ impl Session {
     /// requests are drained (aio_flush, or exit), in submission order.
     pub fn aio(&mut self, argv: &[String], write: bool) -> CmdResult {
         let f = parse_flags(argv)?;
-        if f.zero && f.pattern.is_some() {
-            println!("-z and -P cannot be specified at the same time");
-            return Err(Failed);
-        }
+        // As qemu-io: with -z the pattern is not used.
         let (off, lens) = off_lens(&f.args)?;
         let count: u64 = lens.iter().sum();
         let img = self.image().clone();

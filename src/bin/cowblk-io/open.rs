@@ -23,7 +23,15 @@ impl Session {
             return Err(Failed);
         }
         let Some(file) = f.args.last() else {
-            println!("{}", doc::io_cmd_line(find_cmd("open").ok_or(Failed)?));
+            // Options alone name no file for the protocol layer.
+            if !f.options.is_empty() {
+                shared::error(
+                    PROG,
+                    "can't open: A block device must be specified for \"file\"",
+                );
+            } else {
+                println!("{}", doc::io_cmd_line(find_cmd("open").ok_or(Failed)?));
+            }
             return Err(Failed);
         };
         let mut opts = OpenOptions {

@@ -36,6 +36,7 @@ impl Session {
             None => (0, 0),
         };
         if f.vmstate {
+            sector_aligned(off, count)?;
             return Err(unsupported("read"));
         }
         let mut buf = vec![0u8; count as usize];
@@ -113,12 +114,15 @@ impl Session {
                 return Err(Failed);
             }
         }
-        if f.vmstate || f.compressed {
-            return Err(unsupported("write"));
-        }
         let off = cvtnum(&f.args[0])?;
         let count = cvtnum(&f.args[1])?;
         check_len_note(count, &f.args[1], " without -n")?;
+        if f.vmstate {
+            sector_aligned(off, count)?;
+        }
+        if f.vmstate || f.compressed {
+            return Err(unsupported("write"));
+        }
         let mut buf = Vec::new();
         if let Some(src) = &f.source {
             // The file's first bytes, zeros past its end.
@@ -186,6 +190,7 @@ impl Session {
 
     pub fn discard(&mut self, argv: &[String]) -> CmdResult {
         let f = parse_flags(argv)?;
+        exactly_two(&f, "discard")?;
         let off = cvtnum(&f.args[0])?;
         let count = cvtnum(&f.args[1])?;
         check_len(count, &f.args[1])?;
@@ -201,4 +206,16 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The VM state area is addressed in whole sectors (qemu-io checks this
+/// before trying).
+fn sector_aligned(off: u64, count: u64) -> Result<(), Failed> {
+    for (v, what) in [(off, "offset"), (count, "count")] {
+        if v % 512 != 0 {
+            println!("{v} is not a sector-aligned value for '{what}'");
+            return Err(Failed);
+        }
+    }
+    Ok(())
 }

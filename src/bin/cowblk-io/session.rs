@@ -67,7 +67,18 @@ impl Session {
             }
             "truncate" => {
                 let f = parse_flags(&argv)?;
-                let size = cvtnum(&f.args[0])?;
+                // The modes QEMU knows; the library grows by zeros either way.
+                if let Some(m) = f.mode.as_deref() {
+                    if !["off", "metadata", "falloc", "full"].contains(&m) {
+                        shared::error(PROG, format!("Invalid preallocation mode '{m}'"));
+                        return Err(Failed);
+                    }
+                }
+                let Some(size) = f.args.first() else {
+                    println!("{}", doc::io_cmd_line(info));
+                    return Err(Failed);
+                };
+                let size = cvtnum(size)?;
                 self.image()
                     .truncate(size)
                     .map_err(|e| fail("truncate", &e))
@@ -99,7 +110,7 @@ impl Session {
                     Some(c) => match find_cmd(c) {
                         Some(ci) => print!("{}", doc::io_cmd_help(ci)),
                         None => {
-                            eprintln!("command {c} not found");
+                            println!("command {c} not found");
                             return Err(Failed);
                         }
                     },
@@ -120,7 +131,7 @@ impl Session {
             "sleep" => {
                 let f = parse_flags(&argv)?;
                 let ms: u64 = f.args[0].parse().map_err(|_| {
-                    println!("Invalid value for milliseconds: {}", f.args[0]);
+                    println!("{} is not a valid number", f.args[0]);
                     Failed
                 })?;
                 std::thread::sleep(Duration::from_millis(ms));
@@ -157,19 +168,12 @@ impl Session {
     pub fn alloc(&mut self, argv: &[String]) -> CmdResult {
         let f = parse_flags(argv)?;
         let off = cvtnum(&f.args[0])?;
-        if off % 512 != 0 {
-            println!("{off} is not a sector-aligned value for 'offset'");
-            return Err(Failed);
-        }
         // One sector by default; the count stops at the end of the image.
+        // Any byte offset and count go, as in QEMU 10.
         let mut count = match f.args.get(1) {
             Some(c) => cvtnum(c)?,
             None => 512,
         };
-        if count % 512 != 0 {
-            println!("{count} is not a sector-aligned value for 'count'");
-            return Err(Failed);
-        }
         let size = self.image().size();
         let mut sum = 0;
         let mut pos = off;

@@ -63,9 +63,9 @@ pub const COMMANDS: &[Cmd] = &[
         summary: "checks if offset is allocated in the file",
         args: "offset [count]",
         opts: &[],
-        text: "Counts the bytes from offset (sector aligned; count defaults to 512 \
-               and stops at the end of the image) that the image itself holds, \
-               backing files not included.",
+        text: "Counts the bytes from offset (count defaults to 512 and stops at \
+               the end of the image) that the image itself holds, backing files \
+               not included.",
         min: 1,
         max: Some(2),
     },
@@ -83,7 +83,7 @@ pub const COMMANDS: &[Cmd] = &[
                zeros or keep its data, as the format decides. Example: \
                'discard 0 1M'.",
         min: 2,
-        max: Some(2),
+        max: None,
     },
     plain(
         "flush",
@@ -198,7 +198,11 @@ pub const COMMANDS: &[Cmd] = &[
         name: "truncate",
         summary: "truncates the current file at the given offset",
         args: "[-m prealloc_mode] off",
-        opts: &[sopt('m', "prealloc_mode", "only 'off' is supported")],
+        opts: &[sopt(
+            'm',
+            "prealloc_mode",
+            "off, metadata, falloc or full (grown space reads zeros in every mode)",
+        )],
         text: "Sets the virtual size to off; grown space reads zeros.",
         min: 1,
         max: Some(3),
@@ -227,7 +231,7 @@ pub const COMMANDS: &[Cmd] = &[
         ],
         text: "Writes len bytes at off, of the pattern, of the source file or zeros. \
                Example: 'write -P 0x5a 512 1k'.",
-        min: 0,
+        min: 2,
         max: None,
     },
     Cmd {
