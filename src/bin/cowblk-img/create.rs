@@ -156,11 +156,14 @@ fn formatting_line(
 fn backing_size(file: &str, backing: &str, bfmt: Option<&str>) -> Result<u64, Fail> {
     let path = format::resolve_relative(std::path::Path::new(file), backing);
     let shown = path.display().to_string();
+    // Only its size is read, sharing the file with any writer (as
+    // qemu-img create does).
     let opts = OpenOptions {
         format: bfmt.map(str::to_owned),
         read_only: true,
         no_backing: true,
         metadata_only: true,
+        force_share: true,
         ..Default::default()
     };
     match Image::open(&path, &opts) {
@@ -192,8 +195,9 @@ fn backing_size(file: &str, backing: &str, bfmt: Option<&str>) -> Result<u64, Fa
 }
 
 /// A failed creation as qemu-img reports it: "FILE: why", the library's
-/// category and its "could not create 'FILE'" context left out, an I/O
-/// error as "Could not create 'FILE': strerror".
+/// category and its "could not create 'FILE'" context left out (the
+/// reason stays as the library words it, in QEMU's words), an I/O error as
+/// "Could not create 'FILE': strerror".
 pub fn create_error(file: &str, e: &cowblk::Error) -> Fail {
     let d = describe(e);
     let ctx = format!("could not create '{file}': ");
@@ -203,12 +207,7 @@ pub fn create_error(file: &str, e: &cowblk::Error) -> Fail {
     };
     let why = match why.strip_prefix(&ctx) {
         Some(os) => format!("Could not create '{file}': {os}"),
-        None => {
-            let mut c = why.chars();
-            c.next()
-                .map(|f| f.to_uppercase().collect::<String>() + c.as_str())
-                .unwrap_or_default()
-        }
+        None => why.to_string(),
     };
     fail(format!("{file}: {why}"))
 }
