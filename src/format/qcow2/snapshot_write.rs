@@ -146,9 +146,16 @@ impl Qcow2 {
                 "cannot {what} internal snapshots in an image with an external data file (QEMU refuses too)"
             )));
         }
-        if self.header.refcount_order == 0 {
+        Ok(())
+    }
+
+    /// With 1-bit refcounts no cluster can be shared: a snapshot is only
+    /// possible while the L1 table references nothing (QEMU fails such a
+    /// snapshot half-way with EINVAL and a leak; we refuse up front).
+    fn refuse_sharing(&self, l1: &[u64], what: &str) -> Result<()> {
+        if self.header.refcount_order == 0 && l1.iter().any(|e| e & OFFSET_MASK != 0) {
             return Err(Error::Unsupported(format!(
-                "cannot {what} internal snapshots: the image has 1-bit refcounts, which cannot count a cluster shared by a snapshot (use refcount_bits=16)"
+                "cannot {what} an internal snapshot: the image has 1-bit refcounts, which cannot count a cluster shared by a snapshot (amend to refcount_bits=16 first)"
             )));
         }
         Ok(())
@@ -247,6 +254,7 @@ impl Qcow2 {
         for i in 0..l1.entries() {
             entries.push(l1.entry(i)?);
         }
+        self.refuse_sharing(&entries, "create")?;
         self.raise_refs(m, &entries)?;
         for (i, e) in entries.iter_mut().enumerate() {
             if *e & OFLAG_COPIED != 0 {
@@ -418,6 +426,7 @@ impl Qcow2 {
         let old = self.l1.load_full();
         let mut entries = self.read_l1(s.l1_table_offset, s.l1_size, "the snapshot's L1 table")?;
         let n = need.max(s.l1_size as u64).max(old.entries()) as usize;
+        self.refuse_sharing(&entries, "apply")?;
         self.raise_refs(&mut m, &entries)?;
         for e in entries.iter_mut() {
             *e &= !OFLAG_COPIED;
@@ -536,6 +545,9 @@ mod tests {
         o.parse_into("size=1M,refcount_bits=1").unwrap();
         Image::create_in(st.clone(), p, "qcow2", &o).unwrap();
         let img = Image::open_in(st.clone(), p, &OpenOptions::default()).unwrap();
+        // Nothing to share yet: allowed, as in QEMU.
+        img.snapshot_create("empty").unwrap();
+        img.write(&[1u8; 512], 0).unwrap();
         let e = img.snapshot_create("x").unwrap_err().to_string();
         assert!(e.contains("1-bit refcounts"), "{e}");
         clean(&img, "after refusal");
