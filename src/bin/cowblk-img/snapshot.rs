@@ -69,8 +69,12 @@ pub(super) fn snapshot(args: Vec<OsString>) -> Res {
     let has = |n: &str| img.snapshots().iter().any(|s| s.name == n);
     let r = match action {
         Action::Create => img.snapshot_create(&name).map(|_| ()).map_err(|e| {
+            // qemu-img's words where QEMU refuses (no snapshots in the
+            // format, an external data file); ours where we say more.
             let why = match e {
-                Error::Unsupported(_) => "Operation not supported".to_string(),
+                Error::Unsupported(m) if !m.contains("1-bit") => {
+                    "Operation not supported".to_string()
+                }
                 e => lib(e).msg,
             };
             fail(format!("Could not create snapshot '{name}': {why}"))
