@@ -667,3 +667,29 @@ fn crash_at_every_operation_v2_512() {
         Op::Delete,
     );
 }
+
+/// Applying a snapshot restores its disk size (QEMU 10 resizes v3 images
+/// with snapshots), both ways.
+#[test]
+fn apply_restores_the_disk_size() {
+    let d = tmpdir("size");
+    let p = d.join("z.qcow2");
+    let ps = p.to_str().unwrap();
+    create(&p, "cluster_size=65536", 1 << 20);
+    ok("qemu-io", &["-f", "qcow2", "-c", "write -P 1 0 1M", ps]);
+    ok(IMG, &["snapshot", "-c", "small", ps]);
+    let small = qemu_read(&p, None);
+    ok("qemu-img", &["resize", "-f", "qcow2", ps, "3M"]);
+    ok("qemu-io", &["-f", "qcow2", "-c", "write -P 2 2M 1M", ps]);
+    ok(IMG, &["snapshot", "-c", "big", ps]);
+    let big = qemu_read(&p, None);
+    assert_eq!(big.len(), 3 << 20);
+    ok(IMG, &["snapshot", "-a", "small", ps]);
+    qemu_check(&p, false, "applied the smaller snapshot");
+    same(&qemu_read(&p, None), &small, "small");
+    ok(IMG, &["snapshot", "-a", "big", ps]);
+    qemu_check(&p, false, "applied the bigger snapshot");
+    same(&qemu_read(&p, None), &big, "big");
+    listings_agree(&p);
+    let _ = std::fs::remove_dir_all(&d);
+}
