@@ -26,8 +26,22 @@ fn run(prog: &str, args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("cannot run {prog}: {e}"))
 }
 
+/// `run`, again while the image is locked by a child process of another
+/// test that inherited our descriptor between its fork and exec (QEMU's
+/// locks belong to the open file description).
+fn run_unlocked(prog: &str, args: &[&str]) -> std::process::Output {
+    for _ in 0..50 {
+        let o = run(prog, args);
+        if !String::from_utf8_lossy(&o.stderr).contains("lock\nIs another process") {
+            return o;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    run(prog, args)
+}
+
 fn ok(prog: &str, args: &[&str]) -> String {
-    let o = run(prog, args);
+    let o = run_unlocked(prog, args);
     assert!(
         o.status.success(),
         "{prog} {args:?} failed: {}{}",
@@ -51,7 +65,7 @@ fn create(path: &Path, opts: &str, size: u64) {
 /// `qemu-img check`: exit 0 (no errors, no leaks) or, with `leaks_ok`,
 /// 3 (leaks only). Returns the output.
 fn qemu_check(path: &Path, leaks_ok: bool, what: &str) -> String {
-    let o = run(
+    let o = run_unlocked(
         "qemu-img",
         &["check", "-f", "qcow2", path.to_str().unwrap()],
     );
@@ -499,9 +513,9 @@ enum Op {
 /// image holding data and a snapshot "base", keeping none, all or a
 /// random half of the unflushed writes: every state opens, the active
 /// state and "base" read old or new in every sector, a new snapshot reads
-/// what the active state held, and `qemu-img check` finds no corruption
-/// (leaks allowed; see `copied_flag_errors`).
-fn crash_op(name: &str, opts: &str, op: Op) -> (u64, u64) {
+/// what the active state held, and `qemu-img check` finds no errors at all
+/// (OFLAG_COPIED included; leaks allowed).
+fn crash_op(name: &str, opts: &str, op: Op) {
     let d = tmpdir(name);
     let p = d.join("base.qcow2");
     let ps = p.to_str().unwrap();
@@ -554,7 +568,7 @@ fn crash_op(name: &str, opts: &str, op: Op) -> (u64, u64) {
     };
     assert!(total > 5, "{total} operations");
     let out = d.join("crash.qcow2");
-    let mut copied = 0u64;
+    let mut after = 0u64;
     let mut states = 0u64;
     for k in 0..total {
         for policy in 0..3u64 {
@@ -599,41 +613,26 @@ fn crash_op(name: &str, opts: &str, op: Op) -> (u64, u64) {
                     &format!("{what}: {}", s.name),
                 );
             }
+            // Which side of the switch the state is on.
+            let done = match op {
+                Op::Create => snaps.iter().any(|s| s.name == "new"),
+                Op::Delete => !snaps.iter().any(|s| s.name == "base"),
+                Op::Apply => got == new,
+            };
+            if done {
+                after += 1;
+            }
             std::fs::write(&out, &state).unwrap();
-            let text = qemu_check_lenient(&out, &what);
-            copied += text.matches("OFLAG_COPIED").count() as u64;
+            qemu_check(&out, true, &what);
             states += 1;
         }
     }
-    eprintln!("{name}: {total} operations, {states} crash states, {copied} OFLAG_COPIED messages");
-    let _ = std::fs::remove_dir_all(&d);
-    (states, copied)
-}
-
-/// `qemu-img check` of a crash state: leaks are fine; the only errors
-/// allowed are OFLAG_COPIED mismatches (the flag and the refcount live in
-/// different clusters; see src/format/qcow2/snapshot_write.rs), and each
-/// such state must check clean after `check -r all`.
-fn qemu_check_lenient(path: &Path, what: &str) -> String {
-    let p = path.to_str().unwrap();
-    let o = run("qemu-img", &["check", "-f", "qcow2", p]);
-    let code = o.status.code().unwrap_or(-1);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
+    eprintln!("{name}: {total} operations, {states} crash states, {after} after the switch");
+    assert!(
+        after > 0 && after < states,
+        "{name}: both sides of the switch"
     );
-    if code == 0 || code == 3 {
-        return text;
-    }
-    assert_eq!(code, 2, "{what}: {text}");
-    for l in text.lines().filter(|l| l.starts_with("ERROR")) {
-        assert!(l.contains("OFLAG_COPIED"), "{what}: {l}\n{text}");
-    }
-    let r = run("qemu-img", &["check", "-q", "-r", "all", "-f", "qcow2", p]);
-    assert!(r.status.code().is_some(), "{what}");
-    qemu_check(path, false, &format!("{what}, after -r all"));
-    text
+    let _ = std::fs::remove_dir_all(&d);
 }
 
 #[test]
@@ -648,10 +647,7 @@ fn crash_at_every_operation_of_delete() {
 
 #[test]
 fn crash_at_every_operation_of_apply() {
-    let (_, copied) = crash_op("crash-apply", "cluster_size=4096", Op::Apply);
-    // Apply switches the L1 table and size in one header write and needs
-    // no flag to flip on a refcount change: no COPIED mismatch ever.
-    assert_eq!(copied, 0);
+    crash_op("crash-apply", "cluster_size=4096", Op::Apply);
 }
 
 #[test]

@@ -84,12 +84,30 @@ impl Qcow2 {
         }
     }
 
+    /// Where the refcount table is on disk (offset, clusters): a grown or
+    /// moved table is named by the header only after its write-back.
+    pub(super) fn refcount_table_on_disk(&self) -> (u64, u64) {
+        match &self.meta {
+            Some(m) => {
+                let m = m.lock().unwrap_or_else(|p| p.into_inner());
+                m.rt_old.unwrap_or((m.rt_offset, m.rt_clusters))
+            }
+            None => (
+                self.header.refcount_table_offset,
+                self.header.refcount_table_clusters as u64,
+            ),
+        }
+    }
+
     /// The snapshot table as it is now.
     pub fn snapshot_list(&self) -> Arc<Vec<Snapshot>> {
         self.snapshots.load_full()
     }
 
     /// Replaces the snapshot table with `list` (see the module comment).
+    // API for the key/value metadata store; create and delete use
+    // `transaction` instead.
+    #[allow(dead_code)]
     pub(super) fn write_snapshot_table(&self, m: &mut Meta, list: Vec<Snapshot>) -> Result<()> {
         let cs = self.cs();
         let bytes = snapshot::encode_table(&list, self.size.load(Ordering::SeqCst))?;
@@ -246,6 +264,7 @@ impl Qcow2 {
 
     /// A copy of the active L1 table for a new snapshot (see the module
     /// comment). Returns its offset and number of entries.
+    #[allow(dead_code)]
     pub(super) fn copy_active_l1(&self, m: &mut Meta) -> Result<(u64, u32)> {
         self.snapshots_possible("create")?;
         self.flush_locked(m)?;
@@ -353,6 +372,11 @@ impl Qcow2 {
     /// `snapshot -c`: a new snapshot of the active state named `name`
     /// with the next free numeric id, dated `date` (seconds, nanoseconds),
     /// VM clock 0, icount 0 and no VM state (as qemu-img makes one).
+    ///
+    /// One transaction (see `commit`): the active L1 table becomes the
+    /// snapshot's as it stands; the new active L1 table names copies of the
+    /// L2 tables that had COPIED entries (flags cleared) and shares the
+    /// others; every data cluster gains a reference.
     pub(super) fn w_snapshot_create(&self, name: &str, date: (u32, u32)) -> Result<String> {
         let mut m = self.meta()?;
         self.snapshots_possible("create")?;
@@ -364,23 +388,62 @@ impl Qcow2 {
             )));
         }
         let id = snapshot::next_id(&list);
-        let (off, n) = self.copy_active_l1(&mut m)?;
+        self.flush_locked(&mut m)?;
+        let l1 = self.l1.load_full();
+        let entries = (0..l1.entries())
+            .map(|i| l1.entry(i))
+            .collect::<Result<Vec<u64>>>()?;
+        self.refuse_sharing(&entries, "create")?;
         list.push(Snapshot::new(
             id.clone(),
             name.to_string(),
-            off,
-            n,
+            l1.offset(),
+            entries.len() as u32,
             date,
             0,
             self.size.load(Ordering::SeqCst),
             Some(0),
         ));
-        self.write_snapshot_table(&mut m, list)?;
+        self.transaction(&mut m, |m| {
+            let cb = self.geo.cluster_bits;
+            let w = self.geo.entry_words();
+            let fc = self.file.len()?.div_ceil(self.cs());
+            let mut active = vec![0u64; entries.len()];
+            for (i, &e) in entries.iter().enumerate() {
+                let off = e & OFFSET_MASK;
+                if off == 0 {
+                    continue;
+                }
+                let t = self.l2_table(off, i as u64)?;
+                let mut owned = false;
+                for j in (0..t.len()).step_by(w) {
+                    for c in self.word_clusters(t[j], fc)? {
+                        self.add_refcount(m, c, 1)?;
+                    }
+                    owned |= t[j] & OFLAG_COPIED != 0;
+                }
+                active[i] = if owned {
+                    let mut nt = t.to_vec();
+                    for j in (0..nt.len()).step_by(w) {
+                        nt[j] &= !OFLAG_COPIED;
+                    }
+                    self.write_table_copy(m, &nt)? | OFLAG_COPIED
+                } else {
+                    self.add_refcount(m, off >> cb, 1)?;
+                    off
+                };
+            }
+            let l1_off = self.write_new_l1(m, &active)?;
+            self.commit(m, (l1_off, active.len() as u64), &list, None)
+        })?;
         Ok(id)
     }
 
-    /// `snapshot -d`: removes the snapshot from the table, then drops its
-    /// references.
+    /// `snapshot -d`: one transaction (see `commit`) that drops the
+    /// snapshot's references, gives the active state a new L1 table whose
+    /// entries (and copies of the L2 tables whose entries change) carry
+    /// COPIED exactly where a refcount is now 1, and writes the table
+    /// without the entry.
     pub(super) fn w_snapshot_delete(&self, which: &SnapshotRef) -> Result<Snapshot> {
         let mut m = self.meta()?;
         let mut list = (*self.snapshot_list()).clone();
@@ -389,9 +452,201 @@ impl Qcow2 {
             .ok_or_else(|| Error::NotFound(format!("snapshot {which}")))?;
         let s = list.remove(i);
         snapshot::check_l1(&s, self.geo.cluster_bits)?;
-        self.write_snapshot_table(&mut m, list)?;
-        self.drop_l1_refs(&mut m, s.l1_table_offset, s.l1_size)?;
+        self.flush_locked(&mut m)?;
+        let gone = self.read_l1(s.l1_table_offset, s.l1_size, "the snapshot's L1 table")?;
+        let l1 = self.l1.load_full();
+        let entries = (0..l1.entries())
+            .map(|i| l1.entry(i))
+            .collect::<Result<Vec<u64>>>()?;
+        self.transaction(&mut m, |m| {
+            let cb = self.geo.cluster_bits;
+            let cs = self.cs();
+            let w = self.geo.entry_words();
+            let fc = self.file.len()?.div_ceil(cs);
+            for (i, &e) in gone.iter().enumerate() {
+                let off = e & OFFSET_MASK;
+                if off == 0 {
+                    continue;
+                }
+                let t = self.l2_table(off, i as u64)?;
+                for j in (0..t.len()).step_by(w) {
+                    for c in self.word_clusters(t[j], fc)? {
+                        self.add_refcount(m, c, -1)?;
+                    }
+                }
+                self.add_refcount(m, off >> cb, -1)?;
+            }
+            for c in 0..(s.l1_size as u64 * 8).div_ceil(cs) {
+                self.add_refcount(m, (s.l1_table_offset >> cb) + c, -1)?;
+            }
+            let copied = |m: &mut Meta, host: u64| -> Result<u64> {
+                Ok(if self.refcount(m, host >> cb)? == 1 {
+                    OFLAG_COPIED
+                } else {
+                    0
+                })
+            };
+            let mut active = vec![0u64; entries.len()];
+            for (i, &e) in entries.iter().enumerate() {
+                let off = e & OFFSET_MASK;
+                if off == 0 {
+                    continue;
+                }
+                let t = self.l2_table(off, i as u64)?;
+                let mut nt = t.to_vec();
+                for j in (0..nt.len()).step_by(w) {
+                    let word = nt[j];
+                    let host = word & OFFSET_MASK;
+                    if word & OFLAG_COMPRESSED == 0 && host != 0 {
+                        nt[j] = (word & !OFLAG_COPIED) | copied(m, host)?;
+                    }
+                }
+                active[i] = if nt[..] != t[..] {
+                    // The committed active state still reads `t`: its
+                    // flags change in a copy, named by the new L1 table.
+                    self.add_refcount(m, off >> cb, -1)?;
+                    self.write_table_copy(m, &nt)? | OFLAG_COPIED
+                } else {
+                    off | copied(m, off)?
+                };
+            }
+            let l1_off = self.write_new_l1(m, &active)?;
+            let old_l1 = (l1.offset(), l1.entries());
+            self.commit(m, (l1_off, active.len() as u64), &list, Some(old_l1))
+        })?;
         Ok(s)
+    }
+
+    /// An L2 table written into a new cluster (nothing names it yet, so it
+    /// goes to disk at once); returns its offset.
+    fn write_table_copy(&self, m: &mut Meta, t: &[u64]) -> Result<u64> {
+        let cs = self.cs();
+        let c = self.alloc_run(m, 1)? * cs;
+        self.check_overlap(m, c, cs, "an L2 table copy")?;
+        let mut buf = vec![0u8; cs as usize];
+        for (i, e) in t.iter().enumerate() {
+            BigEndian::write_u64(&mut buf[i * 8..], *e);
+        }
+        self.file.write_at(&buf, c)?;
+        self.l2_cache.invalidate(c);
+        Ok(c)
+    }
+
+    /// Runs `f` as a transaction on a shadow refcount structure (see
+    /// `write::Shadow`): everything written back first, then the refcount
+    /// table gets a new place. `f` ends with `commit`. A failure leaves the
+    /// disk as it was (but for leaked clusters) and the handle read-only:
+    /// memory no longer matches it.
+    fn transaction(&self, m: &mut Meta, f: impl FnOnce(&mut Meta) -> Result<()>) -> Result<()> {
+        self.flush_locked(m)?;
+        let r = (|| {
+            m.shadow = Some(Default::default());
+            let clusters = m.rt_clusters;
+            let c = self.alloc_run(m, clusters)?;
+            if m.rt_old.is_some() {
+                // Growing the table on the way moved it already.
+                for i in 0..clusters {
+                    self.add_refcount(m, c + i, -1)?;
+                }
+            } else {
+                let cs = self.cs();
+                self.check_overlap(m, c * cs, clusters * cs, "a refcount table copy")?;
+                m.rt_old = Some((m.rt_offset, m.rt_clusters));
+                m.rt_offset = c * cs;
+                m.rt_dirty = true;
+            }
+            f(m)
+        })();
+        if r.is_err() {
+            self.ro.store(true, Ordering::SeqCst);
+        }
+        r
+    }
+
+    /// Ends a transaction: the new refcount blocks and table and the new
+    /// snapshot table are written, flush; then one header write of bytes
+    /// 36..72 (L1 size and offset, refcount table offset and size, snapshot
+    /// count and offset: one sector) switches everything at once, flush;
+    /// then what only the old state used is freed. A cut before the header
+    /// write leaves the old image (and leaked clusters), after it the new.
+    fn commit(
+        &self,
+        m: &mut Meta,
+        l1: (u64, u64),
+        list: &[Snapshot],
+        old_l1: Option<(u64, u64)>,
+    ) -> Result<()> {
+        let cs = self.cs();
+        let cb = self.geo.cluster_bits;
+        let bytes = snapshot::encode_table(list, self.size.load(Ordering::SeqCst))?;
+        let snap_off = if bytes.is_empty() {
+            0
+        } else {
+            let n = (bytes.len() as u64).div_ceil(cs);
+            let c = self.alloc_run(m, n)? * cs;
+            self.check_overlap(m, c, n * cs, "a new snapshot table")?;
+            self.file.write_at(&bytes, c)?;
+            c
+        };
+        self.write_blocks(m)?;
+        let mut rt = vec![0u8; (m.rt_clusters * cs) as usize];
+        for (i, e) in m.rt.iter().enumerate() {
+            BigEndian::write_u64(&mut rt[i * 8..], *e);
+        }
+        self.file.write_at(&rt, m.rt_offset)?;
+        self.file.flush()?;
+        let mut h = [0u8; 36];
+        BigEndian::write_u32(&mut h[0..4], l1.1 as u32);
+        BigEndian::write_u64(&mut h[4..12], l1.0);
+        BigEndian::write_u64(&mut h[12..20], m.rt_offset);
+        BigEndian::write_u32(&mut h[20..24], m.rt_clusters as u32);
+        BigEndian::write_u32(&mut h[24..28], list.len() as u32);
+        BigEndian::write_u64(&mut h[28..36], snap_off);
+        self.file.write_at(&h, 36)?;
+        self.file.flush()?;
+        // Switched: memory follows, then the old state's clusters go.
+        m.rt_dirty = false;
+        let shadow = m.shadow.take().unwrap_or_default();
+        let old_rt = m.rt_old.take();
+        let flen = self.file.len()?;
+        self.l1.store(Arc::new(super::l1::L1Table::new(
+            self.file.clone(),
+            l1.0,
+            l1.1,
+            flen,
+        )));
+        let read = |buf: &mut [u8], o: u64| {
+            let s = (o - snap_off) as usize;
+            buf.copy_from_slice(&bytes[s..s + buf.len()]);
+            Ok(())
+        };
+        let parsed = snapshot::read_table(&read, snap_off, list.len() as u32)?;
+        self.snapshots.store(Arc::new(parsed));
+        let (old_snap, old_snap_len) = m.snap_table;
+        m.snap_table = (snap_off, bytes.len() as u64);
+        for c in &shadow.zeroed {
+            m.hint = m.hint.min(*c);
+            self.l2_cache.invalidate(c << cb);
+        }
+        for b in shadow.replaced {
+            self.release(m, b >> cb)?;
+        }
+        if let Some((off, n)) = old_rt {
+            for i in 0..n {
+                self.release(m, (off >> cb) + i)?;
+            }
+        }
+        if old_snap_len > 0 {
+            for c in (old_snap >> cb)..=((old_snap + old_snap_len - 1) >> cb) {
+                self.release(m, c)?;
+            }
+        }
+        if let Some((off, n)) = old_l1 {
+            for i in 0..(n * 8).div_ceil(cs) {
+                self.release(m, (off >> cb) + i)?;
+            }
+        }
+        self.flush_locked(m)
     }
 
     /// `snapshot -a`: the active state becomes a copy of the snapshot's
