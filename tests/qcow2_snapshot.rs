@@ -689,3 +689,65 @@ fn apply_restores_the_disk_size() {
     listings_agree(&p);
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// Hostile images: a snapshot whose L1 table lies outside the file, and
+/// random byte flips in the metadata, through create / apply / delete:
+/// clear errors, never a panic.
+#[test]
+fn hostile_snapshot_metadata() {
+    let d = tmpdir("hostile");
+    let p = d.join("h.qcow2");
+    let ps = p.to_str().unwrap();
+    create(&p, "cluster_size=4096", 256 << 10);
+    ok("qemu-io", &["-f", "qcow2", "-c", "write -P 0x44 0 40k", ps]);
+    ok("qemu-img", &["snapshot", "-c", "base", ps]);
+    ok(
+        "qemu-io",
+        &["-f", "qcow2", "-c", "write -P 0x46 8k 16k", ps],
+    );
+    let bytes = std::fs::read(&p).unwrap();
+    // The snapshot's L1 offset far past the end of the file.
+    let snap = u64::from_be_bytes(bytes[64..72].try_into().unwrap()) as usize;
+    let mut bad = bytes.clone();
+    bad[snap..snap + 8].copy_from_slice(&(1u64 << 40).to_be_bytes());
+    std::fs::write(&p, &bad).unwrap();
+    for args in [
+        ["snapshot", "-a", "base", ps],
+        ["snapshot", "-d", "base", ps],
+    ] {
+        let o = run(IMG, &args);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert!(e.contains("L1 table"), "{args:?}: {e}");
+    }
+    // Random flips in the first 16 clusters (header, tables, snapshot
+    // table, L1/L2 tables, refcounts).
+    let path = Path::new("m.qcow2");
+    let mut rng = Rng::new(99);
+    let mut opened = 0;
+    for i in 0..400 {
+        let mut m = bytes.clone();
+        for _ in 0..1 + rng.below(4) {
+            let at = rng.below((16 * 4096).min(m.len() as u64)) as usize;
+            m[at] ^= 1 << rng.below(8);
+        }
+        let st = Arc::new(MemStorage::new());
+        st.insert(path, m);
+        let r = std::panic::catch_unwind(|| {
+            let Ok(img) = Image::open_in(st.clone(), path, &rw()) else {
+                return false;
+            };
+            let _ = img.snapshot_create("x");
+            let _ = img.snapshot_apply(&"base".into());
+            let _ = img.snapshot_delete(&SnapshotRef::Name("base".into()));
+            let _ = img.snapshot_delete(&SnapshotRef::Name("x".into()));
+            true
+        });
+        match r {
+            Ok(o) => opened += o as u32,
+            Err(_) => panic!("mutant {i} panicked"),
+        }
+    }
+    assert!(opened > 100, "{opened} mutants opened");
+    let _ = std::fs::remove_dir_all(&d);
+}
