@@ -566,6 +566,11 @@ impl Qcow2 {
         f: impl FnOnce(&mut Meta) -> Result<()>,
     ) -> Result<()> {
         self.flush_locked(m)?;
+        // Allocate past the end of the file: a hole elsewhere lies in the
+        // range of a committed block that would have to be copied first,
+        // whose copy would land in another hole, and so on.
+        let hint = m.hint;
+        m.hint = m.hint.max(self.file.len()?.div_ceil(self.cs()));
         let r = (|| {
             m.shadow = Some(Default::default());
             let clusters = m.rt_clusters;
@@ -584,6 +589,7 @@ impl Qcow2 {
             }
             f(m)
         })();
+        m.hint = m.hint.min(hint);
         if r.is_err() {
             self.ro.store(true, Ordering::SeqCst);
         }
