@@ -27,6 +27,11 @@ pub fn force_share() {
     FORCE_SHARE.store(true, Ordering::Relaxed);
 }
 
+/// Whether -U was given.
+pub fn forcing_share() -> bool {
+    FORCE_SHARE.load(Ordering::Relaxed)
+}
+
 /// -U covers a command's sources only: called before its output opens.
 pub fn end_force_share() {
     FORCE_SHARE.store(false, Ordering::Relaxed);

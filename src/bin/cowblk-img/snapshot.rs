@@ -1,41 +1,116 @@
-//! `snapshot`: listing internal snapshots; the table info prints too.
+//! `snapshot`: list (the default), create, apply and delete internal
+//! snapshots, with qemu-img's messages and exit codes; and the snapshot
+//! table info prints too.
 
-use crate::args::{fail, one_file, usage_err, Parser, Res};
-use crate::open::{force_share, open};
+use crate::args::{fail, lib, one_file, usage_err, Parser, Res};
+use crate::open::{force_share, forcing_share, open};
 use crate::shared::size_to_str;
 use cowblk::format::SnapshotInfo;
+use cowblk::{Error, SnapshotRef};
 use std::ffi::OsString;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Action {
+    List,
+    Create,
+    Apply,
+    Delete,
+}
 
 pub fn run(args: Vec<OsString>) -> Res {
     const C: &str = "snapshot";
     let mut p = Parser::new(C, args);
-    // One operation: -l (the default), -a, -c or -d.
-    let (mut fmt, mut op): (_, Option<String>) = (None, None);
+    let (mut fmt, mut action, mut name, mut quiet) = (None, None, String::new(), false);
+    let set = |a: Action, action: &mut Option<Action>| {
+        if action.is_some() {
+            return Err(usage_err(C, "Cannot mix '-l', '-a', '-c', '-d'"));
+        }
+        *action = Some(a);
+        Ok(())
+    };
     while let Some((k, v)) = p.next()? {
         match k.as_str() {
             "f" => fmt = Some(v),
-            "q" => {}
-            "U" => force_share(),
-            c @ ("l" | "a" | "c" | "d") => {
-                if op.is_some() {
-                    return Err(usage_err(C, "Cannot mix '-l', '-a', '-c', '-d'"));
-                }
-                op = Some(c.to_string());
+            "l" => set(Action::List, &mut action)?,
+            c @ ("a" | "c" | "d") => {
+                let act = match c {
+                    "a" => Action::Apply,
+                    "c" => Action::Create,
+                    _ => Action::Delete,
+                };
+                set(act, &mut action)?;
+                name = v;
             }
+            "q" => quiet = true,
+            "U" => force_share(),
             _ => {}
         }
     }
+    let _ = quiet; // qemu-img prints nothing on success either way.
     let file = one_file(p.files(), C)?;
-    if let Some(c) = op.filter(|c| c != "l") {
+    let action = action.unwrap_or(Action::List);
+    if action == Action::List {
+        let img = open(&file, fmt, true)?;
+        let snaps = img.snapshots();
+        if !snaps.is_empty() {
+            print!("Snapshot list:\n{}", snapshot_table(&snaps));
+        }
+        return Ok(0);
+    }
+    if forcing_share() {
         return Err(fail(format!(
-            "snapshot -{c} is not supported: cowblk opens snapshots read-only"
+            "Could not open '{file}': force-share=on can only be used with read-only images"
         )));
     }
-    let img = open(&file, fmt, true)?;
-    let snaps = img.snapshots();
-    if !snaps.is_empty() {
-        print!("Snapshot list:\n{}", snapshot_table(&snaps));
-    }
+    let img = open(&file, fmt, false)?;
+    let has = |n: &str| img.snapshots().iter().any(|s| s.name == n);
+    let r = match action {
+        Action::Create => img.snapshot_create(&name).map(|_| ()).map_err(|e| {
+            // qemu-img's words where QEMU refuses (no snapshots in the
+            // format, an external data file); ours where we say more.
+            let why = match e {
+                Error::Unsupported(m) if !m.contains("1-bit") => {
+                    "Operation not supported".to_string()
+                }
+                e => lib(e).msg,
+            };
+            fail(format!("Could not create snapshot '{name}': {why}"))
+        }),
+        Action::Apply => img
+            .snapshot_apply(&SnapshotRef::IdOrName(name.clone()))
+            .map_err(|e| {
+                let why = match e {
+                    Error::NotFound(_) => {
+                        "Failed to load snapshot: No such file or directory".to_string()
+                    }
+                    Error::Unsupported(_) if img.format_name() != "qcow2" => {
+                        "Block driver does not support snapshots".to_string()
+                    }
+                    e => lib(e).msg,
+                };
+                fail(format!("Could not apply snapshot '{name}': {why}"))
+            }),
+        Action::Delete => {
+            // qemu-img finds the snapshot to delete by name only.
+            if !has(&name) {
+                Err(fail(format!(
+                    "Could not delete snapshot '{name}': snapshot not found"
+                )))
+            } else {
+                img.snapshot_delete(&SnapshotRef::Name(name.clone()))
+                    .map_err(|e| {
+                        fail(format!(
+                            "Could not delete snapshot '{name}': {}",
+                            lib(e).msg
+                        ))
+                    })
+            }
+        }
+        Action::List => Ok(()),
+    };
+    let closed = img.close().map_err(lib);
+    r?;
+    closed?;
     Ok(0)
 }
 
