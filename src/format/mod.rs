@@ -247,6 +247,8 @@ pub struct OpenCtx<'a> {
     /// data files the image names unless their contents are needed to
     /// know the image's shape.
     pub metadata_only: bool,
+    /// Opened to repair (`OpenOptions::repair`).
+    pub repair: bool,
 }
 
 impl OpenCtx<'_> {

@@ -34,6 +34,7 @@ pub mod snapshot;
 #[cfg(test)]
 mod tests;
 mod write;
+mod repair;
 
 use super::info::InfoValue;
 use super::{
@@ -153,7 +154,8 @@ impl Qcow2 {
         let mut c0 = vec![0u8; 1 << cluster_bits];
         file.read_at(&mut c0, 0)?;
         let h = Header::parse(&c0)?;
-        Self::check_features(&h, ctx.read_only)?;
+        // A repair open (`check -r`) may write an image marked corrupt.
+        Self::check_features(&h, ctx.read_only || ctx.repair)?;
         let mut warnings = Vec::new();
         if h.incompatible & features::INCOMPAT_CORRUPT != 0 {
             warnings.push(
@@ -263,7 +265,7 @@ impl Qcow2 {
             known_len: AtomicU64::new(file_len),
         };
         if !ctx.read_only {
-            q.open_for_writing(ctx.cache_size)?;
+            q.open_for_writing(ctx.cache_size, ctx.repair)?;
         }
         Ok(q)
     }
@@ -273,7 +275,7 @@ impl Qcow2 {
     /// autoclear bits this build does not keep consistent (as QEMU does on
     /// a read-write open: here everything but data_file_raw, since
     /// bitmaps are not updated by our writes).
-    fn open_for_writing(&mut self, cache_size: u64) -> Result<()> {
+    fn open_for_writing(&mut self, cache_size: u64, repair: bool) -> Result<()> {
         if !self.l1.load().fully_stored() {
             return Err(Error::Corrupt(
                 "the active L1 table runs past the end of the image file".into(),
@@ -292,7 +294,8 @@ impl Qcow2 {
             self.header.refcount_table_clusters as u64,
             blocks.min(1 << 16) as usize,
         )));
-        if self.header.incompatible & features::INCOMPAT_DIRTY != 0 {
+        // As QEMU in check mode: a dirty image is left to the check.
+        if self.header.incompatible & features::INCOMPAT_DIRTY != 0 && !repair {
             self.rebuild_refcounts()
                 .map_err(|e| e.context("repairing the refcounts of an image not closed cleanly"))?;
         }

@@ -1087,3 +1087,49 @@ impl Qcow2 {
         Ok(())
     }
 }
+
+/// Hooks for `check -r` (`repair.rs`): it finds what to change, these
+/// change it through the write-back machinery, so the caches stay right.
+impl Qcow2 {
+    /// The metadata lock, for a repair that holds it throughout.
+    pub(super) fn repair_meta(&self) -> Result<std::sync::MutexGuard<'_, Meta>> {
+        self.meta()
+    }
+
+    /// Where the refcount table is now (offset, clusters).
+    pub(super) fn rt_location(&self, m: &Meta) -> (u64, u64) {
+        (m.rt_offset, m.rt_clusters)
+    }
+
+    pub(super) fn repair_refcount(&self, m: &mut Meta, c: u64, value: u64) -> Result<()> {
+        self.set_refcount(m, c, value, 0)
+    }
+
+    pub(super) fn repair_l1_entry(&self, m: &mut Meta, i: u64, value: u64) -> Result<()> {
+        self.l1.load().set(i, value)?;
+        m.l1_dirty.insert(i);
+        Ok(())
+    }
+
+    pub(super) fn repair_l2_table(&self, m: &mut Meta, off: u64, table: Vec<u64>) {
+        self.l2_cache.put(off, table.into(), true);
+        m.l2_dirty.insert(off);
+    }
+
+    /// A refcount table the repair wrote (and named in the header) replaces
+    /// the one in memory; cached blocks belong to the old structure.
+    pub(super) fn repair_new_table(&self, m: &mut Meta, rt: Vec<u64>, off: u64, clusters: u64) {
+        m.rt = rt;
+        m.rt_offset = off;
+        m.rt_clusters = clusters;
+        m.rt_dirty = false;
+        m.rt_old = None;
+        m.blocks.clear();
+        m.hint = 0;
+    }
+
+    /// After refcounts dropped: the allocator may look below its hint again.
+    pub(super) fn repair_reset_hint(&self, m: &mut Meta) {
+        m.hint = 0;
+    }
+}
