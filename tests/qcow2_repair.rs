@@ -113,9 +113,17 @@ fn base(dir: &Path) {
         a.push("img.qcow2");
         ok(dir, "qemu-io", &a);
     };
-    io(&["write -P 1 0 256k", "write -P 2 4M 128k", "write -P 3 9M 64k"]);
+    io(&[
+        "write -P 1 0 256k",
+        "write -P 2 4M 128k",
+        "write -P 3 9M 64k",
+    ]);
     ok(dir, "qemu-img", &["snapshot", "-c", "s1", "img.qcow2"]);
-    io(&["write -P 4 64k 64k", "write -P 5 12M 192k", "discard 12M 64k"]);
+    io(&[
+        "write -P 4 64k 64k",
+        "write -P 5 12M 192k",
+        "discard 12M 64k",
+    ]);
 }
 
 fn raw(dir: &Path, f: &str) -> Vec<u8> {
@@ -143,7 +151,7 @@ enum After {
 /// One damage case: both tools check it (human, JSON), repair twin copies
 /// with `-r leaks` and with `-r all` (human and JSON), and the results
 /// are compared.
-fn case(name: &str, damage: impl Fn(&mut Vec<u8>), after: After) -> i32 {
+fn case(name: &str, damage: impl Fn(&mut [u8]), after: After) -> i32 {
     let dir = tmpdir(name);
     base(&dir);
     let model = raw(&dir, "img.qcow2");
@@ -160,7 +168,12 @@ fn case(name: &str, damage: impl Fn(&mut Vec<u8>), after: After) -> i32 {
     put("bad.qcow2");
     let (found, _) = same(&dir, &["check"], "bad.qcow2");
     same(&dir, &["check", "--output=json"], "bad.qcow2");
-    for (mode, json) in [("leaks", false), ("all", false), ("leaks", true), ("all", true)] {
+    for (mode, json) in [
+        ("leaks", false),
+        ("all", false),
+        ("leaks", true),
+        ("all", true),
+    ] {
         let f = format!("r{mode}{json}.qcow2");
         put(&f);
         let mut a = vec!["check", "-r", mode];
@@ -192,175 +205,269 @@ fn case(name: &str, damage: impl Fn(&mut Vec<u8>), after: After) -> i32 {
     found
 }
 
+fn damage_high(b: &mut [u8]) {
+    let l = Lay::of(b);
+    // The L1 table's cluster (refcount 1) claims 3.
+    let e = l.rc(b, l.l1 / CS);
+    wr16(b, e, 3);
+}
+
 #[test]
 fn refcount_too_high_is_a_leak() {
-    let code = case(
-        "high",
-        |b| {
-            let l = Lay::of(b);
-            // The L1 table's cluster (refcount 1) claims 3.
-            let e = l.rc(b, l.l1 / CS);
-            wr16(b, e, 3);
-        },
-        After::Intact,
-    );
-    assert_eq!(code, 3);
+    assert_eq!(case("high", damage_high, After::Intact), 3);
+}
+
+fn damage_low(b: &mut [u8]) {
+    let l = Lay::of(b);
+    // Guest cluster 0 is shared with the snapshot (refcount 2):
+    // after the snapshot it was not rewritten, so its entry has no
+    // COPIED flag. Claim 1.
+    let host = rd(b, l.l2e(b, 2)) & 0x00ff_ffff_ffff_fe00;
+    assert_ne!(host, 0);
+    let e = l.rc(b, host / CS);
+    wr16(b, e, 1);
 }
 
 #[test]
 fn refcount_too_low_on_a_shared_cluster() {
-    let code = case(
-        "low",
-        |b| {
-            let l = Lay::of(b);
-            // Guest cluster 0 is shared with the snapshot (refcount 2):
-            // after the snapshot it was not rewritten, so its entry has no
-            // COPIED flag. Claim 1.
-            let host = rd(b, l.l2e(b, 2)) & 0x00ff_ffff_ffff_fe00;
-            assert_ne!(host, 0);
-            let e = l.rc(b, host / CS);
-            wr16(b, e, 1);
-        },
-        After::Intact,
-    );
-    assert_eq!(code, 2);
+    assert_eq!(case("low", damage_low, After::Intact), 2);
+}
+
+fn damage_zero(b: &mut [u8]) {
+    let l = Lay::of(b);
+    let host = rd(b, l.l2e(b, 0)) & 0x00ff_ffff_ffff_fe00;
+    let e = l.rc(b, host / CS);
+    wr16(b, e, 0);
 }
 
 #[test]
 fn refcount_zero_on_a_used_cluster_rebuilds() {
-    let code = case(
-        "zero",
-        |b| {
-            let l = Lay::of(b);
-            let host = rd(b, l.l2e(b, 0)) & 0x00ff_ffff_ffff_fe00;
-            let e = l.rc(b, host / CS);
-            wr16(b, e, 0);
-        },
-        After::Intact,
-    );
-    assert_eq!(code, 2);
+    assert_eq!(case("zero", damage_zero, After::Intact), 2);
+}
+
+fn damage_leaked(b: &mut [u8]) {
+    let l = Lay::of(b);
+    // A free cluster inside the file (the discard freed one; the
+    // last cluster of the file is in use): claim it, and one past
+    // the end of the file.
+    let n = b.len() as u64 / CS;
+    let mut done = 0;
+    for c in 1..n {
+        let e = l.rc(b, c);
+        if u16::from_be_bytes([b[e as usize], b[e as usize + 1]]) == 0 && done < 1 {
+            wr16(b, e, 1);
+            done += 1;
+        }
+    }
+    assert_eq!(done, 1, "no free cluster in the base image");
+    let e = l.rc(b, n + 3);
+    wr16(b, e, 1);
 }
 
 #[test]
 fn leaked_clusters() {
-    let code = case(
-        "leaked",
-        |b| {
-            let l = Lay::of(b);
-            // A free cluster inside the file (the discard freed one; the
-            // last cluster of the file is in use): claim it, and one past
-            // the end of the file.
-            let n = b.len() as u64 / CS;
-            let mut done = 0;
-            for c in 1..n {
-                let e = l.rc(b, c);
-                if u16::from_be_bytes([b[e as usize], b[e as usize + 1]]) == 0 && done < 1 {
-                    wr16(b, e, 1);
-                    done += 1;
-                }
-            }
-            assert_eq!(done, 1, "no free cluster in the base image");
-            let e = l.rc(b, n + 3);
-            wr16(b, e, 1);
-        },
-        After::Intact,
-    );
-    assert_eq!(code, 3);
+    assert_eq!(case("leaked", damage_leaked, After::Intact), 3);
+}
+
+fn damage_intol1(b: &mut [u8]) {
+    let l = Lay::of(b);
+    // Guest cluster 4 (unallocated) now points at the active L1
+    // table's cluster, COPIED set.
+    let e = l.l2e(b, 4);
+    wr(b, e, l.l1 | 1 << 63);
 }
 
 #[test]
 fn l2_entry_pointing_into_the_l1_table() {
-    let code = case(
-        "intol1",
-        |b| {
-            let l = Lay::of(b);
-            // Guest cluster 4 (unallocated) now points at the active L1
-            // table's cluster, COPIED set.
-            let e = l.l2e(b, 4);
-            wr(b, e, l.l1 | 1 << 63);
-        },
-        After::Clean,
-    );
-    assert_eq!(code, 2);
+    assert_eq!(case("intol1", damage_intol1, After::Clean), 2);
+}
+
+fn damage_intorb(b: &mut [u8]) {
+    let l = Lay::of(b);
+    let e = l.l2e(b, 4);
+    let rb = rd(b, l.rt) & !0x1ff;
+    wr(b, e, rb | 1 << 63);
 }
 
 #[test]
 fn l2_entry_pointing_into_the_refcount_block() {
-    let code = case(
-        "intorb",
-        |b| {
-            let l = Lay::of(b);
-            let e = l.l2e(b, 4);
-            let rb = rd(b, l.rt) & !0x1ff;
-            wr(b, e, rb | 1 << 63);
-        },
-        After::Clean,
-    );
-    assert_eq!(code, 2);
+    assert_eq!(case("intorb", damage_intorb, After::Clean), 2);
+}
+
+fn damage_norb(b: &mut [u8]) {
+    let l = Lay::of(b);
+    wr(b, l.rt, 0);
 }
 
 #[test]
 fn missing_refcount_block() {
-    let code = case(
-        "norb",
-        |b| {
-            let l = Lay::of(b);
-            wr(b, l.rt, 0);
-        },
-        After::Intact,
-    );
-    assert_eq!(code, 2);
+    assert_eq!(case("norb", damage_norb, After::Intact), 2);
+}
+
+fn damage_rbpast(b: &mut [u8]) {
+    let l = Lay::of(b);
+    // A second table entry naming a block far past the end.
+    wr(b, l.rt + 8, 64 * CS);
 }
 
 #[test]
 fn refcount_block_past_the_end_of_the_file() {
-    let code = case(
-        "rbpast",
-        |b| {
-            let l = Lay::of(b);
-            // A second table entry naming a block far past the end.
-            wr(b, l.rt + 8, 64 * CS);
-        },
-        After::Intact,
-    );
-    assert_eq!(code, 2);
+    assert_eq!(case("rbpast", damage_rbpast, After::Intact), 2);
+}
+
+fn damage_snapl1(b: &mut [u8]) {
+    let so = rd(b, 64);
+    let l1 = rd(b, so);
+    wr(b, so, l1 + 512);
 }
 
 #[test]
 fn snapshot_table_entry_with_unaligned_l1() {
-    let code = case(
-        "snapl1",
-        |b| {
-            let so = rd(b, 64);
-            let l1 = rd(b, so);
-            wr(b, so, l1 + 512);
-        },
-        After::AsQemu,
-    );
-    assert_eq!(code, 2);
+    assert_eq!(case("snapl1", damage_snapl1, After::AsQemu), 2);
+}
+
+fn damage_copied(b: &mut [u8]) {
+    let l = Lay::of(b);
+    // Guest cluster 1 was rewritten after the snapshot (COPIED):
+    // clear it; guest cluster 2 is shared: set it; and the L1
+    // entry loses its flag.
+    let e1 = l.l2e(b, 1);
+    let v1 = rd(b, e1);
+    assert_ne!(v1 & 1 << 63, 0);
+    wr(b, e1, v1 & !(1 << 63));
+    let e2 = l.l2e(b, 2);
+    let v2 = rd(b, e2);
+    assert_eq!(v2 & 1 << 63, 0);
+    wr(b, e2, v2 | 1 << 63);
+    let v = rd(b, l.l1);
+    wr(b, l.l1, v & !(1 << 63));
 }
 
 #[test]
 fn oflag_copied_wrong() {
-    let code = case(
-        "copied",
-        |b| {
-            let l = Lay::of(b);
-            // Guest cluster 1 was rewritten after the snapshot (COPIED):
-            // clear it; guest cluster 2 is shared: set it; and the L1
-            // entry loses its flag.
-            let e1 = l.l2e(b, 1);
-            let v1 = rd(b, e1);
-            assert_ne!(v1 & 1 << 63, 0);
-            wr(b, e1, v1 & !(1 << 63));
-            let e2 = l.l2e(b, 2);
-            let v2 = rd(b, e2);
-            assert_eq!(v2 & 1 << 63, 0);
-            wr(b, e2, v2 | 1 << 63);
-            let v = rd(b, l.l1);
-            wr(b, l.l1, v & !(1 << 63));
-        },
-        After::Intact,
-    );
-    assert_eq!(code, 2);
+    assert_eq!(case("copied", damage_copied, After::Intact), 2);
+}
+
+// ---------------------------------------------------------------- crashes
+
+mod crash {
+    use super::*;
+    use cowblk::format::Repair;
+    use cowblk::io::fault::MemStorage;
+    use cowblk::{Image, OpenOptions};
+    use std::sync::Arc;
+
+    fn opts(repair: bool) -> OpenOptions {
+        OpenOptions {
+            format: Some("qcow2".into()),
+            read_only: !repair,
+            repair,
+            ..Default::default()
+        }
+    }
+
+    fn read_all(img: &Image) -> Vec<u8> {
+        let mut b = vec![0u8; img.size() as usize];
+        img.read(&mut b, 0).unwrap();
+        b
+    }
+
+    fn repair(st: &Arc<MemStorage>, path: &Path) -> cowblk::Result<cowblk::format::CheckReport> {
+        let img = Image::open_in(st.clone(), path, &opts(true))?;
+        let r = img.check(Repair::All)?;
+        img.close()?;
+        Ok(r)
+    }
+
+    /// Cuts the power at every operation of `check -r all` on a damaged
+    /// image, keeping none, all or a random half of the unflushed writes;
+    /// a second `-r all` on every cut state must leave an image that both
+    /// we and QEMU find clean, with the undamaged image's guest data.
+    fn run_case(name: &str, damage: fn(&mut [u8])) {
+        let dir = tmpdir(&format!("crash{name}"));
+        base(&dir);
+        let model = raw(&dir, "img.qcow2");
+        let mut bytes = std::fs::read(dir.join("img.qcow2")).unwrap();
+        damage(&mut bytes);
+        let path = Path::new("img.qcow2");
+        let total = {
+            let st = Arc::new(MemStorage::new());
+            st.insert(path, bytes.clone());
+            st.reset_count();
+            let r = repair(&st, path).unwrap();
+            assert!(
+                r.corruptions_fixed + r.leaks_fixed > 0,
+                "{name}: nothing fixed"
+            );
+            st.op_count()
+        };
+        eprintln!("{name}: {total} operations, {} crash states", total * 3);
+        let mut seed = 7u64;
+        for k in 0..total {
+            for policy in 0..3u64 {
+                let st = Arc::new(MemStorage::new());
+                st.insert(path, bytes.clone());
+                st.reset_count();
+                st.fail_from(Some(k));
+                let _ = repair(&st, path);
+                let cut = st.crash(|_, _| match policy {
+                    0 => false,
+                    1 => true,
+                    _ => {
+                        seed = seed
+                            .wrapping_mul(6364136223846793005)
+                            .wrapping_add(1442695040888963407);
+                        seed >> 63 == 0
+                    }
+                });
+                let cut = Arc::new(cut);
+                repair(&cut, path)
+                    .unwrap_or_else(|e| panic!("{name}: op {k} policy {policy}: {e}"));
+                let img = Image::open_in(cut.clone(), path, &opts(false)).unwrap();
+                let again = img.check(Repair::None).unwrap();
+                assert_eq!(
+                    (again.corruptions, again.leaks, again.check_errors),
+                    (0, 0, 0),
+                    "{name}: op {k} policy {policy}: {:?}",
+                    again.messages
+                );
+                assert!(
+                    read_all(&img) == model,
+                    "{name}: op {k} policy {policy}: guest data differs"
+                );
+                drop(img);
+                let f = dir.join("cut.qcow2");
+                std::fs::write(&f, cut.file(path).unwrap().contents()).unwrap();
+                let q = run(&dir, "qemu-img", &["check", "cut.qcow2"]);
+                assert!(
+                    q.status.success(),
+                    "{name}: op {k} policy {policy}: qemu-img check: {}{}",
+                    text(&q.stdout),
+                    text(&q.stderr)
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn crash_during_refcount_rebuild() {
+        run_case("norb", damage_norb);
+    }
+
+    #[test]
+    fn crash_during_leak_and_refcount_repair() {
+        run_case("high", damage_high);
+        run_case("low", damage_low);
+    }
+
+    #[test]
+    fn crash_during_oflag_copied_repair() {
+        run_case("copied", damage_copied);
+    }
+
+    #[test]
+    fn crash_during_growth_for_a_block_past_the_end() {
+        run_case("rbpast", damage_rbpast);
+    }
 }

@@ -879,7 +879,10 @@ fn check(args: Vec<OsString>) -> Res {
             // What is left (qemu-img reports its second check's counts
             // after a repair).
             if r.corruptions > r.corruptions_fixed {
-                m.insert("corruptions".into(), json!(r.corruptions - r.corruptions_fixed));
+                m.insert(
+                    "corruptions".into(),
+                    json!(r.corruptions - r.corruptions_fixed),
+                );
             }
             if r.corruptions_fixed > 0 {
                 m.insert("corruptions-fixed".into(), json!(r.corruptions_fixed));

@@ -439,7 +439,8 @@ pub(super) fn finish(c: Ctx, highest: Option<u64>) -> CheckReport {
     let cs = c.cs;
     let mut r = c.r;
     if c.dropped > 0 {
-        r.messages.push(format!("({} more messages not shown)", c.dropped));
+        r.messages
+            .push(format!("({} more messages not shown)", c.dropped));
     }
     r.total_clusters = Some(
         c.q.size
@@ -648,7 +649,9 @@ pub(super) fn compare(
             None if have < want => "ERROR",
             None => "Leaked",
         };
-        c.msg(format!("{word} cluster {i} refcount={have} reference={want}"));
+        c.msg(format!(
+            "{word} cluster {i} refcount={have} reference={want}"
+        ));
         if let (Some(leak), Some(f)) = (fixed, fixer.as_deref_mut()) {
             if f.set_refcount(i, want).is_ok() {
                 if leak {

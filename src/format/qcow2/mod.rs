@@ -30,11 +30,11 @@ pub mod l1;
 pub mod l2;
 mod nb;
 pub mod refcount;
+mod repair;
 pub mod snapshot;
 #[cfg(test)]
 mod tests;
 mod write;
-mod repair;
 
 use super::info::InfoValue;
 use super::{

@@ -96,7 +96,11 @@ fn take_messages(to: &mut Ctx, from: &mut Ctx) {
 /// The repairing check (see the module comment). The report counts what
 /// was found in the image as qemu-img reports it after its second check:
 /// `corruptions`/`leaks` are those left plus those fixed.
-pub(super) fn run(q: &Qcow2, fix: Repair, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckReport> {
+pub(super) fn run(
+    q: &Qcow2,
+    fix: Repair,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<CheckReport> {
     q.w_flush()?;
     let mut guard = q.repair_meta()?;
     let m: &mut Meta = &mut guard;
