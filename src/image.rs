@@ -584,6 +584,18 @@ impl Image {
         self.fmt.check(repair, progress)
     }
 
+    /// Changes format options (`qemu-img amend -o`, see `Format::amend`);
+    /// close the image afterwards and reopen it to use it.
+    pub fn amend(
+        &self,
+        opts: &crate::format::CreateOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        self.check_writable()?;
+        let _x = self.exclusive();
+        self.fmt.amend(opts, progress)
+    }
+
     /// Drops everything allocated in this layer (see `Format::make_empty`).
     pub fn make_empty(&self) -> Result<()> {
         self.check_writable()?;

@@ -2,6 +2,7 @@
 //! the cowblk library. Every operation is a library call (`cowblk::ops`,
 //! `Image`); this file only parses arguments and prints.
 
+mod amend;
 #[path = "../shared/mod.rs"]
 mod shared;
 
@@ -230,6 +231,7 @@ fn main() {
         "rebase" => rebase(args),
         "bench" => bench(args),
         "dd" => dd(args),
+        "amend" => amend::amend(args),
         "measure" => measure(args),
         other => Err(Fail {
             usage: Some(""),

@@ -380,6 +380,11 @@ impl<'a> Stored<'a> {
         })
     }
 
+    /// The table's raw entries.
+    pub(super) fn table_entries(&self) -> Vec<u64> {
+        self.table.clone()
+    }
+
     pub(super) fn get(&mut self, cluster: u64) -> Result<u64> {
         let h = &self.q.header;
         let cb = h.cluster_bits;

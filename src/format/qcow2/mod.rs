@@ -30,6 +30,7 @@ pub mod l1;
 pub mod l2;
 mod nb;
 pub mod refcount;
+mod amend;
 mod repair;
 pub mod snapshot;
 #[cfg(test)]
@@ -588,6 +589,14 @@ impl Format for Qcow2 {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<super::CheckReport> {
         check::run(self, repair, progress)
+    }
+
+    fn amend(
+        &self,
+        opts: &super::CreateOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        Qcow2::amend(self, opts, progress)
     }
 
     fn size(&self) -> u64 {

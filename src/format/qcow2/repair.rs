@@ -220,15 +220,35 @@ fn finish(q: &Qcow2, m: &mut Meta, first: Ctx, highest: Option<u64>) -> Result<C
     Ok(again)
 }
 
-/// QEMU's rebuild_refcount_structure: new refcount blocks and a new table
-/// made from the counted references (`refs`) alone, placed first-fit in
+/// QEMU's rebuild_refcount_structure: a new structure from the counted
+/// references, then the header switched to it (one write, after a flush).
+fn rebuild(q: &Qcow2, m: &mut Meta, refs: &[u16]) -> Result<(u64, u64)> {
+    let (table, off, clusters) = build_structure(q, refs, q.header.refcount_order, &[])?;
+    let mut hb = [0u8; 12];
+    BigEndian::write_u64(&mut hb[..8], off);
+    BigEndian::write_u32(&mut hb[8..], clusters as u32);
+    q.file.write_at(&hb, 48)?;
+    q.file.flush()?;
+    q.repair_new_table(m, table, off, clusters);
+    Ok((off, clusters))
+}
+
+/// New refcount blocks (entries of `1 << order` bits) and a new table made
+/// from the counted references (`refs`) alone, placed first-fit in
 /// clusters nothing references (the table too, found after the blocks;
 /// its own clusters may need blocks rewritten, and a table that had to
-/// grow is placed again). Returns the new table's (offset, clusters).
-fn rebuild(q: &Qcow2, m: &mut Meta, refs: &[u16]) -> Result<(u64, u64)> {
+/// grow is placed again), written and flushed; nothing names them yet.
+/// Clusters in `exclude` (the old structure, when it is replaced on
+/// purpose) are kept free of the new structure but counted one less.
+/// Returns the table's entries, offset and clusters.
+pub(super) fn build_structure(
+    q: &Qcow2,
+    refs: &[u16],
+    order: u32,
+    exclude: &[u64],
+) -> Result<(Vec<u64>, u64, u64)> {
     let cb = q.header.cluster_bits;
     let cs = 1u64 << cb;
-    let order = q.header.refcount_order;
     let mut r = Rebuild {
         q,
         imrt: refs.iter().map(|&v| v as u64).collect(),
@@ -236,6 +256,7 @@ fn rebuild(q: &Qcow2, m: &mut Meta, refs: &[u16]) -> Result<(u64, u64)> {
         per_block: 1u64 << (cb + 3 - order),
         order,
         cb,
+        exclude: exclude.iter().copied().collect(),
     };
     let n = r.imrt.len() as u64;
     let mut grown = r.write_blocks(0, n)?;
@@ -257,14 +278,7 @@ fn rebuild(q: &Qcow2, m: &mut Meta, refs: &[u16]) -> Result<(u64, u64)> {
     }
     q.file.write_at(&buf, off)?;
     q.file.flush()?;
-    // Everything the new structure needs is on disk: switch to it.
-    let mut hb = [0u8; 12];
-    BigEndian::write_u64(&mut hb[..8], off);
-    BigEndian::write_u32(&mut hb[8..], clusters as u32);
-    q.file.write_at(&hb, 48)?;
-    q.file.flush()?;
-    q.repair_new_table(m, r.table, off, clusters);
-    Ok((off, clusters))
+    Ok((r.table, off, clusters))
 }
 
 struct Rebuild<'a> {
@@ -276,6 +290,7 @@ struct Rebuild<'a> {
     per_block: u64,
     order: u32,
     cb: u32,
+    exclude: std::collections::HashSet<u64>,
 }
 
 /// Clusters a rebuild may place past the end of a file it checks.
@@ -353,7 +368,7 @@ impl Rebuild<'_> {
             };
             let mut block = vec![0u8; cs as usize];
             for k in 0..self.per_block {
-                let v = self.get(start + k);
+                let v = self.get(start + k) - self.exclude.contains(&(start + k)) as u64;
                 if v != 0 {
                     super::refcount::set_entry(&mut block, k, self.order, v)?;
                 }

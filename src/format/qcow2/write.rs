@@ -1133,3 +1133,32 @@ impl Qcow2 {
         m.hint = 0;
     }
 }
+
+/// Hooks for `amend` (`amend.rs`).
+impl Qcow2 {
+    /// Rewrites the L2 entries of whole clusters `[guest, guest + len)`
+    /// (see `rewrite_entries`) under the metadata lock.
+    pub(super) fn amend_rewrite(
+        &self,
+        guest: u64,
+        len: u64,
+        f: impl FnMut(u64, Entry) -> Option<Entry>,
+    ) -> Result<()> {
+        let mut m = self.meta()?;
+        self.rewrite_entries(&mut m, guest, len, f)?;
+        self.after_change(&mut m)
+    }
+
+    /// A fresh host cluster (refcount 1), for data the caller writes
+    /// before linking it.
+    pub(super) fn amend_alloc(&self) -> Result<u64> {
+        let mut m = self.meta()?;
+        Ok(self.alloc_run(&mut m, 1)? * self.cs())
+    }
+
+    /// Stops writing through this handle (its header in memory is stale
+    /// after an amend changed the image's shape).
+    pub(super) fn amend_done(&self) {
+        self.ro.store(true, Ordering::SeqCst);
+    }
+}
