@@ -31,7 +31,11 @@ pub(super) fn amend(args: Vec<OsString>) -> Res {
         opts.parse_into(o).map_err(lib)?;
     }
     let img = open(&file, fmt, false)?;
-    with_progress(progress && !quiet, |pr| img.amend(&opts, pr)).map_err(lib)?;
+    with_progress(progress && !quiet, |pr| img.amend(&opts, pr)).map_err(|e| match e {
+        // The library uses QEMU's words for what amend refuses.
+        Error::InvalidArgument(m) | Error::Unsupported(m) => fail(m),
+        e => lib(e),
+    })?;
     img.close().map_err(lib)?;
     Ok(0)
 }

@@ -44,7 +44,11 @@ const AMENDABLE: &[&str] = &[
 impl Qcow2 {
     /// Applies `o` (see the module comment); `progress(done, total)`.
     /// The handle is read-only afterwards: reopen the image to use it.
-    pub(super) fn amend(&self, o: &CreateOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+    pub(super) fn amend(
+        &self,
+        o: &CreateOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
         let h0 = &self.header;
         for k in o.keys() {
             if AMENDABLE.contains(&k) {
@@ -93,7 +97,10 @@ impl Qcow2 {
         if order != order_now && new_version < 3 && bits != 16 {
             return Err(bad("Refcount widths other than 16 bits require compatibility level 1.1 or above (use compat=1.1 or greater)"));
         }
-        let (bf, bfmt) = (o.get_str(options::BACKING_FILE), o.get_str(options::BACKING_FMT));
+        let (bf, bfmt) = (
+            o.get_str(options::BACKING_FILE),
+            o.get_str(options::BACKING_FMT),
+        );
         if (bf.is_some() || bfmt.is_some())
             && (bf != h0.backing_file.as_deref() || bfmt != h0.backing_fmt.as_deref())
         {
@@ -107,15 +114,13 @@ impl Qcow2 {
         if let Some(s) = o.get_size(options::SIZE)? {
             if s != self.size.load(Ordering::SeqCst) {
                 return Err(Error::Unsupported(
-                    "changing the size with amend is not supported; use 'cowblk-img resize'"
-                        .into(),
+                    "changing the size with amend is not supported; use 'cowblk-img resize'".into(),
                 ));
             }
         }
         if new_version > old_version && self.snapshots.iter().any(|s| s.extra.len() < 16) {
             return Err(Error::Unsupported(
-                "upgrading an image whose snapshots lack the v3 extra data is not supported"
-                    .into(),
+                "upgrading an image whose snapshots lack the v3 extra data is not supported".into(),
             ));
         }
         if new_version < old_version {
@@ -260,27 +265,6 @@ impl Qcow2 {
     /// or a new cluster of zeros; one with a host cluster gets zeros
     /// written there. Snapshots with zero clusters are refused.
     fn expand_zero_clusters(&self, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
-        for s in &self.snapshots {
-            let mut raw = vec![0u8; s.l1_size as usize * 8];
-            self.file.read_at(&mut raw, s.l1_table_offset)?;
-            for e in raw.chunks_exact(8).map(BigEndian::read_u64) {
-                let off = e & OFFSET_MASK;
-                if off == 0 {
-                    continue;
-                }
-                let mut t = vec![0u8; self.cs() as usize];
-                self.file.read_at(&mut t, off)?;
-                if t
-                    .chunks_exact(8)
-                    .map(BigEndian::read_u64)
-                    .any(|x| x & OFLAG_ZERO != 0 && x & OFLAG_COMPRESSED == 0)
-                {
-                    return Err(Error::Unsupported(
-                        "downgrading an image whose internal snapshots have zero clusters is not supported".into(),
-                    ));
-                }
-            }
-        }
         let mut zeros = Vec::new();
         self.each_active_entry(&mut |g, e| {
             if e & OFLAG_ZERO != 0 && e & OFLAG_COMPRESSED == 0 {
@@ -309,7 +293,59 @@ impl Qcow2 {
             self.amend_rewrite(g, cs, |_, _| Some((new, 0)))?;
         }
         self.w_flush()?;
+        self.expand_snapshot_zero_clusters()?;
         progress(n, n);
+        Ok(())
+    }
+
+    /// Zero clusters in the snapshots' L2 tables (after the active ones,
+    /// which may share tables with them, are written back): unallocated
+    /// without a backing file, zeros written into a host cluster they
+    /// keep. Each table is rewritten in place after the zeros are on disk.
+    /// A zero cluster without host cluster over a backing file would need
+    /// a new cluster shared by every L1 table naming the L2 table: refused.
+    fn expand_snapshot_zero_clusters(&self) -> Result<()> {
+        let cs = self.cs();
+        let zero_buf = vec![0u8; cs as usize];
+        let backing = self.backing.is_some();
+        for s in &self.snapshots {
+            let mut raw = vec![0u8; s.l1_size as usize * 8];
+            self.file.read_at(&mut raw, s.l1_table_offset)?;
+            for l1e in raw.chunks_exact(8).map(BigEndian::read_u64) {
+                let off = l1e & OFFSET_MASK;
+                if off == 0 {
+                    continue;
+                }
+                let mut t = vec![0u8; cs as usize];
+                self.file.read_at(&mut t, off)?;
+                let mut changed = false;
+                for w in t.chunks_exact_mut(8) {
+                    let e = BigEndian::read_u64(w);
+                    if e & OFLAG_ZERO == 0 || e & OFLAG_COMPRESSED != 0 {
+                        continue;
+                    }
+                    let host = e & OFFSET_MASK;
+                    let new = if host != 0 {
+                        self.file.write_at(&zero_buf, host)?;
+                        host | (e & OFLAG_COPIED)
+                    } else if !backing {
+                        0
+                    } else {
+                        return Err(Error::Unsupported(
+                            "downgrading an image with a backing file whose internal snapshots have zero clusters is not supported".into(),
+                        ));
+                    };
+                    BigEndian::write_u64(w, new);
+                    changed = true;
+                }
+                if changed {
+                    self.file.flush()?;
+                    self.file.write_at(&t, off)?;
+                    self.file.flush()?;
+                    self.l2_cache.invalidate(off);
+                }
+            }
+        }
         Ok(())
     }
 

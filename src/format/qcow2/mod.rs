@@ -19,6 +19,7 @@
 //! `map` reports COPIED (`in_place`) and preallocated space
 //! (`Extent::reserved`).
 
+mod amend;
 pub mod bitmaps;
 pub mod cache;
 pub mod check;
@@ -30,7 +31,6 @@ pub mod l1;
 pub mod l2;
 mod nb;
 pub mod refcount;
-mod amend;
 mod repair;
 pub mod snapshot;
 #[cfg(test)]
@@ -591,11 +591,7 @@ impl Format for Qcow2 {
         check::run(self, repair, progress)
     }
 
-    fn amend(
-        &self,
-        opts: &super::CreateOptions,
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<()> {
+    fn amend(&self, opts: &super::CreateOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
         Qcow2::amend(self, opts, progress)
     }
 
