@@ -1,10 +1,11 @@
-//! Read-only consistency check, as `qemu-img check` does it on qcow2:
+//! Consistency check, as `qemu-img check` does it on qcow2:
 //! rebuild the refcount every host cluster should have from all references
 //! (header, L1/L2 tables, data and compressed clusters, refcount table and
 //! blocks, snapshot table and snapshot L1/L2 tables, bitmap directory and
 //! tables, crypto header), compare with the stored refcounts, then check
 //! the OFLAG_COPIED flags of the active tables. Counts, messages (stderr
-//! lines) and the end offset are QEMU 10's. Repair is not implemented.
+//! lines) and the end offset are QEMU 10's. Repair (`-r`) runs these
+//! passes with a `Fixer` (`repair.rs`).
 //!
 //! Memory: one 16-bit counter per host cluster up to the file's end (QEMU
 //! keeps one per cluster too), capped at `MAX_CLUSTERS`; references past
