@@ -326,6 +326,20 @@ fn snapshot_table_entry_with_unaligned_l1() {
     assert_eq!(case("snapl1", damage_snapl1, After::AsQemu), 2);
 }
 
+fn damage_prealloc(b: &mut [u8]) {
+    let l = Lay::of(b);
+    // Guest cluster 1 (data, COPIED) becomes a preallocated zero cluster
+    // at a misaligned offset.
+    let e = l.l2e(b, 1);
+    let v = rd(b, e);
+    wr(b, e, ((v & 0x00ff_ffff_ffff_fe00) + 512) | 1 << 63 | 1);
+}
+
+#[test]
+fn misaligned_preallocated_cluster_becomes_zero() {
+    assert_eq!(case("prealloc", damage_prealloc, After::Clean), 2);
+}
+
 fn damage_copied(b: &mut [u8]) {
     let l = Lay::of(b);
     // Guest cluster 1 was rewritten after the snapshot (COPIED):

@@ -54,6 +54,10 @@ pub(super) struct Ctx<'a> {
     dropped: u64,
     /// The refcount structures are beyond patching (QEMU's `rebuild`).
     pub(super) rebuild: bool,
+    /// Repairing errors (`-r all`): misaligned preallocated clusters are
+    /// queued in `zero_fixes` (L2 table, entry index) instead of reported.
+    fix_errors: bool,
+    pub(super) zero_fixes: Vec<(u64, u64)>,
 }
 
 /// How often `v` occurs in the sorted `sorted`.
@@ -300,6 +304,18 @@ impl Ctx<'_> {
                 } else {
                     !zero
                 };
+                // As QEMU with -r all: a preallocated cluster becomes a
+                // plain zero cluster (written after the count) and is not
+                // counted. A table listed by several L1 entries is only
+                // reported.
+                if !has_data && self.fix_errors && self.mult == 1 {
+                    self.msg(format!(
+                        "Repairing offset={off:x}: Preallocated cluster is not properly aligned; L2 entry corrupted."
+                    ));
+                    self.r.corruptions_fixed += 1;
+                    self.zero_fixes.push((l2_off, i as u64));
+                    continue;
+                }
                 let what = if has_data { "Data" } else { "Preallocated" };
                 self.l2_finding(format!(
                     "ERROR offset={off:x}: {what} cluster is not properly aligned; L2 entry corrupted."
@@ -497,6 +513,8 @@ pub(super) fn count<'a>(
         l2_msgs: Vec::new(),
         dropped: 0,
         rebuild: false,
+        fix_errors: fix == Repair::All && fixer.is_some(),
+        zero_fixes: Vec::new(),
     };
     progress(0, 4);
     // Header.

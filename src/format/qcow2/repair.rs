@@ -106,6 +106,7 @@ pub(super) fn run(
     let m: &mut Meta = &mut guard;
     let mut loc = q.rt_location(m);
     let mut first = check::count(q, fix, loc, Some(&mut MetaFixer { q, m }), progress)?;
+    zero_entries(q, &first.zero_fixes)?;
     let pre = Counts::of(&first.r);
     let mut stored = Stored::load(q, loc)?;
     let mut highest = check::compare(&mut first, Repair::None, &mut stored, None)?;
@@ -177,6 +178,30 @@ pub(super) fn run(
         mark_clean(q)?;
     }
     finish(q, m, first, highest)
+}
+
+/// Makes the queued L2 entries plain zero clusters (QEMU's
+/// fix_l2_entry_by_zero): one synced write of each entry; the cached copy
+/// of its table is dropped.
+fn zero_entries(q: &Qcow2, fixes: &[(u64, u64)]) -> Result<()> {
+    let words = q.geo.entry_words();
+    for &(table, i) in fixes {
+        let at = table + i * 8 * words as u64;
+        let mut e = vec![0u8; 8 * words];
+        q.file.read_at(&mut e, at)?;
+        if words == 2 {
+            let bitmap = BigEndian::read_u64(&e[8..]);
+            let zeros = (bitmap | bitmap << 32) & (0xffff_ffff << 32);
+            BigEndian::write_u64(&mut e[..8], 0);
+            BigEndian::write_u64(&mut e[8..], zeros);
+        } else {
+            BigEndian::write_u64(&mut e, super::l2::OFLAG_ZERO);
+        }
+        q.file.write_at(&e, at)?;
+        q.file.flush()?;
+        q.l2_cache.invalidate(table);
+    }
+    Ok(())
 }
 
 /// Clears the dirty and corrupt bits (QEMU's mark_clean and
