@@ -1,0 +1,217 @@
+//! The format-independent metadata interface: `Image::meta_*` read one
+//! key through the store's directory, and change the pairs by building a
+//! whole new store that the format swaps in atomically (`MetaStore`).
+
+use super::store::{self, Store, Superblock, SUPERBLOCK_LEN};
+use crate::error::{Error, Result};
+use crate::image::Image;
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+/// Where a format keeps its store (docs/specs/metadata.txt, section 3).
+pub trait MetaStore: Send + Sync {
+    /// Guards the store's location: readers hold it shared for as long as
+    /// they read store bytes, a change holds it exclusive.
+    fn meta_lock(&self) -> &RwLock<()>;
+    /// Length of the current store, `None` when the image holds none.
+    fn store_len(&self) -> Result<Option<u64>>;
+    /// Reads `buf.len()` bytes at `off` of the current store (the caller
+    /// keeps `off + buf.len()` within `store_len`).
+    fn read_store(&self, buf: &mut [u8], off: u64) -> Result<()>;
+    /// Replaces the store with `new` (`None`: no store) as one atomic,
+    /// crash-safe change: after a power cut at any moment the image holds
+    /// the old store or the new one.
+    fn replace_store(&self, new: Option<&[u8]>) -> Result<()>;
+}
+
+/// One change of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MetaOp {
+    Set(String, Vec<u8>),
+    Delete(String),
+}
+
+/// A key and its value's size, as `meta_list` reports them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaEntry {
+    pub key: String,
+    pub size: u64,
+}
+
+fn read_dir(ms: &dyn MetaStore) -> Result<Option<Store>> {
+    let Some(len) = ms.store_len()? else {
+        return Ok(None);
+    };
+    let mut sb = [0u8; SUPERBLOCK_LEN];
+    if len < SUPERBLOCK_LEN as u64 {
+        return Err(Error::Corrupt(format!(
+            "metadata store: {len} bytes, shorter than its superblock"
+        )));
+    }
+    ms.read_store(&mut sb, 0)?;
+    let sb = Superblock::parse(&sb)?;
+    if sb.store_len > len {
+        return Err(Error::Corrupt(format!(
+            "metadata store: the superblock says {} bytes, the image keeps {len}",
+            sb.store_len
+        )));
+    }
+    // Parse checked dir_len against the entry count's bounds (at most
+    // 280 MiB for 2^20 entries) and against the store's length.
+    let mut dir = vec![0u8; sb.dir_len as usize];
+    ms.read_store(&mut dir, sb.dir_offset)?;
+    Store::parse(sb, &dir).map(Some)
+}
+
+impl Image {
+    fn meta_store(&self) -> Result<&dyn MetaStore> {
+        self.fmt.meta_store().ok_or_else(|| {
+            Error::Unsupported(format!(
+                "key/value metadata is not supported by {}",
+                self.fmt.format_name()
+            ))
+        })
+    }
+
+    /// The keys and their value sizes, sorted by key bytes.
+    pub fn meta_list(&self) -> Result<Vec<MetaEntry>> {
+        let ms = self.meta_store()?;
+        let _s = self.shared();
+        let _m = ms.meta_lock().read().unwrap_or_else(|p| p.into_inner());
+        Ok(read_dir(ms)?
+            .map(|st| {
+                st.entries
+                    .into_iter()
+                    .map(|e| MetaEntry {
+                        key: e.key,
+                        size: e.len,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// The value of `key`, `None` if absent. Reads the superblock, the
+    /// directory and this value only; checks the value's CRC.
+    pub fn meta_get(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        store::check_key(key)?;
+        let ms = self.meta_store()?;
+        let _s = self.shared();
+        let _m = ms.meta_lock().read().unwrap_or_else(|p| p.into_inner());
+        let Some(st) = read_dir(ms)? else {
+            return Ok(None);
+        };
+        let Some(e) = st.get(key) else {
+            return Ok(None);
+        };
+        // Parse checked the length (at most 4 GiB) against the store.
+        let mut v = vec![0u8; e.len as usize];
+        ms.read_store(&mut v, e.offset)?;
+        if crc32c::crc32c(&v) != e.crc {
+            return Err(Error::Corrupt(format!(
+                "metadata store: the value of '{key}' fails its checksum"
+            )));
+        }
+        Ok(Some(v))
+    }
+
+    /// Sets one key.
+    pub fn meta_set(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.meta_batch(&[MetaOp::Set(key.into(), value.to_vec())])
+    }
+
+    /// Deletes one key; `NotFound` if absent.
+    pub fn meta_delete(&self, key: &str) -> Result<()> {
+        self.meta_batch(&[MetaOp::Delete(key.into())])
+    }
+
+    /// Applies `ops` in order as one atomic change: all of them or, on an
+    /// error or a power cut, none. Deleting an absent key fails the batch.
+    pub fn meta_batch(&self, ops: &[MetaOp]) -> Result<()> {
+        self.check_writable()?;
+        for op in ops {
+            match op {
+                MetaOp::Set(k, v) => {
+                    store::check_key(k)?;
+                    if v.len() as u64 > store::MAX_VALUE {
+                        return Err(Error::TooLarge(format!("the value of '{k}'")));
+                    }
+                }
+                MetaOp::Delete(k) => store::check_key(k)?,
+            }
+        }
+        let ms = self.meta_store()?;
+        let _s = self.shared();
+        let _m = ms.meta_lock().write().unwrap_or_else(|p| p.into_inner());
+        // The whole old store, every value checked: a damaged store is
+        // refused rather than carried into the new one.
+        let (old, generation) = match ms.store_len()? {
+            None => (Vec::new(), 0),
+            Some(len) => {
+                let sb = {
+                    let mut b = [0u8; SUPERBLOCK_LEN];
+                    if len < SUPERBLOCK_LEN as u64 {
+                        return Err(Error::Corrupt(format!(
+                            "metadata store: {len} bytes, shorter than its superblock"
+                        )));
+                    }
+                    ms.read_store(&mut b, 0)?;
+                    Superblock::parse(&b)?
+                };
+                if sb.store_len > len {
+                    return Err(Error::Corrupt(format!(
+                        "metadata store: the superblock says {} bytes, the image keeps {len}",
+                        sb.store_len
+                    )));
+                }
+                let mut b = vec![0u8; sb.store_len as usize];
+                ms.read_store(&mut b, 0)?;
+                (b, sb.generation.wrapping_add(1))
+            }
+        };
+        let mut pairs: BTreeMap<String, Cow<[u8]>> = BTreeMap::new();
+        if !old.is_empty() {
+            let st = store::parse_all(&old)?;
+            for e in st.entries {
+                let v = &old[e.offset as usize..(e.offset + e.len) as usize];
+                pairs.insert(e.key, Cow::Borrowed(v));
+            }
+        }
+        for op in ops {
+            match op {
+                MetaOp::Set(k, v) => {
+                    pairs.insert(k.clone(), Cow::Borrowed(v));
+                }
+                MetaOp::Delete(k) => {
+                    if pairs.remove(k).is_none() {
+                        return Err(Error::NotFound(format!("metadata key '{k}'")));
+                    }
+                }
+            }
+        }
+        if pairs.is_empty() {
+            return ms.replace_store(None);
+        }
+        let list: Vec<(&str, &[u8])> = pairs.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
+        let bytes = store::build(generation, &list)?;
+        ms.replace_store(Some(&bytes))
+    }
+
+    /// Every pair, in key order (for copying metadata, as `convert` does).
+    pub fn meta_all(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for e in self.meta_list()? {
+            let v = self
+                .meta_get(&e.key)?
+                .ok_or_else(|| Error::NotFound(format!("metadata key '{}'", e.key)))?;
+            out.push((e.key, v));
+        }
+        Ok(out)
+    }
+
+    /// Whether this image's format can hold metadata.
+    pub fn meta_supported(&self) -> bool {
+        self.fmt.meta_store().is_some()
+    }
+}
