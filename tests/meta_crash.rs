@@ -200,7 +200,8 @@ fn addcow_grow_moving_the_store_survives_a_cut_anywhere() {
     let mut k = 0;
     loop {
         let st = Arc::new(base.crash(|_, _| true));
-        let img = Image::open_in(st.clone(), Path::new("d.add-cow"), &OpenOptions::default()).unwrap();
+        let img =
+            Image::open_in(st.clone(), Path::new("d.add-cow"), &OpenOptions::default()).unwrap();
         st.fail_from(Some(st.op_count() + k));
         let done = img.truncate(new).is_ok();
         drop(img);

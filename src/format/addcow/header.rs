@@ -347,7 +347,12 @@ mod tests {
         assert_eq!(Header::parse(&b).unwrap(), want);
         // The fields share the size's sector: one write switches stores.
         const { assert!(SIZE_SECTOR <= OFF_COMPAT && END_DEFINED <= HEADER_SIZE as usize) };
-        for (off, len) in [(8193u64, 100u64), (512, 100), (8192, 10), (u64::MAX - 511, 1000)] {
+        for (off, len) in [
+            (8193u64, 100u64),
+            (512, 100),
+            (8192, 10),
+            (u64::MAX - 511, 1000),
+        ] {
             let mut b = b.clone();
             BigEndian::write_u64(&mut b[OFF_STORE_OFFSET..], off);
             BigEndian::write_u64(&mut b[OFF_STORE_LEN..], len);
