@@ -551,7 +551,11 @@ impl Image {
             allocated_bytes: ALLOCATED_UNKNOWN,
             disk_size: self.fmt.disk_size()?,
             read_only: self.read_only(),
-            specific: fi.specific,
+            specific: {
+                let mut f = fi.specific;
+                f.extend(self.meta_info_fields());
+                f
+            },
             dirty: fi.dirty,
             vm_state_offset: fi.vm_state_offset,
         })

@@ -215,3 +215,50 @@ impl Image {
         self.fmt.meta_store().is_some()
     }
 }
+
+impl Image {
+    /// Copies every pair into `dst` as one batch (its old pairs are
+    /// replaced where keys meet) and returns how many. Nothing to copy is
+    /// not an error; a source with pairs and a destination that cannot
+    /// hold them is (`Unsupported`, naming the destination's format).
+    pub fn meta_copy_to(&self, dst: &Image) -> Result<usize> {
+        if !self.meta_supported() {
+            return Ok(0);
+        }
+        let all = self.meta_all()?;
+        if all.is_empty() {
+            return Ok(0);
+        }
+        let n = all.len();
+        let ops: Vec<MetaOp> = all.into_iter().map(|(k, v)| MetaOp::Set(k, v)).collect();
+        dst.meta_batch(&ops)
+            .map_err(|e| e.context(format!("copying {n} metadata key(s)")))?;
+        Ok(n)
+    }
+
+    /// The keys and sizes for `info`'s format-specific part: nothing when
+    /// the image holds no pairs.
+    pub(crate) fn meta_info_fields(&self) -> Vec<(String, crate::format::info::InfoValue)> {
+        use crate::format::info::InfoValue;
+        if !self.meta_supported() {
+            return Vec::new();
+        }
+        match self.meta_list() {
+            Ok(l) if l.is_empty() => Vec::new(),
+            Ok(l) => vec![(
+                "metadata".into(),
+                InfoValue::List(
+                    l.into_iter()
+                        .map(|e| {
+                            InfoValue::Map(vec![
+                                ("key".into(), e.key.into()),
+                                ("size".into(), e.size.into()),
+                            ])
+                        })
+                        .collect(),
+                ),
+            )],
+            Err(e) => vec![("metadata".into(), format!("unreadable: {e}").into())],
+        }
+    }
+}
