@@ -31,6 +31,7 @@ pub mod l2;
 mod nb;
 pub mod refcount;
 pub mod snapshot;
+mod snapshot_write;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -118,7 +119,8 @@ pub struct Qcow2 {
     /// swapped whole when a resize moves it.
     l1: ArcSwap<L1Table>,
     l2_cache: TableCache,
-    snapshots: Vec<Snapshot>,
+    /// The snapshot table (replaced whole by the write side).
+    snapshots: ArcSwap<Vec<Snapshot>>,
     /// The persistent bitmap directory (for `info`).
     bitmaps: Vec<bitmaps::Bitmap>,
     backing: Option<BackingSpec>,
@@ -251,7 +253,7 @@ impl Qcow2 {
             size: AtomicU64::new(size),
             l1: ArcSwap::from_pointee(l1),
             l2_cache: TableCache::new(tables),
-            snapshots,
+            snapshots: ArcSwap::from_pointee(snapshots),
             bitmaps,
             backing,
             warnings,
@@ -292,6 +294,7 @@ impl Qcow2 {
             self.header.refcount_table_clusters as u64,
             blocks.min(1 << 16) as usize,
         )));
+        self.init_snapshot_table()?;
         if self.header.incompatible & features::INCOMPAT_DIRTY != 0 {
             self.rebuild_refcounts()
                 .map_err(|e| e.context("repairing the refcounts of an image not closed cleanly"))?;
@@ -757,6 +760,7 @@ impl Format for Qcow2 {
 
     fn snapshots(&self) -> Vec<SnapshotInfo> {
         self.snapshots
+            .load()
             .iter()
             .map(|s| SnapshotInfo {
                 id: s.id.clone(),
@@ -769,6 +773,18 @@ impl Format for Qcow2 {
                 icount: s.icount,
             })
             .collect()
+    }
+
+    fn snapshot_create(&self, name: &str, date: (u32, u32)) -> Result<String> {
+        self.w_snapshot_create(name, date)
+    }
+
+    fn snapshot_apply(&self, which: &crate::image::SnapshotRef) -> Result<()> {
+        self.w_snapshot_apply(which).map(|_| ())
+    }
+
+    fn snapshot_delete(&self, which: &crate::image::SnapshotRef) -> Result<()> {
+        self.w_snapshot_delete(which).map(|_| ())
     }
 
     fn persistent_bitmaps(&self) -> Option<Vec<(String, u64)>> {

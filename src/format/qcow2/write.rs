@@ -52,13 +52,15 @@ pub(super) struct Meta {
     block_cap: usize,
     tick: u64,
     /// No cluster below this one is free.
-    hint: u64,
+    pub(super) hint: u64,
     /// L2 tables changed since the last write-back.
-    l2_dirty: HashSet<u64>,
+    pub(super) l2_dirty: HashSet<u64>,
     /// L1 indexes changed since the last write-back.
-    l1_dirty: BTreeSet<u64>,
+    pub(super) l1_dirty: BTreeSet<u64>,
     /// Host clusters to unreference once nothing on disk points at them.
-    frees: Vec<u64>,
+    pub(super) frees: Vec<u64>,
+    /// The snapshot table on disk: offset and length in bytes.
+    pub(super) snap_table: (u64, u64),
 }
 
 impl Meta {
@@ -76,6 +78,7 @@ impl Meta {
             l2_dirty: HashSet::new(),
             l1_dirty: BTreeSet::new(),
             frees: Vec::new(),
+            snap_table: (0, 0),
         }
     }
 
@@ -157,7 +160,7 @@ impl Qcow2 {
 
     /// Sets the refcount of host cluster `c`, creating its refcount block
     /// (and growing the table) when needed.
-    fn set_refcount(&self, m: &mut Meta, c: u64, value: u64, depth: u32) -> Result<()> {
+    pub(super) fn set_refcount(&self, m: &mut Meta, c: u64, value: u64, depth: u32) -> Result<()> {
         let (ti, bi) = refcount::position(c, self.geo.cluster_bits, self.order());
         let boff = match self.block_offset(m, ti) {
             0 => self.new_block(m, ti, depth)?,
@@ -172,7 +175,7 @@ impl Qcow2 {
 
     /// Adds `delta` (+1 or -1) to the refcount of cluster `c`; an
     /// underflow or overflow is corruption (or a full counter).
-    fn add_refcount(&self, m: &mut Meta, c: u64, delta: i64) -> Result<u64> {
+    pub(super) fn add_refcount(&self, m: &mut Meta, c: u64, delta: i64) -> Result<u64> {
         let old = self.refcount(m, c)?;
         let new = if delta < 0 {
             old.checked_sub(delta.unsigned_abs())
@@ -303,7 +306,7 @@ impl Qcow2 {
     }
 
     /// Allocates `n` contiguous clusters with refcount 1.
-    fn alloc_run(&self, m: &mut Meta, n: u64) -> Result<u64> {
+    pub(super) fn alloc_run(&self, m: &mut Meta, n: u64) -> Result<u64> {
         loop {
             let c = self.find_free(m, n)?;
             m.hint = c + n;
@@ -335,7 +338,7 @@ impl Qcow2 {
     /// The cheap overlap checks (QEMU's "cached" mode): a cluster about to
     /// be written as data or metadata must not hold the header, the active
     /// L1 table or the refcount table. Finding one marks the image corrupt.
-    fn check_overlap(&self, m: &Meta, off: u64, len: u64, what: &str) -> Result<()> {
+    pub(super) fn check_overlap(&self, m: &Meta, off: u64, len: u64, what: &str) -> Result<()> {
         let cs = self.cs();
         let l1 = (self.l1.load().offset(), self.l1.load().entries() * 8);
         let rt = (m.rt_offset, m.rt_clusters * cs);
@@ -374,7 +377,7 @@ impl Qcow2 {
 
     /// Host clusters of the image file an L2 entry holds a reference to
     /// (none for data in an external data file: it has no refcounts).
-    fn entry_clusters(&self, entry: u64) -> Vec<u64> {
+    pub(super) fn entry_clusters(&self, entry: u64) -> Vec<u64> {
         let cb = self.geo.cluster_bits;
         if self.geo.data_file {
             return Vec::new();
@@ -670,7 +673,7 @@ impl Qcow2 {
         Ok(())
     }
 
-    fn meta(&self) -> Result<std::sync::MutexGuard<'_, Meta>> {
+    pub(super) fn meta(&self) -> Result<std::sync::MutexGuard<'_, Meta>> {
         if self.ro.load(Ordering::SeqCst) {
             return Err(Error::ReadOnly(
                 "the qcow2 image is open read-only (or was marked corrupt)".into(),
@@ -1033,7 +1036,7 @@ impl Qcow2 {
                 pos += super::snapshot::entry_len(&fixed)?;
             }
             add(self.header.snapshots_offset, pos, "the snapshot table")?;
-            for s in &self.snapshots {
+            for s in self.snapshots.load().iter() {
                 l1s.push((s.l1_table_offset, s.l1_size as u64));
             }
         }
