@@ -1,0 +1,241 @@
+//! qcow2's metadata store: the guest disk of the internal snapshot named
+//! "cowblk-metadata" (docs/specs/metadata.txt, section 3). Its L1 and L2
+//! tables map store byte `o` where a guest disk maps guest offset `o`, so
+//! QEMU counts every cluster as referenced. A change writes new clusters
+//! and tables, then swaps the snapshot table entry through
+//! `write_snapshot_table` (snapshot_write.rs), then drops the old
+//! store's references. Values are copied into the new store, not shared.
+
+use super::l2::{OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_ZERO};
+use super::snapshot::{self, Snapshot};
+use super::snapshot_write::METADATA_SNAPSHOT;
+use super::write::Meta;
+use super::Qcow2;
+use crate::error::{Error, Result};
+use crate::meta::MetaStore;
+use byteorder::{BigEndian, ByteOrder};
+use std::sync::RwLock;
+
+/// Store bytes a qcow2 image may keep: a store is at most 2^20 keys of
+/// 255 bytes plus values the caller chose; this bounds the L1 table read
+/// for a hostile entry (2^40 bytes needs 256 KiB of L1 at 512-byte
+/// clusters, 2 KiB at 64 KiB).
+const MAX_STORE: u64 = 1 << 40;
+
+fn bad(msg: impl Into<String>) -> Error {
+    Error::Corrupt(format!("qcow2 metadata store: {}", msg.into()))
+}
+
+impl Qcow2 {
+    fn kv_snapshot(&self) -> Option<Snapshot> {
+        self.snapshot_list()
+            .iter()
+            .find(|s| s.name == METADATA_SNAPSHOT)
+            .cloned()
+    }
+
+    /// The store's length as the snapshot records it, checked.
+    fn kv_len(s: &Snapshot) -> Result<u64> {
+        let len = s
+            .disk_size
+            .ok_or_else(|| bad("the snapshot records no disk size"))?;
+        if len > MAX_STORE {
+            return Err(bad(format!("a store of {len} bytes (at most {MAX_STORE})")));
+        }
+        Ok(len)
+    }
+
+    /// Guest entries per L2 table.
+    fn kv_l2_entries(&self) -> u64 {
+        self.cs() / (8 * self.geo.entry_words() as u64)
+    }
+
+    /// The snapshot's L1 table, checked against the store's length.
+    fn kv_l1(&self, s: &Snapshot, len: u64) -> Result<Vec<u64>> {
+        snapshot::check_l1(s, self.geo.cluster_bits)?;
+        let cs = self.cs();
+        let need = len.div_ceil(cs).div_ceil(self.kv_l2_entries());
+        if (s.l1_size as u64) < need {
+            return Err(bad(format!(
+                "an L1 table of {} entries cannot map {len} bytes",
+                s.l1_size
+            )));
+        }
+        let mut raw = vec![0u8; need as usize * 8];
+        let flen = self.file.len()?;
+        if s.l1_table_offset.saturating_add(raw.len() as u64) > flen {
+            return Err(bad("its L1 table lies outside the image file"));
+        }
+        self.file.read_at(&mut raw, s.l1_table_offset)?;
+        Ok(raw.chunks_exact(8).map(BigEndian::read_u64).collect())
+    }
+
+    /// Host offset of store cluster `c`.
+    fn kv_host(&self, l1: &[u64], c: u64, flen: u64) -> Result<u64> {
+        let per = self.kv_l2_entries();
+        let i = c / per;
+        let l2 = l1[i as usize] & OFFSET_MASK;
+        if l2 == 0 {
+            return Err(bad(format!("store cluster {c} has no L2 table")));
+        }
+        let t = self.l2_table(l2, i)?;
+        let w = t[((c % per) as usize) * self.geo.entry_words()];
+        let host = w & OFFSET_MASK;
+        if w & (OFLAG_COMPRESSED | OFLAG_ZERO) != 0 || host == 0 {
+            return Err(bad(format!(
+                "store cluster {c} is not a plain allocated cluster (entry {w:#x})"
+            )));
+        }
+        if host.saturating_add(self.cs()) > flen {
+            return Err(bad(format!(
+                "store cluster {c} at {host:#x} lies outside the image file"
+            )));
+        }
+        Ok(host)
+    }
+
+    /// Allocates `n` clusters and writes `buf` (at most `n` clusters) at
+    /// their start, zeros after it.
+    fn kv_write_run(&self, m: &mut Meta, n: u64, buf: &[u8], what: &str) -> Result<u64> {
+        let cs = self.cs();
+        let off = self.alloc_run(m, n)? * cs;
+        self.check_overlap(m, off, n * cs, what)?;
+        // Whole clusters, so the file covers every cluster it allocates
+        // (our readers refuse tables past the end of the file).
+        let whole = buf.len() - buf.len() % cs as usize;
+        self.file.write_at(&buf[..whole], off)?;
+        let rest = (n * cs) as usize - whole;
+        if rest > 0 {
+            let mut last = vec![0u8; rest];
+            last[..buf.len() - whole].copy_from_slice(&buf[whole..]);
+            self.file.write_at(&last, off + whole as u64)?;
+        }
+        Ok(off)
+    }
+
+    /// Writes the clusters, L2 tables and L1 table of a store holding
+    /// `bytes` (not yet flushed; nothing names them yet).
+    fn kv_write_tables(&self, m: &mut Meta, bytes: &[u8]) -> Result<(u64, u32, u64)> {
+        let cs = self.cs();
+        let n = (bytes.len() as u64).div_ceil(cs);
+        let data = self.kv_write_run(m, n, bytes, "a metadata store")?;
+        let per = self.kv_l2_entries();
+        let words = self.geo.entry_words();
+        let nl2 = n.div_ceil(per);
+        let mut tables = vec![0u8; (nl2 * cs) as usize];
+        for c in 0..n {
+            // The snapshot's tables: no COPIED flags (as QEMU leaves them
+            // in snapshots); extended entries mark all subclusters
+            // allocated.
+            let at = (c * 8 * words as u64) as usize;
+            BigEndian::write_u64(&mut tables[at..], data + c * cs);
+            if words == 2 {
+                BigEndian::write_u64(&mut tables[at + 8..], 0xffff_ffff);
+            }
+        }
+        let l2 = self.kv_write_run(m, nl2, &tables, "metadata store L2 tables")?;
+        let mut l1 = vec![0u8; (nl2 * 8) as usize];
+        for i in 0..nl2 {
+            BigEndian::write_u64(&mut l1[(i * 8) as usize..], l2 + i * cs);
+        }
+        let l1_off = self.kv_write_run(m, (nl2 * 8).div_ceil(cs), &l1, "a metadata L1 table")?;
+        Ok((l1_off, nl2 as u32, n * cs))
+    }
+}
+
+impl MetaStore for Qcow2 {
+    fn meta_lock(&self) -> &RwLock<()> {
+        &self.kv_lock
+    }
+
+    fn store_len(&self) -> Result<Option<u64>> {
+        self.kv_snapshot().map(|s| Self::kv_len(&s)).transpose()
+    }
+
+    fn read_store(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        let s = self
+            .kv_snapshot()
+            .ok_or_else(|| Error::NotFound(format!("snapshot '{METADATA_SNAPSHOT}'")))?;
+        let len = Self::kv_len(&s)?;
+        if off.checked_add(buf.len() as u64).is_none_or(|e| e > len) {
+            return Err(bad(format!(
+                "{} bytes at {off} lie past its {len} bytes",
+                buf.len()
+            )));
+        }
+        let l1 = self.kv_l1(&s, len)?;
+        let flen = self.file.len()?;
+        let cs = self.cs();
+        let mut done = 0usize;
+        while done < buf.len() {
+            let pos = off + done as u64;
+            let host = self.kv_host(&l1, pos / cs, flen)?;
+            let n = ((cs - pos % cs) as usize).min(buf.len() - done);
+            self.file
+                .read_at(&mut buf[done..done + n], host + pos % cs)?;
+            done += n;
+        }
+        Ok(())
+    }
+
+    fn replace_store(&self, new: Option<&[u8]>) -> Result<()> {
+        if self.geo.data_file {
+            return Err(Error::Unsupported(
+                "key/value metadata lives in an internal snapshot, which a qcow2 image with an external data file cannot hold".into(),
+            ));
+        }
+        let mut m = self.meta()?;
+        let mut list = (*self.snapshot_list()).clone();
+        let at = list.iter().position(|s| s.name == METADATA_SNAPSHOT);
+        let old = at.map(|i| list[i].clone());
+        if old.is_none() && new.is_some() && list.len() >= snapshot::MAX_SNAPSHOTS {
+            return Err(Error::TooLarge(format!(
+                "the image already has {} snapshots (QEMU's limit)",
+                list.len()
+            )));
+        }
+        if let Some(o) = &old {
+            // Dropping references of a damaged store could free clusters
+            // something else uses: refuse instead.
+            snapshot::check_l1(o, self.geo.cluster_bits)?;
+        }
+        match new {
+            None => {
+                if let Some(i) = at {
+                    list.remove(i);
+                }
+            }
+            Some(bytes) => {
+                let (l1_off, l1_size, disk) = self.kv_write_tables(&mut m, bytes)?;
+                let id = match &old {
+                    Some(o) => o.id.clone(),
+                    None => snapshot::next_id(&list),
+                };
+                let s = Snapshot::new(
+                    id,
+                    METADATA_SNAPSHOT.into(),
+                    l1_off,
+                    l1_size,
+                    crate::ops::snapshot::now(),
+                    0,
+                    disk,
+                    Some(0),
+                );
+                match at {
+                    Some(i) => list[i] = s,
+                    None => list.push(s),
+                }
+            }
+        }
+        if old.is_none() && new.is_none() {
+            return Ok(());
+        }
+        // Flushes the new clusters and their refcounts, then switches the
+        // table with one header write.
+        self.write_snapshot_table(&mut m, list)?;
+        if let Some(o) = old {
+            self.drop_l1_refs(&mut m, o.l1_table_offset, o.l1_size)?;
+        }
+        Ok(())
+    }
+}
