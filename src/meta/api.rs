@@ -64,6 +64,31 @@ fn read_dir(ms: &dyn MetaStore) -> Result<Option<Store>> {
     Store::parse(sb, &dir).map(Some)
 }
 
+/// The whole current store's bytes (its superblock's `store_len`), or
+/// `None` without a store.
+fn read_whole(ms: &dyn MetaStore) -> Result<Option<(Vec<u8>, Superblock)>> {
+    let Some(len) = ms.store_len()? else {
+        return Ok(None);
+    };
+    if len < SUPERBLOCK_LEN as u64 {
+        return Err(Error::Corrupt(format!(
+            "metadata store: {len} bytes, shorter than its superblock"
+        )));
+    }
+    let mut b = [0u8; SUPERBLOCK_LEN];
+    ms.read_store(&mut b, 0)?;
+    let sb = Superblock::parse(&b)?;
+    if sb.store_len > len {
+        return Err(Error::Corrupt(format!(
+            "metadata store: the superblock says {} bytes, the image keeps {len}",
+            sb.store_len
+        )));
+    }
+    let mut b = vec![0u8; sb.store_len as usize];
+    ms.read_store(&mut b, 0)?;
+    Ok(Some((b, sb)))
+}
+
 impl Image {
     fn meta_store(&self) -> Result<&dyn MetaStore> {
         self.fmt.meta_store().ok_or_else(|| {
@@ -146,29 +171,9 @@ impl Image {
         let _m = ms.meta_lock().write().unwrap_or_else(|p| p.into_inner());
         // The whole old store, every value checked: a damaged store is
         // refused rather than carried into the new one.
-        let (old, generation) = match ms.store_len()? {
+        let (old, generation) = match read_whole(ms)? {
             None => (Vec::new(), 0),
-            Some(len) => {
-                let sb = {
-                    let mut b = [0u8; SUPERBLOCK_LEN];
-                    if len < SUPERBLOCK_LEN as u64 {
-                        return Err(Error::Corrupt(format!(
-                            "metadata store: {len} bytes, shorter than its superblock"
-                        )));
-                    }
-                    ms.read_store(&mut b, 0)?;
-                    Superblock::parse(&b)?
-                };
-                if sb.store_len > len {
-                    return Err(Error::Corrupt(format!(
-                        "metadata store: the superblock says {} bytes, the image keeps {len}",
-                        sb.store_len
-                    )));
-                }
-                let mut b = vec![0u8; sb.store_len as usize];
-                ms.read_store(&mut b, 0)?;
-                (b, sb.generation.wrapping_add(1))
-            }
+            Some((b, sb)) => (b, sb.generation.wrapping_add(1)),
         };
         let mut pairs: BTreeMap<String, Cow<[u8]>> = BTreeMap::new();
         if !old.is_empty() {
@@ -198,16 +203,24 @@ impl Image {
         ms.replace_store(Some(&bytes))
     }
 
-    /// Every pair, in key order (for copying metadata, as `convert` does).
+    /// Every pair, in key order (for copying metadata, as `convert` does):
+    /// reads the whole store once and checks every value's CRC.
     pub fn meta_all(&self) -> Result<Vec<(String, Vec<u8>)>> {
-        let mut out = Vec::new();
-        for e in self.meta_list()? {
-            let v = self
-                .meta_get(&e.key)?
-                .ok_or_else(|| Error::NotFound(format!("metadata key '{}'", e.key)))?;
-            out.push((e.key, v));
-        }
-        Ok(out)
+        let ms = self.meta_store()?;
+        let _s = self.shared();
+        let _m = ms.meta_lock().read().unwrap_or_else(|p| p.into_inner());
+        let Some((b, _)) = read_whole(ms)? else {
+            return Ok(Vec::new());
+        };
+        let st = store::parse_all(&b)?;
+        Ok(st
+            .entries
+            .into_iter()
+            .map(|e| {
+                let v = b[e.offset as usize..(e.offset + e.len) as usize].to_vec();
+                (e.key, v)
+            })
+            .collect())
     }
 
     /// Whether this image's format can hold metadata.
