@@ -115,7 +115,10 @@ fn guest_ok(d: &Path, f: &str, what: &str) {
             f,
         ],
     );
-    assert!(!o.stdout.contains("Pattern verification failed"), "{what}: {o:?}");
+    assert!(
+        !o.stdout.contains("Pattern verification failed"),
+        "{what}: {o:?}"
+    );
 }
 
 fn qcow2_ops(compat: &str) {
@@ -126,12 +129,27 @@ fn qcow2_ops(compat: &str) {
     ok(
         &d,
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-o", &format!("compat={compat}"), f, "64M"],
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            &format!("compat={compat}"),
+            f,
+            "64M",
+        ],
     );
     ok(
         &d,
         "qemu-io",
-        &["-c", "write -P 0x11 0 32M", "-c", "write -P 0x22 32M 32M", f],
+        &[
+            "-c",
+            "write -P 0x11 0 32M",
+            "-c",
+            "write -P 0x22 32M 32M",
+            f,
+        ],
     );
     let mut want = initial_pairs();
     set_all(&path, &want);
@@ -151,7 +169,13 @@ fn qcow2_ops(compat: &str) {
     ok(
         &d,
         "qemu-io",
-        &["-c", "write -P 0x11 0 32M", "-c", "write -P 0x22 32M 32M", f],
+        &[
+            "-c",
+            "write -P 0x11 0 32M",
+            "-c",
+            "write -P 0x22 32M 32M",
+            f,
+        ],
     );
     step("qemu-io writes", &want);
     ok(&d, "qemu-img", &["check", "-r", "all", f]);
@@ -180,7 +204,13 @@ fn qcow2_ops(compat: &str) {
     ok(
         &d,
         "qemu-io",
-        &["-c", "write -P 0x11 0 32M", "-c", "write -P 0x22 32M 32M", f],
+        &[
+            "-c",
+            "write -P 0x11 0 32M",
+            "-c",
+            "write -P 0x22 32M 32M",
+            f,
+        ],
     );
     step("writes with another snapshot", &want);
     ok(&d, "qemu-img", &["snapshot", "-d", "other", f]);
@@ -188,7 +218,9 @@ fn qcow2_ops(compat: &str) {
     ok(
         &d,
         "qemu-img",
-        &["create", "-q", "-f", "qcow2", "-b", f, "-F", "qcow2", "ov.qcow2"],
+        &[
+            "create", "-q", "-f", "qcow2", "-b", f, "-F", "qcow2", "ov.qcow2",
+        ],
     );
     ok(&d, "qemu-io", &["-c", "write -P 0x11 1M 3M", "ov.qcow2"]);
     ok(&d, "qemu-img", &["commit", "ov.qcow2"]);
@@ -238,7 +270,13 @@ fn addcow_metadata_survives_writes_and_resizes() {
         &d,
         COWBLK_IMG,
         &[
-            "create", "-q", "-f", "add-cow", "-o", "image_file=m.img,cluster_size=512", "m.add-cow",
+            "create",
+            "-q",
+            "-f",
+            "add-cow",
+            "-o",
+            "image_file=m.img,cluster_size=512",
+            "m.add-cow",
             "8M",
         ],
     );
@@ -251,7 +289,11 @@ fn addcow_metadata_survives_writes_and_resizes() {
     verify(&path, &want, "after writes");
     // 8 MiB at 512-byte clusters: a 2 KiB bitmap; 1 GiB needs 256 KiB,
     // past where the store lay: the grow moves it.
-    for (size, what) in [(1u64 << 30, "grow"), (4 << 20, "shrink"), (2 << 30, "grow again")] {
+    for (size, what) in [
+        (1u64 << 30, "grow"),
+        (4 << 20, "shrink"),
+        (2 << 30, "grow again"),
+    ] {
         let img = open_rw(&path);
         img.truncate(size).unwrap();
         img.write(&[0x44u8; 4096], size - 4096).unwrap();
@@ -274,17 +316,31 @@ fn addcow_metadata_survives_writes_and_resizes() {
 #[test]
 fn cli_list_get_set_delete_and_convert() {
     let d = tmpdir("meta-cli");
-    ok(&d, "qemu-img", &["create", "-q", "-f", "qcow2", "c.qcow2", "1M"]);
+    ok(
+        &d,
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "c.qcow2", "1M"],
+    );
     std::fs::write(d.join("logo.bin"), big(3)).unwrap();
-    ok(&d, COWBLK_IMG, &["meta", "set", "c.qcow2", "license", "MIT"]);
     ok(
         &d,
         COWBLK_IMG,
-        &["meta", "set", "-f", "qcow2", "c.qcow2", "logo", "--file", "logo.bin"],
+        &["meta", "set", "c.qcow2", "license", "MIT"],
+    );
+    ok(
+        &d,
+        COWBLK_IMG,
+        &[
+            "meta", "set", "-f", "qcow2", "c.qcow2", "logo", "--file", "logo.bin",
+        ],
     );
     let o = ok(&d, COWBLK_IMG, &["meta", "list", "c.qcow2"]);
     assert_eq!(o.stdout, "license\nlogo\n");
-    let o = ok(&d, COWBLK_IMG, &["meta", "list", "--output=json", "c.qcow2"]);
+    let o = ok(
+        &d,
+        COWBLK_IMG,
+        &["meta", "list", "--output=json", "c.qcow2"],
+    );
     let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(
         v,
@@ -312,12 +368,20 @@ fn cli_list_get_set_delete_and_convert() {
         o.stdout
     );
     // convert copies the metadata and says so; to raw it warns.
-    let o = ok(&d, COWBLK_IMG, &["convert", "-O", "qcow2", "c.qcow2", "d.qcow2"]);
+    let o = ok(
+        &d,
+        COWBLK_IMG,
+        &["convert", "-O", "qcow2", "c.qcow2", "d.qcow2"],
+    );
     assert!(o.stderr.contains("copied 2 metadata key(s)"), "{o:?}");
     let o = ok(&d, COWBLK_IMG, &["meta", "get", "d.qcow2", "license"]);
     assert_eq!(o.stdout, "MIT");
     qemu_check(&d, "d.qcow2", "converted");
-    let o = ok(&d, COWBLK_IMG, &["convert", "-O", "raw", "c.qcow2", "d.raw"]);
+    let o = ok(
+        &d,
+        COWBLK_IMG,
+        &["convert", "-O", "raw", "c.qcow2", "d.raw"],
+    );
     assert!(o.stderr.contains("2 metadata key(s) not copied"), "{o:?}");
     let o = run(&d, COWBLK_IMG, &["meta", "list", "-f", "raw", "d.raw"]);
     assert_eq!(o.code, 1);

@@ -397,6 +397,74 @@ mod tests {
         assert!(err(&b).contains("entries"));
     }
 
+    /// Replaces the directory of `good` with `dir` (same length), fixing
+    /// both checksums, so only the rule under test is broken.
+    fn with_dir(good: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let sb = Superblock::parse(good).unwrap();
+        let mut dir = good[64..64 + sb.dir_len as usize].to_vec();
+        f(&mut dir);
+        let mut b = good.to_vec();
+        b[64..64 + dir.len()].copy_from_slice(&dir);
+        b[..64].copy_from_slice(
+            &Superblock {
+                dir_crc: crc32c::crc32c(&dir),
+                ..sb
+            }
+            .to_bytes(),
+        );
+        b
+    }
+
+    #[test]
+    fn duplicate_keys_bad_utf8_and_bad_lengths_are_refused() {
+        let good = build(1, &[("aa", b"hello"), ("ab", b"world")]).unwrap();
+        let err = |b: &[u8]| parse_all(b).unwrap_err().to_string();
+        // The second key made equal to the first.
+        let b = with_dir(&good, |d| d[32 + 24 + 1] = b'a');
+        assert!(err(&b).contains("out of order or repeated"), "{}", err(&b));
+        // Keys out of order.
+        let b = with_dir(&good, |d| d[32 + 24 + 1] = b'0');
+        assert!(err(&b).contains("out of order"), "{}", err(&b));
+        // Invalid UTF-8.
+        let b = with_dir(&good, |d| d[24] = 0xff);
+        assert!(err(&b).contains("not UTF-8"), "{}", err(&b));
+        // A key length of 0 and one past the directory.
+        let b = with_dir(&good, |d| BigEndian::write_u16(&mut d[0..2], 0));
+        assert!(err(&b).contains("key of 0 bytes"), "{}", err(&b));
+        let b = with_dir(&good, |d| BigEndian::write_u16(&mut d[32..34], 200));
+        assert!(err(&b).contains("past the directory"), "{}", err(&b));
+        // A value longer than 4 GiB, an unaligned one, one wrapping around.
+        let b = with_dir(&good, |d| BigEndian::write_u64(&mut d[16..24], 1 << 33));
+        assert!(err(&b).contains("at most"), "{}", err(&b));
+        let b = with_dir(&good, |d| BigEndian::write_u64(&mut d[8..16], 81));
+        assert!(err(&b).contains("aligned"), "{}", err(&b));
+        let b = with_dir(&good, |d| {
+            BigEndian::write_u64(&mut d[8..16], u64::MAX - 7);
+            BigEndian::write_u64(&mut d[16..24], 16);
+        });
+        assert!(err(&b).contains("past the store's end"), "{}", err(&b));
+        // A value over the directory.
+        let b = with_dir(&good, |d| BigEndian::write_u64(&mut d[8..16], 64));
+        assert!(err(&b).contains("overlaps"), "{}", err(&b));
+        // A value whose bytes changed.
+        let mut b = good.clone();
+        let last = b.len() - 8;
+        b[last] ^= 1;
+        assert!(err(&b).contains("fails its checksum"), "{}", err(&b));
+        // A store cut short, and a directory past the store's end.
+        assert!(err(&good[..good.len() - 8]).contains("longer than the bytes given"));
+        let sb = Superblock::parse(&good).unwrap();
+        let mut b = good.clone();
+        b[..64].copy_from_slice(
+            &Superblock {
+                store_len: 70,
+                ..sb
+            }
+            .to_bytes(),
+        );
+        assert!(err(&b).contains("past the store's end"), "{}", err(&b));
+    }
+
     /// Seed stores for the fuzz target; `COWBLK_META_SEEDS=DIR` also writes
     /// them to DIR (fuzz/corpus/meta_parse holds the committed copies).
     #[test]
