@@ -185,6 +185,9 @@ pub struct Image {
     /// format, as in QEMU (a guest could otherwise turn its disk into,
     /// say, a qcow2 image naming host files at the next probing open).
     probed_raw: bool,
+    /// The last metadata directory read, keyed by its store's superblock
+    /// (`meta::api`): repeated `meta_get`s skip re-reading it.
+    pub(crate) meta_dir: crate::meta::api::DirCache,
 }
 
 impl Image {
@@ -353,6 +356,7 @@ impl Image {
             path: path.to_path_buf(),
             closed: AtomicBool::new(false),
             confine: root.map(Path::to_path_buf),
+            meta_dir: Default::default(),
         })
     }
 

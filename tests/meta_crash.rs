@@ -253,3 +253,103 @@ fn addcow_grow_moving_the_store_survives_a_cut_anywhere() {
     }
     assert!(k > 5, "the grow took only {k} operations");
 }
+
+/// Counts the bytes read through the files it opens.
+struct Counting {
+    inner: Arc<MemStorage>,
+    read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+struct CountingFile {
+    inner: Arc<dyn cowblk::io::BlockFile>,
+    read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl cowblk::io::BlockFile for CountingFile {
+    fn preadv(&self, iov: &cowblk::IoVec, off: u64) -> cowblk::Result<()> {
+        self.read
+            .fetch_add(iov.len() as u64, std::sync::atomic::Ordering::SeqCst);
+        self.inner.preadv(iov, off)
+    }
+    fn pwritev(&self, iov: &cowblk::IoVec<cowblk::Const>, off: u64) -> cowblk::Result<()> {
+        self.inner.pwritev(iov, off)
+    }
+    fn flush(&self) -> cowblk::Result<()> {
+        self.inner.flush()
+    }
+    fn len(&self) -> cowblk::Result<u64> {
+        self.inner.len()
+    }
+    fn set_len(&self, len: u64) -> cowblk::Result<()> {
+        self.inner.set_len(len)
+    }
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+}
+
+impl cowblk::io::Storage for Counting {
+    fn open(
+        &self,
+        path: &Path,
+        access: cowblk::io::Access,
+    ) -> cowblk::Result<Arc<dyn cowblk::io::BlockFile>> {
+        Ok(Arc::new(CountingFile {
+            inner: self.inner.open(path, access)?,
+            read: self.read.clone(),
+        }))
+    }
+    fn create(&self, path: &Path, t: bool) -> cowblk::Result<Arc<dyn cowblk::io::BlockFile>> {
+        self.inner.create(path, t)
+    }
+    fn exists(&self, path: &Path) -> bool {
+        self.inner.exists(path)
+    }
+    fn remove(&self, path: &Path) -> cowblk::Result<()> {
+        self.inner.remove(path)
+    }
+}
+
+/// Reading one small key of a store holding 8 MiB of other values reads
+/// a few KiB (superblock, directory, L2 table, value), not the store.
+#[test]
+fn reading_one_key_reads_only_its_bytes() {
+    for fmt in ["add-cow", "qcow2"] {
+        let st = Arc::new(MemStorage::new());
+        let name = create(&st, fmt);
+        let img = Image::open_in(st.clone(), Path::new(name), &OpenOptions::default()).unwrap();
+        img.meta_batch(&[
+            MetaOp::Set("big1".into(), pattern(4 << 20, 1)),
+            MetaOp::Set("big2".into(), pattern(4 << 20, 2)),
+            MetaOp::Set("small".into(), b"tiny".to_vec()),
+        ])
+        .unwrap();
+        img.close().unwrap();
+        let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let cs = Arc::new(Counting {
+            inner: Arc::new(st.crash(|_, _| true)),
+            read: read.clone(),
+        });
+        let img = Image::open_in(
+            cs,
+            Path::new(name),
+            &OpenOptions {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let before = read.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(img.meta_get("small").unwrap().unwrap(), b"tiny");
+        let n = read.load(std::sync::atomic::Ordering::SeqCst) - before;
+        eprintln!("{fmt}: one small key: {n} bytes read");
+        assert!(n < 64 << 10, "{fmt}: one small key read {n} bytes");
+        let before = read.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(img.meta_get("big2").unwrap().unwrap(), pattern(4 << 20, 2));
+        let n = read.load(std::sync::atomic::Ordering::SeqCst) - before;
+        assert!(
+            n < (4 << 20) + (64 << 10),
+            "{fmt}: a 4 MiB key read {n} bytes"
+        );
+    }
+}

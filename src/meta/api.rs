@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Where a format keeps its store (docs/specs/metadata.txt, section 3).
 pub trait MetaStore: Send + Sync {
@@ -39,7 +39,13 @@ pub struct MetaEntry {
     pub size: u64,
 }
 
-fn read_dir(ms: &dyn MetaStore) -> Result<Option<Store>> {
+/// The last directory read and the superblock bytes it belongs to. The
+/// superblock holds the generation, the directory's CRC and the store's
+/// length, so equal bytes mean an equal directory (and every value read
+/// is checked against its own CRC anyway).
+pub(crate) type DirCache = Mutex<Option<([u8; SUPERBLOCK_LEN], Arc<Store>)>>;
+
+fn read_dir(ms: &dyn MetaStore, cache: &DirCache) -> Result<Option<Arc<Store>>> {
     let Some(len) = ms.store_len()? else {
         return Ok(None);
     };
@@ -50,6 +56,12 @@ fn read_dir(ms: &dyn MetaStore) -> Result<Option<Store>> {
         )));
     }
     ms.read_store(&mut sb, 0)?;
+    let raw = sb;
+    if let Some((k, st)) = &*cache.lock().unwrap_or_else(|p| p.into_inner()) {
+        if *k == raw && st.superblock.store_len <= len {
+            return Ok(Some(st.clone()));
+        }
+    }
     let sb = Superblock::parse(&sb)?;
     if sb.store_len > len {
         return Err(Error::Corrupt(format!(
@@ -61,7 +73,12 @@ fn read_dir(ms: &dyn MetaStore) -> Result<Option<Store>> {
     // 280 MiB for 2^20 entries) and against the store's length.
     let mut dir = vec![0u8; sb.dir_len as usize];
     ms.read_store(&mut dir, sb.dir_offset)?;
-    Store::parse(sb, &dir).map(Some)
+    let st = Arc::new(Store::parse(sb, &dir)?);
+    // Bounded: a directory of up to 16 MiB (some 300,000 short keys).
+    if sb.dir_len <= 16 << 20 {
+        *cache.lock().unwrap_or_else(|p| p.into_inner()) = Some((raw, st.clone()));
+    }
+    Ok(Some(st))
 }
 
 /// The whole current store's bytes (its superblock's `store_len`), or
@@ -104,12 +121,12 @@ impl Image {
         let ms = self.meta_store()?;
         let _s = self.shared();
         let _m = ms.meta_lock().read().unwrap_or_else(|p| p.into_inner());
-        Ok(read_dir(ms)?
+        Ok(read_dir(ms, &self.meta_dir)?
             .map(|st| {
                 st.entries
-                    .into_iter()
+                    .iter()
                     .map(|e| MetaEntry {
-                        key: e.key,
+                        key: e.key.clone(),
                         size: e.len,
                     })
                     .collect()
@@ -124,7 +141,7 @@ impl Image {
         let ms = self.meta_store()?;
         let _s = self.shared();
         let _m = ms.meta_lock().read().unwrap_or_else(|p| p.into_inner());
-        let Some(st) = read_dir(ms)? else {
+        let Some(st) = read_dir(ms, &self.meta_dir)? else {
             return Ok(None);
         };
         let Some(e) = st.get(key) else {
