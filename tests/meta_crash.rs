@@ -15,6 +15,9 @@ use std::sync::Arc;
 
 type Pairs = BTreeMap<String, Vec<u8>>;
 
+/// Chooses which unflushed writes survive a power cut.
+type Keep = Box<dyn FnMut(&Path, usize) -> bool>;
+
 const SIZE: u64 = 256 << 10;
 
 fn create(st: &Arc<MemStorage>, fmt: &str) -> &'static str {
@@ -101,7 +104,7 @@ fn crash_every_op(fmt: &str, changes: &[Vec<MetaOp>]) {
             assert_eq!(res.is_ok(), k == total, "change {ci}, cut at {k}: {res:?}");
             drop(img);
             let seeds = (r.next(), r.next());
-            let keeps: Vec<Box<dyn FnMut(&Path, usize) -> bool>> = vec![
+            let keeps: Vec<Keep> = vec![
                 Box::new(|_, _| false),
                 Box::new(|_, _| true),
                 Box::new({
