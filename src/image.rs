@@ -577,13 +577,21 @@ impl Image {
         repair: Repair,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<CheckReport> {
-        if repair != Repair::None {
+        let mut r = if repair != Repair::None {
             self.check_writable()?;
             let _x = self.exclusive();
-            return self.fmt.check(repair, progress);
+            self.fmt.check(repair, progress)?
+        } else {
+            let _s = self.shared();
+            self.fmt.check(repair, progress)?
+        };
+        // A damaged key/value store is reported, never repaired (dropping
+        // it would lose the pairs that still read).
+        if let Some(e) = self.meta_check() {
+            r.corruptions += 1;
+            r.messages.push(format!("ERROR key/value metadata: {e}"));
         }
-        let _s = self.shared();
-        self.fmt.check(repair, progress)
+        Ok(r)
     }
 
     /// Drops everything allocated in this layer (see `Format::make_empty`).

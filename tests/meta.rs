@@ -163,6 +163,9 @@ fn qcow2_ops(compat: &str) {
     let step = |what: &str, want: &Pairs| {
         verify(&path, want, what);
         qemu_check(&d, f, what);
+        // Ours agrees, the store checked value by value.
+        let o = run(&d, COWBLK_IMG, &["check", f]);
+        assert_eq!(o.code, 0, "{what}: cowblk-img check: {o:?}");
         guest_ok(&d, f, what);
     };
     // qemu-io writes anywhere (the whole guest, again).

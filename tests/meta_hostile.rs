@@ -7,6 +7,7 @@ mod common;
 
 use byteorder::{BigEndian, ByteOrder};
 use common::tmpdir;
+use cowblk::format::Repair;
 use cowblk::{CreateOptions, Image, OpenOptions};
 use std::path::{Path, PathBuf};
 
@@ -84,6 +85,12 @@ fn addcow_store_pointers_and_damaged_stores_are_refused() {
     assert!(e.contains("directory checksum mismatch"), "{e}");
     let e = img.meta_set("x", b"y").unwrap_err().to_string();
     assert!(e.contains("directory checksum mismatch"), "{e}");
+    // check reports it as a corruption and does not "repair" it away.
+    for repair in [Repair::None, Repair::All] {
+        let r = img.check(repair).unwrap();
+        assert_eq!(r.corruptions, 1, "{:?}", r.messages);
+        assert!(r.messages.iter().any(|m| m.contains("key/value metadata")));
+    }
     drop(img);
     let p = addcow_with_store(&d);
     let at = find(&p, &[7u8; 5000]);
@@ -152,6 +159,8 @@ fn qcow2_hostile_metadata_snapshots_are_refused() {
     let m = img.meta_get("license").unwrap_err().to_string();
     assert!(m.contains("directory checksum mismatch"), "{m}");
     assert!(img.meta_set("x", b"y").is_err());
+    let r = img.check(Repair::None).unwrap();
+    assert_eq!(r.corruptions, 1, "{:?}", r.messages);
     img.close().unwrap();
     let o = std::process::Command::new("qemu-img")
         .args(["check"])

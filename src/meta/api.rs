@@ -240,6 +240,19 @@ impl Image {
             .collect())
     }
 
+    /// The store's problem, if it has one: every rule and every value's
+    /// CRC checked (for `check`).
+    pub(crate) fn meta_check(&self) -> Option<Error> {
+        let ms = self.fmt.meta_store()?;
+        let _s = self.shared();
+        let _m = ms.meta_lock().read().unwrap_or_else(|p| p.into_inner());
+        match read_whole(ms) {
+            Ok(None) => None,
+            Ok(Some((b, _))) => store::parse_all(&b).err(),
+            Err(e) => Some(e),
+        }
+    }
+
     /// Whether this image's format can hold metadata.
     pub fn meta_supported(&self) -> bool {
         self.fmt.meta_store().is_some()
