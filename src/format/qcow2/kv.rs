@@ -94,34 +94,49 @@ impl Qcow2 {
         Ok(host)
     }
 
-    /// Allocates `n` clusters and writes `buf` (at most `n` clusters) at
-    /// their start, zeros after it.
-    fn kv_write_run(&self, m: &mut Meta, n: u64, buf: &[u8], what: &str) -> Result<u64> {
+    /// Allocates `n` clusters (refcount 1, in memory).
+    fn kv_alloc(&self, m: &mut Meta, n: u64, what: &str) -> Result<u64> {
         let cs = self.cs();
         let off = self.alloc_run(m, n)? * cs;
         self.check_overlap(m, off, n * cs, what)?;
-        // Whole clusters, so the file covers every cluster it allocates
-        // (our readers refuse tables past the end of the file).
-        let whole = buf.len() - buf.len() % cs as usize;
-        self.file.write_at(&buf[..whole], off)?;
-        let rest = (n * cs) as usize - whole;
-        if rest > 0 {
-            let mut last = vec![0u8; rest];
-            last[..buf.len() - whole].copy_from_slice(&buf[whole..]);
-            self.file.write_at(&last, off + whole as u64)?;
-        }
         Ok(off)
     }
 
-    /// Writes the clusters, L2 tables and L1 table of a store holding
-    /// `bytes` (not yet flushed; nothing names them yet).
-    fn kv_write_tables(&self, m: &mut Meta, bytes: &[u8]) -> Result<(u64, u32, u64)> {
+    /// Writes `buf` at `off` as whole clusters (zeros after it), so the
+    /// file covers every cluster allocated (our readers refuse tables past
+    /// the end of the file).
+    fn kv_write_at(&self, off: u64, buf: &[u8]) -> Result<()> {
+        let cs = self.cs() as usize;
+        let whole = buf.len() - buf.len() % cs;
+        self.file.write_at(&buf[..whole], off)?;
+        if whole < buf.len() {
+            let mut last = vec![0u8; cs];
+            last[..buf.len() - whole].copy_from_slice(&buf[whole..]);
+            self.file.write_at(&last, off + whole as u64)?;
+        }
+        Ok(())
+    }
+
+    /// Allocates and writes the clusters, L2 tables and L1 table of a
+    /// store holding `bytes`; nothing names them yet (a cut leaves leaks).
+    /// The writes run without the metadata lock, so guest allocations do
+    /// not wait for a large store to be written.
+    fn kv_write_tables(&self, bytes: &[u8]) -> Result<(u64, u32, u64)> {
         let cs = self.cs();
         let n = (bytes.len() as u64).div_ceil(cs);
-        let data = self.kv_write_run(m, n, bytes, "a metadata store")?;
         let per = self.kv_l2_entries();
         let words = self.geo.entry_words();
         let nl2 = n.div_ceil(per);
+        let nl1 = (nl2 * 8).div_ceil(cs);
+        let (data, l2, l1_off) = {
+            let mut m = self.meta()?;
+            (
+                self.kv_alloc(&mut m, n, "a metadata store")?,
+                self.kv_alloc(&mut m, nl2, "metadata store L2 tables")?,
+                self.kv_alloc(&mut m, nl1, "a metadata L1 table")?,
+            )
+        };
+        self.kv_write_at(data, bytes)?;
         let mut tables = vec![0u8; (nl2 * cs) as usize];
         for c in 0..n {
             // The snapshot's tables: no COPIED flags (as QEMU leaves them
@@ -133,12 +148,12 @@ impl Qcow2 {
                 BigEndian::write_u64(&mut tables[at + 8..], 0xffff_ffff);
             }
         }
-        let l2 = self.kv_write_run(m, nl2, &tables, "metadata store L2 tables")?;
+        self.kv_write_at(l2, &tables)?;
         let mut l1 = vec![0u8; (nl2 * 8) as usize];
         for i in 0..nl2 {
             BigEndian::write_u64(&mut l1[(i * 8) as usize..], l2 + i * cs);
         }
-        let l1_off = self.kv_write_run(m, (nl2 * 8).div_ceil(cs), &l1, "a metadata L1 table")?;
+        self.kv_write_at(l1_off, &l1)?;
         Ok((l1_off, nl2 as u32, n * cs))
     }
 }
@@ -184,29 +199,42 @@ impl MetaStore for Qcow2 {
                 "key/value metadata lives in an internal snapshot, which a qcow2 image with an external data file cannot hold".into(),
             ));
         }
+        // Refusals first, before anything is allocated. The table cannot
+        // change until the switch: snapshot operations wait for the
+        // request lock our caller holds shared.
+        {
+            let list = self.snapshot_list();
+            let old = list.iter().find(|s| s.name == METADATA_SNAPSHOT);
+            if old.is_none() && new.is_some() && list.len() >= snapshot::MAX_SNAPSHOTS {
+                return Err(Error::TooLarge(format!(
+                    "the image already has {} snapshots (QEMU's limit)",
+                    list.len()
+                )));
+            }
+            if let Some(o) = old {
+                // Dropping references of a damaged store could free
+                // clusters something else uses: refuse instead.
+                snapshot::check_l1(o, self.geo.cluster_bits)?;
+            }
+        }
+        // Written before the metadata lock is taken for the switch; the
+        // store lock (held exclusive by the caller) keeps other changes
+        // of the store out meanwhile.
+        let tables = match new {
+            Some(bytes) => Some(self.kv_write_tables(bytes)?),
+            None => None,
+        };
         let mut m = self.meta()?;
         let mut list = (*self.snapshot_list()).clone();
         let at = list.iter().position(|s| s.name == METADATA_SNAPSHOT);
         let old = at.map(|i| list[i].clone());
-        if old.is_none() && new.is_some() && list.len() >= snapshot::MAX_SNAPSHOTS {
-            return Err(Error::TooLarge(format!(
-                "the image already has {} snapshots (QEMU's limit)",
-                list.len()
-            )));
-        }
-        if let Some(o) = &old {
-            // Dropping references of a damaged store could free clusters
-            // something else uses: refuse instead.
-            snapshot::check_l1(o, self.geo.cluster_bits)?;
-        }
-        match new {
+        match tables {
             None => {
                 if let Some(i) = at {
                     list.remove(i);
                 }
             }
-            Some(bytes) => {
-                let (l1_off, l1_size, disk) = self.kv_write_tables(&mut m, bytes)?;
+            Some((l1_off, l1_size, disk)) => {
                 let id = match &old {
                     Some(o) => o.id.clone(),
                     None => snapshot::next_id(&list),
