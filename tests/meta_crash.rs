@@ -261,11 +261,13 @@ fn addcow_grow_moving_the_store_survives_a_cut_anywhere() {
 struct Counting {
     inner: Arc<MemStorage>,
     read: Arc<std::sync::atomic::AtomicU64>,
+    written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 struct CountingFile {
     inner: Arc<dyn cowblk::io::BlockFile>,
     read: Arc<std::sync::atomic::AtomicU64>,
+    written: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl cowblk::io::BlockFile for CountingFile {
@@ -275,6 +277,8 @@ impl cowblk::io::BlockFile for CountingFile {
         self.inner.preadv(iov, off)
     }
     fn pwritev(&self, iov: &cowblk::IoVec<cowblk::Const>, off: u64) -> cowblk::Result<()> {
+        self.written
+            .fetch_add(iov.len() as u64, std::sync::atomic::Ordering::SeqCst);
         self.inner.pwritev(iov, off)
     }
     fn flush(&self) -> cowblk::Result<()> {
@@ -300,6 +304,7 @@ impl cowblk::io::Storage for Counting {
         Ok(Arc::new(CountingFile {
             inner: self.inner.open(path, access)?,
             read: self.read.clone(),
+            written: self.written.clone(),
         }))
     }
     fn create(&self, path: &Path, t: bool) -> cowblk::Result<Arc<dyn cowblk::io::BlockFile>> {
@@ -332,6 +337,7 @@ fn reading_one_key_reads_only_its_bytes() {
         let cs = Arc::new(Counting {
             inner: Arc::new(st.crash(|_, _| true)),
             read: read.clone(),
+            written: Default::default(),
         });
         let img = Image::open_in(
             cs,
@@ -355,4 +361,46 @@ fn reading_one_key_reads_only_its_bytes() {
             "{fmt}: a 4 MiB key read {n} bytes"
         );
     }
+}
+
+/// qcow2 shares the clusters of values a change carries over: setting a
+/// small key next to 8 MiB of values writes a few clusters, not 8 MiB,
+/// and the values still read back (add-cow copies the store).
+#[test]
+fn qcow2_changes_share_unchanged_values() {
+    let st = Arc::new(MemStorage::new());
+    let name = create(&st, "qcow2");
+    let img = Image::open_in(st.clone(), Path::new(name), &OpenOptions::default()).unwrap();
+    img.meta_batch(&[
+        MetaOp::Set("big1".into(), pattern(4 << 20, 1)),
+        MetaOp::Set("big2".into(), pattern((4 << 20) + 100, 2)),
+    ])
+    .unwrap();
+    img.close().unwrap();
+    let written = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let cs = Arc::new(Counting {
+        inner: Arc::new(st.crash(|_, _| true)),
+        read: Default::default(),
+        written: written.clone(),
+    });
+    let img = Image::open_in(cs.clone(), Path::new(name), &OpenOptions::default()).unwrap();
+    let before = written.load(std::sync::atomic::Ordering::SeqCst);
+    img.meta_set("small", b"tiny").unwrap();
+    img.flush().unwrap();
+    let n = written.load(std::sync::atomic::Ordering::SeqCst) - before;
+    eprintln!("qcow2: a small set beside 8 MiB of values wrote {n} bytes");
+    assert!(n < 256 << 10, "wrote {n} bytes");
+    assert_eq!(img.meta_get("big1").unwrap().unwrap(), pattern(4 << 20, 1));
+    assert_eq!(
+        img.meta_get("big2").unwrap().unwrap(),
+        pattern((4 << 20) + 100, 2)
+    );
+    // Deleting one big value frees its clusters; the other stays shared.
+    img.meta_delete("big1").unwrap();
+    assert_eq!(
+        img.meta_get("big2").unwrap().unwrap(),
+        pattern((4 << 20) + 100, 2)
+    );
+    let r = img.check(cowblk::format::Repair::None).unwrap();
+    assert_eq!((r.corruptions, r.leaks), (0, 0), "{:?}", r.messages);
 }

@@ -21,8 +21,24 @@ pub trait MetaStore: Send + Sync {
     fn read_store(&self, buf: &mut [u8], off: u64) -> Result<()>;
     /// Replaces the store with `new` (`None`: no store) as one atomic,
     /// crash-safe change: after a power cut at any moment the image holds
-    /// the old store or the new one.
-    fn replace_store(&self, new: Option<&[u8]>) -> Result<()>;
+    /// the old store or the new one. `same` lists byte ranges of the new
+    /// store equal to ranges of the old one (values carried over), which
+    /// the format may share instead of writing.
+    fn replace_store(&self, new: Option<&[u8]>, same: &[Same]) -> Result<()>;
+    /// The unit a format can share between stores: values at least this
+    /// long are placed at multiples of it. `None`: no sharing.
+    fn share_unit(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// `len` bytes at `new_off` of a new store equal those at `old_off` of the
+/// store it replaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Same {
+    pub new_off: u64,
+    pub old_off: u64,
+    pub len: u64,
 }
 
 /// One change of a batch.
@@ -192,18 +208,20 @@ impl Image {
             None => (Vec::new(), 0),
             Some((b, sb)) => (b, sb.generation.wrapping_add(1)),
         };
-        let mut pairs: BTreeMap<String, Cow<[u8]>> = BTreeMap::new();
+        // Each value with where it lies in the old store, if it was
+        // carried over unchanged.
+        let mut pairs: BTreeMap<String, (Cow<[u8]>, Option<u64>)> = BTreeMap::new();
         if !old.is_empty() {
             let st = store::parse_all(&old)?;
             for e in st.entries {
                 let v = &old[e.offset as usize..(e.offset + e.len) as usize];
-                pairs.insert(e.key, Cow::Borrowed(v));
+                pairs.insert(e.key, (Cow::Borrowed(v), Some(e.offset)));
             }
         }
         for op in ops {
             match op {
                 MetaOp::Set(k, v) => {
-                    pairs.insert(k.clone(), Cow::Borrowed(v));
+                    pairs.insert(k.clone(), (Cow::Borrowed(v), None));
                 }
                 MetaOp::Delete(k) => {
                     if pairs.remove(k).is_none() {
@@ -213,11 +231,34 @@ impl Image {
             }
         }
         if pairs.is_empty() {
-            return ms.replace_store(None);
+            return ms.replace_store(None, &[]);
         }
-        let list: Vec<(&str, &[u8])> = pairs.iter().map(|(k, v)| (k.as_str(), &v[..])).collect();
-        let bytes = store::build(generation, &list)?;
-        ms.replace_store(Some(&bytes))
+        let list: Vec<(&str, &[u8])> = pairs
+            .iter()
+            .map(|(k, (v, _))| (k.as_str(), &v[..]))
+            .collect();
+        let unit = ms.share_unit();
+        let bytes = store::build_aligned(generation, &list, unit.unwrap_or(8))?;
+        let mut same = Vec::new();
+        if let Some(unit) = unit {
+            // The new store's offsets, from its own directory.
+            let st = store::parse_all(&bytes)?;
+            for e in &st.entries {
+                if let Some((_, Some(old_off))) = pairs.get(&e.key) {
+                    if e.len >= unit
+                        && e.offset.is_multiple_of(unit)
+                        && old_off.is_multiple_of(unit)
+                    {
+                        same.push(Same {
+                            new_off: e.offset,
+                            old_off: *old_off,
+                            len: e.len,
+                        });
+                    }
+                }
+            }
+        }
+        ms.replace_store(Some(&bytes), &same)
     }
 
     /// Every pair, in key order (for copying metadata, as `convert` does):

@@ -6,5 +6,5 @@
 pub mod api;
 pub mod store;
 
-pub use api::{MetaEntry, MetaOp, MetaStore};
+pub use api::{MetaEntry, MetaOp, MetaStore, Same};
 pub use store::{Entry, Store, Superblock};

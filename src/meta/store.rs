@@ -243,6 +243,19 @@ pub fn check_key(key: &str) -> Result<()> {
 /// store's bytes, superblock first, then the directory, then the values
 /// each at an 8-byte boundary.
 pub fn build(generation: u64, pairs: &[(&str, &[u8])]) -> Result<Vec<u8>> {
+    build_aligned(generation, pairs, 8)
+}
+
+/// `build`, with every value of at least `align` bytes (a power of two,
+/// at least 8) starting at a multiple of `align` in the store, so a format
+/// whose allocation unit is `align` can share such values' units between
+/// stores.
+pub fn build_aligned(generation: u64, pairs: &[(&str, &[u8])], align: u64) -> Result<Vec<u8>> {
+    if !align.is_power_of_two() || align < 8 {
+        return Err(Error::InvalidArgument(format!(
+            "metadata value alignment {align}"
+        )));
+    }
     let mut sorted: Vec<&(&str, &[u8])> = pairs.iter().collect();
     sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     for (i, (k, v)) in sorted.iter().enumerate() {
@@ -265,6 +278,9 @@ pub fn build(generation: u64, pairs: &[(&str, &[u8])]) -> Result<Vec<u8>> {
     let mut dir = Vec::with_capacity(dir_len);
     let mut offsets = Vec::with_capacity(sorted.len());
     for (k, v) in &sorted {
+        if v.len() as u64 >= align {
+            at = at.div_ceil(align) * align;
+        }
         let mut e = vec![0u8; entry_len(k.len())];
         BigEndian::write_u16(&mut e[0..2], k.len() as u16);
         BigEndian::write_u32(&mut e[4..8], crc32c::crc32c(v));
@@ -336,6 +352,16 @@ mod tests {
             &logo[..]
         );
         assert!(st.get("nope").is_none());
+    }
+
+    #[test]
+    fn aligned_builds_put_large_values_on_unit_boundaries() {
+        let big = vec![5u8; 10_000];
+        let b = build_aligned(1, &[("a", b"xy"), ("b", &big), ("c", b"z")], 4096).unwrap();
+        let st = parse_all(&b).unwrap();
+        assert_eq!(st.get("b").unwrap().offset % 4096, 0);
+        assert!(st.get("a").unwrap().offset < 4096);
+        assert!(build_aligned(1, &[], 12).is_err());
     }
 
     #[test]

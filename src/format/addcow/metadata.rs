@@ -8,7 +8,7 @@ use super::header::{Header, StoreRef, HEADER_SIZE, SIZE_SECTOR};
 use super::{AddCow, Format};
 use crate::error::{Error, Result};
 use crate::meta::store::SUPERBLOCK_LEN;
-use crate::meta::MetaStore;
+use crate::meta::{MetaStore, Same};
 use std::sync::RwLock;
 
 /// Stores start at offsets aligned to this (a page: store I/O never
@@ -144,7 +144,7 @@ impl MetaStore for AddCow {
         self.meta.read_at(buf, r.offset + off)
     }
 
-    fn replace_store(&self, new: Option<&[u8]>) -> Result<()> {
+    fn replace_store(&self, new: Option<&[u8]>, _same: &[Same]) -> Result<()> {
         if self.read_only {
             return Err(Error::ReadOnly(self.path.display().to_string()));
         }

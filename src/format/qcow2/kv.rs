@@ -4,7 +4,8 @@
 //! QEMU counts every cluster as referenced. A change writes new clusters
 //! and tables, then swaps the snapshot table entry through
 //! `write_snapshot_table` (snapshot_write.rs), then drops the old
-//! store's references. Values are copied into the new store, not shared.
+//! store's references. Values carried over share their whole clusters
+//! with the old store (refcount raised) instead of being rewritten.
 
 use super::l2::{OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_ZERO};
 use super::snapshot::{self, Snapshot};
@@ -12,7 +13,7 @@ use super::snapshot_write::METADATA_SNAPSHOT;
 use super::write::Meta;
 use super::Qcow2;
 use crate::error::{Error, Result};
-use crate::meta::MetaStore;
+use crate::meta::{MetaStore, Same};
 use byteorder::{BigEndian, ByteOrder};
 use std::sync::RwLock;
 
@@ -117,33 +118,97 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// Allocates and writes the clusters, L2 tables and L1 table of a
-    /// store holding `bytes`; nothing names them yet (a cut leaves leaks).
-    /// The writes run without the metadata lock, so guest allocations do
-    /// not wait for a large store to be written.
-    fn kv_write_tables(&self, bytes: &[u8]) -> Result<(u64, u32, u64)> {
+    /// For each cluster of a new store of `n` clusters, the host cluster
+    /// of the old store it can share (`same` ranges cover it whole).
+    fn kv_shared(&self, n: u64, same: &[Same], old: Option<&Snapshot>) -> Result<Vec<Option<u64>>> {
+        let mut out = vec![None; n as usize];
+        let Some(old) = old else {
+            return Ok(out);
+        };
+        if same.is_empty() {
+            return Ok(out);
+        }
         let cs = self.cs();
+        let old_len = Self::kv_len(old)?;
+        let l1 = self.kv_l1(old, old_len)?;
+        let flen = self.file.len()?;
+        for r in same {
+            if !r.new_off.is_multiple_of(cs) || !r.old_off.is_multiple_of(cs) {
+                continue;
+            }
+            // Whole clusters only: a value's last partial cluster also
+            // holds other bytes.
+            for k in 0..r.len / cs {
+                let (nc, oc) = (r.new_off / cs + k, r.old_off / cs + k);
+                if nc < n && (oc + 1) * cs <= old_len {
+                    out[nc as usize] = Some(self.kv_host(&l1, oc, flen)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Allocates and writes the clusters, L2 tables and L1 table of a
+    /// store holding `bytes`, sharing the old store's clusters where
+    /// `same` allows (their refcounts raised); nothing names the new
+    /// tables yet (a cut leaves leaks). The writes run without the
+    /// metadata lock, so guest allocations do not wait for a large store.
+    fn kv_write_tables(
+        &self,
+        bytes: &[u8],
+        same: &[Same],
+        old: Option<&Snapshot>,
+    ) -> Result<(u64, u32, u64)> {
+        let cs = self.cs();
+        let cb = self.geo.cluster_bits;
         let n = (bytes.len() as u64).div_ceil(cs);
+        let shared = self.kv_shared(n, same, old)?;
+        let fresh = shared.iter().filter(|s| s.is_none()).count() as u64;
         let per = self.kv_l2_entries();
         let words = self.geo.entry_words();
         let nl2 = n.div_ceil(per);
         let nl1 = (nl2 * 8).div_ceil(cs);
         let (data, l2, l1_off) = {
             let mut m = self.meta()?;
+            for h in shared.iter().flatten() {
+                self.add_refcount(&mut m, h >> cb, 1)?;
+            }
             (
-                self.kv_alloc(&mut m, n, "a metadata store")?,
+                if fresh > 0 {
+                    self.kv_alloc(&mut m, fresh, "a metadata store")?
+                } else {
+                    0
+                },
                 self.kv_alloc(&mut m, nl2, "metadata store L2 tables")?,
                 self.kv_alloc(&mut m, nl1, "a metadata L1 table")?,
             )
         };
-        self.kv_write_at(data, bytes)?;
+        let mut hosts = Vec::with_capacity(n as usize);
+        let mut next = data;
+        let mut c = 0u64;
+        while c < n {
+            if let Some(h) = shared[c as usize] {
+                hosts.push(h);
+                c += 1;
+                continue;
+            }
+            // A run of fresh clusters goes out in one write.
+            let start = c;
+            while c < n && shared[c as usize].is_none() {
+                hosts.push(next + (c - start) * cs);
+                c += 1;
+            }
+            let (a, b) = ((start * cs) as usize, ((c * cs) as usize).min(bytes.len()));
+            self.kv_write_at(next, &bytes[a..b])?;
+            next += (c - start) * cs;
+        }
         let mut tables = vec![0u8; (nl2 * cs) as usize];
-        for c in 0..n {
+        for (c, h) in hosts.iter().enumerate() {
             // The snapshot's tables: no COPIED flags (as QEMU leaves them
             // in snapshots); extended entries mark all subclusters
             // allocated.
-            let at = (c * 8 * words as u64) as usize;
-            BigEndian::write_u64(&mut tables[at..], data + c * cs);
+            let at = c * 8 * words;
+            BigEndian::write_u64(&mut tables[at..], *h);
             if words == 2 {
                 BigEndian::write_u64(&mut tables[at + 8..], 0xffff_ffff);
             }
@@ -193,7 +258,11 @@ impl MetaStore for Qcow2 {
         Ok(())
     }
 
-    fn replace_store(&self, new: Option<&[u8]>) -> Result<()> {
+    fn share_unit(&self) -> Option<u64> {
+        Some(self.cs())
+    }
+
+    fn replace_store(&self, new: Option<&[u8]>, same: &[Same]) -> Result<()> {
         if self.geo.data_file {
             return Err(Error::Unsupported(
                 "key/value metadata lives in an internal snapshot, which a qcow2 image with an external data file cannot hold".into(),
@@ -221,7 +290,7 @@ impl MetaStore for Qcow2 {
         // store lock (held exclusive by the caller) keeps other changes
         // of the store out meanwhile.
         let tables = match new {
-            Some(bytes) => Some(self.kv_write_tables(bytes)?),
+            Some(bytes) => Some(self.kv_write_tables(bytes, same, self.kv_snapshot().as_ref())?),
             None => None,
         };
         let mut m = self.meta()?;
