@@ -468,8 +468,10 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
         c.inc(q.snapshot_table_offset(), snap_bytes);
     }
     // Refcount table.
-    let rt_entries = (h.refcount_table_clusters as u64) << (cb - 3);
-    c.inc(h.refcount_table_offset, rt_entries * 8);
+    // Where the table is on disk now (a snapshot operation moves it).
+    let (rt_offset, rt_clusters) = q.refcount_table_on_disk();
+    let rt_entries = rt_clusters << (cb - 3);
+    c.inc(rt_offset, rt_entries * 8);
     // Crypto header (encrypted images do not open, but the check counts it).
     if let Some((off, len)) = h.crypto_ext {
         c.inc(off, len);
@@ -477,7 +479,7 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
     c.bitmaps()?;
     progress(steps - 2, steps);
     // Refcount blocks (QEMU's check_refblocks).
-    let rt_bytes = c.read(h.refcount_table_offset, rt_entries * 8)?;
+    let rt_bytes = c.read(rt_offset, rt_entries * 8)?;
     let table: Vec<u64> = rt_bytes.chunks_exact(8).map(BigEndian::read_u64).collect();
     for (i, &e) in table.iter().enumerate() {
         let off = e & REFT_OFFSET_MASK;
