@@ -63,6 +63,10 @@ pub struct OpenOptions {
     /// Take no image locks at all: for hosts whose own locks govern the
     /// files (the QEMU glue). Applies to the whole chain.
     pub no_lock: bool,
+    /// Opened for `check -r` (QEMU's BDRV_O_CHECK): a qcow2 image marked
+    /// corrupt opens read-write, and a dirty one is left for the check to
+    /// repair instead of being repaired at open. Needs `!read_only`.
+    pub repair: bool,
 }
 
 /// Which internal snapshot to open, with QEMU's rules
@@ -185,6 +189,9 @@ pub struct Image {
     /// format, as in QEMU (a guest could otherwise turn its disk into,
     /// say, a qcow2 image naming host files at the next probing open).
     probed_raw: bool,
+    /// The last metadata directory read, keyed by its store's superblock
+    /// (`meta::api`): repeated `meta_get`s skip re-reading it.
+    pub(crate) meta_dir: crate::meta::api::DirCache,
 }
 
 impl Image {
@@ -295,6 +302,7 @@ impl Image {
             snapshot: opts.snapshot.as_ref(),
             confine: root,
             metadata_only: opts.metadata_only,
+            repair: opts.repair && !opts.read_only,
         })
         .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
         // The data file under metadata (add-cow image file, qcow2 data file).
@@ -330,6 +338,7 @@ impl Image {
                         no_lock: opts.no_lock,
                         confined: opts.confined,
                         metadata_only: opts.metadata_only,
+                        repair: false,
                     };
                     let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen, root)
                         .map_err(|e| {
@@ -353,6 +362,7 @@ impl Image {
             path: path.to_path_buf(),
             closed: AtomicBool::new(false),
             confine: root.map(Path::to_path_buf),
+            meta_dir: Default::default(),
         })
     }
 
@@ -551,7 +561,11 @@ impl Image {
             allocated_bytes: ALLOCATED_UNKNOWN,
             disk_size: self.fmt.disk_size()?,
             read_only: self.read_only(),
-            specific: fi.specific,
+            specific: {
+                let mut f = fi.specific;
+                f.extend(self.meta_info_fields());
+                f
+            },
             dirty: fi.dirty,
             vm_state_offset: fi.vm_state_offset,
         })
@@ -569,13 +583,33 @@ impl Image {
         repair: Repair,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<CheckReport> {
-        if repair != Repair::None {
+        let mut r = if repair != Repair::None {
             self.check_writable()?;
             let _x = self.exclusive();
-            return self.fmt.check(repair, progress);
+            self.fmt.check(repair, progress)?
+        } else {
+            let _s = self.shared();
+            self.fmt.check(repair, progress)?
+        };
+        // A damaged key/value store is reported, never repaired (dropping
+        // it would lose the pairs that still read).
+        if let Some(e) = self.meta_check() {
+            r.corruptions += 1;
+            r.messages.push(format!("ERROR key/value metadata: {e}"));
         }
-        let _s = self.shared();
-        self.fmt.check(repair, progress)
+        Ok(r)
+    }
+
+    /// Changes format options (`qemu-img amend -o`, see `Format::amend`);
+    /// close the image afterwards and reopen it to use it.
+    pub fn amend(
+        &self,
+        opts: &crate::format::CreateOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        self.check_writable()?;
+        let _x = self.exclusive();
+        self.fmt.amend(opts, progress)
     }
 
     /// Drops everything allocated in this layer (see `Format::make_empty`).

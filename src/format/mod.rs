@@ -200,6 +200,15 @@ pub trait Format: Send + Sync {
             self.format_name()
         )))
     }
+    /// Changes format options of an existing image (`qemu-img amend`),
+    /// reporting (done, total) to `progress`. The handle may be read-only
+    /// afterwards (reopen it).
+    fn amend(&self, _opts: &CreateOptions, _progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "Format driver '{}' does not support option amendment",
+            self.format_name()
+        )))
+    }
     /// Drops everything allocated in this layer so it reads through to its
     /// backing file again (after `commit`).
     fn make_empty(&self) -> Result<()> {
@@ -245,6 +254,11 @@ pub trait Format: Send + Sync {
     fn warnings(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Where the image keeps its key/value metadata store
+    /// (`crate::meta`); `None` when the format has no place for one.
+    fn meta_store(&self) -> Option<&dyn crate::meta::MetaStore> {
+        None
+    }
     /// Flushes and releases; called once, before drop, on a clean close.
     fn close(&self) -> Result<()> {
         self.flush()
@@ -269,6 +283,8 @@ pub struct OpenCtx<'a> {
     /// data files the image names unless their contents are needed to
     /// know the image's shape.
     pub metadata_only: bool,
+    /// Opened to repair (`OpenOptions::repair`).
+    pub repair: bool,
 }
 
 impl OpenCtx<'_> {

@@ -50,6 +50,8 @@ pub fn lib(e: Error) -> Fail {
 pub struct Parser {
     g: Getopt,
     cmd: &'static str,
+    /// The words as given (not always UTF-8).
+    orig: Vec<OsString>,
 }
 
 impl Parser {
@@ -58,12 +60,13 @@ impl Parser {
             .cmd(cmd)
             .unwrap_or_else(|| panic!("command {cmd} is not in the table"));
         let words = args
-            .into_iter()
+            .iter()
             .map(|a| a.to_string_lossy().into_owned())
             .collect();
         Parser {
             g: Getopt::new(words, spec.opts),
             cmd,
+            orig: args,
         }
     }
 
@@ -97,6 +100,14 @@ impl Parser {
     /// The words that are not options, in order.
     pub fn files(self) -> Vec<String> {
         self.g.positional()
+    }
+
+    /// The words that are not options, as given (values may be bytes).
+    pub fn files_os(mut self) -> Vec<OsString> {
+        let at = self.g.positional_indices();
+        at.into_iter()
+            .map(|i| std::mem::take(&mut self.orig[i]))
+            .collect()
     }
 }
 

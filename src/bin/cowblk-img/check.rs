@@ -2,11 +2,12 @@
 //! output and exit codes.
 
 use crate::args::{fail, lib, one_file, output_arg, usage_err, Fail, Output, Parser, Res};
-use crate::open::{force_share, open};
+use crate::open::{force_share, open, open_with};
 use crate::shared::qemu_json;
 use cowblk::format::{CheckReport, Repair};
 use cowblk::ops;
 use cowblk::Error;
+use cowblk::OpenOptions;
 use serde_json::{json, Map, Value};
 use std::ffi::OsString;
 
@@ -36,7 +37,15 @@ pub fn run(args: Vec<OsString>) -> Res {
         }
     }
     let file = one_file(p.files(), C)?;
-    let img = open(&file, fmt, repair == Repair::None)?;
+    let img = open_with(
+        &file,
+        &OpenOptions {
+            format: fmt,
+            read_only: repair == Repair::None,
+            repair: repair != Repair::None,
+            ..Default::default()
+        },
+    )?;
     let r: CheckReport = match img.check_progress(repair, &mut ops::no_progress) {
         Ok(r) => r,
         Err(Error::Unsupported(_)) => {
@@ -52,6 +61,9 @@ pub fn run(args: Vec<OsString>) -> Res {
     for msg in &r.messages {
         eprintln!("{msg}");
     }
+    if let Some(why) = &r.failure {
+        return Err(fail(format!("Check failed: {why}")));
+    }
     match out {
         Output::Json => {
             let mut m = Map::new();
@@ -65,13 +77,20 @@ pub fn run(args: Vec<OsString>) -> Res {
             if let Some(t) = r.total_clusters.filter(|&t| t > 0) {
                 m.insert("total-clusters".into(), json!(t));
             }
-            if r.corruptions > 0 {
-                m.insert("corruptions".into(), json!(r.corruptions));
+            // What is left (qemu-img reports its second check's counts
+            // after a repair).
+            if r.corruptions > r.corruptions_fixed {
+                m.insert(
+                    "corruptions".into(),
+                    json!(r.corruptions - r.corruptions_fixed),
+                );
+            }
+            if r.corruptions_fixed > 0 {
+                m.insert("corruptions-fixed".into(), json!(r.corruptions_fixed));
             }
             m.insert("check-errors".into(), json!(r.check_errors));
             for (k, v) in [
-                ("leaks", r.leaks),
-                ("corruptions-fixed", r.corruptions_fixed),
+                ("leaks", r.leaks - r.leaks_fixed),
                 ("leaks-fixed", r.leaks_fixed),
             ] {
                 if v > 0 {

@@ -6,6 +6,7 @@ use crate::create::print_opts_help;
 use crate::open::{
     confined, end_force_share, force_share, open, open_with, with_progress, ProgressStyle,
 };
+use crate::PROG;
 use cowblk::format;
 use cowblk::ops;
 use cowblk::{CreateOptions, Error, Image, OpenOptions};
@@ -109,6 +110,24 @@ pub fn run(args: Vec<OsString>) -> Res {
         },
     )
     .map_err(lib)?;
+    // qemu-img convert does not carry internal snapshots (where qcow2
+    // keeps metadata): cowblk copies the metadata itself, and says so.
+    if let [src] = &refs[..] {
+        if dst.meta_supported() {
+            let n = src.meta_copy_to(&dst).map_err(lib)?;
+            if n > 0 && !quiet {
+                eprintln!("{PROG}: copied {n} metadata key(s) from '{}'", files[0]);
+            }
+        } else if src.meta_supported() {
+            let n = src.meta_list().map_err(lib)?.len();
+            if n > 0 {
+                eprintln!(
+                    "{PROG}: warning: {n} metadata key(s) not copied: {} cannot hold metadata",
+                    dst.format_name()
+                );
+            }
+        }
+    }
     dst.close().map_err(lib)?;
     Ok(0)
 }

@@ -20,9 +20,17 @@ fn kind_name(k: OptKind) -> &'static str {
 /// `-o help`. Without a file name qemu-img adds that the protocol layer
 /// (the file) may take more options.
 pub fn print_opts_help(fmt: &str, no_file: bool) -> Res {
+    print_opts(fmt, no_file, &format!("Supported {fmt} options:"), &|_| {
+        true
+    })
+}
+
+/// The options of `fmt` that `keep` selects, under `title`, as qemu-img
+/// lists them.
+pub fn print_opts(fmt: &str, no_file: bool, title: &str, keep: &dyn Fn(&str) -> bool) -> Res {
     let d = format::find_driver(fmt).map_err(lib)?;
-    println!("Supported {fmt} options:");
-    for o in d.create_opts {
+    println!("{title}");
+    for o in d.create_opts.iter().filter(|o| keep(o.name)) {
         let key = format!("{}=<{}>", o.name, kind_name(o.kind));
         println!("  {key:<22} - {}", o.help);
     }

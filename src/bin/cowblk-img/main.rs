@@ -6,6 +6,7 @@
 #[path = "../shared/mod.rs"]
 mod shared;
 
+mod amend;
 mod args;
 mod bench;
 mod check;
@@ -17,6 +18,7 @@ mod dd;
 mod info;
 mod map;
 mod measure;
+mod meta;
 mod open;
 mod rebase;
 mod resize;
@@ -60,6 +62,8 @@ fn main() {
         "bench" => bench::run(args),
         "dd" => dd::run(args),
         "measure" => measure::run(args),
+        "amend" => amend::run(args),
+        "meta" => meta::run(args),
         other => Err(Fail {
             usage: Some(""),
             ..fail(format!("Command not found: {other}"))

@@ -30,6 +30,30 @@ const CONFINED: Opt = lflag(
 /// Every command with a real option, in alphabetical order.
 pub const COMMANDS: &[Cmd] = &[
     Cmd {
+        name: "amend",
+        summary: "Update format-specific options of the image",
+        args: "FILENAME",
+        opts: &[
+            HELP,
+            QUIET,
+            PROGRESS,
+            FORMAT,
+            opt('t', "cache", "CACHE", "accepted for compatibility; ignored"),
+            opt(
+                'o',
+                "options",
+                "OPTIONS",
+                "KEY=VALUE,... the options to change; '-o help' lists them",
+            ),
+            CONFINED,
+        ],
+        text: "Rewrites a qcow2 image's header and metadata for the new options \
+               (compat, lazy_refcounts, refcount_bits, ...), refusing what \
+               qemu-img amend refuses, in its words.",
+        min: 0,
+        max: None,
+    },
+    Cmd {
         name: "bench",
         summary: "Run simple image benchmark",
         args: "FILENAME",
@@ -360,6 +384,36 @@ pub const COMMANDS: &[Cmd] = &[
         ],
         text: "Prints the bytes a new OUTPUT_FMT image needs to hold SIZE bytes or \
                FILENAME's contents (\"required size\"), and once fully allocated.",
+        min: 0,
+        max: None,
+    },
+    Cmd {
+        name: "meta",
+        summary: "List, read and change key/value metadata inside an image",
+        args: "list|get|set|delete FILENAME [KEY [VALUE]]",
+        opts: &[
+            HELP,
+            FORMAT,
+            lopt(
+                "output",
+                "human|json",
+                "list: output format (default human)",
+            ),
+            lopt("file", "PATH", "set: the value is this file's contents"),
+            flag(
+                'U',
+                "force-share",
+                "list, get: open the image even while another process writes it",
+            ),
+            CONFINED,
+        ],
+        text: "Not in qemu-img. 'meta list FILENAME' prints one key per line (JSON: an \
+               array of {\"key\", \"size\"}); 'meta get FILENAME KEY' writes the \
+               value's bytes to stdout and exits 1 if the key is absent; 'meta set \
+               FILENAME KEY VALUE' (or --file PATH) stores a value; 'meta delete \
+               FILENAME KEY' removes one. Formats: qcow2 (a hidden snapshot named \
+               cowblk-metadata) and add-cow; raw cannot hold metadata \
+               (docs/specs/metadata.txt).",
         min: 0,
         max: None,
     },

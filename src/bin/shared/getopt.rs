@@ -50,8 +50,8 @@ pub struct Getopt {
     /// the next option character.
     cluster: Option<(usize, usize)>,
     opts: &'static [Opt],
-    /// Non-option words, in order.
-    positional: Vec<String>,
+    /// Where the non-option words are in `args`, in order.
+    positional: Vec<usize>,
     /// Whether long options exist; without them (qemu-io's commands use
     /// plain getopt) `--x` is a cluster of short options starting at '-'.
     long: bool,
@@ -79,11 +79,12 @@ impl Getopt {
             let word = &self.args[w];
             self.next += 1;
             if word == "--" {
-                self.positional.extend(self.args.drain(self.next..));
+                self.positional.extend(self.next..self.args.len());
+                self.next = self.args.len();
                 break;
             }
             if word.len() < 2 || !word.starts_with('-') {
-                self.positional.push(word.clone());
+                self.positional.push(w);
                 continue;
             }
             if self.long && word.starts_with("--") {
@@ -95,10 +96,19 @@ impl Getopt {
     }
 
     /// The non-option words; call after `next_opt` returned None.
-    pub fn positional(mut self) -> Vec<String> {
-        self.positional
-            .extend(self.args.drain(self.next.min(self.args.len())..));
-        self.positional
+    pub fn positional(self) -> Vec<String> {
+        let at = self.positional_indices();
+        let mut args = self.args;
+        at.into_iter()
+            .map(|i| std::mem::take(&mut args[i]))
+            .collect()
+    }
+
+    /// Where the non-option words stand in the words given to `new`.
+    pub fn positional_indices(&self) -> Vec<usize> {
+        let mut at = self.positional.clone();
+        at.extend(self.next.min(self.args.len())..self.args.len());
+        at
     }
 
     fn short(&mut self, w: usize, at: usize) -> Result<(&'static Opt, String), GetoptError> {

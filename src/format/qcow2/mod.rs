@@ -19,6 +19,7 @@
 //! `map` reports COPIED (`in_place`) and preallocated space
 //! (`Extent::reserved`).
 
+mod amend;
 pub mod bitmaps;
 pub mod cache;
 pub mod check;
@@ -26,10 +27,12 @@ pub mod compress;
 pub mod create;
 pub mod features;
 pub mod header;
+mod kv;
 pub mod l1;
 pub mod l2;
 mod nb;
 pub mod refcount;
+mod repair;
 pub mod snapshot;
 mod snapshot_write;
 #[cfg(test)]
@@ -139,6 +142,9 @@ pub struct Qcow2 {
     /// A length the image file is known to have reached (it never shrinks
     /// while open), so `check_in_file` rarely asks the file.
     known_len: AtomicU64,
+    /// Readers of the metadata store hold it shared, a change exclusive
+    /// (`kv.rs`).
+    kv_lock: std::sync::RwLock<()>,
 }
 
 fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
@@ -155,7 +161,8 @@ impl Qcow2 {
         let mut c0 = vec![0u8; 1 << cluster_bits];
         file.read_at(&mut c0, 0)?;
         let h = Header::parse(&c0)?;
-        Self::check_features(&h, ctx.read_only)?;
+        // A repair open (`check -r`) may write an image marked corrupt.
+        Self::check_features(&h, ctx.read_only || ctx.repair)?;
         let mut warnings = Vec::new();
         if h.incompatible & features::INCOMPAT_CORRUPT != 0 {
             warnings.push(
@@ -263,9 +270,10 @@ impl Qcow2 {
             ro: AtomicBool::new(ctx.read_only),
             incompat,
             known_len: AtomicU64::new(file_len),
+            kv_lock: std::sync::RwLock::new(()),
         };
         if !ctx.read_only {
-            q.open_for_writing(ctx.cache_size)?;
+            q.open_for_writing(ctx.cache_size, ctx.repair)?;
         }
         Ok(q)
     }
@@ -275,7 +283,7 @@ impl Qcow2 {
     /// autoclear bits this build does not keep consistent (as QEMU does on
     /// a read-write open: here everything but data_file_raw, since
     /// bitmaps are not updated by our writes).
-    fn open_for_writing(&mut self, cache_size: u64) -> Result<()> {
+    fn open_for_writing(&mut self, cache_size: u64, repair: bool) -> Result<()> {
         if !self.l1.load().fully_stored() {
             return Err(Error::Corrupt(
                 "the active L1 table runs past the end of the image file".into(),
@@ -295,7 +303,8 @@ impl Qcow2 {
             blocks.min(1 << 16) as usize,
         )));
         self.init_snapshot_table()?;
-        if self.header.incompatible & features::INCOMPAT_DIRTY != 0 {
+        // As QEMU in check mode: a dirty image is left to the check.
+        if self.header.incompatible & features::INCOMPAT_DIRTY != 0 && !repair {
             self.rebuild_refcounts()
                 .map_err(|e| e.context("repairing the refcounts of an image not closed cleanly"))?;
         }
@@ -590,6 +599,10 @@ impl Format for Qcow2 {
         check::run(self, repair, progress)
     }
 
+    fn amend(&self, opts: &super::CreateOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        Qcow2::amend(self, opts, progress)
+    }
+
     fn size(&self) -> u64 {
         self.size.load(Ordering::Relaxed)
     }
@@ -756,6 +769,10 @@ impl Format for Qcow2 {
         *self
             .prealloc
             .get_or_init(|| self.detect_prealloc().unwrap_or(false))
+    }
+
+    fn meta_store(&self) -> Option<&dyn crate::meta::MetaStore> {
+        Some(self)
     }
 
     fn snapshots(&self) -> Vec<SnapshotInfo> {

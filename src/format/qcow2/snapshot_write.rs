@@ -845,6 +845,7 @@ mod tests {
             snapshot: None,
             confine: None,
             metadata_only: false,
+            repair: false,
         })
         .unwrap();
         let cs = q.cs();

@@ -1,0 +1,144 @@
+//! `cowblk-img meta`: key/value metadata inside images
+//! (docs/specs/metadata.txt). list [--output=json] | get | set [--file] |
+//! delete, each with -f FMT as everywhere.
+
+use crate::args::{fail, lib, output_arg, usage_err, Fail, Output, Parser, Res};
+use crate::open::open_with;
+use crate::shared::doc;
+use crate::table;
+use cowblk::OpenOptions;
+use serde_json::json;
+use std::ffi::OsString;
+use std::io::Write;
+
+pub fn run(args: Vec<OsString>) -> Res {
+    const C: &str = "meta";
+    let mut args = args;
+    if args.is_empty() {
+        return Err(usage_err(
+            C,
+            "Expecting a subcommand: list, get, set or delete",
+        ));
+    }
+    let sub = args.remove(0).to_string_lossy().into_owned();
+    if sub == "-h" || sub == "--help" {
+        let spec = table::TOOL
+            .cmd(C)
+            .ok_or_else(|| fail("meta is not in the table"))?;
+        print!("{}", doc::img_cmd_help(&table::TOOL, spec));
+        return Ok(0);
+    }
+    let mut p = Parser::new(C, args);
+    let (mut fmt, mut out, mut file, mut share) = (None, Output::Human, None, false);
+    // Options one subcommand does not take are refused in getopt's words.
+    let not_here = |k: &str| Fail {
+        getopt: Some(C),
+        ..usage_err(
+            C,
+            if k.len() == 1 {
+                format!("invalid option -- '{k}'")
+            } else {
+                format!("unrecognized option '--{k}'")
+            },
+        )
+    };
+    while let Some((k, v)) = p.next()? {
+        match k.as_str() {
+            "f" => fmt = Some(v),
+            "output" if sub == "list" => out = output_arg(&v, C)?,
+            "file" if sub == "set" => file = Some(v),
+            "U" if sub == "list" || sub == "get" => share = true,
+            k => return Err(not_here(k)),
+        }
+    }
+    let pos = p.files_os();
+    let want = match (sub.as_str(), &file) {
+        ("list", _) => 1,
+        ("get" | "delete", _) | ("set", Some(_)) => 2,
+        ("set", None) => 3,
+        _ => {
+            return Err(usage_err(
+                C,
+                format!("Unknown subcommand '{sub}' (list, get, set or delete)"),
+            ))
+        }
+    };
+    if pos.len() != want {
+        return Err(usage_err(
+            C,
+            format!("'meta {sub}' expects {want} arguments, got {}", pos.len()),
+        ));
+    }
+    let name = pos[0].to_string_lossy().into_owned();
+    let key = |i: usize| -> Result<String, Fail> {
+        pos[i]
+            .to_str()
+            .map(str::to_owned)
+            .ok_or_else(|| fail("Metadata keys must be valid UTF-8"))
+    };
+    let read_only = sub == "list" || sub == "get";
+    let img = open_with(
+        &name,
+        &OpenOptions {
+            format: fmt,
+            read_only,
+            force_share: share,
+            ..Default::default()
+        },
+    )?;
+    match sub.as_str() {
+        "list" => {
+            let l = img.meta_list().map_err(lib)?;
+            match out {
+                Output::Human => {
+                    for e in &l {
+                        println!("{}", e.key);
+                    }
+                }
+                Output::Json => {
+                    let v: Vec<_> = l
+                        .iter()
+                        .map(|e| json!({"key": e.key, "size": e.size}))
+                        .collect();
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&v).unwrap_or_else(|_| "[]".into())
+                    );
+                }
+            }
+        }
+        "get" => {
+            let k = key(1)?;
+            let v = img
+                .meta_get(&k)
+                .map_err(lib)?
+                .ok_or_else(|| fail(format!("No metadata key '{k}' in '{name}'")))?;
+            let mut so = std::io::stdout().lock();
+            so.write_all(&v)
+                .and_then(|_| so.flush())
+                .map_err(|e| fail(format!("Could not write the value: {e}")))?;
+        }
+        "set" => {
+            let k = key(1)?;
+            let v = match &file {
+                Some(path) => std::fs::read(path)
+                    .map_err(|e| fail(format!("Could not read '{path}': {e}")))?,
+                None => {
+                    use std::os::unix::ffi::OsStrExt;
+                    pos[2].as_bytes().to_vec()
+                }
+            };
+            img.meta_set(&k, &v).map_err(lib)?;
+        }
+        "delete" => {
+            let k = key(1)?;
+            img.meta_delete(&k).map_err(|e| match e {
+                cowblk::Error::NotFound(_) => fail(format!("No metadata key '{k}' in '{name}'")),
+                e => lib(e),
+            })?;
+        }
+        _ => unreachable!("checked above"),
+    }
+    img.close().map_err(lib)?;
+    Ok(0)
+}
