@@ -676,7 +676,10 @@ typedef struct AddCowSimpleTask {
     char err[ADD_COW_ERR_LEN];
 } AddCowSimpleTask;
 
-enum { OP_FLUSH, OP_TRUNCATE, OP_STATUS, OP_ZEROES };
+/* OP_TRUNCATE_OVER: b is the backing file's length, zflags 1 if there is one */
+enum {
+    OP_FLUSH, OP_TRUNCATE, OP_TRUNCATE_OVER, OP_STATUS, OP_ZEROES, OP_DISCARD
+};
 
 static int add_cow_simple_worker(void *opaque)
 {
@@ -689,6 +692,12 @@ static int add_cow_simple_worker(void *opaque)
         break;
     case OP_TRUNCATE:
         ret = cowblk_truncate(t->img, t->a);
+        break;
+    case OP_TRUNCATE_OVER:
+        ret = cowblk_truncate_over(t->img, t->a, t->zflags, t->b);
+        break;
+    case OP_DISCARD:
+        ret = cowblk_discard(t->img, t->a, t->b);
         break;
     case OP_STATUS:
         ret = t->status = cowblk_block_status(t->img, t->a, t->b, &t->pnum,
@@ -732,6 +741,27 @@ static int coroutine_fn add_cow_co_pwrite_zeroes(BlockDriverState *bs,
 
     if (ret < 0 && ret != -ENOTSUP) {
         error_report("%s: write zeroes failed: %s", bs->filename, t.err);
+    }
+    return ret;
+}
+
+/*
+ * Discard: the library drops whole clusters only, and only where reads keep
+ * their meaning for the format (qcow2: the zero flag in v3, the backing
+ * file again in v2, as QEMU's qcow2; add-cow with a backing file keeps
+ * everything).
+ */
+static int coroutine_fn add_cow_co_pdiscard(BlockDriverState *bs,
+                                            int64_t offset, int64_t bytes)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowSimpleTask t = {
+        .img = s->img, .op = OP_DISCARD, .a = offset, .b = bytes,
+    };
+    int ret = add_cow_submit(bs, add_cow_simple_worker, &t);
+
+    if (ret < 0) {
+        error_report("%s: discard failed: %s", bs->filename, t.err);
     }
     return ret;
 }
@@ -804,12 +834,31 @@ static int coroutine_fn add_cow_co_truncate(BlockDriverState *bs,
      * bytes below the end, which the library cannot read in that mode, so
      * rewrite them first: that allocates the cluster with its contents.
      */
-    ret = add_cow_own_last_cluster(bs, offset);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not copy the last cluster");
-        return ret;
+    if (strcmp(s->lib_format, "add-cow")) {
+        /*
+         * qcow2: the library zeroes the last cluster's tail itself and
+         * learns how far our backing file reaches, so grown space it does
+         * not cover stays unallocated (as in QEMU's qcow2).
+         */
+        t.op = OP_TRUNCATE_OVER;
+        if (bs->backing) {
+            int64_t blen = bdrv_getlength(bs->backing->bs);
+            if (blen < 0) {
+                error_setg_errno(errp, -blen, "Could not get the backing "
+                                 "file's length");
+                return blen;
+            }
+            t.b = blen;
+            t.zflags = 1;
+        }
+    } else {
+        ret = add_cow_own_last_cluster(bs, offset);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not copy the last cluster");
+            return ret;
+        }
+        t.op = OP_TRUNCATE;
     }
-    t.op = OP_TRUNCATE;
     ret = add_cow_submit(bs, add_cow_simple_worker, &t);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "%s", t.err);
@@ -1056,11 +1105,11 @@ static int add_cow_create_worker(void *opaque)
     return ret;
 }
 
-static const char *const create_keys[] = {
-    BLOCK_OPT_BACKING_FILE, BLOCK_OPT_BACKING_FMT, "image_file",
-    NULL,
-};
-
+/*
+ * Passes every option the user gave (never QEMU's defaults: the library
+ * has its own, the same ones) to cowblk_create as "key=value,...": sizes
+ * as byte counts, everything else as written.
+ */
 static int coroutine_fn add_cow_co_create_opts(BlockDriver *drv,
                                                const char *filename,
                                                QemuOpts *opts, Error **errp)
@@ -1068,24 +1117,26 @@ static int coroutine_fn add_cow_co_create_opts(BlockDriver *drv,
     AddCowCreateTask t = { 0 };
     g_autoptr(GString) o = g_string_new("");
     g_autofree char *size = NULL;
-    g_autofree char *cs = NULL;
     int ret;
 
     strstart(filename, "file:", &filename);
     size = g_strdup_printf("%" PRIu64,
                            qemu_opt_get_size_del(opts, BLOCK_OPT_SIZE, 0));
     opt_append(o, BLOCK_OPT_SIZE, size);
-    for (int i = 0; create_keys[i]; i++) {
-        g_autofree char *v = qemu_opt_get_del(opts, create_keys[i]);
-        if (v) {
-            opt_append(o, create_keys[i], v);
+    for (QemuOptDesc *d = drv->create_opts->desc; d->name; d++) {
+        g_autofree char *v = NULL;
+        if (!strcmp(d->name, BLOCK_OPT_SIZE) || !qemu_opt_find(opts, d->name)) {
+            continue;
         }
-    }
-    if (qemu_opt_find(opts, BLOCK_OPT_CLUSTER_SIZE)) {
-        cs = g_strdup_printf("%" PRIu64,
-                             qemu_opt_get_size_del(opts,
-                                                   BLOCK_OPT_CLUSTER_SIZE, 0));
-        opt_append(o, BLOCK_OPT_CLUSTER_SIZE, cs);
+        if (d->type == QEMU_OPT_SIZE) {
+            v = g_strdup_printf("%" PRIu64,
+                                qemu_opt_get_size_del(opts, d->name, 0));
+        } else {
+            v = qemu_opt_get_del(opts, d->name);
+        }
+        if (v) {
+            opt_append(o, d->name, v);
+        }
     }
 
     t.path = filename;
@@ -1134,14 +1185,49 @@ static QemuOptsList add_cow_create_opts = {
     }
 };
 
+/*
+ * The library's qcow2 create options: qemu-img's names, types and defaults
+ * in qemu-img's order, so that "Formatting ..." lines and -o help read as
+ * for QEMU's qcow2 (an option with a default is printed with it).  Only the
+ * options the user gave reach the library, which has the same defaults.
+ */
 static QemuOptsList cowblk_qcow2_create_opts = {
     .name = "cowblk-qcow2-create-opts",
     .head = QTAILQ_HEAD_INITIALIZER(cowblk_qcow2_create_opts.head),
     .desc = {
         {
+            .name = BLOCK_OPT_CLUSTER_SIZE,
+            .type = QEMU_OPT_SIZE,
+            .help = "qcow2 cluster size",
+            .def_value_str = "65536"
+        },
+        {
+            .name = BLOCK_OPT_EXTL2,
+            .type = QEMU_OPT_BOOL,
+            .help = "Extended L2 tables",
+            .def_value_str = "off"
+        },
+        {
+            .name = BLOCK_OPT_PREALLOC,
+            .type = QEMU_OPT_STRING,
+            .help = "Preallocation mode (allowed values: off, metadata, "
+                    "falloc, full)"
+        },
+        {
+            .name = BLOCK_OPT_COMPRESSION_TYPE,
+            .type = QEMU_OPT_STRING,
+            .help = "Compression method used for image cluster compression",
+            .def_value_str = "zlib"
+        },
+        {
             .name = BLOCK_OPT_SIZE,
             .type = QEMU_OPT_SIZE,
             .help = "Virtual disk size"
+        },
+        {
+            .name = BLOCK_OPT_COMPAT_LEVEL,
+            .type = QEMU_OPT_STRING,
+            .help = "Compatibility level (v2 [0.10] or v3 [1.1])"
         },
         {
             .name = BLOCK_OPT_BACKING_FILE,
@@ -1154,9 +1240,26 @@ static QemuOptsList cowblk_qcow2_create_opts = {
             .help = "Image format of the base image"
         },
         {
-            .name = BLOCK_OPT_CLUSTER_SIZE,
-            .type = QEMU_OPT_SIZE,
-            .help = "qcow2 cluster size"
+            .name = BLOCK_OPT_DATA_FILE,
+            .type = QEMU_OPT_STRING,
+            .help = "File name of an external data file"
+        },
+        {
+            .name = BLOCK_OPT_DATA_FILE_RAW,
+            .type = QEMU_OPT_BOOL,
+            .help = "The external data file must stay valid as a raw image"
+        },
+        {
+            .name = BLOCK_OPT_LAZY_REFCOUNTS,
+            .type = QEMU_OPT_BOOL,
+            .help = "Postpone refcount updates",
+            .def_value_str = "off"
+        },
+        {
+            .name = BLOCK_OPT_REFCOUNT_BITS,
+            .type = QEMU_OPT_NUMBER,
+            .help = "Width of a reference count entry in bits",
+            .def_value_str = "16"
         },
         { /* end of list */ }
     }
@@ -1178,6 +1281,7 @@ static QemuOptsList cowblk_qcow2_create_opts = {
     .bdrv_co_preadv             = add_cow_co_preadv,                \
     .bdrv_co_pwritev            = add_cow_co_pwritev,               \
     .bdrv_co_pwrite_zeroes      = add_cow_co_pwrite_zeroes,         \
+    .bdrv_co_pdiscard           = add_cow_co_pdiscard,              \
     .bdrv_co_flush_to_disk      = add_cow_co_flush,                 \
     .bdrv_co_truncate           = add_cow_co_truncate,              \
     .bdrv_getlength             = add_cow_getlength,                \
