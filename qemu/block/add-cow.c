@@ -902,8 +902,22 @@ static int coroutine_fn add_cow_co_block_status(BlockDriverState *bs,
         return 0;
     }
     /*
-     * The data lives in the raw image file, which the library opened and
-     * QEMU has no node for: no OFFSET_VALID, so nobody reads around us.
+     * qcow2 without an external data file keeps its data in bs->file: the
+     * host offset is valid there, as QEMU's qcow2 reports it (qemu-img
+     * map shows it, the block layer may look for holes under it).
+     */
+    if (!s->image_file && (t.status & COWBLK_BLOCK_OFFSET_VALID) &&
+        !strcmp(s->lib_format, "qcow2")) {
+        *map = t.map;
+        *file = bs->file->bs;
+        return BDRV_BLOCK_OFFSET_VALID |
+               ((t.status & COWBLK_BLOCK_ZERO) ? BDRV_BLOCK_ZERO : 0) |
+               ((t.status & COWBLK_BLOCK_DATA) ? BDRV_BLOCK_DATA : 0);
+    }
+    /*
+     * Otherwise the data lives in a file the library opened and QEMU has
+     * no node for (add-cow's image file, a qcow2 data file): no
+     * OFFSET_VALID, so nobody reads around us.
      */
     return (t.status & COWBLK_BLOCK_ZERO) ? BDRV_BLOCK_ZERO : BDRV_BLOCK_DATA;
 }
@@ -970,13 +984,103 @@ static int64_t add_cow_get_allocated_file_size(BlockDriverState *bs)
     return t.ret;
 }
 
+/* A big-endian field of the qcow2 header in buf (len bytes), or 0. */
+static uint64_t qcow2_field(const uint8_t *buf, size_t len, size_t off,
+                            int bytes)
+{
+    uint64_t v = 0;
+
+    if (off + bytes > len) {
+        return 0;
+    }
+    for (int i = 0; i < bytes; i++) {
+        v = v << 8 | buf[off + i];
+    }
+    return v;
+}
+
+/*
+ * What qemu-img info shows under "Format specific information" for qcow2,
+ * read from the header (the first 4 KiB) through bs->file: the feature
+ * bits, the refcount width, the compression type and the external data
+ * file's name (header extension 0x44415441).  Nothing is validated beyond
+ * staying inside the buffer: the library validated the header at open.
+ */
+static ImageInfoSpecific *cowblk_qcow2_specific_info(BlockDriverState *bs,
+                                                     Error **errp)
+{
+    enum { HDR = 4096 };
+    g_autofree uint8_t *h = g_malloc0(HDR);
+    ImageInfoSpecific *spec;
+    ImageInfoSpecificQCow2 *q;
+    uint64_t version, incompat, compat, autoclear, hlen, ext;
+    int ret = bdrv_pread(bs->file, 0, HDR, h, 0);
+
+    if (ret < 0 && bdrv_getlength(bs->file->bs) >= 72) {
+        /* a short file: read what there is */
+        ret = bdrv_pread(bs->file, 0, 72, h, 0);
+    }
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not read the qcow2 header");
+        return NULL;
+    }
+    version = qcow2_field(h, HDR, 4, 4);
+    spec = g_new0(ImageInfoSpecific, 1);
+    spec->type = IMAGE_INFO_SPECIFIC_KIND_QCOW2;
+    q = spec->u.qcow2.data = g_new0(ImageInfoSpecificQCow2, 1);
+    if (version < 3) {
+        q->compat = g_strdup("0.10");
+        q->refcount_bits = 16;
+        return spec;
+    }
+    incompat = qcow2_field(h, HDR, 72, 8);
+    compat = qcow2_field(h, HDR, 80, 8);
+    autoclear = qcow2_field(h, HDR, 88, 8);
+    hlen = qcow2_field(h, HDR, 100, 4);
+    q->compat = g_strdup("1.1");
+    q->has_lazy_refcounts = true;
+    q->lazy_refcounts = compat & 1;
+    q->has_corrupt = true;
+    q->corrupt = incompat & 2;
+    q->has_extended_l2 = true;
+    q->extended_l2 = incompat & 16;
+    q->refcount_bits = 1ULL << MIN(qcow2_field(h, HDR, 96, 4), 6);
+    if (hlen > 104 && qcow2_field(h, HDR, 104, 1) == 1) {
+#if defined(CONFIG_ZSTD)
+        q->compression_type = QCOW2_COMPRESSION_TYPE_ZSTD;
+#endif
+    }
+    if (incompat & 4) {
+        q->has_data_file_raw = true;
+        q->data_file_raw = autoclear & 2;
+        /* header extensions: type, length, data padded to 8 bytes */
+        for (ext = hlen; ext + 8 <= HDR;) {
+            uint64_t type = qcow2_field(h, HDR, ext, 4);
+            uint64_t len = qcow2_field(h, HDR, ext + 4, 4);
+            if (type == 0 || ext + 8 + len > HDR) {
+                break;
+            }
+            if (type == 0x44415441) {
+                q->has_data_file = true;
+                q->data_file = g_strndup((char *)h + ext + 8, len);
+                break;
+            }
+            ext += 8 + ROUND_UP(len, 8);
+        }
+    }
+    return spec;
+}
+
 static ImageInfoSpecific *add_cow_get_specific_info(BlockDriverState *bs,
                                                     Error **errp)
 {
     BDRVAddCowState *s = bs->opaque;
     ImageInfoSpecific *spec;
 
-    if (strcmp(s->lib_format, "add-cow") || !s->image_file) {
+    if (!strcmp(s->lib_format, "qcow2")) {
+        return cowblk_qcow2_specific_info(bs, errp);
+    }
+    if (!s->image_file) {
         return NULL;
     }
     spec = g_new0(ImageInfoSpecific, 1);
@@ -1299,9 +1403,34 @@ static BlockDriver bdrv_add_cow = {
     ADD_COW_COMMON_FIELDS,
 };
 
-/* The library's qcow2, for side-by-side comparison; never probed. */
+#ifdef COWBLK_AS_QCOW2
+static int cowblk_qcow2_probe(const uint8_t *buf, int buf_size,
+                              const char *filename)
+{
+    const struct cowblk_driver *d = cowblk_driver_find("qcow2");
+    int score;
+
+    if (!d || !d->probe || buf_size <= 0) {
+        return 0;
+    }
+    score = d->probe(buf, buf_size, filename);
+    return score < 0 ? 0 : score;
+}
+#endif
+
+/*
+ * The library's qcow2: "cowblk-qcow2" (never probed) beside QEMU's own
+ * qcow2 for side-by-side comparison; or, in a build configured with
+ * -Dcowblk_qcow2=true (COWBLK_AS_QCOW2), "qcow2" itself, probed, with
+ * QEMU's qcow2 left out of the build, so that qemu-iotests -qcow2 test it.
+ */
 static BlockDriver bdrv_cowblk_qcow2 = {
+#ifdef COWBLK_AS_QCOW2
+    .format_name    = "qcow2",
+    .bdrv_probe     = cowblk_qcow2_probe,
+#else
     .format_name    = "cowblk-qcow2",
+#endif
     .create_opts    = &cowblk_qcow2_create_opts,
     ADD_COW_COMMON_FIELDS,
 };
