@@ -1424,7 +1424,13 @@ static int cowblk_qcow2_probe(const uint8_t *buf, int buf_size,
  * -Dcowblk_qcow2=true (COWBLK_AS_QCOW2), "qcow2" itself, probed, with
  * QEMU's qcow2 left out of the build, so that qemu-iotests -qcow2 test it.
  */
+#ifdef COWBLK_AS_QCOW2
+/* block.c's -snapshot overlay names QEMU's qcow2 driver by this symbol */
+#define bdrv_cowblk_qcow2 bdrv_qcow2
+BlockDriver bdrv_cowblk_qcow2 = {
+#else
 static BlockDriver bdrv_cowblk_qcow2 = {
+#endif
 #ifdef COWBLK_AS_QCOW2
     .format_name    = "qcow2",
     .bdrv_probe     = cowblk_qcow2_probe,
