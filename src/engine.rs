@@ -357,8 +357,12 @@ impl Image {
         if !head.is_empty() {
             self.read_with(&IoVec::from_mut(&mut head), cstart, over, true)?;
         }
-        if !tail.is_empty() {
-            self.read_with(&IoVec::from_mut(&mut tail), wend, over, true)?;
+        // A run may end past the virtual size (the last cluster of an
+        // image whose size is not a whole number of clusters): the bytes
+        // past the end stay zeros, nobody reads them.
+        let inside = size.saturating_sub(wend).min(tail.len() as u64) as usize;
+        if inside > 0 {
+            self.read_with(&IoVec::from_mut(&mut tail[..inside]), wend, over, true)?;
         }
         let data = self.fmt.data_file();
         match payload {

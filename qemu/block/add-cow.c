@@ -154,10 +154,22 @@ static int add_cow_open_lib(BlockDriverState *bs, int flags,
     if (!file) {
         return -ENOTSUP;
     }
+    g_autofree char *path = g_strdup(file->filename);
+
     if (!(flags & BDRV_O_RDWR)) {
         oflags |= COWBLK_OPEN_RDONLY;
     }
-    ret = cowblk_open(file->filename, lib_format_of(bs), oflags, 0, out);
+    /*
+     * A -snapshot overlay: file-posix unlinked the file as soon as it had
+     * opened it (BDRV_O_TEMPORARY), so open its descriptor (the first
+     * member of QEMU 7.2's BDRVRawState) through /proc.
+     */
+    if ((file->open_flags & BDRV_O_TEMPORARY) &&
+        !strcmp(file->drv->format_name, "file") && access(path, F_OK) < 0) {
+        g_free(path);
+        path = g_strdup_printf("/proc/self/fd/%d", *(int *)file->opaque);
+    }
+    ret = cowblk_open(path, lib_format_of(bs), oflags, 0, out);
     if (ret < 0) {
         error_setg(errp, "%s", cowblk_last_error());
     }
@@ -1249,7 +1261,14 @@ static int coroutine_fn add_cow_co_create_opts(BlockDriver *drv,
     ret = thread_pool_submit_co(aio_get_thread_pool(qemu_get_aio_context()),
                                 add_cow_create_worker, &t);
     if (ret < 0) {
-        error_setg(errp, "%s", t.err);
+        /*
+         * qemu-img already names the file: keep the library's reason
+         * alone ("... could not create 'F': REASON"), in QEMU's words.
+         */
+        g_autofree char *pre = g_strdup_printf("could not create '%s': ",
+                                               filename);
+        const char *why = strstr(t.err, pre);
+        error_setg(errp, "%s", why ? why + strlen(pre) : t.err);
     }
     return ret;
 }
