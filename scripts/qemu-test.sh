@@ -282,7 +282,7 @@ QQ_WRITES=("write -P 0x21 1000 5000" "write -P 0x22 1M 192k" "write -P 0x23 2000
     "discard 4M 128k" "discard 4300000 200000" "write -P 0x26 4M 5000"
     "aio_write -P 0x31 5000000 1000" "aio_write -P 0x32 5001000 10000"
     "aio_write -P 0x33 5011000 70000" "aio_write -P 0x34 6M 1M" "aio_flush"
-    "write -P 0x35 1M 4096" "flush")
+    "write -P 0x35 1M 4096" "write -P 0x27 7M 128k" "discard 7M 128k" "flush")
 qq_make() {   # NAME OPTS: NAME (ours) and NAME.twin over base.raw
     rm -f "$1" "$1.twin"
     t "$QIMG" create -q -f cowblk-qcow2 -o "backing_file=base.raw,backing_fmt=raw${2:+,$2}" "$1" &&
