@@ -63,6 +63,10 @@ pub struct OpenOptions {
     /// Take no image locks at all: for hosts whose own locks govern the
     /// files (the QEMU glue). Applies to the whole chain.
     pub no_lock: bool,
+    /// Opened for `check -r` (QEMU's BDRV_O_CHECK): a qcow2 image marked
+    /// corrupt opens read-write, and a dirty one is left for the check to
+    /// repair instead of being repaired at open. Needs `!read_only`.
+    pub repair: bool,
 }
 
 /// Which internal snapshot to open, with QEMU's rules
@@ -295,6 +299,7 @@ impl Image {
             snapshot: opts.snapshot.as_ref(),
             confine: root,
             metadata_only: opts.metadata_only,
+            repair: opts.repair && !opts.read_only,
         })
         .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
         // The data file under metadata (add-cow image file, qcow2 data file).
@@ -330,6 +335,7 @@ impl Image {
                         no_lock: opts.no_lock,
                         confined: opts.confined,
                         metadata_only: opts.metadata_only,
+                        repair: false,
                     };
                     let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen, root)
                         .map_err(|e| {
@@ -576,6 +582,18 @@ impl Image {
         }
         let _s = self.shared();
         self.fmt.check(repair, progress)
+    }
+
+    /// Changes format options (`qemu-img amend -o`, see `Format::amend`);
+    /// close the image afterwards and reopen it to use it.
+    pub fn amend(
+        &self,
+        opts: &crate::format::CreateOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        self.check_writable()?;
+        let _x = self.exclusive();
+        self.fmt.amend(opts, progress)
     }
 
     /// Drops everything allocated in this layer (see `Format::make_empty`).

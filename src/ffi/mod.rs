@@ -40,6 +40,8 @@ mod nb;
 
 mod resize;
 
+mod snapshot;
+
 pub use backing::cowblk_backing_ops;
 pub use check::{cowblk_check, cowblk_check_result};
 pub use driver::{cowblk_driver, cowblk_driver_find, cowblk_driver_get};
@@ -59,6 +61,10 @@ pub use io::{
 };
 pub use nb::{cowblk_map_nb, COWBLK_MAP_DATA, COWBLK_MAP_UNALLOCATED, COWBLK_MAP_ZERO};
 pub use resize::cowblk_truncate_over;
+pub use snapshot::{
+    cowblk_snapshot, cowblk_snapshot_apply, cowblk_snapshot_count, cowblk_snapshot_create,
+    cowblk_snapshot_delete, cowblk_snapshot_get, COWBLK_SNAPSHOT_ID_LEN, COWBLK_SNAPSHOT_NAME_LEN,
+};
 
 /// Version of the C ABI described by this header; `cowblk_abi_version()`
 /// returns the library's. It grows by one with every change a host can see

@@ -200,6 +200,15 @@ pub trait Format: Send + Sync {
             self.format_name()
         )))
     }
+    /// Changes format options of an existing image (`qemu-img amend`),
+    /// reporting (done, total) to `progress`. The handle may be read-only
+    /// afterwards (reopen it).
+    fn amend(&self, _opts: &CreateOptions, _progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "Format driver '{}' does not support option amendment",
+            self.format_name()
+        )))
+    }
     /// Drops everything allocated in this layer so it reads through to its
     /// backing file again (after `commit`).
     fn make_empty(&self) -> Result<()> {
@@ -217,6 +226,28 @@ pub trait Format: Send + Sync {
     /// Internal snapshots stored in the image (none for most formats).
     fn snapshots(&self) -> Vec<SnapshotInfo> {
         Vec::new()
+    }
+    /// Creates an internal snapshot of the active state named `name`,
+    /// dated `date` (seconds, nanoseconds since the epoch); returns its id.
+    fn snapshot_create(&self, _name: &str, _date: (u32, u32)) -> Result<String> {
+        Err(Error::Unsupported(format!(
+            "format '{}' has no internal snapshots",
+            self.format_name()
+        )))
+    }
+    /// Makes the active state a copy of a snapshot's (size included).
+    fn snapshot_apply(&self, _which: &crate::image::SnapshotRef) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "format '{}' has no internal snapshots",
+            self.format_name()
+        )))
+    }
+    /// Deletes an internal snapshot.
+    fn snapshot_delete(&self, _which: &crate::image::SnapshotRef) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "format '{}' has no internal snapshots",
+            self.format_name()
+        )))
     }
     /// Things the user should know about the open image that did not stop
     /// it from opening (for example a qcow2 corrupt bit on a read-only open).
@@ -247,6 +278,8 @@ pub struct OpenCtx<'a> {
     /// data files the image names unless their contents are needed to
     /// know the image's shape.
     pub metadata_only: bool,
+    /// Opened to repair (`OpenOptions::repair`).
+    pub repair: bool,
 }
 
 impl OpenCtx<'_> {

@@ -12,6 +12,7 @@ pub mod convert;
 pub mod map;
 pub mod measure;
 pub mod rebase;
+pub mod snapshot;
 
 use crate::error::Result;
 use crate::image::Image;

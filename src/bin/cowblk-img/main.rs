@@ -2,8 +2,10 @@
 //! the cowblk library. Every operation is a library call (`cowblk::ops`,
 //! `Image`); this file only parses arguments and prints.
 
+mod amend;
 #[path = "../shared/mod.rs"]
 mod shared;
+mod snapshot;
 
 use cowblk::format::info::{fields_human, fields_json};
 use cowblk::format::{self, CheckReport, OptKind, Repair, SnapshotInfo};
@@ -71,7 +73,7 @@ Commands (run cowblk-img COMMAND --help for command-specific help):
   measure - Calculate file size required for a new image
   rebase - Change backing file of the image
   resize - Resize the image to the new size
-  snapshot - List snapshots within image
+  snapshot - List, apply, create or delete snapshots in image
 
 Commands that open an image take --confined: files the image names must be
 regular files inside its directory (for untrusted images; docs/CLI.md).
@@ -126,9 +128,9 @@ Exit codes: 0 clean, 1 check error, 2 corruptions, 3 leaks, 63 format has no che
   -p    show progress on a terminal"
         }
         "snapshot" => {
-            "List internal snapshots.  Usage:
+            "List, create, apply or delete internal snapshots (qcow2).  Usage:
 
-  cowblk-img snapshot [-f FMT] [-U] -l FILENAME"
+  cowblk-img snapshot [-f FMT] [-q] [-U] [-l | -a SNAPSHOT | -c SNAPSHOT | -d SNAPSHOT] FILENAME"
         }
         "compare" => {
             "Compare the contents of two images.  Usage:
@@ -223,13 +225,14 @@ fn main() {
         "map" => map(args),
         "check" => check(args),
         "convert" => convert(args),
-        "snapshot" => snapshot(args),
+        "snapshot" => snapshot::snapshot(args),
         "compare" => compare(args),
         "resize" => resize(args),
         "commit" => commit(args),
         "rebase" => rebase(args),
         "bench" => bench(args),
         "dd" => dd(args),
+        "amend" => amend::amend(args),
         "measure" => measure(args),
         other => Err(Fail {
             usage: Some(""),
@@ -835,7 +838,15 @@ fn check(args: Vec<OsString>) -> Res {
         }
     }
     let file = one_file(files, C)?;
-    let img = open(&file, fmt, repair == Repair::None)?;
+    let img = open_with(
+        &file,
+        &OpenOptions {
+            format: fmt,
+            read_only: repair == Repair::None,
+            repair: repair != Repair::None,
+            ..Default::default()
+        },
+    )?;
     let r: CheckReport =
         match with_progress(progress && !quiet, |pr| img.check_progress(repair, pr)) {
             Ok(r) => r,
@@ -852,6 +863,9 @@ fn check(args: Vec<OsString>) -> Res {
     for msg in &r.messages {
         eprintln!("{msg}");
     }
+    if let Some(why) = &r.failure {
+        return Err(fail(format!("Check failed: {why}")));
+    }
     match out {
         Output::Json => {
             let mut m = Map::new();
@@ -865,13 +879,20 @@ fn check(args: Vec<OsString>) -> Res {
             if let Some(t) = r.total_clusters.filter(|&t| t > 0) {
                 m.insert("total-clusters".into(), json!(t));
             }
-            if r.corruptions > 0 {
-                m.insert("corruptions".into(), json!(r.corruptions));
+            // What is left (qemu-img reports its second check's counts
+            // after a repair).
+            if r.corruptions > r.corruptions_fixed {
+                m.insert(
+                    "corruptions".into(),
+                    json!(r.corruptions - r.corruptions_fixed),
+                );
+            }
+            if r.corruptions_fixed > 0 {
+                m.insert("corruptions-fixed".into(), json!(r.corruptions_fixed));
             }
             m.insert("check-errors".into(), json!(r.check_errors));
             for (k, v) in [
-                ("leaks", r.leaks),
-                ("corruptions-fixed", r.corruptions_fixed),
+                ("leaks", r.leaks - r.leaks_fixed),
                 ("leaks-fixed", r.leaks_fixed),
             ] {
                 if v > 0 {
@@ -1273,39 +1294,7 @@ fn dd(args: Vec<OsString>) -> Res {
     Ok(0)
 }
 
-// ---- snapshot ----
-
-fn snapshot(args: Vec<OsString>) -> Res {
-    const C: &str = "snapshot";
-    let mut p = parser(args);
-    let (mut fmt, mut list, mut files) = (None, false, Vec::new());
-    while let Some(a) = p.next().map_err(|e| usage_err(C, e.to_string()))? {
-        match a {
-            Short('f') => fmt = Some(val(&mut p, C)?),
-            Short('l') => list = true,
-            Short('q') => {}
-            Short('U') | Long("force-share") => force_share(),
-            Short(c @ ('a' | 'c' | 'd')) => {
-                let _ = val(&mut p, C)?;
-                return Err(fail(format!(
-                    "snapshot -{c} is not supported: cowblk opens snapshots read-only"
-                )));
-            }
-            Value(v) => files.push(v.to_string_lossy().into_owned()),
-            a => return Err(unexpected(a, C)),
-        }
-    }
-    if !list {
-        return Err(usage_err(C, "Expecting -l (only listing is supported)"));
-    }
-    let file = one_file(files, C)?;
-    let img = open(&file, fmt, true)?;
-    let snaps = img.snapshots();
-    if !snaps.is_empty() {
-        print!("Snapshot list:\n{}", snapshot_table(&snaps));
-    }
-    Ok(0)
-}
+// ---- snapshot ---- (snapshot.rs)
 
 // ---- compare ----
 

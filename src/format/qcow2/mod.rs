@@ -19,6 +19,7 @@
 //! `map` reports COPIED (`in_place`) and preallocated space
 //! (`Extent::reserved`).
 
+mod amend;
 pub mod bitmaps;
 pub mod cache;
 pub mod check;
@@ -30,7 +31,9 @@ pub mod l1;
 pub mod l2;
 mod nb;
 pub mod refcount;
+mod repair;
 pub mod snapshot;
+mod snapshot_write;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -118,7 +121,8 @@ pub struct Qcow2 {
     /// swapped whole when a resize moves it.
     l1: ArcSwap<L1Table>,
     l2_cache: TableCache,
-    snapshots: Vec<Snapshot>,
+    /// The snapshot table (replaced whole by the write side).
+    snapshots: ArcSwap<Vec<Snapshot>>,
     /// The persistent bitmap directory (for `info`).
     bitmaps: Vec<bitmaps::Bitmap>,
     backing: Option<BackingSpec>,
@@ -153,7 +157,8 @@ impl Qcow2 {
         let mut c0 = vec![0u8; 1 << cluster_bits];
         file.read_at(&mut c0, 0)?;
         let h = Header::parse(&c0)?;
-        Self::check_features(&h, ctx.read_only)?;
+        // A repair open (`check -r`) may write an image marked corrupt.
+        Self::check_features(&h, ctx.read_only || ctx.repair)?;
         let mut warnings = Vec::new();
         if h.incompatible & features::INCOMPAT_CORRUPT != 0 {
             warnings.push(
@@ -251,7 +256,7 @@ impl Qcow2 {
             size: AtomicU64::new(size),
             l1: ArcSwap::from_pointee(l1),
             l2_cache: TableCache::new(tables),
-            snapshots,
+            snapshots: ArcSwap::from_pointee(snapshots),
             bitmaps,
             backing,
             warnings,
@@ -263,7 +268,7 @@ impl Qcow2 {
             known_len: AtomicU64::new(file_len),
         };
         if !ctx.read_only {
-            q.open_for_writing(ctx.cache_size)?;
+            q.open_for_writing(ctx.cache_size, ctx.repair)?;
         }
         Ok(q)
     }
@@ -273,7 +278,7 @@ impl Qcow2 {
     /// autoclear bits this build does not keep consistent (as QEMU does on
     /// a read-write open: here everything but data_file_raw, since
     /// bitmaps are not updated by our writes).
-    fn open_for_writing(&mut self, cache_size: u64) -> Result<()> {
+    fn open_for_writing(&mut self, cache_size: u64, repair: bool) -> Result<()> {
         if !self.l1.load().fully_stored() {
             return Err(Error::Corrupt(
                 "the active L1 table runs past the end of the image file".into(),
@@ -292,7 +297,9 @@ impl Qcow2 {
             self.header.refcount_table_clusters as u64,
             blocks.min(1 << 16) as usize,
         )));
-        if self.header.incompatible & features::INCOMPAT_DIRTY != 0 {
+        self.init_snapshot_table()?;
+        // As QEMU in check mode: a dirty image is left to the check.
+        if self.header.incompatible & features::INCOMPAT_DIRTY != 0 && !repair {
             self.rebuild_refcounts()
                 .map_err(|e| e.context("repairing the refcounts of an image not closed cleanly"))?;
         }
@@ -587,6 +594,10 @@ impl Format for Qcow2 {
         check::run(self, repair, progress)
     }
 
+    fn amend(&self, opts: &super::CreateOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        Qcow2::amend(self, opts, progress)
+    }
+
     fn size(&self) -> u64 {
         self.size.load(Ordering::Relaxed)
     }
@@ -757,6 +768,7 @@ impl Format for Qcow2 {
 
     fn snapshots(&self) -> Vec<SnapshotInfo> {
         self.snapshots
+            .load()
             .iter()
             .map(|s| SnapshotInfo {
                 id: s.id.clone(),
@@ -769,6 +781,18 @@ impl Format for Qcow2 {
                 icount: s.icount,
             })
             .collect()
+    }
+
+    fn snapshot_create(&self, name: &str, date: (u32, u32)) -> Result<String> {
+        self.w_snapshot_create(name, date)
+    }
+
+    fn snapshot_apply(&self, which: &crate::image::SnapshotRef) -> Result<()> {
+        self.w_snapshot_apply(which).map(|_| ())
+    }
+
+    fn snapshot_delete(&self, which: &crate::image::SnapshotRef) -> Result<()> {
+        self.w_snapshot_delete(which).map(|_| ())
     }
 
     fn persistent_bitmaps(&self) -> Option<Vec<(String, u64)>> {

@@ -40,25 +40,44 @@ struct Block {
 /// The mutable metadata state of a read-write open.
 pub(super) struct Meta {
     /// Refcount table entries (raw), as the table on disk will hold them.
-    rt: Vec<u64>,
-    rt_offset: u64,
-    rt_clusters: u64,
+    pub(super) rt: Vec<u64>,
+    pub(super) rt_offset: u64,
+    pub(super) rt_clusters: u64,
     /// An entry changed since the table was last written.
-    rt_dirty: bool,
+    pub(super) rt_dirty: bool,
     /// The table moved (it grew): the old one, to free once the header
     /// points at the new one.
-    rt_old: Option<(u64, u64)>,
+    pub(super) rt_old: Option<(u64, u64)>,
     blocks: HashMap<u64, Block>,
     block_cap: usize,
     tick: u64,
     /// No cluster below this one is free.
-    hint: u64,
+    pub(super) hint: u64,
     /// L2 tables changed since the last write-back.
-    l2_dirty: HashSet<u64>,
+    pub(super) l2_dirty: HashSet<u64>,
     /// L1 indexes changed since the last write-back.
-    l1_dirty: BTreeSet<u64>,
+    pub(super) l1_dirty: BTreeSet<u64>,
     /// Host clusters to unreference once nothing on disk points at them.
-    frees: Vec<u64>,
+    pub(super) frees: Vec<u64>,
+    /// The snapshot table on disk: offset and length in bytes.
+    pub(super) snap_table: (u64, u64),
+    /// A transaction in progress (see `Shadow`).
+    pub(super) shadow: Option<Shadow>,
+}
+
+/// A refcount structure built beside the committed one, switched to by
+/// one header write (snapshot create and delete): every refcount block the
+/// transaction changes is first copied to a new cluster, the table moves,
+/// and no cluster whose count drops to 0 is reused before the switch (the
+/// committed structure still names it).
+#[derive(Default)]
+pub(super) struct Shadow {
+    /// Blocks made or copied during the transaction: changed in place.
+    pub(super) fresh: HashSet<u64>,
+    /// Committed blocks replaced by copies: freed after the switch.
+    pub(super) replaced: Vec<u64>,
+    /// Clusters whose count reached 0 during the transaction.
+    pub(super) zeroed: HashSet<u64>,
 }
 
 impl Meta {
@@ -76,6 +95,8 @@ impl Meta {
             l2_dirty: HashSet::new(),
             l1_dirty: BTreeSet::new(),
             frees: Vec::new(),
+            snap_table: (0, 0),
+            shadow: None,
         }
     }
 
@@ -157,11 +178,15 @@ impl Qcow2 {
 
     /// Sets the refcount of host cluster `c`, creating its refcount block
     /// (and growing the table) when needed.
-    fn set_refcount(&self, m: &mut Meta, c: u64, value: u64, depth: u32) -> Result<()> {
+    pub(super) fn set_refcount(&self, m: &mut Meta, c: u64, value: u64, depth: u32) -> Result<()> {
         let (ti, bi) = refcount::position(c, self.geo.cluster_bits, self.order());
         let boff = match self.block_offset(m, ti) {
             0 => self.new_block(m, ti, depth)?,
             b => b,
+        };
+        let boff = match &m.shadow {
+            Some(s) if !s.fresh.contains(&boff) => self.copy_block(m, ti, boff, depth)?,
+            _ => boff,
         };
         let order = self.order();
         let b = self.block(m, boff)?;
@@ -172,7 +197,7 @@ impl Qcow2 {
 
     /// Adds `delta` (+1 or -1) to the refcount of cluster `c`; an
     /// underflow or overflow is corruption (or a full counter).
-    fn add_refcount(&self, m: &mut Meta, c: u64, delta: i64) -> Result<u64> {
+    pub(super) fn add_refcount(&self, m: &mut Meta, c: u64, delta: i64) -> Result<u64> {
         let old = self.refcount(m, c)?;
         let new = if delta < 0 {
             old.checked_sub(delta.unsigned_abs())
@@ -187,7 +212,54 @@ impl Qcow2 {
             ))
         })?;
         self.set_refcount(m, c, new, 0)?;
+        if new == 0 {
+            if let Some(s) = &mut m.shadow {
+                s.zeroed.insert(c);
+            }
+        }
         Ok(new)
+    }
+
+    /// Shadow mode: replaces committed block `boff` (table index `ti`) by
+    /// a copy in a new cluster and returns the copy's offset.
+    fn copy_block(&self, m: &mut Meta, ti: u64, boff: u64, depth: u32) -> Result<u64> {
+        if depth > 8 {
+            return Err(Error::Corrupt(
+                "refcount block copies do not converge".into(),
+            ));
+        }
+        let data = self.block(m, boff)?.data.clone();
+        let c = self.find_free(m, 1)?;
+        m.hint = c + 1;
+        let nb = c << self.geo.cluster_bits;
+        self.check_overlap(m, nb, self.cs(), "a refcount block copy")?;
+        m.blocks.remove(&boff);
+        m.tick += 1;
+        m.blocks.insert(
+            nb,
+            Block {
+                data,
+                dirty: true,
+                tick: m.tick,
+            },
+        );
+        m.rt[ti as usize] = nb;
+        m.rt_dirty = true;
+        if let Some(s) = &mut m.shadow {
+            s.fresh.insert(nb);
+            s.replaced.push(boff);
+        }
+        self.set_refcount(m, c, 1, depth + 1)?;
+        Ok(nb)
+    }
+
+    /// Whether cluster `c` may not be allocated: counted, or (during a
+    /// transaction) still named by the committed structure.
+    fn in_use(&self, m: &mut Meta, c: u64) -> Result<bool> {
+        if m.shadow.as_ref().is_some_and(|s| s.zeroed.contains(&c)) {
+            return Ok(true);
+        }
+        Ok(self.refcount(m, c)? != 0)
     }
 
     /// Makes a refcount block for table index `ti` (zeroed, describing
@@ -221,6 +293,9 @@ impl Qcow2 {
         );
         m.rt[ti as usize] = boff;
         m.rt_dirty = true;
+        if let Some(s) = &mut m.shadow {
+            s.fresh.insert(boff);
+        }
         self.set_refcount(m, c, 1, depth + 1)?;
         Ok(boff)
     }
@@ -279,7 +354,7 @@ impl Qcow2 {
     }
 
     /// The first run of `n` free clusters at or after the hint.
-    fn find_free(&self, m: &mut Meta, n: u64) -> Result<u64> {
+    pub(super) fn find_free(&self, m: &mut Meta, n: u64) -> Result<u64> {
         // Past the end of the file only our own unwritten allocations can
         // be in use; a long run of refcounts there is a hostile image, and
         // scanning it would take forever.
@@ -294,7 +369,7 @@ impl Qcow2 {
                     "no free run of {n} host clusters: refcounts are set far past the end of the file (or the image reached 2^56 bytes)"
                 )));
             }
-            if self.refcount(m, c)? != 0 {
+            if self.in_use(m, c)? {
                 start = c + 1;
             }
             c += 1;
@@ -303,7 +378,7 @@ impl Qcow2 {
     }
 
     /// Allocates `n` contiguous clusters with refcount 1.
-    fn alloc_run(&self, m: &mut Meta, n: u64) -> Result<u64> {
+    pub(super) fn alloc_run(&self, m: &mut Meta, n: u64) -> Result<u64> {
         loop {
             let c = self.find_free(m, n)?;
             m.hint = c + n;
@@ -316,7 +391,7 @@ impl Qcow2 {
             }
             let mut free = true;
             for i in 0..n {
-                if self.refcount(m, c + i)? != 0 {
+                if self.in_use(m, c + i)? {
                     free = false;
                     break;
                 }
@@ -335,7 +410,7 @@ impl Qcow2 {
     /// The cheap overlap checks (QEMU's "cached" mode): a cluster about to
     /// be written as data or metadata must not hold the header, the active
     /// L1 table or the refcount table. Finding one marks the image corrupt.
-    fn check_overlap(&self, m: &Meta, off: u64, len: u64, what: &str) -> Result<()> {
+    pub(super) fn check_overlap(&self, m: &Meta, off: u64, len: u64, what: &str) -> Result<()> {
         let cs = self.cs();
         let l1 = (self.l1.load().offset(), self.l1.load().entries() * 8);
         let rt = (m.rt_offset, m.rt_clusters * cs);
@@ -374,7 +449,7 @@ impl Qcow2 {
 
     /// Host clusters of the image file an L2 entry holds a reference to
     /// (none for data in an external data file: it has no refcounts).
-    fn entry_clusters(&self, entry: u64) -> Vec<u64> {
+    pub(super) fn entry_clusters(&self, entry: u64) -> Vec<u64> {
         let cb = self.geo.cluster_bits;
         if self.geo.data_file {
             return Vec::new();
@@ -676,7 +751,7 @@ impl Qcow2 {
         Ok(())
     }
 
-    fn meta(&self) -> Result<std::sync::MutexGuard<'_, Meta>> {
+    pub(super) fn meta(&self) -> Result<std::sync::MutexGuard<'_, Meta>> {
         if self.ro.load(Ordering::SeqCst) {
             return Err(Error::ReadOnly(
                 "the qcow2 image is open read-only (or was marked corrupt)".into(),
@@ -701,7 +776,7 @@ impl Qcow2 {
         self.flush_locked(&mut m)
     }
 
-    fn write_blocks(&self, m: &mut Meta) -> Result<bool> {
+    pub(super) fn write_blocks(&self, m: &mut Meta) -> Result<bool> {
         let mut keys: Vec<u64> = m
             .blocks
             .iter()
@@ -1039,7 +1114,7 @@ impl Qcow2 {
                 pos += super::snapshot::entry_len(&fixed)?;
             }
             add(self.header.snapshots_offset, pos, "the snapshot table")?;
-            for s in &self.snapshots {
+            for s in self.snapshots.load().iter() {
                 l1s.push((s.l1_table_offset, s.l1_size as u64));
             }
         }
@@ -1091,5 +1166,80 @@ impl Qcow2 {
         self.file.flush()?;
         self.incompat.store(flags, Ordering::SeqCst);
         Ok(())
+    }
+}
+
+/// Hooks for `check -r` (`repair.rs`): it finds what to change, these
+/// change it through the write-back machinery, so the caches stay right.
+impl Qcow2 {
+    /// The metadata lock, for a repair that holds it throughout.
+    pub(super) fn repair_meta(&self) -> Result<std::sync::MutexGuard<'_, Meta>> {
+        self.meta()
+    }
+
+    /// Where the refcount table is now (offset, clusters).
+    pub(super) fn rt_location(&self, m: &Meta) -> (u64, u64) {
+        (m.rt_offset, m.rt_clusters)
+    }
+
+    pub(super) fn repair_refcount(&self, m: &mut Meta, c: u64, value: u64) -> Result<()> {
+        self.set_refcount(m, c, value, 0)
+    }
+
+    pub(super) fn repair_l1_entry(&self, m: &mut Meta, i: u64, value: u64) -> Result<()> {
+        self.l1.load().set(i, value)?;
+        m.l1_dirty.insert(i);
+        Ok(())
+    }
+
+    pub(super) fn repair_l2_table(&self, m: &mut Meta, off: u64, table: Vec<u64>) {
+        self.l2_cache.put(off, table.into(), true);
+        m.l2_dirty.insert(off);
+    }
+
+    /// A refcount table the repair wrote (and named in the header) replaces
+    /// the one in memory; cached blocks belong to the old structure.
+    pub(super) fn repair_new_table(&self, m: &mut Meta, rt: Vec<u64>, off: u64, clusters: u64) {
+        m.rt = rt;
+        m.rt_offset = off;
+        m.rt_clusters = clusters;
+        m.rt_dirty = false;
+        m.rt_old = None;
+        m.blocks.clear();
+        m.hint = 0;
+    }
+
+    /// After refcounts dropped: the allocator may look below its hint again.
+    pub(super) fn repair_reset_hint(&self, m: &mut Meta) {
+        m.hint = 0;
+    }
+}
+
+/// Hooks for `amend` (`amend.rs`).
+impl Qcow2 {
+    /// Rewrites the L2 entries of whole clusters `[guest, guest + len)`
+    /// (see `rewrite_entries`) under the metadata lock.
+    pub(super) fn amend_rewrite(
+        &self,
+        guest: u64,
+        len: u64,
+        f: impl FnMut(u64, Entry) -> Option<Entry>,
+    ) -> Result<()> {
+        let mut m = self.meta()?;
+        self.rewrite_entries(&mut m, guest, len, f)?;
+        self.after_change(&mut m)
+    }
+
+    /// A fresh host cluster (refcount 1), for data the caller writes
+    /// before linking it.
+    pub(super) fn amend_alloc(&self) -> Result<u64> {
+        let mut m = self.meta()?;
+        Ok(self.alloc_run(&mut m, 1)? * self.cs())
+    }
+
+    /// Stops writing through this handle (its header in memory is stale
+    /// after an amend changed the image's shape).
+    pub(super) fn amend_done(&self) {
+        self.ro.store(true, Ordering::SeqCst);
     }
 }
