@@ -1388,6 +1388,94 @@ static QemuOptsList cowblk_qcow2_create_opts = {
     }
 };
 
+/* ---- internal snapshots (qcow2; qemu-img snapshot, savevm) ---- */
+
+/*
+ * The library's snapshot calls, made synchronously from the main loop with
+ * the node drained, as QEMU's qcow2 makes its own.
+ */
+static int cowblk_qcow2_snapshot_create(BlockDriverState *bs,
+                                        QEMUSnapshotInfo *sn)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int ret;
+
+    if (sn->vm_state_size) {
+        error_report("%s: snapshots with VM state are not supported",
+                     bs->filename);
+        return -ENOTSUP;
+    }
+    ret = cowblk_snapshot_create(s->img, sn->name);
+    if (ret < 0) {
+        error_report("%s: %s", bs->filename, cowblk_last_error());
+    }
+    return ret;
+}
+
+static int cowblk_qcow2_snapshot_goto(BlockDriverState *bs,
+                                      const char *snapshot_id)
+{
+    BDRVAddCowState *s = bs->opaque;
+    uint64_t len;
+    int ret = cowblk_snapshot_apply(s->img, snapshot_id);
+
+    if (ret < 0) {
+        return ret;
+    }
+    /* the snapshot brings back its own virtual size */
+    ret = cowblk_get_length(s->img, &len);
+    if (ret < 0) {
+        return ret;
+    }
+    bs->total_sectors = DIV_ROUND_UP(len, BDRV_SECTOR_SIZE);
+    return 0;
+}
+
+static int cowblk_qcow2_snapshot_delete(BlockDriverState *bs,
+                                        const char *snapshot_id,
+                                        const char *name, Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int ret = cowblk_snapshot_delete(s->img, snapshot_id, name);
+
+    if (ret < 0) {
+        error_setg(errp, "%s", ret == -ENOENT ? "Can't find the snapshot" :
+                   cowblk_last_error());
+    }
+    return ret;
+}
+
+static int cowblk_qcow2_snapshot_list(BlockDriverState *bs,
+                                      QEMUSnapshotInfo **psn_tab)
+{
+    BDRVAddCowState *s = bs->opaque;
+    QEMUSnapshotInfo *tab;
+    int n = cowblk_snapshot_count(s->img);
+
+    if (n <= 0) {
+        *psn_tab = NULL;
+        return n;
+    }
+    tab = g_new0(QEMUSnapshotInfo, n);
+    for (int i = 0; i < n; i++) {
+        struct cowblk_snapshot c = { .struct_size = sizeof(c) };
+        int ret = cowblk_snapshot_get(s->img, i, &c);
+        if (ret < 0) {
+            g_free(tab);
+            return ret;
+        }
+        pstrcpy(tab[i].id_str, sizeof(tab[i].id_str), c.id);
+        pstrcpy(tab[i].name, sizeof(tab[i].name), c.name);
+        tab[i].vm_state_size = c.vm_state_size;
+        tab[i].date_sec = c.date_sec;
+        tab[i].date_nsec = c.date_nsec;
+        tab[i].vm_clock_nsec = c.vm_clock_nsec;
+        tab[i].icount = c.icount;
+    }
+    *psn_tab = tab;
+    return n;
+}
+
 /* ---- registration ---- */
 
 #define ADD_COW_COMMON_FIELDS                                       \
@@ -1457,6 +1545,10 @@ static BlockDriver bdrv_cowblk_qcow2 = {
     .format_name    = "cowblk-qcow2",
 #endif
     .create_opts    = &cowblk_qcow2_create_opts,
+    .bdrv_snapshot_create = cowblk_qcow2_snapshot_create,
+    .bdrv_snapshot_goto = cowblk_qcow2_snapshot_goto,
+    .bdrv_snapshot_delete = cowblk_qcow2_snapshot_delete,
+    .bdrv_snapshot_list = cowblk_qcow2_snapshot_list,
     ADD_COW_COMMON_FIELDS,
 };
 
