@@ -217,6 +217,17 @@
 #define COWBLK_MAP_ZERO 2
 
 /**
+ * `cowblk_meta_op.op`: set `key` to `value_len` bytes at `value`.
+ */
+#define COWBLK_META_SET 1
+
+/**
+ * `cowblk_meta_op.op`: delete `key` (the batch fails with -ENOENT if it
+ * is absent).
+ */
+#define COWBLK_META_DELETE 2
+
+/**
  * Bytes of `cowblk_snapshot.id` and `.name` (QEMU's own limits; longer
  * ones are cut, always NUL-terminated).
  */
@@ -437,6 +448,25 @@ typedef struct cowblk_driver {
    */
   int (*check)(struct cowblk_image *img, uint32_t fix, struct cowblk_check_result *result);
 } cowblk_driver;
+
+/**
+ * One change of `cowblk_meta_batch`.
+ */
+typedef struct cowblk_meta_op {
+  /**
+   * COWBLK_META_SET or COWBLK_META_DELETE.
+   */
+  uint32_t op;
+  /**
+   * NUL-terminated UTF-8, 1 to 255 bytes.
+   */
+  const char *key;
+  /**
+   * The value's bytes (sets only; may be NULL when `value_len` is 0).
+   */
+  const void *value;
+  size_t value_len;
+} cowblk_meta_op;
 
 /**
  * One internal snapshot. Before the call, zero the struct and set
@@ -914,6 +944,69 @@ int cowblk_truncate_over(struct cowblk_image *img,
                          uint64_t size,
                          bool has_backing,
                          uint64_t backing_len);
+
+/**
+ * Reads the value of `key` into `buf`: copies at most `buf_len` bytes
+ * and stores the value's full length in `*value_len`, so a caller may ask
+ * with `buf_len` 0 (and `buf` NULL) first to learn the size. Reads only
+ * the store's directory and this value. Returns 0, -ENOENT if the key is
+ * absent, -ENOTSUP for formats without metadata (raw), or another
+ * negative errno (-EINVAL for a damaged store, with the rule it breaks).
+ *
+ * # Safety
+ * `img` is a live handle; `key` is NUL-terminated; `buf` has `buf_len`
+ * writable bytes (or `buf_len` is 0); `value_len` is writable.
+ */
+int cowblk_meta_get(struct cowblk_image *img,
+                    const char *key,
+                    void *buf,
+                    size_t buf_len,
+                    uint64_t *value_len);
+
+/**
+ * Sets `key` (NUL-terminated UTF-8, 1 to 255 bytes) to `value_len` bytes
+ * at `value`, replacing any old value, as one crash-safe change. Needs a
+ * read-write handle (-EROFS otherwise). Guest I/O on the same handle may
+ * run meanwhile.
+ *
+ * # Safety
+ * `img` is a live handle; `key` is NUL-terminated; `value` has
+ * `value_len` readable bytes (or `value_len` is 0).
+ */
+int cowblk_meta_set(struct cowblk_image *img, const char *key, const void *value, size_t value_len);
+
+/**
+ * Deletes `key`; -ENOENT if it is absent.
+ *
+ * # Safety
+ * `img` is a live handle; `key` is NUL-terminated.
+ */
+int cowblk_meta_delete(struct cowblk_image *img, const char *key);
+
+/**
+ * Calls `cb(opaque, key, size)` for every key, in bytewise key order,
+ * with the value's size in bytes; `key` is valid only during the call.
+ * Returns 0 after the last key, the callback's value if it returned
+ * non-zero (which stops the listing), or a negative errno (-ENOTSUP for
+ * raw).
+ *
+ * # Safety
+ * `img` is a live handle; `cb` is a valid function.
+ */
+int cowblk_meta_list(struct cowblk_image *img, int (*cb)(void *opaque,
+                                                         const char *key,
+                                                         uint64_t size), void *opaque);
+
+/**
+ * Applies `n` changes in order as one atomic, crash-safe change: after
+ * an error or a power cut the image holds all of them or none. Deleting
+ * an absent key fails the whole batch with -ENOENT.
+ *
+ * # Safety
+ * `img` is a live handle; `ops` has `n` readable entries whose pointers
+ * are valid as `cowblk_meta_op` describes.
+ */
+int cowblk_meta_batch(struct cowblk_image *img, const struct cowblk_meta_op *ops, size_t n);
 
 /**
  * The number of internal snapshots the image holds (0 for formats

@@ -189,6 +189,9 @@ pub struct Image {
     /// format, as in QEMU (a guest could otherwise turn its disk into,
     /// say, a qcow2 image naming host files at the next probing open).
     probed_raw: bool,
+    /// The last metadata directory read, keyed by its store's superblock
+    /// (`meta::api`): repeated `meta_get`s skip re-reading it.
+    pub(crate) meta_dir: crate::meta::api::DirCache,
 }
 
 impl Image {
@@ -359,6 +362,7 @@ impl Image {
             path: path.to_path_buf(),
             closed: AtomicBool::new(false),
             confine: root.map(Path::to_path_buf),
+            meta_dir: Default::default(),
         })
     }
 
@@ -557,7 +561,11 @@ impl Image {
             allocated_bytes: ALLOCATED_UNKNOWN,
             disk_size: self.fmt.disk_size()?,
             read_only: self.read_only(),
-            specific: fi.specific,
+            specific: {
+                let mut f = fi.specific;
+                f.extend(self.meta_info_fields());
+                f
+            },
             dirty: fi.dirty,
             vm_state_offset: fi.vm_state_offset,
         })
@@ -575,13 +583,21 @@ impl Image {
         repair: Repair,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<CheckReport> {
-        if repair != Repair::None {
+        let mut r = if repair != Repair::None {
             self.check_writable()?;
             let _x = self.exclusive();
-            return self.fmt.check(repair, progress);
+            self.fmt.check(repair, progress)?
+        } else {
+            let _s = self.shared();
+            self.fmt.check(repair, progress)?
+        };
+        // A damaged key/value store is reported, never repaired (dropping
+        // it would lose the pairs that still read).
+        if let Some(e) = self.meta_check() {
+            r.corruptions += 1;
+            r.messages.push(format!("ERROR key/value metadata: {e}"));
         }
-        let _s = self.shared();
-        self.fmt.check(repair, progress)
+        Ok(r)
     }
 
     /// Changes format options (`qemu-img amend -o`, see `Format::amend`);

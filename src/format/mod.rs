@@ -254,6 +254,11 @@ pub trait Format: Send + Sync {
     fn warnings(&self) -> Vec<String> {
         Vec::new()
     }
+    /// Where the image keeps its key/value metadata store
+    /// (`crate::meta`); `None` when the format has no place for one.
+    fn meta_store(&self) -> Option<&dyn crate::meta::MetaStore> {
+        None
+    }
     /// Flushes and releases; called once, before drop, on a clean close.
     fn close(&self) -> Result<()> {
         self.flush()

@@ -243,6 +243,19 @@ pub fn check_key(key: &str) -> Result<()> {
 /// store's bytes, superblock first, then the directory, then the values
 /// each at an 8-byte boundary.
 pub fn build(generation: u64, pairs: &[(&str, &[u8])]) -> Result<Vec<u8>> {
+    build_aligned(generation, pairs, 8)
+}
+
+/// `build`, with every value of at least `align` bytes (a power of two,
+/// at least 8) starting at a multiple of `align` in the store, so a format
+/// whose allocation unit is `align` can share such values' units between
+/// stores.
+pub fn build_aligned(generation: u64, pairs: &[(&str, &[u8])], align: u64) -> Result<Vec<u8>> {
+    if !align.is_power_of_two() || align < 8 {
+        return Err(Error::InvalidArgument(format!(
+            "metadata value alignment {align}"
+        )));
+    }
     let mut sorted: Vec<&(&str, &[u8])> = pairs.iter().collect();
     sorted.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     for (i, (k, v)) in sorted.iter().enumerate() {
@@ -265,6 +278,9 @@ pub fn build(generation: u64, pairs: &[(&str, &[u8])]) -> Result<Vec<u8>> {
     let mut dir = Vec::with_capacity(dir_len);
     let mut offsets = Vec::with_capacity(sorted.len());
     for (k, v) in &sorted {
+        if v.len() as u64 >= align {
+            at = at.div_ceil(align) * align;
+        }
         let mut e = vec![0u8; entry_len(k.len())];
         BigEndian::write_u16(&mut e[0..2], k.len() as u16);
         BigEndian::write_u32(&mut e[4..8], crc32c::crc32c(v));
@@ -339,6 +355,16 @@ mod tests {
     }
 
     #[test]
+    fn aligned_builds_put_large_values_on_unit_boundaries() {
+        let big = vec![5u8; 10_000];
+        let b = build_aligned(1, &[("a", b"xy"), ("b", &big), ("c", b"z")], 4096).unwrap();
+        let st = parse_all(&b).unwrap();
+        assert_eq!(st.get("b").unwrap().offset % 4096, 0);
+        assert!(st.get("a").unwrap().offset < 4096);
+        assert!(build_aligned(1, &[], 12).is_err());
+    }
+
+    #[test]
     fn bad_keys_and_duplicates_are_refused() {
         assert!(build(0, &[("", b"x")]).is_err());
         let long = "k".repeat(256);
@@ -395,6 +421,74 @@ mod tests {
             .to_bytes(),
         );
         assert!(err(&b).contains("entries"));
+    }
+
+    /// Replaces the directory of `good` with `dir` (same length), fixing
+    /// both checksums, so only the rule under test is broken.
+    fn with_dir(good: &[u8], f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let sb = Superblock::parse(good).unwrap();
+        let mut dir = good[64..64 + sb.dir_len as usize].to_vec();
+        f(&mut dir);
+        let mut b = good.to_vec();
+        b[64..64 + dir.len()].copy_from_slice(&dir);
+        b[..64].copy_from_slice(
+            &Superblock {
+                dir_crc: crc32c::crc32c(&dir),
+                ..sb
+            }
+            .to_bytes(),
+        );
+        b
+    }
+
+    #[test]
+    fn duplicate_keys_bad_utf8_and_bad_lengths_are_refused() {
+        let good = build(1, &[("aa", b"hello"), ("ab", b"world")]).unwrap();
+        let err = |b: &[u8]| parse_all(b).unwrap_err().to_string();
+        // The second key made equal to the first.
+        let b = with_dir(&good, |d| d[32 + 24 + 1] = b'a');
+        assert!(err(&b).contains("out of order or repeated"), "{}", err(&b));
+        // Keys out of order.
+        let b = with_dir(&good, |d| d[32 + 24 + 1] = b'0');
+        assert!(err(&b).contains("out of order"), "{}", err(&b));
+        // Invalid UTF-8.
+        let b = with_dir(&good, |d| d[24] = 0xff);
+        assert!(err(&b).contains("not UTF-8"), "{}", err(&b));
+        // A key length of 0 and one past the directory.
+        let b = with_dir(&good, |d| BigEndian::write_u16(&mut d[0..2], 0));
+        assert!(err(&b).contains("key of 0 bytes"), "{}", err(&b));
+        let b = with_dir(&good, |d| BigEndian::write_u16(&mut d[32..34], 200));
+        assert!(err(&b).contains("past the directory"), "{}", err(&b));
+        // A value longer than 4 GiB, an unaligned one, one wrapping around.
+        let b = with_dir(&good, |d| BigEndian::write_u64(&mut d[16..24], 1 << 33));
+        assert!(err(&b).contains("at most"), "{}", err(&b));
+        let b = with_dir(&good, |d| BigEndian::write_u64(&mut d[8..16], 81));
+        assert!(err(&b).contains("aligned"), "{}", err(&b));
+        let b = with_dir(&good, |d| {
+            BigEndian::write_u64(&mut d[8..16], u64::MAX - 7);
+            BigEndian::write_u64(&mut d[16..24], 16);
+        });
+        assert!(err(&b).contains("past the store's end"), "{}", err(&b));
+        // A value over the directory.
+        let b = with_dir(&good, |d| BigEndian::write_u64(&mut d[8..16], 64));
+        assert!(err(&b).contains("overlaps"), "{}", err(&b));
+        // A value whose bytes changed.
+        let mut b = good.clone();
+        let last = b.len() - 8;
+        b[last] ^= 1;
+        assert!(err(&b).contains("fails its checksum"), "{}", err(&b));
+        // A store cut short, and a directory past the store's end.
+        assert!(err(&good[..good.len() - 8]).contains("longer than the bytes given"));
+        let sb = Superblock::parse(&good).unwrap();
+        let mut b = good.clone();
+        b[..64].copy_from_slice(
+            &Superblock {
+                store_len: 70,
+                ..sb
+            }
+            .to_bytes(),
+        );
+        assert!(err(&b).contains("past the store's end"), "{}", err(&b));
     }
 
     /// Seed stores for the fuzz target; `COWBLK_META_SEEDS=DIR` also writes

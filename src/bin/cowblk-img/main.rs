@@ -7,6 +7,8 @@ mod amend;
 mod shared;
 mod snapshot;
 
+mod meta;
+
 use cowblk::format::info::{fields_human, fields_json};
 use cowblk::format::{self, CheckReport, OptKind, Repair, SnapshotInfo};
 use cowblk::ops::{self, BenchOptions};
@@ -71,6 +73,7 @@ Commands (run cowblk-img COMMAND --help for command-specific help):
   info - Display information about image
   map - Dump image metadata
   measure - Calculate file size required for a new image
+  meta - List, read and change key/value metadata inside an image
   rebase - Change backing file of the image
   resize - Resize the image to the new size
   snapshot - List, apply, create or delete snapshots in image
@@ -83,6 +86,7 @@ Exit codes are qemu-img's: 0 success, 1 error; check: 2 corruptions,
 
 fn cmd_help(cmd: &str) -> &'static str {
     match cmd {
+        "meta" => meta::HELP,
         "create" => {
             "Create and format a new image file.  Usage:
 
@@ -234,6 +238,7 @@ fn main() {
         "dd" => dd(args),
         "amend" => amend::amend(args),
         "measure" => measure(args),
+        "meta" => meta::meta(args),
         other => Err(Fail {
             usage: Some(""),
             ..fail(format!("Command not found: {other}"))
@@ -341,7 +346,7 @@ fn open(file: &str, fmt: Option<String>, read_only: bool) -> Result<Image, Fail>
 /// on their command line.
 const OPENING: &[&str] = &[
     "info", "map", "check", "convert", "snapshot", "compare", "resize", "commit", "rebase",
-    "bench", "dd",
+    "bench", "dd", "meta",
 ];
 
 /// `--confined` was given: every image opened holds the files it names to
@@ -1115,6 +1120,24 @@ fn convert(args: Vec<OsString>) -> Res {
         ops::convert(&refs, &dst, !no_create, pr)
     })
     .map_err(lib)?;
+    // qemu-img convert does not carry internal snapshots (where qcow2
+    // keeps metadata): cowblk copies the metadata itself, and says so.
+    if let [src] = &refs[..] {
+        if dst.meta_supported() {
+            let n = src.meta_copy_to(&dst).map_err(lib)?;
+            if n > 0 && !quiet {
+                eprintln!("{PROG}: copied {n} metadata key(s) from '{}'", files[0]);
+            }
+        } else if src.meta_supported() {
+            let n = src.meta_list().map_err(lib)?.len();
+            if n > 0 {
+                eprintln!(
+                    "{PROG}: warning: {n} metadata key(s) not copied: {} cannot hold metadata",
+                    dst.format_name()
+                );
+            }
+        }
+    }
     dst.close().map_err(lib)?;
     Ok(0)
 }

@@ -23,7 +23,14 @@ const OFF_INCOMPAT: usize = 2072;
 const OFF_COMPAT: usize = 2080;
 const OFF_AUTOCLEAR: usize = 2088;
 const OFF_BACKING_FMT: usize = 2096;
-const END_DEFINED: usize = OFF_BACKING_FMT + BACKING_FMT_LEN;
+const OFF_STORE_OFFSET: usize = 2112;
+const OFF_STORE_LEN: usize = 2120;
+const OFF_STORE_CRC: usize = 2128;
+const END_DEFINED: usize = OFF_STORE_CRC + 4;
+
+/// Compatible feature bit: the header's store fields name a key/value
+/// metadata store (docs/specs/metadata.txt).
+pub const COMPAT_METADATA: u64 = 1;
 
 /// Incompatible feature bits this version understands (none yet).
 pub const INCOMPAT_KNOWN: u64 = 0;
@@ -48,6 +55,19 @@ pub struct Header {
     pub compat: u64,
     pub autoclear: u64,
     pub backing_fmt: String,
+    /// The metadata store (offset, length, CRC-32C of its superblock),
+    /// present exactly when `compat` has `COMPAT_METADATA`.
+    pub store: Option<StoreRef>,
+}
+
+/// Where the metadata store lies in the add-cow file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreRef {
+    pub offset: u64,
+    pub len: u64,
+    /// CRC-32C of the store's 64-byte superblock: the header names the
+    /// store it was written with, not whatever lies there now.
+    pub crc: u32,
 }
 
 fn read_name(buf: &[u8], what: &str) -> Result<String> {
@@ -144,13 +164,36 @@ impl Header {
             &buf[OFF_BACKING_FMT..OFF_BACKING_FMT + BACKING_FMT_LEN],
             "backing format",
         )?;
+        let compat = BigEndian::read_u64(&buf[OFF_COMPAT..]);
+        // Without the bit these bytes are reserved, whatever they hold.
+        let store = if compat & COMPAT_METADATA != 0 {
+            let r = StoreRef {
+                offset: BigEndian::read_u64(&buf[OFF_STORE_OFFSET..]),
+                len: BigEndian::read_u64(&buf[OFF_STORE_LEN..]),
+                crc: BigEndian::read_u32(&buf[OFF_STORE_CRC..]),
+            };
+            if r.offset < HEADER_SIZE
+                || !r.offset.is_multiple_of(512)
+                || r.len < 64
+                || r.offset.checked_add(r.len).is_none_or(|e| e > MAX_SIZE)
+            {
+                return Err(Error::Corrupt(format!(
+                    "add-cow metadata store of {} bytes at offset {}: the store must be at least 64 bytes at a 512-byte aligned offset past the header",
+                    r.len, r.offset
+                )));
+            }
+            Some(r)
+        } else {
+            None
+        };
         Ok(Header {
+            store,
             backing_file,
             image_file,
             size,
             cluster_bits,
             incompat,
-            compat: BigEndian::read_u64(&buf[OFF_COMPAT..]),
+            compat,
             // Autoclear bits we do not know are cleared on the next write.
             autoclear: BigEndian::read_u64(&buf[OFF_AUTOCLEAR..]),
             backing_fmt,
@@ -180,7 +223,14 @@ impl Header {
         BigEndian::write_u64(&mut buf[OFF_SIZE..], self.size);
         BigEndian::write_u32(&mut buf[OFF_CLUSTER_BITS..], self.cluster_bits);
         BigEndian::write_u64(&mut buf[OFF_INCOMPAT..], self.incompat);
-        BigEndian::write_u64(&mut buf[OFF_COMPAT..], self.compat);
+        let mut compat = self.compat & !COMPAT_METADATA;
+        if let Some(r) = self.store {
+            compat |= COMPAT_METADATA;
+            BigEndian::write_u64(&mut buf[OFF_STORE_OFFSET..], r.offset);
+            BigEndian::write_u64(&mut buf[OFF_STORE_LEN..], r.len);
+            BigEndian::write_u32(&mut buf[OFF_STORE_CRC..], r.crc);
+        }
+        BigEndian::write_u64(&mut buf[OFF_COMPAT..], compat);
         BigEndian::write_u64(&mut buf[OFF_AUTOCLEAR..], self.autoclear & AUTOCLEAR_KNOWN);
         write_name(
             &mut buf[OFF_BACKING_FMT..OFF_BACKING_FMT + BACKING_FMT_LEN],
@@ -217,6 +267,7 @@ mod tests {
             compat: 0,
             autoclear: 0,
             backing_fmt: "qcow2".into(),
+            store: None,
         }
     }
 
@@ -280,6 +331,38 @@ mod tests {
         let sec = h.size_sector().unwrap();
         assert_eq!(sec, h.serialize().unwrap()[SIZE_SECTOR..]);
         assert_eq!(BigEndian::read_u64(&sec[OFF_SIZE - SIZE_SECTOR..]), 1 << 30);
+    }
+
+    #[test]
+    fn store_fields_round_trip_and_hostile_ones_are_refused() {
+        let mut h = sample();
+        h.store = Some(StoreRef {
+            offset: 8192,
+            len: 100,
+            crc: 0xdead_beef,
+        });
+        let b = h.serialize().unwrap();
+        let mut want = h.clone();
+        want.compat |= COMPAT_METADATA;
+        assert_eq!(Header::parse(&b).unwrap(), want);
+        // The fields share the size's sector: one write switches stores.
+        const { assert!(SIZE_SECTOR <= OFF_COMPAT && END_DEFINED <= HEADER_SIZE as usize) };
+        for (off, len) in [
+            (8193u64, 100u64),
+            (512, 100),
+            (8192, 10),
+            (u64::MAX - 511, 1000),
+        ] {
+            let mut b = b.clone();
+            BigEndian::write_u64(&mut b[OFF_STORE_OFFSET..], off);
+            BigEndian::write_u64(&mut b[OFF_STORE_LEN..], len);
+            let e = Header::parse(&b).unwrap_err().to_string();
+            assert!(e.contains("metadata store"), "{e}");
+        }
+        // Without the bit the fields are reserved and ignored.
+        let mut b = sample().serialize().unwrap();
+        b[OFF_STORE_OFFSET] = 0xff;
+        assert_eq!(Header::parse(&b).unwrap().store, None);
     }
 
     #[test]

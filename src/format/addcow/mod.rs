@@ -3,6 +3,7 @@
 
 pub mod bitmap;
 pub mod header;
+mod metadata;
 
 use super::{
     options, resolve_relative, BackingSpec, CheckReport, CreateCtx, Driver, Extent, Format,
@@ -14,7 +15,7 @@ use bitmap::Bitmap;
 use header::{Header, HEADER_SIZE, MAX_SIZE};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 /// Default cluster size: the largest that keeps 4 KiB first writes free of
 /// copy-on-write (docs/specs/add-cow.txt, "Choosing a cluster size").
@@ -73,6 +74,9 @@ struct AddCow {
     bitmap: Bitmap,
     read_only: bool,
     path: PathBuf,
+    /// Held shared while store bytes are read, exclusive while the store
+    /// moves (`metadata.rs`).
+    meta_lock: RwLock<()>,
 }
 
 fn create(ctx: &CreateCtx) -> Result<()> {
@@ -119,6 +123,7 @@ fn create(ctx: &CreateCtx) -> Result<()> {
         compat: 0,
         autoclear: 0,
         backing_fmt: backing_fmt.into(),
+        store: None,
     };
     let bytes = hdr.serialize()?;
     let st = ctx.storage;
@@ -222,6 +227,7 @@ fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
             "add-cow file is truncated: the bitmap needs {need} bytes, the file has {flen}"
         )));
     }
+    AddCow::check_store_at_open(&hdr, need, flen)?;
     let backing = (!hdr.backing_file.is_empty()).then(|| BackingSpec {
         name: hdr.backing_file.clone(),
         path: resolve_relative(ctx.path, &hdr.backing_file),
@@ -250,6 +256,7 @@ fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
         size: AtomicU64::new(size),
         read_only: ctx.read_only,
         path: ctx.path.to_path_buf(),
+        meta_lock: RwLock::new(()),
     }))
 }
 
@@ -321,8 +328,17 @@ impl AddCow {
         //    Every new bit is written explicitly: the file may hold bits left
         //    by a shrink that was cut short.
         let clusters = new.div_ceil(cs);
-        self.meta
-            .set_len(HEADER_SIZE + Header::bitmap_len(new, self.cluster_bits))?;
+        let bitmap_end = HEADER_SIZE + Header::bitmap_len(new, self.cluster_bits);
+        if let Some(r) = self.store_ref() {
+            if bitmap_end > r.offset {
+                // The bitmap would reach the store: move the store first
+                // (its own crash-safe change; the old size stays visible).
+                let mut bytes = vec![0u8; r.len as usize];
+                self.meta.read_at(&mut bytes, r.offset)?;
+                self.place_store(Some(&bytes), bitmap_end)?;
+            }
+        }
+        self.meta.set_len(self.needed_len(new))?;
         self.bitmap.file_changed();
         self.bitmap.resize(clusters)?;
         if let Some(b) = own_last {
@@ -349,8 +365,7 @@ impl AddCow {
         self.size.store(new, Ordering::Release);
         self.bitmap.resize(new.div_ceil(self.cs()))?;
         self.bitmap.write_back()?;
-        self.meta
-            .set_len(HEADER_SIZE + Header::bitmap_len(new, self.cluster_bits))?;
+        self.meta.set_len(self.needed_len(new))?;
         self.meta.flush()?;
         self.image.set_len(new)?;
         self.image.flush()
@@ -509,7 +524,8 @@ impl Format for AddCow {
         }
         let size = self.size();
         let clusters = size.div_ceil(self.cs());
-        let need = HEADER_SIZE + Header::bitmap_len(size, self.cluster_bits);
+        // The store, when there is one, lies past the bitmap and is kept.
+        let need = self.needed_len(size);
         let (allocated, stray) = self.bitmap.scan(progress)?;
         let mut r = CheckReport {
             total_clusters: Some(clusters),
@@ -535,7 +551,7 @@ impl Format for AddCow {
         if meta_len > need {
             r.leaks += 1;
             r.messages.push(format!(
-                "Leaked bytes: the add-cow file is {meta_len} bytes, its bitmap ends at {need}"
+                "Leaked bytes: the add-cow file is {meta_len} bytes, its bitmap (and metadata store) end at {need}"
             ));
             if repair != Repair::None {
                 self.meta.set_len(need)?;
@@ -597,5 +613,9 @@ impl Format for AddCow {
 
     fn disk_size(&self) -> Result<u64> {
         Ok(self.meta.allocated_size()? + self.image.allocated_size()?)
+    }
+
+    fn meta_store(&self) -> Option<&dyn crate::meta::MetaStore> {
+        Some(self)
     }
 }

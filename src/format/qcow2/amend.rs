@@ -357,7 +357,14 @@ impl Qcow2 {
     fn new_refcount_width(&self, order: u32) -> Result<(u64, u64)> {
         let m = self.repair_meta()?;
         let loc = self.rt_location(&m);
-        let mut c = check::count(self, Repair::None, loc, None, &mut |_, _| {})?;
+        let mut c = check::count(
+            self,
+            Repair::None,
+            loc,
+            m.snap_table.0,
+            None,
+            &mut |_, _| {},
+        )?;
         let mut st = Stored::load(self, loc)?;
         check::compare(&mut c, Repair::None, &mut st, None)?;
         if c.r.corruptions + c.r.leaks + c.r.check_errors > 0 || c.rebuild {

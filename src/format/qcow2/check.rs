@@ -445,7 +445,14 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
     }
     // Where the table is on disk now (a snapshot operation moves it).
     let loc = q.refcount_table_on_disk();
-    let mut c = count(q, Repair::None, loc, None, progress)?;
+    let mut c = count(
+        q,
+        Repair::None,
+        loc,
+        q.snapshot_table_offset(),
+        None,
+        progress,
+    )?;
     let mut stored = Stored::load(q, loc)?;
     let highest = compare(&mut c, Repair::None, &mut stored, None)?;
     progress(3, 4);
@@ -475,13 +482,16 @@ pub(super) fn finish(c: Ctx, highest: Option<u64>) -> CheckReport {
 }
 
 /// QEMU's calculate_refcounts: the refcount every cluster should have,
-/// from every reference, with the refcount table at `loc`; the checks of
+/// from every reference, with the refcount table at `loc` and the snapshot
+/// table at `snap_off` (callers holding the write lock pass what it
+/// knows: asking for it here would lock it again); the checks of
 /// the refcount table's entries (with `fix`, a block past the end of the
 /// file grows the file).
 pub(super) fn count<'a>(
     q: &'a Qcow2,
     fix: Repair,
     loc: (u64, u64),
+    snap_off: u64,
     mut fixer: Option<&mut dyn Fixer>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Ctx<'a>> {
@@ -552,7 +562,7 @@ pub(super) fn count<'a>(
         c.l1(s.l1_table_offset, s.l1_size as u64, false)?;
     }
     if !snapshots.is_empty() {
-        c.inc(q.snapshot_table_offset(), snap_bytes);
+        c.inc(snap_off, snap_bytes);
     }
     // Refcount table.
     let rt_entries = loc.1 << (cb - 3);

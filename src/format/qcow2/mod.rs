@@ -27,6 +27,7 @@ pub mod compress;
 pub mod create;
 pub mod features;
 pub mod header;
+mod kv;
 pub mod l1;
 pub mod l2;
 mod nb;
@@ -141,6 +142,9 @@ pub struct Qcow2 {
     /// A length the image file is known to have reached (it never shrinks
     /// while open), so `check_in_file` rarely asks the file.
     known_len: AtomicU64,
+    /// Readers of the metadata store hold it shared, a change exclusive
+    /// (`kv.rs`).
+    kv_lock: std::sync::RwLock<()>,
 }
 
 fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
@@ -266,6 +270,7 @@ impl Qcow2 {
             ro: AtomicBool::new(ctx.read_only),
             incompat,
             known_len: AtomicU64::new(file_len),
+            kv_lock: std::sync::RwLock::new(()),
         };
         if !ctx.read_only {
             q.open_for_writing(ctx.cache_size, ctx.repair)?;
@@ -764,6 +769,10 @@ impl Format for Qcow2 {
         *self
             .prealloc
             .get_or_init(|| self.detect_prealloc().unwrap_or(false))
+    }
+
+    fn meta_store(&self) -> Option<&dyn crate::meta::MetaStore> {
+        Some(self)
     }
 
     fn snapshots(&self) -> Vec<SnapshotInfo> {

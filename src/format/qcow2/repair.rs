@@ -105,7 +105,8 @@ pub(super) fn run(
     let mut guard = q.repair_meta()?;
     let m: &mut Meta = &mut guard;
     let mut loc = q.rt_location(m);
-    let mut first = check::count(q, fix, loc, Some(&mut MetaFixer { q, m }), progress)?;
+    let so = m.snap_table.0;
+    let mut first = check::count(q, fix, loc, so, Some(&mut MetaFixer { q, m }), progress)?;
     zero_entries(q, &first.zero_fixes)?;
     let pre = Counts::of(&first.r);
     let mut stored = Stored::load(q, loc)?;
@@ -116,7 +117,7 @@ pub(super) fn run(
         let old = Counts::of(&first.r);
         loc = rebuild(q, m, &first.refs)?;
         // The references are counted again against the new structure.
-        let mut again = check::count(q, Repair::None, loc, None, &mut |_, _| {})?;
+        let mut again = check::count(q, Repair::None, loc, m.snap_table.0, None, &mut |_, _| {})?;
         take_messages(&mut first, &mut again);
         first.r.corruptions = again.r.corruptions;
         first.r.leaks = again.r.leaks;
@@ -230,7 +231,7 @@ fn finish(q: &Qcow2, m: &mut Meta, first: Ctx, highest: Option<u64>) -> Result<C
         return Ok(r);
     }
     let loc = q.rt_location(m);
-    let mut c = check::count(q, Repair::None, loc, None, &mut |_, _| {})?;
+    let mut c = check::count(q, Repair::None, loc, m.snap_table.0, None, &mut |_, _| {})?;
     let mut st = Stored::load(q, loc)?;
     let h = check::compare(&mut c, Repair::None, &mut st, None)?;
     check::copied_flags(&mut c, &mut st, Repair::None, None)?;
