@@ -201,12 +201,22 @@ fuzz:
 
 # --- QEMU: a patched QEMU 7.2 running add-cow through the library (owner: qemu) ---
 # See docs/QEMU.md. Needs root (apt) and network for the first run.
-.PHONY: qemu qemu-test
+# qemu-libqcow2: the second configuration (build/qemu/build-libqcow2), the
+# library's qcow2 registered as "qcow2" and QEMU's not built, for QEMU's own
+# qcow2 iotests (qemu-iotests-qcow2 runs all of them; qemu-test the list
+# that passes).
+.PHONY: qemu qemu-test qemu-libqcow2 qemu-iotests-qcow2
 qemu:
 	scripts/qemu-build.sh
 
-qemu-test: qemu
+qemu-libqcow2: qemu
+	COWBLK_AS_QCOW2=1 COWBLK_SKIP_INSTALL=1 scripts/qemu-build.sh
+
+qemu-test: qemu qemu-libqcow2
 	scripts/qemu-test.sh
+
+qemu-iotests-qcow2: qemu-libqcow2
+	scripts/qemu-iotests-qcow2.sh
 
 clean:
 	$(CARGO) clean

@@ -930,6 +930,22 @@ int cowblk_map_nb(struct cowblk_image *img,
                   uint32_t *kind);
 
 /**
+ * `cowblk_truncate` for a handle opened with COWBLK_OPEN_CALLER_BACKING:
+ * `backing_len` is the length of the backing layer the caller manages
+ * (`has_backing` false: it has none). Grown space that layer would show
+ * (below `backing_len`) is made to read zeros; the rest stays unallocated,
+ * as QEMU's formats leave it (plain `cowblk_truncate` in that mode must
+ * assume an endless backing layer). QEMU's BDRV_REQ_ZERO_WRITE case.
+ *
+ * # Safety
+ * `img` is a live handle.
+ */
+int cowblk_truncate_over(struct cowblk_image *img,
+                         uint64_t size,
+                         bool has_backing,
+                         uint64_t backing_len);
+
+/**
  * Reads the value of `key` into `buf`: copies at most `buf_len` bytes
  * and stores the value's full length in `*value_len`, so a caller may ask
  * with `buf_len` 0 (and `buf` NULL) first to learn the size. Reads only

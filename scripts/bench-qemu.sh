@@ -36,9 +36,9 @@ mk() {   # fmt file
 }
 mk add-cow empty.add-cow
 mk qcow2 empty.qcow2
-# Fully allocated overlays (allocated reads, rewrites). The library's qcow2
-# cannot write yet in every build, so its image is written by QEMU's qcow2:
-# the same file format, read by the two drivers.
+# Fully allocated overlays (allocated reads, rewrites). The qcow2 one is
+# written by QEMU's qcow2 and then read and rewritten by both drivers: the
+# same file, so the same layout.
 mk add-cow full.add-cow
 mk qcow2 full.qcow2
 "$IO" -f add-cow -c "write -P 0x33 0 $SIZE" full.add-cow >/dev/null
@@ -97,4 +97,8 @@ for d in $DEPTHS; do
     fi
     row "add-cow first writes (1 in 16 COW)" add-cow fresh.add-cow fresh.qcow2 "$d" fresh-write
     row "add-cow rewrites" add-cow full.add-cow full.qcow2 "$d" write
+    if [ "$have_lib_qcow2" -gt 0 ]; then
+        row "cowblk-qcow2 first writes (1 in 16 COW)" cowblk-qcow2 fresh-lib.qcow2 fresh.qcow2 "$d" fresh-write
+        row "cowblk-qcow2 rewrites" cowblk-qcow2 full.qcow2 full.qcow2 "$d" write
+    fi
 done

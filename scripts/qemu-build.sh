@@ -9,6 +9,11 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=$ROOT/build
 SRC=$BUILD/qemu                    # unpacked QEMU 7.2 source tree
 OBJ=$SRC/build-cowblk              # QEMU build directory
+# COWBLK_AS_QCOW2=1: the second configuration, in its own build directory:
+# the library's qcow2 registered as "qcow2", QEMU's own qcow2 not built
+# (patch 0005, meson option cowblk_qcow2), for qemu-iotests -qcow2.
+AS_QCOW2=${COWBLK_AS_QCOW2:-0}
+[ "$AS_QCOW2" = 1 ] && OBJ=$SRC/build-libqcow2
 PREFIX=${COWBLK_PREFIX:-$BUILD/qemu-prefix}  # not build/prefix: make ctest wipes that one
 JOBS=${JOBS:-2}
 # QEMU_VERSION=1:7.2+dfsg-7+deb12u18 pins a Debian revision; by default the
@@ -102,6 +107,10 @@ if [ ! -e "$OBJ/build.ninja" ]; then
     (cd "$OBJ" && ../configure --target-list= --disable-system --disable-user \
         --enable-tools --disable-docs --disable-werror --disable-install-blobs \
         --meson=meson --extra-ldflags="-Wl,-rpath,$PREFIX/lib")
+fi
+if [ "$AS_QCOW2" = 1 ] && [ ! -e "$OBJ/.cowblk-as-qcow2" ]; then
+    meson configure "$OBJ" -Dcowblk_qcow2=true >/dev/null
+    touch "$OBJ/.cowblk-as-qcow2"
 fi
 # meson keeps the pkg-config path of the first configure; keep it pointing
 # at our prefix (a later PREFIX, or a tree configured before the library).

@@ -357,8 +357,12 @@ impl Image {
         if !head.is_empty() {
             self.read_with(&IoVec::from_mut(&mut head), cstart, over, true)?;
         }
-        if !tail.is_empty() {
-            self.read_with(&IoVec::from_mut(&mut tail), wend, over, true)?;
+        // A run may end past the virtual size (the last cluster of an
+        // image whose size is not a whole number of clusters): the bytes
+        // past the end stay zeros, nobody reads them.
+        let inside = size.saturating_sub(wend).min(tail.len() as u64) as usize;
+        if inside > 0 {
+            self.read_with(&IoVec::from_mut(&mut tail[..inside]), wend, over, true)?;
         }
         let data = self.fmt.data_file();
         match payload {
@@ -396,15 +400,26 @@ impl Image {
     /// Changes the virtual size. Grown space reads as zeros, never as
     /// backing data.
     pub fn truncate(&self, size: u64) -> Result<()> {
+        self.truncate_with(size, None)
+    }
+
+    /// `truncate` for a host that manages the backing layer itself:
+    /// `backing_len` is that layer's length (None: there is none), so only
+    /// grown space it would show is made to read zeros.
+    pub fn truncate_over(&self, size: u64, backing_len: Option<u64>) -> Result<()> {
+        self.truncate_with(size, Some(backing_len))
+    }
+
+    fn truncate_with(&self, size: u64, over: Option<Option<u64>>) -> Result<()> {
         self.check_writable()?;
         // Waits for running requests; new ones wait for the resize.
         let _x = self.exclusive();
-        if size > self.size() {
+        if size > self.size() && over.is_none() {
             // Which grown clusters must be owned (so that they read zeros)
             // depends on the backing file's length.
             self.refuse_without_backing(&format!("growing to {size} bytes"))?;
         }
-        let backing_len = self.backing().map(|b| b.size());
+        let backing_len = over.unwrap_or_else(|| self.backing().map(|b| b.size()));
         let old = |iov: &IoVec, off: u64| self.read_with(iov, off, None, true);
         self.fmt.truncate(size, backing_len, &old)
     }

@@ -410,13 +410,22 @@ fn cli_messages_and_refusals() {
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("key/value metadata"));
     // In use by a writer: refused as qemu-img refuses.
-    let mut child = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "sleep 60000", ps])
-        .spawn()
-        .unwrap();
+    let writer = || {
+        Command::new("qemu-io")
+            .args(["-f", "qcow2", "-c", "sleep 60000", ps])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut child = writer();
     // Wait until QEMU holds its lock (qemu-img itself is then refused).
+    // The probe holds the lock for a moment too: a qemu-io started in that
+    // moment is refused and exits, so it is started again.
     let mut locked = false;
     for _ in 0..200 {
+        if child.try_wait().unwrap().is_some() {
+            child = writer();
+        }
         if !run("qemu-img", &["snapshot", "-c", "probe", ps])
             .status
             .success()

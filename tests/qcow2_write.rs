@@ -167,9 +167,12 @@ fn workload(
                 } else {
                     (off + len) / cs * cs
                 };
-                for i in start..end.max(start) {
-                    let i = i as usize;
-                    model[i] = if v3 { 0 } else { under.byte(i) };
+                // v2 cannot zero over a backing file: discard keeps the
+                // data there (as QEMU's qcow2); without one it reads zeros.
+                if v3 || under.backing.is_none() {
+                    for i in start..end.max(start) {
+                        model[i as usize] = 0;
+                    }
                 }
             }
             _ => img.flush().unwrap(),
@@ -312,7 +315,7 @@ fn clusters_2m_lazy_refcounts_backing() {
 }
 
 #[test]
-fn v2_with_backing_discard_reads_backing() {
+fn v2_with_backing_discard_keeps_data() {
     round(
         "v2b",
         "compat=0.10,cluster_size=4096",

@@ -154,10 +154,22 @@ static int add_cow_open_lib(BlockDriverState *bs, int flags,
     if (!file) {
         return -ENOTSUP;
     }
+    g_autofree char *path = g_strdup(file->filename);
+
     if (!(flags & BDRV_O_RDWR)) {
         oflags |= COWBLK_OPEN_RDONLY;
     }
-    ret = cowblk_open(file->filename, lib_format_of(bs), oflags, 0, out);
+    /*
+     * A -snapshot overlay: file-posix unlinked the file as soon as it had
+     * opened it (BDRV_O_TEMPORARY), so open its descriptor (the first
+     * member of QEMU 7.2's BDRVRawState) through /proc.
+     */
+    if ((file->open_flags & BDRV_O_TEMPORARY) &&
+        !strcmp(file->drv->format_name, "file") && access(path, F_OK) < 0) {
+        g_free(path);
+        path = g_strdup_printf("/proc/self/fd/%d", *(int *)file->opaque);
+    }
+    ret = cowblk_open(path, lib_format_of(bs), oflags, 0, out);
     if (ret < 0) {
         error_setg(errp, "%s", cowblk_last_error());
     }
@@ -676,7 +688,10 @@ typedef struct AddCowSimpleTask {
     char err[ADD_COW_ERR_LEN];
 } AddCowSimpleTask;
 
-enum { OP_FLUSH, OP_TRUNCATE, OP_STATUS, OP_ZEROES };
+/* OP_TRUNCATE_OVER: b is the backing file's length, zflags 1 if there is one */
+enum {
+    OP_FLUSH, OP_TRUNCATE, OP_TRUNCATE_OVER, OP_STATUS, OP_ZEROES, OP_DISCARD
+};
 
 static int add_cow_simple_worker(void *opaque)
 {
@@ -689,6 +704,12 @@ static int add_cow_simple_worker(void *opaque)
         break;
     case OP_TRUNCATE:
         ret = cowblk_truncate(t->img, t->a);
+        break;
+    case OP_TRUNCATE_OVER:
+        ret = cowblk_truncate_over(t->img, t->a, t->zflags, t->b);
+        break;
+    case OP_DISCARD:
+        ret = cowblk_discard(t->img, t->a, t->b);
         break;
     case OP_STATUS:
         ret = t->status = cowblk_block_status(t->img, t->a, t->b, &t->pnum,
@@ -732,6 +753,27 @@ static int coroutine_fn add_cow_co_pwrite_zeroes(BlockDriverState *bs,
 
     if (ret < 0 && ret != -ENOTSUP) {
         error_report("%s: write zeroes failed: %s", bs->filename, t.err);
+    }
+    return ret;
+}
+
+/*
+ * Discard: the library drops whole clusters only, and only where reads keep
+ * their meaning for the format (qcow2: the zero flag in v3, the backing
+ * file again in v2, as QEMU's qcow2; add-cow with a backing file keeps
+ * everything).
+ */
+static int coroutine_fn add_cow_co_pdiscard(BlockDriverState *bs,
+                                            int64_t offset, int64_t bytes)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowSimpleTask t = {
+        .img = s->img, .op = OP_DISCARD, .a = offset, .b = bytes,
+    };
+    int ret = add_cow_submit(bs, add_cow_simple_worker, &t);
+
+    if (ret < 0) {
+        error_report("%s: discard failed: %s", bs->filename, t.err);
     }
     return ret;
 }
@@ -804,12 +846,31 @@ static int coroutine_fn add_cow_co_truncate(BlockDriverState *bs,
      * bytes below the end, which the library cannot read in that mode, so
      * rewrite them first: that allocates the cluster with its contents.
      */
-    ret = add_cow_own_last_cluster(bs, offset);
-    if (ret < 0) {
-        error_setg_errno(errp, -ret, "Could not copy the last cluster");
-        return ret;
+    if (strcmp(s->lib_format, "add-cow")) {
+        /*
+         * qcow2: the library zeroes the last cluster's tail itself and
+         * learns how far our backing file reaches, so grown space it does
+         * not cover stays unallocated (as in QEMU's qcow2).
+         */
+        t.op = OP_TRUNCATE_OVER;
+        if (bs->backing) {
+            int64_t blen = bdrv_getlength(bs->backing->bs);
+            if (blen < 0) {
+                error_setg_errno(errp, -blen, "Could not get the backing "
+                                 "file's length");
+                return blen;
+            }
+            t.b = blen;
+            t.zflags = 1;
+        }
+    } else {
+        ret = add_cow_own_last_cluster(bs, offset);
+        if (ret < 0) {
+            error_setg_errno(errp, -ret, "Could not copy the last cluster");
+            return ret;
+        }
+        t.op = OP_TRUNCATE;
     }
-    t.op = OP_TRUNCATE;
     ret = add_cow_submit(bs, add_cow_simple_worker, &t);
     if (ret < 0) {
         error_setg_errno(errp, -ret, "%s", t.err);
@@ -853,8 +914,22 @@ static int coroutine_fn add_cow_co_block_status(BlockDriverState *bs,
         return 0;
     }
     /*
-     * The data lives in the raw image file, which the library opened and
-     * QEMU has no node for: no OFFSET_VALID, so nobody reads around us.
+     * qcow2 without an external data file keeps its data in bs->file: the
+     * host offset is valid there, as QEMU's qcow2 reports it (qemu-img
+     * map shows it, the block layer may look for holes under it).
+     */
+    if (!s->image_file && (t.status & COWBLK_BLOCK_OFFSET_VALID) &&
+        !strcmp(s->lib_format, "qcow2")) {
+        *map = t.map;
+        *file = bs->file->bs;
+        return BDRV_BLOCK_OFFSET_VALID |
+               ((t.status & COWBLK_BLOCK_ZERO) ? BDRV_BLOCK_ZERO : 0) |
+               ((t.status & COWBLK_BLOCK_DATA) ? BDRV_BLOCK_DATA : 0);
+    }
+    /*
+     * Otherwise the data lives in a file the library opened and QEMU has
+     * no node for (add-cow's image file, a qcow2 data file): no
+     * OFFSET_VALID, so nobody reads around us.
      */
     return (t.status & COWBLK_BLOCK_ZERO) ? BDRV_BLOCK_ZERO : BDRV_BLOCK_DATA;
 }
@@ -921,13 +996,103 @@ static int64_t add_cow_get_allocated_file_size(BlockDriverState *bs)
     return t.ret;
 }
 
+/* A big-endian field of the qcow2 header in buf (len bytes), or 0. */
+static uint64_t qcow2_field(const uint8_t *buf, size_t len, size_t off,
+                            int bytes)
+{
+    uint64_t v = 0;
+
+    if (off + bytes > len) {
+        return 0;
+    }
+    for (int i = 0; i < bytes; i++) {
+        v = v << 8 | buf[off + i];
+    }
+    return v;
+}
+
+/*
+ * What qemu-img info shows under "Format specific information" for qcow2,
+ * read from the header (the first 4 KiB) through bs->file: the feature
+ * bits, the refcount width, the compression type and the external data
+ * file's name (header extension 0x44415441).  Nothing is validated beyond
+ * staying inside the buffer: the library validated the header at open.
+ */
+static ImageInfoSpecific *cowblk_qcow2_specific_info(BlockDriverState *bs,
+                                                     Error **errp)
+{
+    enum { HDR = 4096 };
+    g_autofree uint8_t *h = g_malloc0(HDR);
+    ImageInfoSpecific *spec;
+    ImageInfoSpecificQCow2 *q;
+    uint64_t version, incompat, compat, autoclear, hlen, ext;
+    int ret = bdrv_pread(bs->file, 0, HDR, h, 0);
+
+    if (ret < 0 && bdrv_getlength(bs->file->bs) >= 72) {
+        /* a short file: read what there is */
+        ret = bdrv_pread(bs->file, 0, 72, h, 0);
+    }
+    if (ret < 0) {
+        error_setg_errno(errp, -ret, "Could not read the qcow2 header");
+        return NULL;
+    }
+    version = qcow2_field(h, HDR, 4, 4);
+    spec = g_new0(ImageInfoSpecific, 1);
+    spec->type = IMAGE_INFO_SPECIFIC_KIND_QCOW2;
+    q = spec->u.qcow2.data = g_new0(ImageInfoSpecificQCow2, 1);
+    if (version < 3) {
+        q->compat = g_strdup("0.10");
+        q->refcount_bits = 16;
+        return spec;
+    }
+    incompat = qcow2_field(h, HDR, 72, 8);
+    compat = qcow2_field(h, HDR, 80, 8);
+    autoclear = qcow2_field(h, HDR, 88, 8);
+    hlen = qcow2_field(h, HDR, 100, 4);
+    q->compat = g_strdup("1.1");
+    q->has_lazy_refcounts = true;
+    q->lazy_refcounts = compat & 1;
+    q->has_corrupt = true;
+    q->corrupt = incompat & 2;
+    q->has_extended_l2 = true;
+    q->extended_l2 = incompat & 16;
+    q->refcount_bits = 1ULL << MIN(qcow2_field(h, HDR, 96, 4), 6);
+    if (hlen > 104 && qcow2_field(h, HDR, 104, 1) == 1) {
+#if defined(CONFIG_ZSTD)
+        q->compression_type = QCOW2_COMPRESSION_TYPE_ZSTD;
+#endif
+    }
+    if (incompat & 4) {
+        q->has_data_file_raw = true;
+        q->data_file_raw = autoclear & 2;
+        /* header extensions: type, length, data padded to 8 bytes */
+        for (ext = hlen; ext + 8 <= HDR;) {
+            uint64_t type = qcow2_field(h, HDR, ext, 4);
+            uint64_t len = qcow2_field(h, HDR, ext + 4, 4);
+            if (type == 0 || ext + 8 + len > HDR) {
+                break;
+            }
+            if (type == 0x44415441) {
+                q->has_data_file = true;
+                q->data_file = g_strndup((char *)h + ext + 8, len);
+                break;
+            }
+            ext += 8 + ROUND_UP(len, 8);
+        }
+    }
+    return spec;
+}
+
 static ImageInfoSpecific *add_cow_get_specific_info(BlockDriverState *bs,
                                                     Error **errp)
 {
     BDRVAddCowState *s = bs->opaque;
     ImageInfoSpecific *spec;
 
-    if (strcmp(s->lib_format, "add-cow") || !s->image_file) {
+    if (!strcmp(s->lib_format, "qcow2")) {
+        return cowblk_qcow2_specific_info(bs, errp);
+    }
+    if (!s->image_file) {
         return NULL;
     }
     spec = g_new0(ImageInfoSpecific, 1);
@@ -1056,11 +1221,11 @@ static int add_cow_create_worker(void *opaque)
     return ret;
 }
 
-static const char *const create_keys[] = {
-    BLOCK_OPT_BACKING_FILE, BLOCK_OPT_BACKING_FMT, "image_file",
-    NULL,
-};
-
+/*
+ * Passes every option the user gave (never QEMU's defaults: the library
+ * has its own, the same ones) to cowblk_create as "key=value,...": sizes
+ * as byte counts, everything else as written.
+ */
 static int coroutine_fn add_cow_co_create_opts(BlockDriver *drv,
                                                const char *filename,
                                                QemuOpts *opts, Error **errp)
@@ -1068,24 +1233,26 @@ static int coroutine_fn add_cow_co_create_opts(BlockDriver *drv,
     AddCowCreateTask t = { 0 };
     g_autoptr(GString) o = g_string_new("");
     g_autofree char *size = NULL;
-    g_autofree char *cs = NULL;
     int ret;
 
     strstart(filename, "file:", &filename);
     size = g_strdup_printf("%" PRIu64,
                            qemu_opt_get_size_del(opts, BLOCK_OPT_SIZE, 0));
     opt_append(o, BLOCK_OPT_SIZE, size);
-    for (int i = 0; create_keys[i]; i++) {
-        g_autofree char *v = qemu_opt_get_del(opts, create_keys[i]);
-        if (v) {
-            opt_append(o, create_keys[i], v);
+    for (QemuOptDesc *d = drv->create_opts->desc; d->name; d++) {
+        g_autofree char *v = NULL;
+        if (!strcmp(d->name, BLOCK_OPT_SIZE) || !qemu_opt_find(opts, d->name)) {
+            continue;
         }
-    }
-    if (qemu_opt_find(opts, BLOCK_OPT_CLUSTER_SIZE)) {
-        cs = g_strdup_printf("%" PRIu64,
-                             qemu_opt_get_size_del(opts,
-                                                   BLOCK_OPT_CLUSTER_SIZE, 0));
-        opt_append(o, BLOCK_OPT_CLUSTER_SIZE, cs);
+        if (d->type == QEMU_OPT_SIZE) {
+            v = g_strdup_printf("%" PRIu64,
+                                qemu_opt_get_size_del(opts, d->name, 0));
+        } else {
+            v = qemu_opt_get_del(opts, d->name);
+        }
+        if (v) {
+            opt_append(o, d->name, v);
+        }
     }
 
     t.path = filename;
@@ -1094,7 +1261,14 @@ static int coroutine_fn add_cow_co_create_opts(BlockDriver *drv,
     ret = thread_pool_submit_co(aio_get_thread_pool(qemu_get_aio_context()),
                                 add_cow_create_worker, &t);
     if (ret < 0) {
-        error_setg(errp, "%s", t.err);
+        /*
+         * qemu-img already names the file: keep the library's reason
+         * alone ("... could not create 'F': REASON"), in QEMU's words.
+         */
+        g_autofree char *pre = g_strdup_printf("could not create '%s': ",
+                                               filename);
+        const char *why = strstr(t.err, pre);
+        error_setg(errp, "%s", why ? why + strlen(pre) : t.err);
     }
     return ret;
 }
@@ -1134,14 +1308,49 @@ static QemuOptsList add_cow_create_opts = {
     }
 };
 
+/*
+ * The library's qcow2 create options: qemu-img's names, types and defaults
+ * in qemu-img's order, so that "Formatting ..." lines and -o help read as
+ * for QEMU's qcow2 (an option with a default is printed with it).  Only the
+ * options the user gave reach the library, which has the same defaults.
+ */
 static QemuOptsList cowblk_qcow2_create_opts = {
     .name = "cowblk-qcow2-create-opts",
     .head = QTAILQ_HEAD_INITIALIZER(cowblk_qcow2_create_opts.head),
     .desc = {
         {
+            .name = BLOCK_OPT_CLUSTER_SIZE,
+            .type = QEMU_OPT_SIZE,
+            .help = "qcow2 cluster size",
+            .def_value_str = "65536"
+        },
+        {
+            .name = BLOCK_OPT_EXTL2,
+            .type = QEMU_OPT_BOOL,
+            .help = "Extended L2 tables",
+            .def_value_str = "off"
+        },
+        {
+            .name = BLOCK_OPT_PREALLOC,
+            .type = QEMU_OPT_STRING,
+            .help = "Preallocation mode (allowed values: off, metadata, "
+                    "falloc, full)"
+        },
+        {
+            .name = BLOCK_OPT_COMPRESSION_TYPE,
+            .type = QEMU_OPT_STRING,
+            .help = "Compression method used for image cluster compression",
+            .def_value_str = "zlib"
+        },
+        {
             .name = BLOCK_OPT_SIZE,
             .type = QEMU_OPT_SIZE,
             .help = "Virtual disk size"
+        },
+        {
+            .name = BLOCK_OPT_COMPAT_LEVEL,
+            .type = QEMU_OPT_STRING,
+            .help = "Compatibility level (v2 [0.10] or v3 [1.1])"
         },
         {
             .name = BLOCK_OPT_BACKING_FILE,
@@ -1154,13 +1363,118 @@ static QemuOptsList cowblk_qcow2_create_opts = {
             .help = "Image format of the base image"
         },
         {
-            .name = BLOCK_OPT_CLUSTER_SIZE,
-            .type = QEMU_OPT_SIZE,
-            .help = "qcow2 cluster size"
+            .name = BLOCK_OPT_DATA_FILE,
+            .type = QEMU_OPT_STRING,
+            .help = "File name of an external data file"
+        },
+        {
+            .name = BLOCK_OPT_DATA_FILE_RAW,
+            .type = QEMU_OPT_BOOL,
+            .help = "The external data file must stay valid as a raw image"
+        },
+        {
+            .name = BLOCK_OPT_LAZY_REFCOUNTS,
+            .type = QEMU_OPT_BOOL,
+            .help = "Postpone refcount updates",
+            .def_value_str = "off"
+        },
+        {
+            .name = BLOCK_OPT_REFCOUNT_BITS,
+            .type = QEMU_OPT_NUMBER,
+            .help = "Width of a reference count entry in bits",
+            .def_value_str = "16"
         },
         { /* end of list */ }
     }
 };
+
+/* ---- internal snapshots (qcow2; qemu-img snapshot, savevm) ---- */
+
+/*
+ * The library's snapshot calls, made synchronously from the main loop with
+ * the node drained, as QEMU's qcow2 makes its own.
+ */
+static int cowblk_qcow2_snapshot_create(BlockDriverState *bs,
+                                        QEMUSnapshotInfo *sn)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int ret;
+
+    if (sn->vm_state_size) {
+        error_report("%s: snapshots with VM state are not supported",
+                     bs->filename);
+        return -ENOTSUP;
+    }
+    ret = cowblk_snapshot_create(s->img, sn->name);
+    if (ret < 0) {
+        error_report("%s: %s", bs->filename, cowblk_last_error());
+    }
+    return ret;
+}
+
+static int cowblk_qcow2_snapshot_goto(BlockDriverState *bs,
+                                      const char *snapshot_id)
+{
+    BDRVAddCowState *s = bs->opaque;
+    uint64_t len;
+    int ret = cowblk_snapshot_apply(s->img, snapshot_id);
+
+    if (ret < 0) {
+        return ret;
+    }
+    /* the snapshot brings back its own virtual size */
+    ret = cowblk_get_length(s->img, &len);
+    if (ret < 0) {
+        return ret;
+    }
+    bs->total_sectors = DIV_ROUND_UP(len, BDRV_SECTOR_SIZE);
+    return 0;
+}
+
+static int cowblk_qcow2_snapshot_delete(BlockDriverState *bs,
+                                        const char *snapshot_id,
+                                        const char *name, Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int ret = cowblk_snapshot_delete(s->img, snapshot_id, name);
+
+    if (ret < 0) {
+        error_setg(errp, "%s", ret == -ENOENT ? "Can't find the snapshot" :
+                   cowblk_last_error());
+    }
+    return ret;
+}
+
+static int cowblk_qcow2_snapshot_list(BlockDriverState *bs,
+                                      QEMUSnapshotInfo **psn_tab)
+{
+    BDRVAddCowState *s = bs->opaque;
+    QEMUSnapshotInfo *tab;
+    int n = cowblk_snapshot_count(s->img);
+
+    if (n <= 0) {
+        *psn_tab = NULL;
+        return n;
+    }
+    tab = g_new0(QEMUSnapshotInfo, n);
+    for (int i = 0; i < n; i++) {
+        struct cowblk_snapshot c = { .struct_size = sizeof(c) };
+        int ret = cowblk_snapshot_get(s->img, i, &c);
+        if (ret < 0) {
+            g_free(tab);
+            return ret;
+        }
+        pstrcpy(tab[i].id_str, sizeof(tab[i].id_str), c.id);
+        pstrcpy(tab[i].name, sizeof(tab[i].name), c.name);
+        tab[i].vm_state_size = c.vm_state_size;
+        tab[i].date_sec = c.date_sec;
+        tab[i].date_nsec = c.date_nsec;
+        tab[i].vm_clock_nsec = c.vm_clock_nsec;
+        tab[i].icount = c.icount;
+    }
+    *psn_tab = tab;
+    return n;
+}
 
 /* ---- registration ---- */
 
@@ -1178,6 +1492,7 @@ static QemuOptsList cowblk_qcow2_create_opts = {
     .bdrv_co_preadv             = add_cow_co_preadv,                \
     .bdrv_co_pwritev            = add_cow_co_pwritev,               \
     .bdrv_co_pwrite_zeroes      = add_cow_co_pwrite_zeroes,         \
+    .bdrv_co_pdiscard           = add_cow_co_pdiscard,              \
     .bdrv_co_flush_to_disk      = add_cow_co_flush,                 \
     .bdrv_co_truncate           = add_cow_co_truncate,              \
     .bdrv_getlength             = add_cow_getlength,                \
@@ -1195,10 +1510,45 @@ static BlockDriver bdrv_add_cow = {
     ADD_COW_COMMON_FIELDS,
 };
 
-/* The library's qcow2, for side-by-side comparison; never probed. */
+#ifdef COWBLK_AS_QCOW2
+static int cowblk_qcow2_probe(const uint8_t *buf, int buf_size,
+                              const char *filename)
+{
+    const struct cowblk_driver *d = cowblk_driver_find("qcow2");
+    int score;
+
+    if (!d || !d->probe || buf_size <= 0) {
+        return 0;
+    }
+    score = d->probe(buf, buf_size, filename);
+    return score < 0 ? 0 : score;
+}
+#endif
+
+/*
+ * The library's qcow2: "cowblk-qcow2" (never probed) beside QEMU's own
+ * qcow2 for side-by-side comparison; or, in a build configured with
+ * -Dcowblk_qcow2=true (COWBLK_AS_QCOW2), "qcow2" itself, probed, with
+ * QEMU's qcow2 left out of the build, so that qemu-iotests -qcow2 test it.
+ */
+#ifdef COWBLK_AS_QCOW2
+/* block.c's -snapshot overlay names QEMU's qcow2 driver by this symbol */
+#define bdrv_cowblk_qcow2 bdrv_qcow2
+BlockDriver bdrv_cowblk_qcow2 = {
+#else
 static BlockDriver bdrv_cowblk_qcow2 = {
+#endif
+#ifdef COWBLK_AS_QCOW2
+    .format_name    = "qcow2",
+    .bdrv_probe     = cowblk_qcow2_probe,
+#else
     .format_name    = "cowblk-qcow2",
+#endif
     .create_opts    = &cowblk_qcow2_create_opts,
+    .bdrv_snapshot_create = cowblk_qcow2_snapshot_create,
+    .bdrv_snapshot_goto = cowblk_qcow2_snapshot_goto,
+    .bdrv_snapshot_delete = cowblk_qcow2_snapshot_delete,
+    .bdrv_snapshot_list = cowblk_qcow2_snapshot_list,
     ADD_COW_COMMON_FIELDS,
 };
 

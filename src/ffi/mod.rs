@@ -38,6 +38,8 @@ mod args;
 
 mod nb;
 
+mod resize;
+
 mod meta;
 
 mod snapshot;
@@ -64,6 +66,7 @@ pub use meta::{
     cowblk_meta_set, COWBLK_META_DELETE, COWBLK_META_SET,
 };
 pub use nb::{cowblk_map_nb, COWBLK_MAP_DATA, COWBLK_MAP_UNALLOCATED, COWBLK_MAP_ZERO};
+pub use resize::cowblk_truncate_over;
 pub use snapshot::{
     cowblk_snapshot, cowblk_snapshot_apply, cowblk_snapshot_count, cowblk_snapshot_create,
     cowblk_snapshot_delete, cowblk_snapshot_get, COWBLK_SNAPSHOT_ID_LEN, COWBLK_SNAPSHOT_NAME_LEN,

@@ -704,9 +704,15 @@ impl Qcow2 {
         if self.header.data_file_raw() {
             return self.w_zero(guest, len).map(|_| ());
         }
-        let mut m = self.meta()?;
         let v3 = self.header.version >= 3;
         let backing = self.backing.is_some();
+        // v2 has no zero flag: clearing an entry would show the backing
+        // file's data, so with a backing file discard keeps everything
+        // (as QEMU's qcow2 does; iotest 290).
+        if !v3 && backing {
+            return Ok(());
+        }
+        let mut m = self.meta()?;
         let cs = self.cs();
         let len = len.div_ceil(cs) * cs;
         self.rewrite_entries(&mut m, guest, len, |_, old| {
