@@ -132,9 +132,15 @@ fn writes_mark_bitmaps_in_use_and_keep_their_clusters() {
     assert!(!o.contains("Leaked"), "{o}");
     assert_eq!(names(&qemu_bitmaps(&p)), ["b0", "b1", "b2"]);
     // QEMU refuses to use an in-use bitmap but removes it cleanly.
-    let o = run("qemu-img", &["bitmap", "--clear", p.to_str().unwrap(), "b1"]);
+    let o = run(
+        "qemu-img",
+        &["bitmap", "--clear", p.to_str().unwrap(), "b1"],
+    );
     assert!(!o.status.success());
-    ok("qemu-img", &["bitmap", "--remove", p.to_str().unwrap(), "b1"]);
+    ok(
+        "qemu-img",
+        &["bitmap", "--remove", p.to_str().unwrap(), "b1"],
+    );
     assert_eq!(names(&qemu_bitmaps(&p)), ["b0", "b2"]);
     assert_eq!(qemu_check(&p).0, 0);
     let _ = std::fs::remove_dir_all(&d);
