@@ -241,9 +241,8 @@ fn qcow2_ops(compat: &str) {
     want.remove("k/00042");
     want.insert("motd".into(), b"hello".to_vec());
     step("cowblk batch after QEMU's changes", &want);
-    // Last: cowblk's writers clear the bitmaps' autoclear bit, after which
-    // QEMU counts the bitmap clusters as leaked (a library-wide behaviour
-    // of read-write opens, not of the metadata).
+    // Last: a persistent bitmap (cowblk's writers mark it in use and keep
+    // its clusters: tests/qcow2_bitmaps.rs).
     if v3 {
         ok(&d, "qemu-img", &["bitmap", "--add", f, "b0"]);
         step("bitmap --add", &want);

@@ -1,5 +1,6 @@
 //! The persistent dirty bitmap directory (spec: "Bitmaps extension"),
-//! parsed for `info`; the bitmaps' own tables are never read.
+//! parsed for `info`, for refcount rebuilds and for marking the bitmaps
+//! in use on a read-write open (`bitmaps_write.rs`).
 
 use crate::error::{Error, Result};
 use byteorder::{BigEndian, ByteOrder};
@@ -19,6 +20,11 @@ pub struct Bitmap {
     pub granularity: u64,
     pub in_use: bool,
     pub auto: bool,
+    /// The bitmap table's offset and its number of 8-byte entries.
+    pub table_offset: u64,
+    pub table_size: u32,
+    /// Where the entry starts in the directory.
+    pub entry_at: usize,
 }
 
 impl Bitmap {
@@ -79,11 +85,30 @@ pub fn parse_directory(dir: &[u8], nb: u32) -> Result<Vec<Bitmap>> {
             granularity: 1 << gbits,
             in_use: flags & FLAG_IN_USE != 0,
             auto: flags & FLAG_AUTO != 0,
+            table_offset: BigEndian::read_u64(&e[0..8]),
+            table_size: BigEndian::read_u32(&e[8..12]),
+            entry_at: off,
         });
         off += len;
     }
     Ok(out)
 }
+
+/// Sets the in_use flag of every entry of `dir` (as parsed into
+/// `bitmaps`); only that bit changes, so any torn mix of old and new
+/// sectors is a valid directory.
+pub fn set_in_use(dir: &mut [u8], bitmaps: &[Bitmap]) {
+    for b in bitmaps {
+        let f = &mut dir[b.entry_at + 12..b.entry_at + 16];
+        let flags = BigEndian::read_u32(f) | FLAG_IN_USE;
+        BigEndian::write_u32(f, flags);
+    }
+}
+
+/// Bitmap table entries: the data cluster's offset (0: all zeros, or all
+/// ones with bit 0); bits 1-8 and 56-63 are reserved.
+pub const TABLE_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
+pub const TABLE_RESERVED_MASK: u64 = 0xff00_0000_0000_01fe;
 
 #[cfg(test)]
 mod tests {
@@ -109,6 +134,15 @@ mod tests {
         assert_eq!(b[0].granularity, 65536);
         assert_eq!(b[0].flag_names(), ["auto"]);
         assert_eq!(b[1].flag_names(), ["in-use", "auto"]);
+        assert_eq!(b[1].entry_at, 32);
+        let mut marked = d.clone();
+        set_in_use(&mut marked, &b);
+        let m = parse_directory(&marked, 2).unwrap();
+        assert!(m.iter().all(|x| x.in_use && x.auto));
+        assert_eq!(m[0].name, "b0");
+        // Only the flag bit changed.
+        let diff: Vec<usize> = (0..d.len()).filter(|&i| d[i] != marked[i]).collect();
+        assert_eq!(diff, [15]);
         assert!(parse_directory(&d, 3)
             .unwrap_err()
             .to_string()

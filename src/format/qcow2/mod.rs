@@ -21,6 +21,7 @@
 
 mod amend;
 pub mod bitmaps;
+mod bitmaps_write;
 pub mod cache;
 pub mod check;
 pub mod compress;
@@ -280,9 +281,9 @@ impl Qcow2 {
 
     /// Prepares a read-write open: checks what the write side needs, loads
     /// the refcount table and, before the first write, clears the
-    /// autoclear bits this build does not keep consistent (as QEMU does on
-    /// a read-write open: here everything but data_file_raw, since
-    /// bitmaps are not updated by our writes).
+    /// autoclear bits this build does not know (as QEMU does on a
+    /// read-write open) and marks the persistent bitmaps in use, since
+    /// our writes do not update them (`bitmaps_write.rs`).
     fn open_for_writing(&mut self, cache_size: u64, repair: bool) -> Result<()> {
         if !self.l1.load().fully_stored() {
             return Err(Error::Corrupt(
@@ -308,7 +309,13 @@ impl Qcow2 {
             self.rebuild_refcounts()
                 .map_err(|e| e.context("repairing the refcounts of an image not closed cleanly"))?;
         }
-        let keep = self.header.autoclear & features::AUTOCLEAR_DATA_FILE_RAW;
+        let keep = self.header.autoclear
+            & (features::AUTOCLEAR_DATA_FILE_RAW | features::AUTOCLEAR_BITMAPS);
+        // A repair open (`check -r`) writes no guest data: the bitmaps stay
+        // valid, as QEMU leaves them.
+        if !repair {
+            self.mark_bitmaps_in_use()?;
+        }
         if self.header.version >= 3 && keep != self.header.autoclear {
             let mut b = [0u8; 8];
             BigEndian::write_u64(&mut b, keep);
@@ -341,8 +348,6 @@ impl Qcow2 {
         if !read_only {
             let why = if h.incompatible & features::INCOMPAT_CORRUPT != 0 {
                 Some("it is marked corrupt ('qemu-img check -r all' repairs it)")
-            } else if h.incompatible & features::INCOMPAT_DIRTY != 0 && h.bitmaps.is_some() {
-                Some("it was not closed cleanly (dirty bit set) and has persistent bitmaps, whose refcounts this build does not rebuild ('qemu-img check -r all' repairs it)")
             } else {
                 None
             };

@@ -1118,6 +1118,7 @@ impl Qcow2 {
                 l1s.push((s.l1_table_offset, s.l1_size as u64));
             }
         }
+        self.bitmap_refs(&mut add)?;
         let mut raw = vec![0u8; cs as usize];
         for (l1_off, l1_len) in l1s {
             add(l1_off, l1_len * 8, "an L1 table")?;
