@@ -152,6 +152,25 @@ pub trait Format: Send + Sync {
     fn zero_clusters(&self, _guest: u64, _len: u64) -> Result<bool> {
         Ok(false)
     }
+    /// Compresses one whole cluster's contents for `write_compressed`
+    /// (no lock, no I/O: any thread may run it). `Ok(None)` when
+    /// compressing would not make it smaller; the cluster is then written
+    /// uncompressed, as QEMU does. Formats without compressed clusters
+    /// refuse.
+    fn compress_cluster(&self, _data: &[u8]) -> Result<Option<Vec<u8>>> {
+        Err(Error::Unsupported(format!(
+            "compression is not supported by the {} format",
+            self.format_name()
+        )))
+    }
+    /// Makes guest cluster `guest` hold `compressed` (a result of
+    /// `compress_cluster`). The engine holds the cluster's range lock.
+    fn write_compressed(&self, _guest: u64, _compressed: &[u8]) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "compression is not supported by the {} format",
+            self.format_name()
+        )))
+    }
     /// Drops whole clusters of this layer where that keeps guest-visible
     /// contents defined; a hint, may do nothing.
     fn discard(&self, _guest: u64, _len: u64) -> Result<()> {

@@ -23,6 +23,7 @@ pub mod bitmaps;
 pub mod cache;
 pub mod check;
 pub mod compress;
+mod compress_write;
 pub mod create;
 pub mod features;
 pub mod header;
@@ -661,6 +662,14 @@ impl Format for Qcow2 {
 
     fn link(&self, guest: u64, len: u64, host: u64) -> Result<()> {
         self.w_link(guest, len, host)
+    }
+
+    fn compress_cluster(&self, data: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.w_compress_cluster(data)
+    }
+
+    fn write_compressed(&self, guest: u64, compressed: &[u8]) -> Result<()> {
+        self.w_write_compressed(guest, compressed)
     }
 
     fn zero_clusters(&self, guest: u64, len: u64) -> Result<bool> {

@@ -59,6 +59,9 @@ pub(super) struct Meta {
     l1_dirty: BTreeSet<u64>,
     /// Host clusters to unreference once nothing on disk points at them.
     frees: Vec<u64>,
+    /// Where the next compressed cluster may be packed (0: start a new
+    /// host cluster), as QEMU's free_byte_offset.
+    pub(super) free_byte: u64,
 }
 
 impl Meta {
@@ -76,6 +79,7 @@ impl Meta {
             l2_dirty: HashSet::new(),
             l1_dirty: BTreeSet::new(),
             frees: Vec::new(),
+            free_byte: 0,
         }
     }
 
@@ -172,7 +176,7 @@ impl Qcow2 {
 
     /// Adds `delta` (+1 or -1) to the refcount of cluster `c`; an
     /// underflow or overflow is corruption (or a full counter).
-    fn add_refcount(&self, m: &mut Meta, c: u64, delta: i64) -> Result<u64> {
+    pub(super) fn add_refcount(&self, m: &mut Meta, c: u64, delta: i64) -> Result<u64> {
         let old = self.refcount(m, c)?;
         let new = if delta < 0 {
             old.checked_sub(delta.unsigned_abs())
@@ -303,7 +307,7 @@ impl Qcow2 {
     }
 
     /// Allocates `n` contiguous clusters with refcount 1.
-    fn alloc_run(&self, m: &mut Meta, n: u64) -> Result<u64> {
+    pub(super) fn alloc_run(&self, m: &mut Meta, n: u64) -> Result<u64> {
         loop {
             let c = self.find_free(m, n)?;
             m.hint = c + n;
@@ -335,7 +339,7 @@ impl Qcow2 {
     /// The cheap overlap checks (QEMU's "cached" mode): a cluster about to
     /// be written as data or metadata must not hold the header, the active
     /// L1 table or the refcount table. Finding one marks the image corrupt.
-    fn check_overlap(&self, m: &Meta, off: u64, len: u64, what: &str) -> Result<()> {
+    pub(super) fn check_overlap(&self, m: &Meta, off: u64, len: u64, what: &str) -> Result<()> {
         let cs = self.cs();
         let l1 = (self.l1.load().offset(), self.l1.load().entries() * 8);
         let rt = (m.rt_offset, m.rt_clusters * cs);
@@ -447,7 +451,7 @@ impl Qcow2 {
     /// and, with extended L2, the subcluster bitmap); references the old
     /// entries held and the new ones drop are released after the next
     /// write-back.
-    fn rewrite_entries(
+    pub(super) fn rewrite_entries(
         &self,
         m: &mut Meta,
         guest: u64,
@@ -660,7 +664,7 @@ impl Qcow2 {
     }
 
     /// Writes back when too much is dirty (the caches' eviction).
-    fn after_change(&self, m: &mut Meta) -> Result<()> {
+    pub(super) fn after_change(&self, m: &mut Meta) -> Result<()> {
         if m.l2_dirty.len() > MAX_DIRTY_L2.min(self.l2_cache.capacity())
             || m.dirty_blocks() > m.block_cap / 2
             || m.frees.len() > 4096
@@ -670,7 +674,7 @@ impl Qcow2 {
         Ok(())
     }
 
-    fn meta(&self) -> Result<std::sync::MutexGuard<'_, Meta>> {
+    pub(super) fn meta(&self) -> Result<std::sync::MutexGuard<'_, Meta>> {
         if self.ro.load(Ordering::SeqCst) {
             return Err(Error::ReadOnly(
                 "the qcow2 image is open read-only (or was marked corrupt)".into(),
@@ -798,6 +802,10 @@ impl Qcow2 {
             for c in std::mem::take(&mut m.frees) {
                 if self.add_refcount(m, c, -1)? == 0 {
                     m.hint = m.hint.min(c);
+                    if m.free_byte >> self.geo.cluster_bits == c {
+                        // Free now: it may become anything else.
+                        m.free_byte = 0;
+                    }
                     self.l2_cache.invalidate(c * cs);
                 }
             }
