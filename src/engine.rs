@@ -235,10 +235,12 @@ impl Image {
             let ext = self.fmt.map(pos, len - done)?;
             let n = ext.len.min(len - done);
             // Whole clusters may be zeroed in metadata alone.
-            if cs > 0 && pos.is_multiple_of(cs) && n >= cs && !matches!(ext.mapping, Mapping::Zero)
-            {
+            // With may_unmap, preallocated zero clusters are freed too.
+            let already = matches!(ext.mapping, Mapping::Zero)
+                && !(flags.may_unmap && ext.reserved.is_some());
+            if cs > 0 && pos.is_multiple_of(cs) && n >= cs && !already {
                 let whole = n / cs * cs;
-                if self.fmt.zero_clusters(pos, whole)? {
+                if self.fmt.zero_clusters(pos, whole, flags.may_unmap)? {
                     done += whole;
                     continue;
                 }

@@ -53,7 +53,7 @@ pub use info::{
 pub use io::{
     cowblk_block_status, cowblk_chain_status, cowblk_cow_range, cowblk_discard, cowblk_flush,
     cowblk_get_length, cowblk_is_allocated, cowblk_preadv, cowblk_pwritev, cowblk_pwritev_cow,
-    cowblk_truncate, cowblk_write_zeroes,
+    cowblk_truncate, cowblk_write_zeroes, cowblk_write_zeroes_flags,
 };
 pub use nb::{cowblk_map_nb, COWBLK_MAP_DATA, COWBLK_MAP_UNALLOCATED, COWBLK_MAP_ZERO};
 

@@ -149,7 +149,9 @@ pub trait Format: Send + Sync {
     fn link(&self, guest: u64, len: u64, host: u64) -> Result<()>;
     /// Marks `[guest, guest + len)` (whole clusters) as reading zeros
     /// without writing data, if the format can; `Ok(false)` if not.
-    fn zero_clusters(&self, _guest: u64, _len: u64) -> Result<bool> {
+    /// `unmap` (QEMU's BDRV_REQ_MAY_UNMAP): host space may be freed;
+    /// without it, space the layer alone owns stays preallocated.
+    fn zero_clusters(&self, _guest: u64, _len: u64, _unmap: bool) -> Result<bool> {
         Ok(false)
     }
     /// Compresses one whole cluster's contents for `write_compressed`

@@ -672,8 +672,8 @@ impl Format for Qcow2 {
         self.w_write_compressed(guest, compressed)
     }
 
-    fn zero_clusters(&self, guest: u64, len: u64) -> Result<bool> {
-        self.w_zero(guest, len)
+    fn zero_clusters(&self, guest: u64, len: u64, unmap: bool) -> Result<bool> {
+        self.w_zero(guest, len, unmap)
     }
 
     fn discard(&self, guest: u64, len: u64) -> Result<()> {

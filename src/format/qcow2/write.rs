@@ -610,16 +610,18 @@ impl Qcow2 {
         self.after_change(&mut m)
     }
 
-    /// `Format::zero_clusters` (v3 only): the zero flag, keeping a cluster
-    /// this image alone owns as preallocated space.
-    pub(super) fn w_zero(&self, guest: u64, len: u64) -> Result<bool> {
+    /// `Format::zero_clusters` (v3 only): the zero flag; a cluster this
+    /// image alone owns stays preallocated unless `unmap` (then, as every
+    /// other host cluster, it is freed after the next write-back).
+    pub(super) fn w_zero(&self, guest: u64, len: u64, unmap: bool) -> Result<bool> {
         if self.header.version < 3 {
             return Ok(false);
         }
         self.zero_raw_data(guest, len)?;
         let mut m = self.meta()?;
         self.rewrite_entries(&mut m, guest, len, |_, old| {
-            Some(self.zero_entry(self.owned_host(old)))
+            let keep = if unmap { None } else { self.owned_host(old) };
+            Some(self.zero_entry(keep))
         })?;
         self.after_change(&mut m)?;
         Ok(true)
@@ -631,7 +633,7 @@ impl Qcow2 {
         // A raw data file must read as the guest does: zeros, as QEMU's
         // zero flag reads.
         if self.header.data_file_raw() {
-            return self.w_zero(guest, len).map(|_| ());
+            return self.w_zero(guest, len, false).map(|_| ());
         }
         let mut m = self.meta()?;
         let v3 = self.header.version >= 3;
