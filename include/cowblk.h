@@ -852,6 +852,28 @@ int cowblk_map_nb(struct cowblk_image *img,
                   uint64_t *host,
                   uint32_t *kind);
 
+/**
+ * Like `cowblk_open`, with `count` driver options for the top image as
+ * parallel arrays of NUL-terminated keys and values. qcow2 takes
+ * "l2-cache-size", "refcount-cache-size" and "cache-size" (bytes, with
+ * QEMU's suffixes; cache-size is split between the two caches as QEMU
+ * does) and "overlap-check" ("none", "constant", "cached" (the default),
+ * "all"); other formats take none. An unknown key or a bad value fails
+ * with -EINVAL naming it.
+ *
+ * # Safety
+ * As `cowblk_open`; with `count > 0`, `keys` and `values` point to
+ * `count` NUL-terminated strings each.
+ */
+int cowblk_open_kv(const char *path,
+                   const char *format,
+                   uint32_t flags,
+                   uint64_t cache_size,
+                   const char *const *keys,
+                   const char *const *values,
+                   size_t count,
+                   struct cowblk_image **out);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

@@ -63,6 +63,10 @@ pub struct OpenOptions {
     /// Take no image locks at all: for hosts whose own locks govern the
     /// files (the QEMU glue). Applies to the whole chain.
     pub no_lock: bool,
+    /// Driver options of the top image, as QEMU's `-o key=value` on open
+    /// (qcow2: l2-cache-size, refcount-cache-size, cache-size,
+    /// overlap-check). A driver refuses options it does not know.
+    pub format_opts: Vec<(String, String)>,
 }
 
 /// Which internal snapshot to open, with QEMU's rules
@@ -295,6 +299,7 @@ impl Image {
             snapshot: opts.snapshot.as_ref(),
             confine: root,
             metadata_only: opts.metadata_only,
+            format_opts: &opts.format_opts,
         })
         .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
         // The data file under metadata (add-cow image file, qcow2 data file).
@@ -330,6 +335,7 @@ impl Image {
                         no_lock: opts.no_lock,
                         confined: opts.confined,
                         metadata_only: opts.metadata_only,
+                        format_opts: Vec::new(),
                     };
                     let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen, root)
                         .map_err(|e| {

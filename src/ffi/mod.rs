@@ -38,6 +38,8 @@ mod args;
 
 mod nb;
 
+mod open_opts;
+
 pub use backing::cowblk_backing_ops;
 pub use check::{cowblk_check, cowblk_check_result};
 pub use driver::{cowblk_driver, cowblk_driver_find, cowblk_driver_get};
@@ -56,6 +58,7 @@ pub use io::{
     cowblk_truncate, cowblk_write_zeroes, cowblk_write_zeroes_flags,
 };
 pub use nb::{cowblk_map_nb, COWBLK_MAP_DATA, COWBLK_MAP_UNALLOCATED, COWBLK_MAP_ZERO};
+pub use open_opts::cowblk_open_kv;
 
 /// Version of the C ABI described by this header; `cowblk_abi_version()`
 /// returns the library's. It grows by one with every change a host can see

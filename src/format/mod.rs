@@ -268,9 +268,22 @@ pub struct OpenCtx<'a> {
     /// data files the image names unless their contents are needed to
     /// know the image's shape.
     pub metadata_only: bool,
+    /// Driver options (`OpenOptions::format_opts`); drivers that take
+    /// none refuse any (`OpenCtx::no_format_opts`).
+    pub format_opts: &'a [(String, String)],
 }
 
 impl OpenCtx<'_> {
+    /// Refuses driver options, for drivers that take none.
+    pub fn no_format_opts(&self, driver: &str) -> Result<()> {
+        match self.format_opts.first() {
+            None => Ok(()),
+            Some((k, _)) => Err(Error::InvalidArgument(format!(
+                "Invalid parameter '{k}' (the {driver} driver takes no options)"
+            ))),
+        }
+    }
+
     /// Opens a file the image names (`name` as recorded), resolved against
     /// the image's directory and held to the open's confinement. Returns
     /// the file and the resolved path.

@@ -913,6 +913,18 @@ impl Session {
                     for kv in o.split(',').filter(|x| !x.is_empty()) {
                         match kv.split_once('=') {
                             Some(("driver", d)) => opts.format = Some(d.to_string()),
+                            // qcow2's open options; the driver checks them.
+                            Some((k, v))
+                                if [
+                                    "l2-cache-size",
+                                    "refcount-cache-size",
+                                    "cache-size",
+                                    "overlap-check",
+                                ]
+                                .contains(&k) =>
+                            {
+                                opts.format_opts.push((k.to_string(), v.to_string()))
+                            }
                             _ => {
                                 let k = kv.split('=').next().unwrap_or(kv);
                                 bad_opt.get_or_insert(k.to_string());

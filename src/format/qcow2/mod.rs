@@ -30,6 +30,8 @@ pub mod header;
 pub mod l1;
 pub mod l2;
 mod nb;
+pub mod open_opts;
+mod overlap;
 pub mod refcount;
 pub mod snapshot;
 #[cfg(test)]
@@ -138,6 +140,12 @@ pub struct Qcow2 {
     /// A length the image file is known to have reached (it never shrinks
     /// while open), so `check_in_file` rarely asks the file.
     known_len: AtomicU64,
+    /// Overlap checks (open_opts::OL_* bits) of a read-write open.
+    overlap: u32,
+    /// The snapshot table's extent (offset, bytes), for the checks.
+    snapshot_table: (u64, u64),
+    /// The snapshots' L2 tables (only with overlap-check=all).
+    inactive_l2: HashSet<u64>,
 }
 
 fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
@@ -220,14 +228,8 @@ impl Qcow2 {
         // Nothing of the L1 table is read yet: open costs the same for any
         // virtual size (entries past the end of the file read as 0).
         let l1 = L1Table::new(file.clone(), l1_off, l1_size, file_len);
-        let cs = 1u64 << cluster_bits;
-        let tables_for_disk = size.div_ceil(geo.l2_coverage());
-        let tables = if ctx.cache_size > 0 {
-            ctx.cache_size / cs
-        } else {
-            (DEFAULT_L2_CACHE_BYTES / cs).min(tables_for_disk)
-        };
-        let tables = (tables.min(usize::MAX as u64) as usize).max(MIN_L2_CACHE_TABLES);
+        let oo = open_opts::parse(ctx.format_opts, ctx.cache_size, size, geo)?;
+        let tables = (oo.l2_tables.min(usize::MAX as u64) as usize).max(MIN_L2_CACHE_TABLES);
         // The directory is bounded by the extension's limits (header.rs);
         // QEMU reads it at open too.
         let bitmaps = match &h.bitmaps {
@@ -262,9 +264,12 @@ impl Qcow2 {
             ro: AtomicBool::new(ctx.read_only),
             incompat,
             known_len: AtomicU64::new(file_len),
+            overlap: oo.overlap,
+            snapshot_table: (0, 0),
+            inactive_l2: HashSet::new(),
         };
         if !ctx.read_only {
-            q.open_for_writing(ctx.cache_size)?;
+            q.open_for_writing(oo.refcount_blocks)?;
         }
         Ok(q)
     }
@@ -274,7 +279,7 @@ impl Qcow2 {
     /// autoclear bits this build does not keep consistent (as QEMU does on
     /// a read-write open: here everything but data_file_raw, since
     /// bitmaps are not updated by our writes).
-    fn open_for_writing(&mut self, cache_size: u64) -> Result<()> {
+    fn open_for_writing(&mut self, refcount_blocks: Option<u64>) -> Result<()> {
         if !self.l1.load().fully_stored() {
             return Err(Error::Corrupt(
                 "the active L1 table runs past the end of the image file".into(),
@@ -282,11 +287,8 @@ impl Qcow2 {
         }
         let rt = self.load_refcount_table()?;
         let cs = self.cs();
-        let blocks = if cache_size > 0 {
-            cache_size / 4 / cs
-        } else {
-            (1u64 << 20) / cs
-        };
+        let blocks = refcount_blocks.unwrap_or((1u64 << 20) / cs);
+        self.load_overlap_extents()?;
         self.meta = Some(Mutex::new(Meta::new(
             rt,
             self.header.refcount_table_offset,

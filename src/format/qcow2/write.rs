@@ -12,6 +12,7 @@
 //! refcount below the number of its users.
 
 use super::l2::{Kind, OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO};
+use super::open_opts::{OL_ACTIVE_L2, OL_REFCOUNT_BLOCK};
 use super::{features, refcount, Qcow2};
 use crate::error::{Error, Result};
 use crate::format::Format;
@@ -41,8 +42,10 @@ struct Block {
 pub(super) struct Meta {
     /// Refcount table entries (raw), as the table on disk will hold them.
     rt: Vec<u64>,
-    rt_offset: u64,
-    rt_clusters: u64,
+    pub(super) rt_offset: u64,
+    pub(super) rt_clusters: u64,
+    /// The refcount blocks' offsets (for the overlap checks).
+    pub(super) block_offs: HashSet<u64>,
     /// An entry changed since the table was last written.
     rt_dirty: bool,
     /// The table moved (it grew): the old one, to free once the header
@@ -66,7 +69,13 @@ pub(super) struct Meta {
 
 impl Meta {
     pub(super) fn new(rt: Vec<u64>, rt_offset: u64, rt_clusters: u64, block_cap: usize) -> Meta {
+        let block_offs = rt
+            .iter()
+            .map(|e| e & RT_OFFSET_MASK)
+            .filter(|&o| o != 0)
+            .collect();
         Meta {
+            block_offs,
             rt,
             rt_offset,
             rt_clusters,
@@ -224,6 +233,7 @@ impl Qcow2 {
             },
         );
         m.rt[ti as usize] = boff;
+        m.block_offs.insert(boff);
         m.rt_dirty = true;
         self.set_refcount(m, c, 1, depth + 1)?;
         Ok(boff)
@@ -336,24 +346,24 @@ impl Qcow2 {
         }
     }
 
-    /// The cheap overlap checks (QEMU's "cached" mode): a cluster about to
-    /// be written as data or metadata must not hold the header, the active
-    /// L1 table or the refcount table. Finding one marks the image corrupt.
+    /// The overlap checks of the open's `overlap-check` mode (see
+    /// `overlap`): a range about to be written as data or metadata must
+    /// hold no metadata. Finding some marks the image corrupt.
     pub(super) fn check_overlap(&self, m: &Meta, off: u64, len: u64, what: &str) -> Result<()> {
-        let cs = self.cs();
-        let l1 = (self.l1.load().offset(), self.l1.load().entries() * 8);
-        let rt = (m.rt_offset, m.rt_clusters * cs);
-        let hits = |(o, l): (u64, u64)| l > 0 && off < o + l && o < off + len;
-        let name = if off < cs {
-            Some("the header")
-        } else if hits(l1) {
-            Some("the active L1 table")
-        } else if hits(rt) {
-            Some("the refcount table")
-        } else {
-            None
-        };
-        match name {
+        self.check_overlap_ign(m, off, len, what, 0)
+    }
+
+    /// `check_overlap` ignoring the `ign` kinds (OL_* bits): a table
+    /// being written back is checked against everything but its own kind.
+    pub(super) fn check_overlap_ign(
+        &self,
+        m: &Meta,
+        off: u64,
+        len: u64,
+        what: &str,
+        ign: u32,
+    ) -> Result<()> {
+        match self.overlap_hit(m, off, len, ign) {
             None => Ok(()),
             Some(n) => Err(self.mark_corrupt(format!(
                 "{what} at {off:#x} would overwrite {n} (the refcounts are wrong)"
@@ -710,7 +720,7 @@ impl Qcow2 {
             .collect();
         keys.sort_unstable();
         for &k in &keys {
-            self.check_overlap(m, k, self.cs(), "a refcount block")?;
+            self.check_overlap_ign(m, k, self.cs(), "a refcount block", OL_REFCOUNT_BLOCK)?;
             self.file.write_at(&m.blocks[&k].data, k)?;
             if let Some(b) = m.blocks.get_mut(&k) {
                 b.dirty = false;
@@ -767,18 +777,8 @@ impl Qcow2 {
         }
         let tables = self.l2_cache.dirty();
         if !tables.is_empty() {
-            let blocks: HashSet<u64> =
-                m.rt.iter()
-                    .map(|e| e & RT_OFFSET_MASK)
-                    .filter(|&o| o != 0)
-                    .collect();
             for (off, t) in &tables {
-                self.check_overlap(m, *off, cs, "an L2 table")?;
-                if blocks.contains(off) {
-                    return Err(self.mark_corrupt(format!(
-                        "an L2 table at {off:#x} would overwrite a refcount block"
-                    )));
-                }
+                self.check_overlap_ign(m, *off, cs, "an L2 table", OL_ACTIVE_L2)?;
                 let mut buf = vec![0u8; cs as usize];
                 for (i, e) in t.iter().enumerate() {
                     BigEndian::write_u64(&mut buf[i * 8..], *e);
