@@ -32,6 +32,7 @@ pub mod l2;
 mod nb;
 pub mod open_opts;
 mod overlap;
+mod lazy;
 pub mod refcount;
 pub mod snapshot;
 #[cfg(test)]
@@ -796,6 +797,6 @@ impl Format for Qcow2 {
     }
 
     fn close(&self) -> Result<()> {
-        self.w_flush()
+        self.w_close()
     }
 }

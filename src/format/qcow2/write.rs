@@ -47,21 +47,21 @@ pub(super) struct Meta {
     /// The refcount blocks' offsets (for the overlap checks).
     pub(super) block_offs: HashSet<u64>,
     /// An entry changed since the table was last written.
-    rt_dirty: bool,
+    pub(super) rt_dirty: bool,
     /// The table moved (it grew): the old one, to free once the header
     /// points at the new one.
-    rt_old: Option<(u64, u64)>,
+    pub(super) rt_old: Option<(u64, u64)>,
     blocks: HashMap<u64, Block>,
     block_cap: usize,
     tick: u64,
     /// No cluster below this one is free.
     hint: u64,
     /// L2 tables changed since the last write-back.
-    l2_dirty: HashSet<u64>,
+    pub(super) l2_dirty: HashSet<u64>,
     /// L1 indexes changed since the last write-back.
-    l1_dirty: BTreeSet<u64>,
+    pub(super) l1_dirty: BTreeSet<u64>,
     /// Host clusters to unreference once nothing on disk points at them.
-    frees: Vec<u64>,
+    pub(super) frees: Vec<u64>,
     /// Where the next compressed cluster may be packed (0: start a new
     /// host cluster), as QEMU's free_byte_offset.
     pub(super) free_byte: u64,
@@ -92,7 +92,7 @@ impl Meta {
         }
     }
 
-    fn dirty_blocks(&self) -> usize {
+    pub(super) fn dirty_blocks(&self) -> usize {
         self.blocks.values().filter(|b| b.dirty).count()
     }
 }
@@ -752,8 +752,14 @@ impl Qcow2 {
 
     fn flush_steps(&self, m: &mut Meta) -> Result<()> {
         let cs = self.cs();
+        // Lazy refcounts (see `lazy`): the dirty bit first; refcount
+        // blocks then go out with the L2 tables, unordered.
+        let lazy = self.lazy_refcounts();
+        if lazy && self.meta_pending(m) {
+            self.mark_dirty()?;
+        }
         self.data.flush()?;
-        if self.write_blocks(m)? {
+        if (!lazy || m.rt_dirty || m.rt_old.is_some()) && self.write_blocks(m)? {
             self.file.flush()?;
         }
         if m.rt_dirty {
@@ -785,6 +791,9 @@ impl Qcow2 {
                 }
                 self.file.write_at(&buf, *off)?;
             }
+            if lazy {
+                self.write_blocks(m)?;
+            }
             self.file.flush()?;
             for (off, t) in &tables {
                 self.l2_cache.mark_clean(*off, t);
@@ -811,9 +820,12 @@ impl Qcow2 {
                     self.l2_cache.invalidate(c * cs);
                 }
             }
-            if self.write_blocks(m)? {
+            if self.write_blocks(m)? && !lazy {
                 self.file.flush()?;
             }
+        }
+        if lazy && self.write_blocks(m)? {
+            self.file.flush()?;
         }
         Ok(())
     }
@@ -1088,12 +1100,7 @@ impl Qcow2 {
         }
         self.flush_locked(m)?;
         m.hint = 0;
-        let flags = self.incompat.load(Ordering::SeqCst) & !features::INCOMPAT_DIRTY;
-        let mut b = [0u8; 8];
-        BigEndian::write_u64(&mut b, flags);
-        self.file.write_at(&b, 72)?;
         self.file.flush()?;
-        self.incompat.store(flags, Ordering::SeqCst);
-        Ok(())
+        self.clear_dirty()
     }
 }
