@@ -618,7 +618,11 @@ fn crash_at_every_operation_lazy_refcounts_dirty_image() {
 fn crash_at_every_operation_lazy_refcounts_clean_image() {
     // Our own lazy write-backs: the dirty bit set before the first one,
     // refcounts unordered after it; every cut state repairs on open.
-    crash_run("crashlazyclean", "cluster_size=4096,lazy_refcounts=on", false);
+    crash_run(
+        "crashlazyclean",
+        "cluster_size=4096,lazy_refcounts=on",
+        false,
+    );
 }
 
 /// With lazy refcounts the dirty bit is on disk while refcounts may be

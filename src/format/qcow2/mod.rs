@@ -29,10 +29,10 @@ pub mod features;
 pub mod header;
 pub mod l1;
 pub mod l2;
+mod lazy;
 mod nb;
 pub mod open_opts;
 mod overlap;
-mod lazy;
 pub mod refcount;
 pub mod snapshot;
 #[cfg(test)]
