@@ -217,6 +217,14 @@
 #define COWBLK_MAP_ZERO 2
 
 /**
+ * Bytes of `cowblk_snapshot.id` and `.name` (QEMU's own limits; longer
+ * ones are cut, always NUL-terminated).
+ */
+#define COWBLK_SNAPSHOT_ID_LEN 128
+
+#define COWBLK_SNAPSHOT_NAME_LEN 256
+
+/**
  * An open image. Opaque; made by `cowblk_open*`, freed by `cowblk_close`.
  *
  * Thread-safety: every call except `cowblk_close` may run on the same
@@ -429,6 +437,43 @@ typedef struct cowblk_driver {
    */
   int (*check)(struct cowblk_image *img, uint32_t fix, struct cowblk_check_result *result);
 } cowblk_driver;
+
+/**
+ * One internal snapshot. Before the call, zero the struct and set
+ * `struct_size = sizeof(struct cowblk_snapshot)`.
+ */
+typedef struct cowblk_snapshot {
+  /**
+   * sizeof(struct cowblk_snapshot) as the caller compiled it.
+   */
+  size_t struct_size;
+  /**
+   * NUL-terminated id ("1", "2", ...) and name.
+   */
+  char id[COWBLK_SNAPSHOT_ID_LEN];
+  char name[COWBLK_SNAPSHOT_NAME_LEN];
+  /**
+   * Bytes of saved VM state (0 for disk-only snapshots).
+   */
+  uint64_t vm_state_size;
+  /**
+   * Wall-clock time taken: seconds and nanoseconds since the epoch.
+   */
+  uint64_t date_sec;
+  uint32_t date_nsec;
+  /**
+   * Guest clock at the snapshot, in nanoseconds.
+   */
+  uint64_t vm_clock_nsec;
+  /**
+   * Virtual disk size at the snapshot.
+   */
+  uint64_t disk_size;
+  /**
+   * Record/replay instruction count; UINT64_MAX when not recorded.
+   */
+  uint64_t icount;
+} cowblk_snapshot;
 
 #ifdef __cplusplus
 extern "C" {
@@ -873,6 +918,59 @@ int cowblk_open_kv(const char *path,
                    const char *const *values,
                    size_t count,
                    struct cowblk_image **out);
+
+/**
+ * The number of internal snapshots the image holds (0 for formats
+ * without any), or a negative errno.
+ *
+ * # Safety
+ * `img` is a live handle.
+ */
+int cowblk_snapshot_count(struct cowblk_image *img);
+
+/**
+ * Fills `*out` with snapshot `index` (table order, as `qemu-img snapshot
+ * -l` lists them). Returns 0, -ENOENT past the last one, or another
+ * negative errno.
+ *
+ * # Safety
+ * `img` is a live handle; `out` points at `struct_size` writable bytes.
+ */
+int cowblk_snapshot_get(struct cowblk_image *img, uint32_t index, struct cowblk_snapshot *out);
+
+/**
+ * Creates an internal snapshot of the active state named `name` (names
+ * may repeat; the id is one more than the largest numeric id), dated now.
+ * Needs a read-write handle; waits for running requests. -ENOTSUP for
+ * formats without snapshots, qcow2 with an external data file, or a
+ * qcow2 with 1-bit refcounts holding data (a shared cluster needs a
+ * count of 2).
+ *
+ * # Safety
+ * `img` is a live handle; `name` a NUL-terminated UTF-8 string.
+ */
+int cowblk_snapshot_create(struct cowblk_image *img, const char *name);
+
+/**
+ * Makes the active state (contents and virtual size) a copy of the
+ * snapshot whose id is `id_or_name`, else the first named so (QEMU's
+ * `snapshot -a` / loadvm rule). -ENOENT when there is none; -EINVAL for
+ * "cowblk-metadata" (it holds key/value metadata, not a disk state).
+ *
+ * # Safety
+ * `img` is a live handle; `id_or_name` a NUL-terminated UTF-8 string.
+ */
+int cowblk_snapshot_apply(struct cowblk_image *img, const char *id_or_name);
+
+/**
+ * Deletes the first snapshot with this `id` and/or `name` (either may be
+ * NULL, not both; with both, both must match), as QEMU's
+ * bdrv_snapshot_delete. -ENOENT when none matches.
+ *
+ * # Safety
+ * `img` is a live handle; `id` and `name` NULL or NUL-terminated UTF-8.
+ */
+int cowblk_snapshot_delete(struct cowblk_image *img, const char *id, const char *name);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -254,3 +254,70 @@ fn cache_options_work_and_bad_ones_are_refused() {
     }
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// overlap-check=all follows snapshots created and deleted while open:
+/// no false alarm when a deleted snapshot's tables are reused, and the
+/// new snapshot's tables are protected.
+#[test]
+fn overlap_all_follows_snapshot_changes() {
+    let d = common::tmpdir("q2o-snaps");
+    let p = d.join("s.qcow2");
+    assert!(run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4096",
+            s(&p),
+            "8M"
+        ]
+    )
+    .status
+    .success());
+    let img = cowblk::Image::open(
+        &p,
+        &cowblk::OpenOptions {
+            format: Some("qcow2".into()),
+            format_opts: vec![("overlap-check".into(), "all".into())],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for round in 0..3u8 {
+        img.write(&vec![round + 1; 1 << 20], 0).unwrap();
+        img.snapshot_create(&format!("s{round}")).unwrap();
+        // Copy-on-write of the shared tables and clusters.
+        img.write(&vec![round + 10; 1 << 20], 512 << 10).unwrap();
+        if round > 0 {
+            let name = format!("s{}", round - 1);
+            img.snapshot_delete(&cowblk::image::SnapshotRef::Name(name))
+                .unwrap();
+        }
+        // Allocations reuse what the deleted snapshot freed.
+        img.write(&vec![round + 20; 2 << 20], 4 << 20).unwrap();
+        img.flush().unwrap();
+    }
+    img.close().unwrap();
+    let c = run("qemu-img", &["check", s(&p)]);
+    assert!(c.status.success(), "{c:?}");
+    let q = run(
+        "qemu-io",
+        &[
+            "-c",
+            "read -P 3 0 512k",
+            "-c",
+            "read -P 12 512k 1M",
+            "-c",
+            "read -P 22 4M 2M",
+            s(&p),
+        ],
+    );
+    assert!(
+        !String::from_utf8_lossy(&q.stdout).contains("fail"),
+        "{q:?}"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -39,6 +39,7 @@ mod args;
 mod nb;
 
 mod open_opts;
+mod snapshot;
 
 pub use backing::cowblk_backing_ops;
 pub use check::{cowblk_check, cowblk_check_result};
@@ -59,6 +60,10 @@ pub use io::{
 };
 pub use nb::{cowblk_map_nb, COWBLK_MAP_DATA, COWBLK_MAP_UNALLOCATED, COWBLK_MAP_ZERO};
 pub use open_opts::cowblk_open_kv;
+pub use snapshot::{
+    cowblk_snapshot, cowblk_snapshot_apply, cowblk_snapshot_count, cowblk_snapshot_create,
+    cowblk_snapshot_delete, cowblk_snapshot_get, COWBLK_SNAPSHOT_ID_LEN, COWBLK_SNAPSHOT_NAME_LEN,
+};
 
 /// Version of the C ABI described by this header; `cowblk_abi_version()`
 /// returns the library's. It grows by one with every change a host can see

@@ -239,6 +239,28 @@ pub trait Format: Send + Sync {
     fn snapshots(&self) -> Vec<SnapshotInfo> {
         Vec::new()
     }
+    /// Creates an internal snapshot of the active state named `name`,
+    /// dated `date` (seconds, nanoseconds since the epoch); returns its id.
+    fn snapshot_create(&self, _name: &str, _date: (u32, u32)) -> Result<String> {
+        Err(Error::Unsupported(format!(
+            "format '{}' has no internal snapshots",
+            self.format_name()
+        )))
+    }
+    /// Makes the active state a copy of a snapshot's (size included).
+    fn snapshot_apply(&self, _which: &crate::image::SnapshotRef) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "format '{}' has no internal snapshots",
+            self.format_name()
+        )))
+    }
+    /// Deletes an internal snapshot.
+    fn snapshot_delete(&self, _which: &crate::image::SnapshotRef) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "format '{}' has no internal snapshots",
+            self.format_name()
+        )))
+    }
     /// Things the user should know about the open image that did not stop
     /// it from opening (for example a qcow2 corrupt bit on a read-only open).
     fn warnings(&self) -> Vec<String> {

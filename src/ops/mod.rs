@@ -13,6 +13,7 @@ pub mod convert_compressed;
 pub mod map;
 pub mod measure;
 pub mod rebase;
+pub mod snapshot;
 
 use crate::error::Result;
 use crate::image::Image;

@@ -4,6 +4,7 @@
 
 #[path = "../shared/mod.rs"]
 mod shared;
+mod snapshot;
 
 use cowblk::format::info::{fields_human, fields_json};
 use cowblk::format::{self, CheckReport, OptKind, Repair, SnapshotInfo};
@@ -71,7 +72,7 @@ Commands (run cowblk-img COMMAND --help for command-specific help):
   measure - Calculate file size required for a new image
   rebase - Change backing file of the image
   resize - Resize the image to the new size
-  snapshot - List snapshots within image
+  snapshot - List, apply, create or delete snapshots in image
 
 Commands that open an image take --confined: files the image names must be
 regular files inside its directory (for untrusted images; docs/CLI.md).
@@ -126,9 +127,9 @@ Exit codes: 0 clean, 1 check error, 2 corruptions, 3 leaks, 63 format has no che
   -p    show progress on a terminal"
         }
         "snapshot" => {
-            "List internal snapshots.  Usage:
+            "List, create, apply or delete internal snapshots (qcow2).  Usage:
 
-  cowblk-img snapshot [-f FMT] [-U] -l FILENAME"
+  cowblk-img snapshot [-f FMT] [-q] [-U] [-l | -a SNAPSHOT | -c SNAPSHOT | -d SNAPSHOT] FILENAME"
         }
         "compare" => {
             "Compare the contents of two images.  Usage:
@@ -223,7 +224,7 @@ fn main() {
         "map" => map(args),
         "check" => check(args),
         "convert" => convert(args),
-        "snapshot" => snapshot(args),
+        "snapshot" => snapshot::snapshot(args),
         "compare" => compare(args),
         "resize" => resize(args),
         "commit" => commit(args),
@@ -1281,39 +1282,7 @@ fn dd(args: Vec<OsString>) -> Res {
     Ok(0)
 }
 
-// ---- snapshot ----
-
-fn snapshot(args: Vec<OsString>) -> Res {
-    const C: &str = "snapshot";
-    let mut p = parser(args);
-    let (mut fmt, mut list, mut files) = (None, false, Vec::new());
-    while let Some(a) = p.next().map_err(|e| usage_err(C, e.to_string()))? {
-        match a {
-            Short('f') => fmt = Some(val(&mut p, C)?),
-            Short('l') => list = true,
-            Short('q') => {}
-            Short('U') | Long("force-share") => force_share(),
-            Short(c @ ('a' | 'c' | 'd')) => {
-                let _ = val(&mut p, C)?;
-                return Err(fail(format!(
-                    "snapshot -{c} is not supported: cowblk opens snapshots read-only"
-                )));
-            }
-            Value(v) => files.push(v.to_string_lossy().into_owned()),
-            a => return Err(unexpected(a, C)),
-        }
-    }
-    if !list {
-        return Err(usage_err(C, "Expecting -l (only listing is supported)"));
-    }
-    let file = one_file(files, C)?;
-    let img = open(&file, fmt, true)?;
-    let snaps = img.snapshots();
-    if !snaps.is_empty() {
-        print!("Snapshot list:\n{}", snapshot_table(&snaps));
-    }
-    Ok(0)
-}
+// ---- snapshot ---- (snapshot.rs)
 
 // ---- compare ----
 

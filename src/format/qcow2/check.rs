@@ -426,23 +426,24 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
         l2_msgs: Vec::new(),
         dropped: 0,
     };
-    let steps = 4 + q.snapshots.len() as u64;
+    let snapshots = q.snapshots.load();
+    let steps = 4 + snapshots.len() as u64;
     progress(0, steps);
     // Header.
     c.inc(0, cs);
     // The active L1 table (and its L2 tables and data).
-    c.l1(h.l1_table_offset, h.l1_size as u64, true)?;
+    c.l1(q.l1.load().offset(), q.l1.load().entries(), true)?;
     progress(1, steps);
     // Snapshots.
-    if q.geo.data_file && !q.snapshots.is_empty() {
+    if q.geo.data_file && !snapshots.is_empty() {
         c.r.corruptions += 1;
         c.msg(format!(
             "ERROR {} snapshots in image with data file",
-            q.snapshots.len()
+            snapshots.len()
         ));
     }
     let mut snap_bytes = 0u64;
-    for (i, s) in q.snapshots.iter().enumerate() {
+    for (i, s) in snapshots.iter().enumerate() {
         snap_bytes += ((40 + s.extra.len() + s.id.len() + s.name.len()) as u64).next_multiple_of(8);
         if s.l1_size as u64 * 8 > MAX_L1_BYTES {
             c.r.corruptions += 1;
@@ -463,12 +464,14 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
         c.l1(s.l1_table_offset, s.l1_size as u64, false)?;
         progress(2 + i as u64, steps);
     }
-    if h.nb_snapshots > 0 {
-        c.inc(h.snapshots_offset, snap_bytes);
+    if !snapshots.is_empty() {
+        c.inc(q.snapshot_table_offset(), snap_bytes);
     }
     // Refcount table.
-    let rt_entries = (h.refcount_table_clusters as u64) << (cb - 3);
-    c.inc(h.refcount_table_offset, rt_entries * 8);
+    // Where the table is on disk now (a snapshot operation moves it).
+    let (rt_offset, rt_clusters) = q.refcount_table_on_disk();
+    let rt_entries = rt_clusters << (cb - 3);
+    c.inc(rt_offset, rt_entries * 8);
     // Crypto header (encrypted images do not open, but the check counts it).
     if let Some((off, len)) = h.crypto_ext {
         c.inc(off, len);
@@ -476,7 +479,7 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
     c.bitmaps()?;
     progress(steps - 2, steps);
     // Refcount blocks (QEMU's check_refblocks).
-    let rt_bytes = c.read(h.refcount_table_offset, rt_entries * 8)?;
+    let rt_bytes = c.read(rt_offset, rt_entries * 8)?;
     let table: Vec<u64> = rt_bytes.chunks_exact(8).map(BigEndian::read_u64).collect();
     for (i, &e) in table.iter().enumerate() {
         let off = e & REFT_OFFSET_MASK;
@@ -566,12 +569,12 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
 
 /// QEMU's check_oflag_copied (without repair).
 fn copied_flags(c: &mut Ctx, stored: &mut Stored) -> Result<()> {
-    let h = &c.q.header;
-    let l1_size = h.l1_size as u64;
+    // The active table as it is now (a resize or snapshot apply moves it).
+    let (l1_offset, l1_size) = (c.q.l1.load().offset(), c.q.l1.load().entries());
     if l1_size * 8 > MAX_L1_BYTES {
         return Ok(());
     }
-    let l1 = c.read(h.l1_table_offset, l1_size * 8)?;
+    let l1 = c.read(l1_offset, l1_size * 8)?;
     let words = c.entry_words() as usize;
     let data_file = c.q.geo.data_file;
     let extended = c.q.geo.extended;

@@ -35,6 +35,7 @@ pub mod open_opts;
 mod overlap;
 pub mod refcount;
 pub mod snapshot;
+mod snapshot_write;
 #[cfg(test)]
 mod tests;
 mod write;
@@ -122,7 +123,8 @@ pub struct Qcow2 {
     /// swapped whole when a resize moves it.
     l1: ArcSwap<L1Table>,
     l2_cache: TableCache,
-    snapshots: Vec<Snapshot>,
+    /// The snapshot table (replaced whole by the write side).
+    snapshots: ArcSwap<Vec<Snapshot>>,
     /// The persistent bitmap directory (for `info`).
     bitmaps: Vec<bitmaps::Bitmap>,
     backing: Option<BackingSpec>,
@@ -143,10 +145,9 @@ pub struct Qcow2 {
     known_len: AtomicU64,
     /// Overlap checks (open_opts::OL_* bits) of a read-write open.
     overlap: u32,
-    /// The snapshot table's extent (offset, bytes), for the checks.
-    snapshot_table: (u64, u64),
-    /// The snapshots' L2 tables (only with overlap-check=all).
-    inactive_l2: HashSet<u64>,
+    /// The snapshots' L2 tables (only with overlap-check=all; rebuilt
+    /// when the snapshot table changes).
+    inactive_l2: std::sync::RwLock<HashSet<u64>>,
 }
 
 fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
@@ -255,7 +256,7 @@ impl Qcow2 {
             size: AtomicU64::new(size),
             l1: ArcSwap::from_pointee(l1),
             l2_cache: TableCache::new(tables),
-            snapshots,
+            snapshots: ArcSwap::from_pointee(snapshots),
             bitmaps,
             backing,
             warnings,
@@ -266,8 +267,7 @@ impl Qcow2 {
             incompat,
             known_len: AtomicU64::new(file_len),
             overlap: oo.overlap,
-            snapshot_table: (0, 0),
-            inactive_l2: HashSet::new(),
+            inactive_l2: Default::default(),
         };
         if !ctx.read_only {
             q.open_for_writing(oo.refcount_blocks)?;
@@ -296,6 +296,7 @@ impl Qcow2 {
             self.header.refcount_table_clusters as u64,
             blocks.min(1 << 16) as usize,
         )));
+        self.init_snapshot_table()?;
         if self.header.incompatible & features::INCOMPAT_DIRTY != 0 {
             self.rebuild_refcounts()
                 .map_err(|e| e.context("repairing the refcounts of an image not closed cleanly"))?;
@@ -769,6 +770,7 @@ impl Format for Qcow2 {
 
     fn snapshots(&self) -> Vec<SnapshotInfo> {
         self.snapshots
+            .load()
             .iter()
             .map(|s| SnapshotInfo {
                 id: s.id.clone(),
@@ -781,6 +783,18 @@ impl Format for Qcow2 {
                 icount: s.icount,
             })
             .collect()
+    }
+
+    fn snapshot_create(&self, name: &str, date: (u32, u32)) -> Result<String> {
+        self.w_snapshot_create(name, date)
+    }
+
+    fn snapshot_apply(&self, which: &crate::image::SnapshotRef) -> Result<()> {
+        self.w_snapshot_apply(which).map(|_| ())
+    }
+
+    fn snapshot_delete(&self, which: &crate::image::SnapshotRef) -> Result<()> {
+        self.w_snapshot_delete(which).map(|_| ())
     }
 
     fn persistent_bitmaps(&self) -> Option<Vec<(String, u64)>> {

@@ -8,47 +8,40 @@
 use super::l2::OFFSET_MASK;
 use super::open_opts::*;
 use super::write::Meta;
-use super::{snapshot, Qcow2};
+use super::Qcow2;
 use crate::error::{Error, Result};
 use byteorder::{BigEndian, ByteOrder};
 
 impl Qcow2 {
-    /// Reads what the checks need that open did not keep: the snapshot
-    /// table's length and (overlap-check=all) the snapshots' L2 tables.
-    pub(super) fn load_overlap_extents(&mut self) -> Result<()> {
-        let h = &self.header;
-        if h.nb_snapshots > 0 {
-            let mut pos = 0u64;
-            let mut fixed = [0u8; 40];
-            for _ in 0..h.nb_snapshots {
-                self.file.read_at(&mut fixed, h.snapshots_offset + pos)?;
-                pos += snapshot::entry_len(&fixed)?;
-            }
-            self.snapshot_table = (h.snapshots_offset, pos);
+    /// Reads the snapshots' L2 table offsets for overlap-check=all (at
+    /// a read-write open and after every change of the snapshot table).
+    pub(super) fn load_overlap_extents(&self) -> Result<()> {
+        if self.overlap & OL_INACTIVE_L2 == 0 {
+            return Ok(());
         }
-        if self.overlap & OL_INACTIVE_L2 != 0 {
-            let flen = self.file.len()?;
-            let mut seen = std::collections::HashSet::new();
-            for s in &self.snapshots {
-                if !seen.insert(s.l1_table_offset) {
-                    continue;
-                }
-                let bytes = s.l1_size as u64 * 8;
-                if s.l1_table_offset.saturating_add(bytes) > flen {
-                    return Err(Error::Corrupt(format!(
-                        "snapshot '{}' has an L1 table past the end of the file",
-                        s.id
-                    )));
-                }
-                let mut raw = vec![0u8; bytes as usize];
-                self.file.read_at(&mut raw, s.l1_table_offset)?;
-                for e in raw.chunks_exact(8).map(BigEndian::read_u64) {
-                    if e & OFFSET_MASK != 0 {
-                        self.inactive_l2.insert(e & OFFSET_MASK);
-                    }
+        let flen = self.file.len()?;
+        let mut seen = std::collections::HashSet::new();
+        let mut set = std::collections::HashSet::new();
+        for s in self.snapshots.load().iter() {
+            if !seen.insert(s.l1_table_offset) {
+                continue;
+            }
+            let bytes = s.l1_size as u64 * 8;
+            if s.l1_table_offset.saturating_add(bytes) > flen {
+                return Err(Error::Corrupt(format!(
+                    "snapshot '{}' has an L1 table past the end of the file",
+                    s.id
+                )));
+            }
+            let mut raw = vec![0u8; bytes as usize];
+            self.file.read_at(&mut raw, s.l1_table_offset)?;
+            for e in raw.chunks_exact(8).map(BigEndian::read_u64) {
+                if e & OFFSET_MASK != 0 {
+                    set.insert(e & OFFSET_MASK);
                 }
             }
         }
+        *self.inactive_l2.write().unwrap_or_else(|p| p.into_inner()) = set;
         Ok(())
     }
 
@@ -79,12 +72,13 @@ impl Qcow2 {
         if on(OL_REFCOUNT_TABLE) && hits((m.rt_offset, m.rt_clusters * cs)) {
             return Some("the refcount table");
         }
-        if on(OL_SNAPSHOT_TABLE) && hits(self.snapshot_table) {
+        if on(OL_SNAPSHOT_TABLE) && hits(m.snap_table) {
             return Some("the snapshot table");
         }
         if on(OL_INACTIVE_L1)
             && self
                 .snapshots
+                .load()
                 .iter()
                 .any(|s| hits((s.l1_table_offset, s.l1_size as u64 * 8)))
         {
@@ -99,6 +93,7 @@ impl Qcow2 {
         }
         // Per cluster: the tables are looked up by offset.
         if mode & (OL_ACTIVE_L2 | OL_REFCOUNT_BLOCK | OL_INACTIVE_L2) != 0 {
+            let inactive = self.inactive_l2.read().unwrap_or_else(|p| p.into_inner());
             for c in (off >> cb)..=((off + len - 1) >> cb) {
                 let at = c << cb;
                 if on(OL_REFCOUNT_BLOCK) && m.block_offs.contains(&at) {
@@ -107,7 +102,7 @@ impl Qcow2 {
                 if on(OL_ACTIVE_L2) && self.l2_cache.contains(at) {
                     return Some("an active L2 table");
                 }
-                if on(OL_INACTIVE_L2) && self.inactive_l2.contains(&at) {
+                if on(OL_INACTIVE_L2) && inactive.contains(&at) {
                     return Some("a snapshot's L2 table");
                 }
             }

@@ -106,6 +106,115 @@ pub fn read_table(
     Ok(out)
 }
 
+/// Bytes of extra data QEMU 5+ writes for every entry (v2 and v3 alike):
+/// vm_state_size_large, disk_size, icount.
+pub const KNOWN_EXTRA: usize = 24;
+/// QEMU's limit on the number of snapshots.
+pub const MAX_SNAPSHOTS: usize = 65536;
+
+impl Snapshot {
+    /// A new entry as QEMU makes one: 24 bytes of extra data (v2 and v3),
+    /// icount recorded as `icount` (qemu-img writes 0).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        name: String,
+        l1_table_offset: u64,
+        l1_size: u32,
+        date: (u32, u32),
+        vm_clock_nsec: u64,
+        disk_size: u64,
+        icount: Option<u64>,
+    ) -> Snapshot {
+        Snapshot {
+            l1_table_offset,
+            l1_size,
+            id,
+            name,
+            date_sec: date.0,
+            date_nsec: date.1,
+            vm_clock_nsec,
+            vm_state_size: 0,
+            disk_size: Some(disk_size),
+            icount,
+            extra: Vec::new(),
+        }
+    }
+}
+
+/// Encodes one entry as QEMU 5+ rewrites it: the known 24 bytes of extra
+/// data from the fields (`disk_size` when the entry has none recorded),
+/// then every byte of extra data past them unchanged.
+pub fn encode_entry(s: &Snapshot, disk_size: u64) -> Result<Vec<u8>> {
+    let unknown = s.extra.get(KNOWN_EXTRA..).unwrap_or(&[]);
+    let extra_len = KNOWN_EXTRA + unknown.len();
+    if extra_len > MAX_EXTRA_DATA as usize {
+        return Err(Error::TooLarge(format!(
+            "snapshot '{}' would have {extra_len} bytes of extra data (at most {MAX_EXTRA_DATA})",
+            s.id
+        )));
+    }
+    let (id, name) = (s.id.as_bytes(), s.name.as_bytes());
+    if id.len() > u16::MAX as usize || name.len() > u16::MAX as usize {
+        return Err(Error::InvalidArgument(format!(
+            "snapshot id or name longer than {} bytes",
+            u16::MAX
+        )));
+    }
+    let mut b = vec![0u8; ENTRY_HEADER + extra_len];
+    BigEndian::write_u64(&mut b[0..8], s.l1_table_offset);
+    BigEndian::write_u32(&mut b[8..12], s.l1_size);
+    BigEndian::write_u16(&mut b[12..14], id.len() as u16);
+    BigEndian::write_u16(&mut b[14..16], name.len() as u16);
+    BigEndian::write_u32(&mut b[16..20], s.date_sec);
+    BigEndian::write_u32(&mut b[20..24], s.date_nsec);
+    BigEndian::write_u64(&mut b[24..32], s.vm_clock_nsec);
+    // The 32-bit field holds the low half, as QEMU writes it.
+    BigEndian::write_u32(&mut b[32..36], s.vm_state_size as u32);
+    BigEndian::write_u32(&mut b[36..40], extra_len as u32);
+    let e = &mut b[ENTRY_HEADER..];
+    BigEndian::write_u64(&mut e[0..8], s.vm_state_size);
+    BigEndian::write_u64(&mut e[8..16], s.disk_size.unwrap_or(disk_size));
+    BigEndian::write_u64(&mut e[16..24], s.icount.unwrap_or(u64::MAX));
+    e[KNOWN_EXTRA..].copy_from_slice(unknown);
+    b.extend_from_slice(id);
+    b.extend_from_slice(name);
+    b.resize(b.len().div_ceil(8) * 8, 0);
+    Ok(b)
+}
+
+/// Encodes a whole table (`disk_size` for entries without one), enforcing
+/// QEMU's limits on the count and the size.
+pub fn encode_table(list: &[Snapshot], disk_size: u64) -> Result<Vec<u8>> {
+    if list.len() > MAX_SNAPSHOTS {
+        return Err(Error::TooLarge(format!(
+            "{} snapshots (QEMU's limit is {MAX_SNAPSHOTS})",
+            list.len()
+        )));
+    }
+    let mut out = Vec::new();
+    for s in list {
+        out.extend(encode_entry(s, disk_size)?);
+        if out.len() as u64 > MAX_TABLE_BYTES {
+            return Err(Error::TooLarge(format!(
+                "the snapshot table would exceed QEMU's limit of {MAX_TABLE_BYTES} bytes"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// The id QEMU gives a new snapshot: one more than the largest numeric id
+/// (ids that are not numbers count as 0).
+pub fn next_id(list: &[Snapshot]) -> String {
+    let max = list
+        .iter()
+        .map(|s| s.id.parse::<u64>().unwrap_or(0))
+        .max()
+        .unwrap_or(0);
+    (max + 1).to_string()
+}
+
 /// Checks a snapshot's L1 table before it is loaded (CVE-2014-0143).
 pub fn check_l1(s: &Snapshot, cluster_bits: u32) -> Result<()> {
     let bytes = s.l1_size as u64 * 8;
@@ -197,5 +306,29 @@ mod tests {
             .to_string()
             .contains("aligned"));
         assert!(parse_entry(&entry("1", "x", &[])[..40]).is_err());
+    }
+    #[test]
+    fn encode_keeps_unknown_extra_data() {
+        let mut extra = vec![0u8; 40];
+        BigEndian::write_u64(&mut extra[8..16], 1 << 20);
+        BigEndian::write_u64(&mut extra[16..24], 5);
+        for (i, b) in extra[24..].iter_mut().enumerate() {
+            *b = i as u8 + 1;
+        }
+        let raw = entry("7", "keep", &extra);
+        let s = parse_entry(&raw).unwrap();
+        let out = encode_entry(&s, 99).unwrap();
+        let back = parse_entry(&out).unwrap();
+        assert_eq!(back.extra, extra);
+        assert_eq!(back.icount, Some(5));
+        // Short extra data (old QEMU) grows to 24 bytes, size filled in.
+        let old = parse_entry(&entry("1", "old", &[])).unwrap();
+        let back = parse_entry(&encode_entry(&old, 4096).unwrap()).unwrap();
+        assert_eq!(back.extra.len(), KNOWN_EXTRA);
+        assert_eq!(back.disk_size, Some(4096));
+        assert_eq!(back.vm_state_size, 77);
+        assert_eq!(back.icount, None);
+        assert_eq!(next_id(&[old.clone(), s.clone()]), "8");
+        assert_eq!(next_id(&[]), "1");
     }
 }

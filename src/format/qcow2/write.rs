@@ -41,7 +41,7 @@ struct Block {
 /// The mutable metadata state of a read-write open.
 pub(super) struct Meta {
     /// Refcount table entries (raw), as the table on disk will hold them.
-    rt: Vec<u64>,
+    pub(super) rt: Vec<u64>,
     pub(super) rt_offset: u64,
     pub(super) rt_clusters: u64,
     /// The refcount blocks' offsets (for the overlap checks).
@@ -55,7 +55,7 @@ pub(super) struct Meta {
     block_cap: usize,
     tick: u64,
     /// No cluster below this one is free.
-    hint: u64,
+    pub(super) hint: u64,
     /// L2 tables changed since the last write-back.
     pub(super) l2_dirty: HashSet<u64>,
     /// L1 indexes changed since the last write-back.
@@ -65,6 +65,25 @@ pub(super) struct Meta {
     /// Where the next compressed cluster may be packed (0: start a new
     /// host cluster), as QEMU's free_byte_offset.
     pub(super) free_byte: u64,
+    /// The snapshot table on disk: offset and length in bytes.
+    pub(super) snap_table: (u64, u64),
+    /// A transaction in progress (see `Shadow`).
+    pub(super) shadow: Option<Shadow>,
+}
+
+/// A refcount structure built beside the committed one, switched to by
+/// one header write (snapshot create and delete): every refcount block the
+/// transaction changes is first copied to a new cluster, the table moves,
+/// and no cluster whose count drops to 0 is reused before the switch (the
+/// committed structure still names it).
+#[derive(Default)]
+pub(super) struct Shadow {
+    /// Blocks made or copied during the transaction: changed in place.
+    pub(super) fresh: HashSet<u64>,
+    /// Committed blocks replaced by copies: freed after the switch.
+    pub(super) replaced: Vec<u64>,
+    /// Clusters whose count reached 0 during the transaction.
+    pub(super) zeroed: HashSet<u64>,
 }
 
 impl Meta {
@@ -89,6 +108,8 @@ impl Meta {
             l1_dirty: BTreeSet::new(),
             frees: Vec::new(),
             free_byte: 0,
+            snap_table: (0, 0),
+            shadow: None,
         }
     }
 
@@ -170,11 +191,15 @@ impl Qcow2 {
 
     /// Sets the refcount of host cluster `c`, creating its refcount block
     /// (and growing the table) when needed.
-    fn set_refcount(&self, m: &mut Meta, c: u64, value: u64, depth: u32) -> Result<()> {
+    pub(super) fn set_refcount(&self, m: &mut Meta, c: u64, value: u64, depth: u32) -> Result<()> {
         let (ti, bi) = refcount::position(c, self.geo.cluster_bits, self.order());
         let boff = match self.block_offset(m, ti) {
             0 => self.new_block(m, ti, depth)?,
             b => b,
+        };
+        let boff = match &m.shadow {
+            Some(s) if !s.fresh.contains(&boff) => self.copy_block(m, ti, boff, depth)?,
+            _ => boff,
         };
         let order = self.order();
         let b = self.block(m, boff)?;
@@ -200,7 +225,55 @@ impl Qcow2 {
             ))
         })?;
         self.set_refcount(m, c, new, 0)?;
+        if new == 0 {
+            if let Some(s) = &mut m.shadow {
+                s.zeroed.insert(c);
+            }
+        }
         Ok(new)
+    }
+
+    /// Shadow mode: replaces committed block `boff` (table index `ti`) by
+    /// a copy in a new cluster and returns the copy's offset.
+    fn copy_block(&self, m: &mut Meta, ti: u64, boff: u64, depth: u32) -> Result<u64> {
+        if depth > 8 {
+            return Err(Error::Corrupt(
+                "refcount block copies do not converge".into(),
+            ));
+        }
+        let data = self.block(m, boff)?.data.clone();
+        let c = self.find_free(m, 1)?;
+        m.hint = c + 1;
+        let nb = c << self.geo.cluster_bits;
+        self.check_overlap(m, nb, self.cs(), "a refcount block copy")?;
+        m.blocks.remove(&boff);
+        m.tick += 1;
+        m.blocks.insert(
+            nb,
+            Block {
+                data,
+                dirty: true,
+                tick: m.tick,
+            },
+        );
+        m.rt[ti as usize] = nb;
+        m.block_offs.insert(nb);
+        m.rt_dirty = true;
+        if let Some(s) = &mut m.shadow {
+            s.fresh.insert(nb);
+            s.replaced.push(boff);
+        }
+        self.set_refcount(m, c, 1, depth + 1)?;
+        Ok(nb)
+    }
+
+    /// Whether cluster `c` may not be allocated: counted, or (during a
+    /// transaction) still named by the committed structure.
+    fn in_use(&self, m: &mut Meta, c: u64) -> Result<bool> {
+        if m.shadow.as_ref().is_some_and(|s| s.zeroed.contains(&c)) {
+            return Ok(true);
+        }
+        Ok(self.refcount(m, c)? != 0)
     }
 
     /// Makes a refcount block for table index `ti` (zeroed, describing
@@ -235,6 +308,9 @@ impl Qcow2 {
         m.rt[ti as usize] = boff;
         m.block_offs.insert(boff);
         m.rt_dirty = true;
+        if let Some(s) = &mut m.shadow {
+            s.fresh.insert(boff);
+        }
         self.set_refcount(m, c, 1, depth + 1)?;
         Ok(boff)
     }
@@ -293,7 +369,7 @@ impl Qcow2 {
     }
 
     /// The first run of `n` free clusters at or after the hint.
-    fn find_free(&self, m: &mut Meta, n: u64) -> Result<u64> {
+    pub(super) fn find_free(&self, m: &mut Meta, n: u64) -> Result<u64> {
         // Past the end of the file only our own unwritten allocations can
         // be in use; a long run of refcounts there is a hostile image, and
         // scanning it would take forever.
@@ -308,7 +384,7 @@ impl Qcow2 {
                     "no free run of {n} host clusters: refcounts are set far past the end of the file (or the image reached 2^56 bytes)"
                 )));
             }
-            if self.refcount(m, c)? != 0 {
+            if self.in_use(m, c)? {
                 start = c + 1;
             }
             c += 1;
@@ -330,7 +406,7 @@ impl Qcow2 {
             }
             let mut free = true;
             for i in 0..n {
-                if self.refcount(m, c + i)? != 0 {
+                if self.in_use(m, c + i)? {
                     free = false;
                     break;
                 }
@@ -388,7 +464,7 @@ impl Qcow2 {
 
     /// Host clusters of the image file an L2 entry holds a reference to
     /// (none for data in an external data file: it has no refcounts).
-    fn entry_clusters(&self, entry: u64) -> Vec<u64> {
+    pub(super) fn entry_clusters(&self, entry: u64) -> Vec<u64> {
         let cb = self.geo.cluster_bits;
         if self.geo.data_file {
             return Vec::new();
@@ -711,7 +787,7 @@ impl Qcow2 {
         self.flush_locked(&mut m)
     }
 
-    fn write_blocks(&self, m: &mut Meta) -> Result<bool> {
+    pub(super) fn write_blocks(&self, m: &mut Meta) -> Result<bool> {
         let mut keys: Vec<u64> = m
             .blocks
             .iter()
@@ -1055,7 +1131,7 @@ impl Qcow2 {
                 pos += super::snapshot::entry_len(&fixed)?;
             }
             add(self.header.snapshots_offset, pos, "the snapshot table")?;
-            for s in &self.snapshots {
+            for s in self.snapshots.load().iter() {
                 l1s.push((s.l1_table_offset, s.l1_size as u64));
             }
         }
