@@ -848,6 +848,7 @@ mod tests {
             snapshot: None,
             confine: None,
             metadata_only: false,
+            format_opts: &[],
         })
         .unwrap();
         let cs = q.cs();
