@@ -840,7 +840,9 @@ int cowblk_pwritev_cow(struct cowblk_image *img,
 /**
  * Checks the image's metadata like `qemu-img check`, repairing what
  * `fix` allows (`COWBLK_CHECK_FIX_LEAKS`, `COWBLK_CHECK_FIX_ERRORS`; a
- * repair needs a read-write handle). Returns 0 with `*result` filled, or
+ * repair needs a read-write handle). Returns 0 with `*result` filled
+ * (-EIO with `*result` filled when a repair had to stop: a qcow2 image
+ * whose refcount structures need a rebuild under FIX_LEAKS only), or
  * -ENOTSUP for a format without checks (raw), or another negative errno.
  * A `struct_size` from an older header (down to the first version's
  * struct) gets the members it has; -EINVAL below that.

@@ -67,6 +67,10 @@ pub struct OpenOptions {
     /// (qcow2: l2-cache-size, refcount-cache-size, cache-size,
     /// overlap-check). A driver refuses options it does not know.
     pub format_opts: Vec<(String, String)>,
+    /// Opened for `check -r` (QEMU's BDRV_O_CHECK): a qcow2 image marked
+    /// corrupt opens read-write, and a dirty one is left for the check to
+    /// repair instead of being repaired at open. Needs `!read_only`.
+    pub repair: bool,
 }
 
 /// Which internal snapshot to open, with QEMU's rules
@@ -300,6 +304,7 @@ impl Image {
             confine: root,
             metadata_only: opts.metadata_only,
             format_opts: &opts.format_opts,
+            repair: opts.repair && !opts.read_only,
         })
         .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
         // The data file under metadata (add-cow image file, qcow2 data file).
@@ -336,6 +341,7 @@ impl Image {
                         confined: opts.confined,
                         metadata_only: opts.metadata_only,
                         format_opts: Vec::new(),
+                        repair: false,
                     };
                     let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen, root)
                         .map_err(|e| {
@@ -582,6 +588,18 @@ impl Image {
         }
         let _s = self.shared();
         self.fmt.check(repair, progress)
+    }
+
+    /// Changes format options (`qemu-img amend -o`, see `Format::amend`);
+    /// close the image afterwards and reopen it to use it.
+    pub fn amend(
+        &self,
+        opts: &crate::format::CreateOptions,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<()> {
+        self.check_writable()?;
+        let _x = self.exclusive();
+        self.fmt.amend(opts, progress)
     }
 
     /// Drops everything allocated in this layer (see `Format::make_empty`).

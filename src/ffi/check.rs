@@ -41,7 +41,9 @@ pub struct cowblk_check_result {
 
 /// Checks the image's metadata like `qemu-img check`, repairing what
 /// `fix` allows (`COWBLK_CHECK_FIX_LEAKS`, `COWBLK_CHECK_FIX_ERRORS`; a
-/// repair needs a read-write handle). Returns 0 with `*result` filled, or
+/// repair needs a read-write handle). Returns 0 with `*result` filled
+/// (-EIO with `*result` filled when a repair had to stop: a qcow2 image
+/// whose refcount structures need a rebuild under FIX_LEAKS only), or
 /// -ENOTSUP for a format without checks (raw), or another negative errno.
 /// A `struct_size` from an older header (down to the first version's
 /// struct) gets the members it has; -EINVAL below that.
@@ -90,6 +92,8 @@ pub unsafe extern "C" fn cowblk_check(
             *d = *s as c_char;
         }
         write_prefix(result, given, out);
-        Ok(0)
+        // A repair that had to stop (qemu-img's "Check failed"): what it
+        // found is in *result.
+        Ok(if r.failure.is_some() { -libc::EIO } else { 0 })
     })
 }

@@ -217,6 +217,7 @@ pub(super) fn open_options(
         no_lock: flags & COWBLK_OPEN_NO_LOCK != 0,
         confined: flags & COWBLK_OPEN_CONFINED != 0,
         metadata_only: flags & COWBLK_OPEN_METADATA_ONLY != 0,
+        repair: false,
     })
 }
 

@@ -24,6 +24,10 @@ pub struct CheckReport {
     pub image_end_offset: Option<u64>,
     /// One line per problem found, for the user.
     pub messages: Vec<String>,
+    /// The check stopped early with this error after finding what
+    /// `messages` say (qemu-img then prints "Check failed: ..." and no
+    /// summary).
+    pub failure: Option<String>,
 }
 
 /// What a check may repair (`qemu-img check -r`).

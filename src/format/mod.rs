@@ -221,6 +221,15 @@ pub trait Format: Send + Sync {
             self.format_name()
         )))
     }
+    /// Changes format options of an existing image (`qemu-img amend`),
+    /// reporting (done, total) to `progress`. The handle may be read-only
+    /// afterwards (reopen it).
+    fn amend(&self, _opts: &CreateOptions, _progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "Format driver '{}' does not support option amendment",
+            self.format_name()
+        )))
+    }
     /// Drops everything allocated in this layer so it reads through to its
     /// backing file again (after `commit`).
     fn make_empty(&self) -> Result<()> {
@@ -293,6 +302,8 @@ pub struct OpenCtx<'a> {
     /// Driver options (`OpenOptions::format_opts`); drivers that take
     /// none refuse any (`OpenCtx::no_format_opts`).
     pub format_opts: &'a [(String, String)],
+    /// Opened to repair (`OpenOptions::repair`).
+    pub repair: bool,
 }
 
 impl OpenCtx<'_> {

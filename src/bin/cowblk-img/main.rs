@@ -2,6 +2,7 @@
 //! the cowblk library. Every operation is a library call (`cowblk::ops`,
 //! `Image`); this file only parses arguments and prints.
 
+mod amend;
 #[path = "../shared/mod.rs"]
 mod shared;
 mod snapshot;
@@ -231,6 +232,7 @@ fn main() {
         "rebase" => rebase(args),
         "bench" => bench(args),
         "dd" => dd(args),
+        "amend" => amend::amend(args),
         "measure" => measure(args),
         other => Err(Fail {
             usage: Some(""),
@@ -836,7 +838,15 @@ fn check(args: Vec<OsString>) -> Res {
         }
     }
     let file = one_file(files, C)?;
-    let img = open(&file, fmt, repair == Repair::None)?;
+    let img = open_with(
+        &file,
+        &OpenOptions {
+            format: fmt,
+            read_only: repair == Repair::None,
+            repair: repair != Repair::None,
+            ..Default::default()
+        },
+    )?;
     let r: CheckReport =
         match with_progress(progress && !quiet, |pr| img.check_progress(repair, pr)) {
             Ok(r) => r,
@@ -853,6 +863,9 @@ fn check(args: Vec<OsString>) -> Res {
     for msg in &r.messages {
         eprintln!("{msg}");
     }
+    if let Some(why) = &r.failure {
+        return Err(fail(format!("Check failed: {why}")));
+    }
     match out {
         Output::Json => {
             let mut m = Map::new();
@@ -866,13 +879,20 @@ fn check(args: Vec<OsString>) -> Res {
             if let Some(t) = r.total_clusters.filter(|&t| t > 0) {
                 m.insert("total-clusters".into(), json!(t));
             }
-            if r.corruptions > 0 {
-                m.insert("corruptions".into(), json!(r.corruptions));
+            // What is left (qemu-img reports its second check's counts
+            // after a repair).
+            if r.corruptions > r.corruptions_fixed {
+                m.insert(
+                    "corruptions".into(),
+                    json!(r.corruptions - r.corruptions_fixed),
+                );
+            }
+            if r.corruptions_fixed > 0 {
+                m.insert("corruptions-fixed".into(), json!(r.corruptions_fixed));
             }
             m.insert("check-errors".into(), json!(r.check_errors));
             for (k, v) in [
-                ("leaks", r.leaks),
-                ("corruptions-fixed", r.corruptions_fixed),
+                ("leaks", r.leaks - r.leaks_fixed),
                 ("leaks-fixed", r.leaks_fixed),
             ] {
                 if v > 0 {

@@ -1,10 +1,11 @@
-//! Read-only consistency check, as `qemu-img check` does it on qcow2:
+//! Consistency check, as `qemu-img check` does it on qcow2:
 //! rebuild the refcount every host cluster should have from all references
 //! (header, L1/L2 tables, data and compressed clusters, refcount table and
 //! blocks, snapshot table and snapshot L1/L2 tables, bitmap directory and
 //! tables, crypto header), compare with the stored refcounts, then check
 //! the OFLAG_COPIED flags of the active tables. Counts, messages (stderr
-//! lines) and the end offset are QEMU 10's. Repair is not implemented.
+//! lines) and the end offset are QEMU 10's. Repair (`-r`) runs these
+//! passes with a `Fixer` (`repair.rs`).
 //!
 //! Memory: one 16-bit counter per host cluster up to the file's end (QEMU
 //! keeps one per cluster too), capped at `MAX_CLUSTERS`; references past
@@ -29,16 +30,16 @@ const L2E_STD_RESERVED_MASK: u64 = 0x3f00_0000_0000_01fe;
 /// Bitmap table entries: offset bits.
 const BME_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
 
-struct Ctx<'a> {
+pub(super) struct Ctx<'a> {
     q: &'a Qcow2,
     cb: u32,
-    cs: u64,
+    pub(super) cs: u64,
     file_len: u64,
     /// Expected refcounts, one per host cluster.
-    refs: Vec<u16>,
+    pub(super) refs: Vec<u16>,
     /// Saturation value (the image's refcount maximum, at most 65535).
     max: u16,
-    r: CheckReport,
+    pub(super) r: CheckReport,
     fragmented: u64,
     compressed: u64,
     allocated: u64,
@@ -51,6 +52,12 @@ struct Ctx<'a> {
     l2_msgs: Vec<String>,
     /// Messages beyond `MAX_MESSAGES`, counted only.
     dropped: u64,
+    /// The refcount structures are beyond patching (QEMU's `rebuild`).
+    pub(super) rebuild: bool,
+    /// Repairing errors (`-r all`): misaligned preallocated clusters are
+    /// queued in `zero_fixes` (L2 table, entry index) instead of reported.
+    fix_errors: bool,
+    pub(super) zero_fixes: Vec<(u64, u64)>,
 }
 
 /// How often `v` occurs in the sorted `sorted`.
@@ -62,7 +69,7 @@ fn occurrences(sorted: &[u64], v: u64) -> u64 {
 pub const MAX_MESSAGES: usize = 100_000;
 
 impl Ctx<'_> {
-    fn msg(&mut self, m: String) {
+    pub(super) fn msg(&mut self, m: String) {
         if self.r.messages.len() < MAX_MESSAGES {
             self.r.messages.push(m);
         } else {
@@ -297,6 +304,18 @@ impl Ctx<'_> {
                 } else {
                     !zero
                 };
+                // As QEMU with -r all: a preallocated cluster becomes a
+                // plain zero cluster (written after the count) and is not
+                // counted. A table listed by several L1 entries is only
+                // reported.
+                if !has_data && self.fix_errors && self.mult == 1 {
+                    self.msg(format!(
+                        "Repairing offset={off:x}: Preallocated cluster is not properly aligned; L2 entry corrupted."
+                    ));
+                    self.r.corruptions_fixed += 1;
+                    self.zero_fixes.push((l2_off, i as u64));
+                    continue;
+                }
                 let what = if has_data { "Data" } else { "Preallocated" };
                 self.l2_finding(format!(
                     "ERROR offset={off:x}: {what} cluster is not properly aligned; L2 entry corrupted."
@@ -359,14 +378,31 @@ impl Ctx<'_> {
 }
 
 /// Reads stored refcounts cluster by cluster, one block at a time.
-struct Stored<'a> {
+pub(super) struct Stored<'a> {
     q: &'a Qcow2,
     table: Vec<u64>,
     cur: Option<(u64, Vec<u8>)>,
 }
 
-impl Stored<'_> {
-    fn get(&mut self, cluster: u64) -> Result<u64> {
+impl<'a> Stored<'a> {
+    /// The refcount table at `loc` (offset, clusters), read now.
+    pub(super) fn load(q: &'a Qcow2, loc: (u64, u64)) -> Result<Stored<'a>> {
+        let bytes = loc.1 << q.header.cluster_bits;
+        let mut raw = vec![0u8; bytes as usize];
+        q.file.read_at(&mut raw, loc.0)?;
+        Ok(Stored {
+            q,
+            table: raw.chunks_exact(8).map(BigEndian::read_u64).collect(),
+            cur: None,
+        })
+    }
+
+    /// The table's raw entries.
+    pub(super) fn table_entries(&self) -> Vec<u64> {
+        self.table.clone()
+    }
+
+    pub(super) fn get(&mut self, cluster: u64) -> Result<u64> {
         let h = &self.q.header;
         let cb = h.cluster_bits;
         let order = h.refcount_order;
@@ -393,13 +429,62 @@ impl Stored<'_> {
     }
 }
 
-/// Runs the check (only `Repair::None`).
+/// What a repairing check changes, through the write side (`repair.rs`).
+pub(super) trait Fixer {
+    fn set_refcount(&mut self, cluster: u64, value: u64) -> Result<()>;
+    fn set_l1_entry(&mut self, index: u64, value: u64) -> Result<()>;
+    fn put_l2_table(&mut self, offset: u64, table: Vec<u64>) -> Result<()>;
+    /// Grows the image file to `len` bytes (a refcount block past its end).
+    fn grow_file(&mut self, len: u64) -> Result<()>;
+}
+
+/// Runs the check; a repair (`-r`) goes through `repair::run`.
 pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Result<CheckReport> {
     if repair != Repair::None {
-        return Err(Error::ReadOnly(
-            "repairing qcow2 images is not implemented yet; run the check without -r".into(),
-        ));
+        return super::repair::run(q, repair, progress);
     }
+    // Where the table is on disk now (a snapshot operation moves it).
+    let loc = q.refcount_table_on_disk();
+    let mut c = count(q, Repair::None, loc, None, progress)?;
+    let mut stored = Stored::load(q, loc)?;
+    let highest = compare(&mut c, Repair::None, &mut stored, None)?;
+    progress(3, 4);
+    copied_flags(&mut c, &mut stored, Repair::None, None)?;
+    progress(4, 4);
+    Ok(finish(c, highest))
+}
+
+/// The report of a finished pass.
+pub(super) fn finish(c: Ctx, highest: Option<u64>) -> CheckReport {
+    let cs = c.cs;
+    let mut r = c.r;
+    if c.dropped > 0 {
+        r.messages
+            .push(format!("({} more messages not shown)", c.dropped));
+    }
+    r.total_clusters = Some(
+        c.q.size
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .div_ceil(cs),
+    );
+    r.allocated_clusters = Some(c.allocated);
+    r.fragmented_clusters = Some(c.fragmented);
+    r.compressed_clusters = Some(c.compressed);
+    r.image_end_offset = Some(highest.map_or(0, |h| (h + 1) * cs));
+    r
+}
+
+/// QEMU's calculate_refcounts: the refcount every cluster should have,
+/// from every reference, with the refcount table at `loc`; the checks of
+/// the refcount table's entries (with `fix`, a block past the end of the
+/// file grows the file).
+pub(super) fn count<'a>(
+    q: &'a Qcow2,
+    fix: Repair,
+    loc: (u64, u64),
+    mut fixer: Option<&mut dyn Fixer>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Ctx<'a>> {
     let h = &q.header;
     let cb = h.cluster_bits;
     let cs = 1u64 << cb;
@@ -425,15 +510,18 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
         mult: 1,
         l2_msgs: Vec::new(),
         dropped: 0,
+        rebuild: false,
+        fix_errors: fix == Repair::All && fixer.is_some(),
+        zero_fixes: Vec::new(),
     };
     let snapshots = q.snapshots.load();
-    let steps = 4 + snapshots.len() as u64;
-    progress(0, steps);
+    progress(0, 4);
     // Header.
     c.inc(0, cs);
     // The active L1 table (and its L2 tables and data).
-    c.l1(q.l1.load().offset(), q.l1.load().entries(), true)?;
-    progress(1, steps);
+    let l1 = q.l1.load();
+    c.l1(l1.offset(), l1.entries(), true)?;
+    progress(1, 4);
     // Snapshots.
     if q.geo.data_file && !snapshots.is_empty() {
         c.r.corruptions += 1;
@@ -443,16 +531,8 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
         ));
     }
     let mut snap_bytes = 0u64;
-    for (i, s) in snapshots.iter().enumerate() {
+    for s in snapshots.iter() {
         snap_bytes += ((40 + s.extra.len() + s.id.len() + s.name.len()) as u64).next_multiple_of(8);
-        if s.l1_size as u64 * 8 > MAX_L1_BYTES {
-            c.r.corruptions += 1;
-            c.msg(format!(
-                "ERROR snapshot {} ({}) l1_size={:#x}: L1 size is too large; snapshot table entry corrupted",
-                s.id, s.name, s.l1_size
-            ));
-            continue;
-        }
         if s.l1_table_offset & (cs - 1) != 0 {
             c.r.corruptions += 1;
             c.msg(format!(
@@ -461,25 +541,30 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
             ));
             continue;
         }
+        if s.l1_size as u64 * 8 > MAX_L1_BYTES {
+            c.r.corruptions += 1;
+            c.msg(format!(
+                "ERROR snapshot {} ({}) l1_size={:#x}: L1 table is too large; snapshot table entry corrupted",
+                s.id, s.name, s.l1_size
+            ));
+            continue;
+        }
         c.l1(s.l1_table_offset, s.l1_size as u64, false)?;
-        progress(2 + i as u64, steps);
     }
     if !snapshots.is_empty() {
         c.inc(q.snapshot_table_offset(), snap_bytes);
     }
     // Refcount table.
-    // Where the table is on disk now (a snapshot operation moves it).
-    let (rt_offset, rt_clusters) = q.refcount_table_on_disk();
-    let rt_entries = rt_clusters << (cb - 3);
-    c.inc(rt_offset, rt_entries * 8);
+    let rt_entries = loc.1 << (cb - 3);
+    c.inc(loc.0, rt_entries * 8);
     // Crypto header (encrypted images do not open, but the check counts it).
     if let Some((off, len)) = h.crypto_ext {
         c.inc(off, len);
     }
     c.bitmaps()?;
-    progress(steps - 2, steps);
+    progress(2, 4);
     // Refcount blocks (QEMU's check_refblocks).
-    let rt_bytes = c.read(rt_offset, rt_entries * 8)?;
+    let rt_bytes = c.read(loc.0, rt_entries * 8)?;
     let table: Vec<u64> = rt_bytes.chunks_exact(8).map(BigEndian::read_u64).collect();
     for (i, &e) in table.iter().enumerate() {
         let off = e & REFT_OFFSET_MASK;
@@ -489,6 +574,7 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
             c.msg(format!(
                 "ERROR refcount table entry {i} has reserved bits set"
             ));
+            c.rebuild = true;
             continue;
         }
         if off & (cs - 1) != 0 {
@@ -496,11 +582,37 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
             c.msg(format!(
                 "ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"
             ));
+            c.rebuild = true;
             continue;
         }
         if cluster >= c.refs.len() as u64 {
             c.r.corruptions += 1;
-            c.msg(format!("ERROR refcount block {i} is outside image"));
+            let repairing = fix == Repair::All && fixer.is_some();
+            let word = if repairing { "Repairing" } else { "ERROR" };
+            c.msg(format!("{word} refcount block {i} is outside image"));
+            if let (true, Some(f)) = (repairing, fixer.as_deref_mut()) {
+                // As QEMU: the file grows to hold the block (zeros), the
+                // block is counted, and the zeros it holds make the
+                // comparison ask for a rebuild.
+                let end = off.checked_add(cs).filter(|&e| e >> cb <= MAX_CLUSTERS);
+                match end.map(|e| f.grow_file(e).map(|()| e)) {
+                    Some(Ok(e)) => {
+                        c.file_len = e;
+                        c.refs.resize((e >> cb) as usize, 0);
+                        c.r.corruptions -= 1;
+                        c.r.corruptions_fixed += 1;
+                        c.inc(off, cs);
+                    }
+                    Some(Err(err)) => {
+                        c.rebuild = true;
+                        c.msg(format!("ERROR could not resize image: {err}"));
+                    }
+                    None => {
+                        c.rebuild = true;
+                        c.msg("ERROR could not resize image: Invalid argument".into());
+                    }
+                }
+            }
             continue;
         }
         if off != 0 {
@@ -509,15 +621,23 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
             if n != 1 {
                 c.r.corruptions += 1;
                 c.msg(format!("ERROR refcount block {i} refcount={n}"));
+                c.rebuild = true;
             }
         }
     }
-    // Compare stored refcounts with the references counted.
-    let mut stored = Stored {
-        q,
-        table,
-        cur: None,
-    };
+    Ok(c)
+}
+
+/// QEMU's compare_refcounts: stored refcounts against the references
+/// counted; with `fix` (and a fixer) mismatches are repaired where
+/// allowed. A referenced cluster with no refcount asks for a rebuild.
+/// Returns the highest cluster in use.
+pub(super) fn compare(
+    c: &mut Ctx,
+    fix: Repair,
+    stored: &mut Stored,
+    mut fixer: Option<&mut dyn Fixer>,
+) -> Result<Option<u64>> {
     let mut highest = None;
     for i in 0..c.refs.len() as u64 {
         let want = c.refs[i as usize] as u64;
@@ -532,53 +652,75 @@ pub fn run(q: &Qcow2, repair: Repair, progress: &mut dyn FnMut(u64, u64)) -> Res
         if have > 0 || want > 0 {
             highest = Some(i);
         }
-        if have != want {
-            if have < want {
-                c.r.corruptions += 1;
-                c.msg(format!(
-                    "ERROR cluster {i} refcount={have} reference={want}"
-                ));
-            } else {
-                c.r.leaks += 1;
-                c.msg(format!(
-                    "Leaked cluster {i} refcount={have} reference={want}"
-                ));
+        if have == want {
+            continue;
+        }
+        // Which count a repair would go to (none: only reported).
+        let fixed = if have == 0 {
+            c.rebuild = true;
+            None
+        } else if have > want && fix != Repair::None {
+            Some(true)
+        } else if have < want && fix == Repair::All {
+            Some(false)
+        } else {
+            None
+        };
+        let fixed = fixed.filter(|_| fixer.is_some());
+        let word = match fixed {
+            Some(_) => "Repairing",
+            None if have < want => "ERROR",
+            None => "Leaked",
+        };
+        c.msg(format!(
+            "{word} cluster {i} refcount={have} reference={want}"
+        ));
+        if let (Some(leak), Some(f)) = (fixed, fixer.as_deref_mut()) {
+            if f.set_refcount(i, want).is_ok() {
+                if leak {
+                    c.r.leaks_fixed += 1;
+                } else {
+                    c.r.corruptions_fixed += 1;
+                }
+                continue;
             }
         }
+        if have < want {
+            c.r.corruptions += 1;
+        } else {
+            c.r.leaks += 1;
+        }
     }
-    progress(steps - 1, steps);
-    // OFLAG_COPIED in the active tables, against the stored refcounts.
-    copied_flags(&mut c, &mut stored)?;
-    progress(steps, steps);
-    if c.dropped > 0 {
-        c.r.messages
-            .push(format!("({} more messages not shown)", c.dropped));
-    }
-    let mut r = c.r;
-    r.total_clusters = Some(
-        q.size
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .div_ceil(cs),
-    );
-    r.allocated_clusters = Some(c.allocated);
-    r.fragmented_clusters = Some(c.fragmented);
-    r.compressed_clusters = Some(c.compressed);
-    r.image_end_offset = Some(highest.map_or(0, |h| (h + 1) * cs));
-    Ok(r)
+    Ok(highest)
 }
 
-/// QEMU's check_oflag_copied (without repair).
-fn copied_flags(c: &mut Ctx, stored: &mut Stored) -> Result<()> {
-    // The active table as it is now (a resize or snapshot apply moves it).
-    let (l1_offset, l1_size) = (c.q.l1.load().offset(), c.q.l1.load().entries());
+/// QEMU's check_oflag_copied: the COPIED flags of the active L1 and L2
+/// tables against the stored refcounts, repaired with `fix` when safe.
+pub(super) fn copied_flags(
+    c: &mut Ctx,
+    stored: &mut Stored,
+    fix: Repair,
+    mut fixer: Option<&mut dyn Fixer>,
+) -> Result<()> {
+    let repair = fixer.is_some()
+        && match fix {
+            Repair::All => true,
+            // Only when the refcounts are known right.
+            Repair::Leaks => c.r.check_errors == 0 && c.r.corruptions == 0 && c.r.leaks == 0,
+            Repair::None => false,
+        };
+    let word = if repair { "Repairing" } else { "ERROR" };
+    let l1t = c.q.l1.load();
+    let l1_size = l1t.entries();
     if l1_size * 8 > MAX_L1_BYTES {
         return Ok(());
     }
-    let l1 = c.read(l1_offset, l1_size * 8)?;
+    let l1 = c.read(l1t.offset(), l1_size * 8)?;
     let words = c.entry_words() as usize;
     let data_file = c.q.geo.data_file;
     let extended = c.q.geo.extended;
     let mut seen: HashMap<u64, (u64, Vec<String>)> = HashMap::new();
+    let mut repaired = std::collections::HashSet::new();
     let mut offsets: Vec<u64> = l1
         .chunks_exact(8)
         .map(|w| BigEndian::read_u64(w) & OFFSET_MASK)
@@ -597,19 +739,36 @@ fn copied_flags(c: &mut Ctx, stored: &mut Stored) -> Result<()> {
         if (rc == 1) != (e & OFLAG_COPIED != 0) {
             c.r.corruptions += 1;
             c.msg(format!(
-                "ERROR OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={rc}"
+                "{word} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={rc}"
             ));
+            if let (true, Some(f)) = (repair, fixer.as_deref_mut()) {
+                let v = if rc == 1 {
+                    e | OFLAG_COPIED
+                } else {
+                    e & !OFLAG_COPIED
+                };
+                f.set_l1_entry(i as u64, v)?;
+                c.r.corruptions -= 1;
+                c.r.corruptions_fixed += 1;
+            }
         }
-        // A table listed again gives the same findings: replay them.
+        // A table listed again gives the same findings: replay them
+        // (a repair has fixed them the first time).
         if let Some((n, msgs)) = seen.get(&l2) {
             c.r.corruptions += n;
             c.replay(msgs);
             continue;
         }
+        // Repaired already (through the cache; QEMU reads it back fixed).
+        if repair && !repaired.insert(l2) {
+            continue;
+        }
         let (before, kept) = (c.r.corruptions, c.r.messages.len());
-        let t = c.read(l2, c.l2_bytes())?;
-        for x in t.chunks_exact(8 * words) {
-            let entry = BigEndian::read_u64(x);
+        let raw = c.read(l2, c.l2_bytes())?;
+        let mut t: Vec<u64> = raw.chunks_exact(8).map(BigEndian::read_u64).collect();
+        let mut dirty = 0u64;
+        for k in (0..t.len()).step_by(words) {
+            let entry = t[k];
             if entry & OFLAG_COMPRESSED != 0 {
                 continue;
             }
@@ -630,11 +789,24 @@ fn copied_flags(c: &mut Ctx, stored: &mut Stored) -> Result<()> {
             if (rc == 1) != (entry & OFLAG_COPIED != 0) {
                 c.r.corruptions += 1;
                 c.msg(format!(
-                    "ERROR OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={rc}"
+                    "{word} OFLAG_COPIED data cluster: l2_entry={entry:x} refcount={rc}"
                 ));
+                if repair {
+                    t[k] = if rc == 1 {
+                        entry | OFLAG_COPIED
+                    } else {
+                        entry & !OFLAG_COPIED
+                    };
+                    dirty += 1;
+                }
             }
         }
-        if occurrences(&offsets, l2) > 1 {
+        if let (true, Some(f)) = (dirty > 0, fixer.as_deref_mut()) {
+            f.put_l2_table(l2, t)?;
+            c.r.corruptions -= dirty;
+            c.r.corruptions_fixed += dirty;
+        }
+        if occurrences(&offsets, l2) > 1 && !repair {
             let msgs = c.r.messages.get(kept..).map(<[String]>::to_vec);
             seen.insert(l2, (c.r.corruptions - before, msgs.unwrap_or_default()));
         }

@@ -902,7 +902,7 @@ impl Layout {
 }
 
 /// QEMU 10's feature name table.
-fn feature_table() -> Vec<u8> {
+pub(super) fn feature_table() -> Vec<u8> {
     let rows: [(u8, u64, &str); 8] = [
         (0, INCOMPAT_DIRTY, "dirty bit"),
         (0, INCOMPAT_CORRUPT, "corrupt bit"),

@@ -53,7 +53,9 @@ impl Qcow2 {
             return Ok(());
         }
         let flags = self.incompat.load(Ordering::SeqCst) | features::INCOMPAT_DIRTY;
-        self.write_incompat(flags)
+        self.write_incompat(flags)?;
+        self.dirtied.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     /// Clears the dirty bit (durably); the caller has made every
@@ -77,7 +79,7 @@ impl Qcow2 {
         }
         let mut m = w.lock().unwrap_or_else(|p| p.into_inner());
         self.flush_locked(&mut m)?;
-        if self.lazy_refcounts() && self.on_disk_dirty() {
+        if self.lazy_refcounts() && self.on_disk_dirty() && self.dirtied.load(Ordering::SeqCst) {
             self.file.flush()?;
             self.clear_dirty()?;
         }

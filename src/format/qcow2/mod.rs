@@ -19,6 +19,7 @@
 //! `map` reports COPIED (`in_place`) and preallocated space
 //! (`Extent::reserved`).
 
+mod amend;
 pub mod bitmaps;
 pub mod cache;
 pub mod check;
@@ -34,6 +35,7 @@ mod nb;
 pub mod open_opts;
 mod overlap;
 pub mod refcount;
+mod repair;
 pub mod snapshot;
 mod snapshot_write;
 #[cfg(test)]
@@ -148,6 +150,9 @@ pub struct Qcow2 {
     /// The snapshots' L2 tables (only with overlap-check=all; rebuilt
     /// when the snapshot table changes).
     inactive_l2: std::sync::RwLock<HashSet<u64>>,
+    /// This open set the dirty bit (lazy refcounts): a clean close may
+    /// clear it. A bit found set at open is cleared only by a repair.
+    dirtied: AtomicBool,
 }
 
 fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
@@ -164,7 +169,8 @@ impl Qcow2 {
         let mut c0 = vec![0u8; 1 << cluster_bits];
         file.read_at(&mut c0, 0)?;
         let h = Header::parse(&c0)?;
-        Self::check_features(&h, ctx.read_only)?;
+        // A repair open (`check -r`) may write an image marked corrupt.
+        Self::check_features(&h, ctx.read_only || ctx.repair)?;
         let mut warnings = Vec::new();
         if h.incompatible & features::INCOMPAT_CORRUPT != 0 {
             warnings.push(
@@ -268,9 +274,10 @@ impl Qcow2 {
             known_len: AtomicU64::new(file_len),
             overlap: oo.overlap,
             inactive_l2: Default::default(),
+            dirtied: AtomicBool::new(false),
         };
         if !ctx.read_only {
-            q.open_for_writing(oo.refcount_blocks)?;
+            q.open_for_writing(oo.refcount_blocks, ctx.repair)?;
         }
         Ok(q)
     }
@@ -280,7 +287,7 @@ impl Qcow2 {
     /// autoclear bits this build does not keep consistent (as QEMU does on
     /// a read-write open: here everything but data_file_raw, since
     /// bitmaps are not updated by our writes).
-    fn open_for_writing(&mut self, refcount_blocks: Option<u64>) -> Result<()> {
+    fn open_for_writing(&mut self, refcount_blocks: Option<u64>, repair: bool) -> Result<()> {
         if !self.l1.load().fully_stored() {
             return Err(Error::Corrupt(
                 "the active L1 table runs past the end of the image file".into(),
@@ -297,7 +304,8 @@ impl Qcow2 {
             blocks.min(1 << 16) as usize,
         )));
         self.init_snapshot_table()?;
-        if self.header.incompatible & features::INCOMPAT_DIRTY != 0 {
+        // As QEMU in check mode: a dirty image is left to the check.
+        if self.header.incompatible & features::INCOMPAT_DIRTY != 0 && !repair {
             self.rebuild_refcounts()
                 .map_err(|e| e.context("repairing the refcounts of an image not closed cleanly"))?;
         }
@@ -590,6 +598,10 @@ impl Format for Qcow2 {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<super::CheckReport> {
         check::run(self, repair, progress)
+    }
+
+    fn amend(&self, opts: &super::CreateOptions, progress: &mut dyn FnMut(u64, u64)) -> Result<()> {
+        Qcow2::amend(self, opts, progress)
     }
 
     fn size(&self) -> u64 {

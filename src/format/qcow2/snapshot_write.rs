@@ -849,6 +849,7 @@ mod tests {
             confine: None,
             metadata_only: false,
             format_opts: &[],
+            repair: false,
         })
         .unwrap();
         let cs = q.cs();

@@ -113,6 +113,7 @@ impl Builder {
             confine: None,
             metadata_only: false,
             format_opts: &[],
+            repair: false,
         })
         .unwrap()
     }

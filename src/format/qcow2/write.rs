@@ -1180,3 +1180,78 @@ impl Qcow2 {
         self.clear_dirty()
     }
 }
+
+/// Hooks for `check -r` (`repair.rs`): it finds what to change, these
+/// change it through the write-back machinery, so the caches stay right.
+impl Qcow2 {
+    /// The metadata lock, for a repair that holds it throughout.
+    pub(super) fn repair_meta(&self) -> Result<std::sync::MutexGuard<'_, Meta>> {
+        self.meta()
+    }
+
+    /// Where the refcount table is now (offset, clusters).
+    pub(super) fn rt_location(&self, m: &Meta) -> (u64, u64) {
+        (m.rt_offset, m.rt_clusters)
+    }
+
+    pub(super) fn repair_refcount(&self, m: &mut Meta, c: u64, value: u64) -> Result<()> {
+        self.set_refcount(m, c, value, 0)
+    }
+
+    pub(super) fn repair_l1_entry(&self, m: &mut Meta, i: u64, value: u64) -> Result<()> {
+        self.l1.load().set(i, value)?;
+        m.l1_dirty.insert(i);
+        Ok(())
+    }
+
+    pub(super) fn repair_l2_table(&self, m: &mut Meta, off: u64, table: Vec<u64>) {
+        self.l2_cache.put(off, table.into(), true);
+        m.l2_dirty.insert(off);
+    }
+
+    /// A refcount table the repair wrote (and named in the header) replaces
+    /// the one in memory; cached blocks belong to the old structure.
+    pub(super) fn repair_new_table(&self, m: &mut Meta, rt: Vec<u64>, off: u64, clusters: u64) {
+        m.rt = rt;
+        m.rt_offset = off;
+        m.rt_clusters = clusters;
+        m.rt_dirty = false;
+        m.rt_old = None;
+        m.blocks.clear();
+        m.hint = 0;
+    }
+
+    /// After refcounts dropped: the allocator may look below its hint again.
+    pub(super) fn repair_reset_hint(&self, m: &mut Meta) {
+        m.hint = 0;
+    }
+}
+
+/// Hooks for `amend` (`amend.rs`).
+impl Qcow2 {
+    /// Rewrites the L2 entries of whole clusters `[guest, guest + len)`
+    /// (see `rewrite_entries`) under the metadata lock.
+    pub(super) fn amend_rewrite(
+        &self,
+        guest: u64,
+        len: u64,
+        f: impl FnMut(u64, Entry) -> Option<Entry>,
+    ) -> Result<()> {
+        let mut m = self.meta()?;
+        self.rewrite_entries(&mut m, guest, len, f)?;
+        self.after_change(&mut m)
+    }
+
+    /// A fresh host cluster (refcount 1), for data the caller writes
+    /// before linking it.
+    pub(super) fn amend_alloc(&self) -> Result<u64> {
+        let mut m = self.meta()?;
+        Ok(self.alloc_run(&mut m, 1)? * self.cs())
+    }
+
+    /// Stops writing through this handle (its header in memory is stale
+    /// after an amend changed the image's shape).
+    pub(super) fn amend_done(&self) {
+        self.ro.store(true, Ordering::SeqCst);
+    }
+}
