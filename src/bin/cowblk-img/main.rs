@@ -1038,6 +1038,7 @@ fn convert(args: Vec<OsString>) -> Res {
     let (mut fmt, mut ofmt, mut progress, mut quiet, mut no_create) =
         (None, "raw".to_string(), false, false, false);
     let (mut opt_strs, mut files, mut snap) = (Vec::new(), Vec::new(), None);
+    let mut compress = false;
     while let Some(a) = p.next().map_err(|e| usage_err(C, e.to_string()))? {
         match a {
             Short('f') => fmt = Some(val(&mut p, C)?),
@@ -1054,11 +1055,7 @@ fn convert(args: Vec<OsString>) -> Res {
             }
             Short('W') => {}
             Short('U') | Long("force-share") => force_share(),
-            Short('c') => {
-                return Err(fail(
-                    "Compression is not supported by cowblk's output drivers",
-                ))
-            }
+            Short('c') => compress = true,
             Value(v) => files.push(v.to_string_lossy().into_owned()),
             a => return Err(unexpected(a, C)),
         }
@@ -1115,9 +1112,20 @@ fn convert(args: Vec<OsString>) -> Res {
     // -U covers the sources only, as in qemu-img.
     FORCE_SHARE.store(false, Ordering::Relaxed);
     let dst = open(&out, Some(ofmt), false)?;
+    if compress && !dst.supports_compression() {
+        drop(dst);
+        if !no_create {
+            let _ = std::fs::remove_file(&out);
+        }
+        return Err(fail("Compression not supported for this file format"));
+    }
     let refs: Vec<&Image> = srcs.iter().collect();
     with_progress(progress && !quiet, |pr| {
-        ops::convert(&refs, &dst, !no_create, pr)
+        if compress {
+            ops::convert_compressed(&refs, &dst, !no_create, 0, pr)
+        } else {
+            ops::convert(&refs, &dst, !no_create, pr)
+        }
     })
     .map_err(lib)?;
     // qemu-img convert does not carry internal snapshots (where qcow2

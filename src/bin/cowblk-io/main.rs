@@ -671,12 +671,22 @@ impl Session {
                 return Err(Failed);
             }
         }
-        if f.vmstate || f.compressed {
+        if f.vmstate {
             return Err(unsupported("write"));
         }
         let off = cvtnum(&f.args[0])?;
         let count = cvtnum(&f.args[1])?;
         check_len_note(count, &f.args[1], " without -n")?;
+        // -c with -z is a zero write, as in qemu-io.
+        let compressed = f.compressed && !f.zero;
+        if compressed {
+            for (v, what) in [(off, "offset"), (count, "count")] {
+                if v % 512 != 0 {
+                    println!("{v} is not a sector-aligned value for '{what}'");
+                    return Err(Failed);
+                }
+            }
+        }
         let mut buf = Vec::new();
         if let Some(src) = &f.source {
             // The file's first bytes, zeros past its end.
@@ -698,7 +708,11 @@ impl Session {
             if f.source.is_none() {
                 buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
             }
-            self.image().write(&buf, off)
+            if compressed {
+                self.image().write_compressed(&buf, off)
+            } else {
+                self.image().write(&buf, off)
+            }
         };
         r.and_then(|_| if f.fua { self.image().flush() } else { Ok(()) })
             .map_err(|e| fail("write", &e))?;
@@ -899,6 +913,18 @@ impl Session {
                     for kv in o.split(',').filter(|x| !x.is_empty()) {
                         match kv.split_once('=') {
                             Some(("driver", d)) => opts.format = Some(d.to_string()),
+                            // qcow2's open options; the driver checks them.
+                            Some((k, v))
+                                if [
+                                    "l2-cache-size",
+                                    "refcount-cache-size",
+                                    "cache-size",
+                                    "overlap-check",
+                                ]
+                                .contains(&k) =>
+                            {
+                                opts.format_opts.push((k.to_string(), v.to_string()))
+                            }
                             _ => {
                                 let k = kv.split('=').next().unwrap_or(kv);
                                 bad_opt.get_or_insert(k.to_string());
