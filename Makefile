@@ -198,6 +198,7 @@ install-nbdkit: | c-libs
 bench:
 	$(CARGO) bench --bench addcow
 	$(CARGO) bench --bench qcow2_read
+	$(CARGO) bench --bench qcow2_write
 	$(CARGO) bench --bench capi_read
 	$(MAKE) bench-nbd
 

@@ -1009,6 +1009,28 @@ int cowblk_meta_list(struct cowblk_image *img, int (*cb)(void *opaque,
 int cowblk_meta_batch(struct cowblk_image *img, const struct cowblk_meta_op *ops, size_t n);
 
 /**
+ * Like `cowblk_open`, with `count` driver options for the top image as
+ * parallel arrays of NUL-terminated keys and values. qcow2 takes
+ * "l2-cache-size", "refcount-cache-size" and "cache-size" (bytes, with
+ * QEMU's suffixes; cache-size is split between the two caches as QEMU
+ * does) and "overlap-check" ("none", "constant", "cached" (the default),
+ * "all"); other formats take none. An unknown key or a bad value fails
+ * with -EINVAL naming it.
+ *
+ * # Safety
+ * As `cowblk_open`; with `count > 0`, `keys` and `values` point to
+ * `count` NUL-terminated strings each.
+ */
+int cowblk_open_kv(const char *path,
+                   const char *format,
+                   uint32_t flags,
+                   uint64_t cache_size,
+                   const char *const *keys,
+                   const char *const *values,
+                   size_t count,
+                   struct cowblk_image **out);
+
+/**
  * The number of internal snapshots the image holds (0 for formats
  * without any), or a negative errno.
  *

@@ -157,8 +157,18 @@ impl Image {
     fn writev_with(&self, iov: &IoVec<Const>, off: u64, over: Option<&dyn Backing>) -> Result<()> {
         self.check_writable()?;
         let _s = self.shared();
+        self.check_range(off, iov.len() as u64)?;
+        self.writev_locked(iov, off, over)
+    }
+
+    /// A write with the request lock held and the range checked.
+    pub(crate) fn writev_locked(
+        &self,
+        iov: &IoVec<Const>,
+        off: u64,
+        over: Option<&dyn Backing>,
+    ) -> Result<()> {
         let len = iov.len() as u64;
-        self.check_range(off, len)?;
         if self.probed_raw() && off < PROBE_SECTOR && len > 0 {
             self.check_probe_write(iov, off)?;
         }
@@ -225,10 +235,12 @@ impl Image {
             let ext = self.fmt.map(pos, len - done)?;
             let n = ext.len.min(len - done);
             // Whole clusters may be zeroed in metadata alone.
-            if cs > 0 && pos.is_multiple_of(cs) && n >= cs && !matches!(ext.mapping, Mapping::Zero)
-            {
+            // With may_unmap, preallocated zero clusters are freed too.
+            let already = matches!(ext.mapping, Mapping::Zero)
+                && !(flags.may_unmap && ext.reserved.is_some());
+            if cs > 0 && pos.is_multiple_of(cs) && n >= cs && !already {
                 let whole = n / cs * cs;
-                if self.fmt.zero_clusters(pos, whole)? {
+                if self.fmt.zero_clusters(pos, whole, flags.may_unmap)? {
                     done += whole;
                     continue;
                 }
@@ -351,9 +363,10 @@ impl Image {
         let (host, alen) = self.fmt.allocate(cstart, want_end - cstart)?;
         let run_end = cstart + alen;
         let wend = (pos + n).min(run_end);
-        // Old contents of the partial units at either end.
+        // Old contents of the partial units at either end; nothing past
+        // the image's end (a partial last cluster) is copied.
         let mut head = vec![0u8; (pos - cstart) as usize];
-        let mut tail = vec![0u8; (run_end - wend) as usize];
+        let mut tail = vec![0u8; (run_end.min(size) - wend) as usize];
         if !head.is_empty() {
             self.read_with(&IoVec::from_mut(&mut head), cstart, over, true)?;
         }

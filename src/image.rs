@@ -63,6 +63,10 @@ pub struct OpenOptions {
     /// Take no image locks at all: for hosts whose own locks govern the
     /// files (the QEMU glue). Applies to the whole chain.
     pub no_lock: bool,
+    /// Driver options of the top image, as QEMU's `-o key=value` on open
+    /// (qcow2: l2-cache-size, refcount-cache-size, cache-size,
+    /// overlap-check). A driver refuses options it does not know.
+    pub format_opts: Vec<(String, String)>,
     /// Opened for `check -r` (QEMU's BDRV_O_CHECK): a qcow2 image marked
     /// corrupt opens read-write, and a dirty one is left for the check to
     /// repair instead of being repaired at open. Needs `!read_only`.
@@ -302,6 +306,7 @@ impl Image {
             snapshot: opts.snapshot.as_ref(),
             confine: root,
             metadata_only: opts.metadata_only,
+            format_opts: &opts.format_opts,
             repair: opts.repair && !opts.read_only,
         })
         .map_err(|e| e.context(format!("could not open '{}'", path.display())))?;
@@ -338,6 +343,7 @@ impl Image {
                         no_lock: opts.no_lock,
                         confined: opts.confined,
                         metadata_only: opts.metadata_only,
+                        format_opts: Vec::new(),
                         repair: false,
                     };
                     let b = Self::open_chain(storage.clone(), &spec.path, &bopts, seen, root)

@@ -5,6 +5,7 @@
 //! format), `engine` + `image` (reads, writes, copy-on-write, backing
 //! chains), `ffi` (the C ABI).
 
+pub mod compressed_write;
 pub mod engine;
 pub mod error;
 pub mod ffi;

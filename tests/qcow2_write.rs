@@ -618,6 +618,43 @@ fn crash_at_every_operation_lazy_refcounts_dirty_image() {
 }
 
 #[test]
+fn crash_at_every_operation_lazy_refcounts_clean_image() {
+    // Our own lazy write-backs: the dirty bit set before the first one,
+    // refcounts unordered after it; every cut state repairs on open.
+    crash_run(
+        "crashlazyclean",
+        "cluster_size=4096,lazy_refcounts=on",
+        false,
+    );
+}
+
+/// With lazy refcounts the dirty bit is on disk while refcounts may be
+/// stale (after a write-back) and cleared by a clean close; qemu-img
+/// check then finds nothing, and without lazy refcounts it is never set.
+#[test]
+fn lazy_refcounts_set_and_clear_the_dirty_bit() {
+    let d = tmpdir("lazybit");
+    for (lazy, opts) in [(true, "lazy_refcounts=on"), (false, "lazy_refcounts=off")] {
+        let p = d.join(format!("{lazy}.qcow2"));
+        create(&p, opts, 16 << 20);
+        let img = Image::open(&p, &rw()).unwrap();
+        let dirty = || std::fs::read(&p).unwrap()[79] & 1 == 1;
+        assert!(!dirty());
+        img.write(&vec![7u8; 3 << 20], 1000).unwrap();
+        img.flush().unwrap();
+        assert_eq!(dirty(), lazy, "after a flush, lazy={lazy}");
+        img.discard(0, 2 << 20).unwrap();
+        img.close().unwrap();
+        assert!(!dirty(), "after close, lazy={lazy}");
+        qemu_check(&p, false);
+        let mut model = vec![0u8; 16 << 20];
+        model[(2 << 20)..1000 + (3 << 20)].fill(7);
+        qemu_compare(&p, &model);
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
 fn crash_at_every_operation_v2_512() {
     crash_run("crashv2", "cluster_size=512,compat=0.10", false);
 }

@@ -169,7 +169,7 @@ fn probe_file(path: &Path) -> Result<&'static format::Driver> {
     Ok(format::probe(&buf, path))
 }
 
-fn open_options(
+pub(super) fn open_options(
     format: Option<&str>,
     flags: u32,
     cache_size: u64,
@@ -206,6 +206,7 @@ fn open_options(
         backing
     };
     Ok(OpenOptions {
+        format_opts: Vec::new(),
         format: format.map(str::to_owned),
         read_only: flags & COWBLK_OPEN_RDONLY != 0,
         no_backing: flags & COWBLK_OPEN_NO_BACKING != 0,

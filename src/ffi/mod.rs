@@ -42,6 +42,7 @@ mod resize;
 
 mod meta;
 
+mod open_opts;
 mod snapshot;
 
 pub use backing::cowblk_backing_ops;
@@ -59,13 +60,14 @@ pub use info::{
 pub use io::{
     cowblk_block_status, cowblk_chain_status, cowblk_cow_range, cowblk_discard, cowblk_flush,
     cowblk_get_length, cowblk_is_allocated, cowblk_preadv, cowblk_pwritev, cowblk_pwritev_cow,
-    cowblk_truncate, cowblk_write_zeroes,
+    cowblk_truncate, cowblk_write_zeroes, cowblk_write_zeroes_flags,
 };
 pub use meta::{
     cowblk_meta_batch, cowblk_meta_delete, cowblk_meta_get, cowblk_meta_list, cowblk_meta_op,
     cowblk_meta_set, COWBLK_META_DELETE, COWBLK_META_SET,
 };
 pub use nb::{cowblk_map_nb, COWBLK_MAP_DATA, COWBLK_MAP_UNALLOCATED, COWBLK_MAP_ZERO};
+pub use open_opts::cowblk_open_kv;
 pub use resize::cowblk_truncate_over;
 pub use snapshot::{
     cowblk_snapshot, cowblk_snapshot_apply, cowblk_snapshot_count, cowblk_snapshot_create,

@@ -149,8 +149,29 @@ pub trait Format: Send + Sync {
     fn link(&self, guest: u64, len: u64, host: u64) -> Result<()>;
     /// Marks `[guest, guest + len)` (whole clusters) as reading zeros
     /// without writing data, if the format can; `Ok(false)` if not.
-    fn zero_clusters(&self, _guest: u64, _len: u64) -> Result<bool> {
+    /// `unmap` (QEMU's BDRV_REQ_MAY_UNMAP): host space may be freed;
+    /// without it, space the layer alone owns stays preallocated.
+    fn zero_clusters(&self, _guest: u64, _len: u64, _unmap: bool) -> Result<bool> {
         Ok(false)
+    }
+    /// Compresses one whole cluster's contents for `write_compressed`
+    /// (no lock, no I/O: any thread may run it). `Ok(None)` when
+    /// compressing would not make it smaller; the cluster is then written
+    /// uncompressed, as QEMU does. Formats without compressed clusters
+    /// refuse.
+    fn compress_cluster(&self, _data: &[u8]) -> Result<Option<Vec<u8>>> {
+        Err(Error::Unsupported(format!(
+            "compression is not supported by the {} format",
+            self.format_name()
+        )))
+    }
+    /// Makes guest cluster `guest` hold `compressed` (a result of
+    /// `compress_cluster`). The engine holds the cluster's range lock.
+    fn write_compressed(&self, _guest: u64, _compressed: &[u8]) -> Result<()> {
+        Err(Error::Unsupported(format!(
+            "compression is not supported by the {} format",
+            self.format_name()
+        )))
     }
     /// Drops whole clusters of this layer where that keeps guest-visible
     /// contents defined; a hint, may do nothing.
@@ -283,11 +304,24 @@ pub struct OpenCtx<'a> {
     /// data files the image names unless their contents are needed to
     /// know the image's shape.
     pub metadata_only: bool,
+    /// Driver options (`OpenOptions::format_opts`); drivers that take
+    /// none refuse any (`OpenCtx::no_format_opts`).
+    pub format_opts: &'a [(String, String)],
     /// Opened to repair (`OpenOptions::repair`).
     pub repair: bool,
 }
 
 impl OpenCtx<'_> {
+    /// Refuses driver options, for drivers that take none.
+    pub fn no_format_opts(&self, driver: &str) -> Result<()> {
+        match self.format_opts.first() {
+            None => Ok(()),
+            Some((k, _)) => Err(Error::InvalidArgument(format!(
+                "Invalid parameter '{k}' (the {driver} driver takes no options)"
+            ))),
+        }
+    }
+
     /// Opens a file the image names (`name` as recorded), resolved against
     /// the image's directory and held to the open's confinement. Returns
     /// the file and the resolved path.

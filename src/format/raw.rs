@@ -38,6 +38,7 @@ fn create(ctx: &CreateCtx) -> Result<()> {
 }
 
 fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
+    ctx.no_format_opts("raw")?;
     Ok(Box::new(Raw {
         size: AtomicU64::new(ctx.file.len()?),
         file: ctx.file.clone(),

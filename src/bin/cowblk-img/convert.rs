@@ -18,6 +18,7 @@ pub fn run(args: Vec<OsString>) -> Res {
     let (mut fmt, mut ofmt, mut progress, mut quiet, mut no_create) =
         (None, "raw".to_string(), false, false, false);
     let (mut opt_strs, mut snap, mut dense) = (Vec::new(), None, false);
+    let mut compress = false;
     while let Some((k, v)) = p.next()? {
         match k.as_str() {
             "f" => fmt = Some(v),
@@ -33,11 +34,7 @@ pub fn run(args: Vec<OsString>) -> Res {
             // Cache modes, coroutines, out-of-order (-t, -T, -m, -W): the
             // library has one way of doing each; declared and ignored.
             "U" => force_share(),
-            "c" => {
-                return Err(fail(
-                    "Compression is not supported by cowblk's output drivers",
-                ))
-            }
+            "c" => compress = true,
             _ => {}
         }
     }
@@ -94,6 +91,13 @@ pub fn run(args: Vec<OsString>) -> Res {
     // -U covers the sources only, as in qemu-img.
     end_force_share();
     let dst = open(&out, Some(ofmt), false)?;
+    if compress && !dst.supports_compression() {
+        drop(dst);
+        if !no_create {
+            let _ = std::fs::remove_file(&out);
+        }
+        return Err(fail("Compression not supported for this file format"));
+    }
     let refs: Vec<&Image> = srcs.iter().collect();
     with_progress(
         progress && !quiet,
@@ -102,7 +106,9 @@ pub fn run(args: Vec<OsString>) -> Res {
             final_100: true,
         },
         |pr| {
-            if dense {
+            if compress {
+                ops::convert_compressed(&refs, &dst, !no_create, 0, pr)
+            } else if dense {
                 ops::convert_dense(&refs, &dst, pr)
             } else {
                 ops::convert(&refs, &dst, !no_create, pr)

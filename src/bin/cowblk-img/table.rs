@@ -223,7 +223,7 @@ pub const COMMANDS: &[Cmd] = &[
                 "TGT_OPTS",
                 "KEY=VALUE,... options of the new target; '-o help' lists them",
             ),
-            sflag('c', "compressed output (refused: not supported)"),
+            sflag('c', "compressed output (qcow2)"),
             sopt('t', "TGT_CACHE", "accepted for compatibility; ignored"),
             sflag('n', "the target exists already: do not create it"),
             opt(

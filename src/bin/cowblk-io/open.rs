@@ -43,6 +43,18 @@ impl Session {
         for kv in f.options.iter().flat_map(|o| o.split(',')) {
             match kv.split_once('=') {
                 Some(("driver", d)) => opts.format = Some(d.to_string()),
+                // qcow2's open options; the driver checks them.
+                Some((k, v))
+                    if [
+                        "l2-cache-size",
+                        "refcount-cache-size",
+                        "cache-size",
+                        "overlap-check",
+                    ]
+                    .contains(&k) =>
+                {
+                    opts.format_opts.push((k.to_string(), v.to_string()))
+                }
                 _ if kv.is_empty() => {}
                 _ => {
                     let k = kv.split('=').next().unwrap_or(kv);

@@ -120,8 +120,13 @@ impl Session {
         if f.vmstate {
             sector_aligned(off, count)?;
         }
-        if f.vmstate || f.compressed {
+        if f.vmstate {
             return Err(unsupported("write"));
+        }
+        // -c with -z is a zero write, as in qemu-io.
+        let compressed = f.compressed && !f.zero;
+        if compressed {
+            sector_aligned(off, count)?;
         }
         let mut buf = Vec::new();
         if let Some(src) = &f.source {
@@ -144,7 +149,11 @@ impl Session {
             if f.source.is_none() {
                 buf = vec![f.pattern.unwrap_or(0xcd); count as usize];
             }
-            self.image().write(&buf, off)
+            if compressed {
+                self.image().write_compressed(&buf, off)
+            } else {
+                self.image().write(&buf, off)
+            }
         };
         r.and_then(|_| if f.fua { self.image().flush() } else { Ok(()) })
             .map_err(|e| fail("write", &e))?;

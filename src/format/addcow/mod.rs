@@ -171,6 +171,7 @@ fn create(ctx: &CreateCtx) -> Result<()> {
 }
 
 fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
+    ctx.no_format_opts("add-cow")?;
     let meta = ctx.file.clone();
     let flen = meta.len()?;
     let mut buf = vec![0u8; HEADER_SIZE.min(flen) as usize];

@@ -140,6 +140,11 @@ impl TableCache {
         self.lock().touch(key)
     }
 
+    /// Whether `key` is cached (no LRU use: for the overlap checks).
+    pub fn contains(&self, key: u64) -> bool {
+        self.lock().map.contains_key(&key)
+    }
+
     fn insert(&self, g: &mut Inner, key: u64, table: Table, dirty: bool) {
         g.tick += 1;
         let tick = g.tick;

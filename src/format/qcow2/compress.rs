@@ -1,5 +1,6 @@
-//! Decompression of compressed clusters. Output is bounded to one cluster:
-//! the decoder fills exactly `out` and stops, whatever the input claims.
+//! Compression and decompression of clusters. Decompression output is
+//! bounded to one cluster: the decoder fills exactly `out` and stops,
+//! whatever the input claims.
 
 use super::header::Compression;
 use crate::error::{Error, Result};
@@ -13,6 +14,43 @@ pub fn decompress(kind: Compression, input: &[u8], out: &mut [u8]) -> Result<()>
         Compression::Zlib => inflate_raw(input, out),
         Compression::Zstd => unzstd(input, out),
     }
+}
+
+/// Compresses one cluster as QEMU does (raw deflate with a 4 KiB window,
+/// which QEMU's decoder requires; or one zstd frame), into at most `max`
+/// bytes. `None` when the result would not fit: the caller then writes
+/// the cluster uncompressed.
+pub fn compress(kind: Compression, input: &[u8], max: usize) -> Result<Option<Vec<u8>>> {
+    match kind {
+        Compression::Zlib => deflate_raw(input, max),
+        Compression::Zstd => {
+            let mut out = vec![0u8; max];
+            // An error here is "destination too small" (the input is a
+            // plain buffer): not compressible enough.
+            let n = zstd::bulk::compress_to_buffer(
+                input,
+                &mut out[..],
+                zstd::DEFAULT_COMPRESSION_LEVEL,
+            );
+            Ok(n.ok().map(|n| {
+                out.truncate(n);
+                out
+            }))
+        }
+    }
+}
+
+fn deflate_raw(input: &[u8], max: usize) -> Result<Option<Vec<u8>>> {
+    use flate2::{Compress, Compression as Level, FlushCompress, Status};
+    let mut c = Compress::new_with_window_bits(Level::default(), false, 12);
+    let mut out = Vec::with_capacity(max);
+    let st = c
+        .compress_vec(input, &mut out, FlushCompress::Finish)
+        .map_err(|e| Error::io("compressing a cluster (deflate)", std::io::Error::other(e)))?;
+    Ok(match st {
+        Status::StreamEnd => Some(out),
+        _ => None,
+    })
 }
 
 fn bad(what: &str, detail: impl std::fmt::Display) -> Error {
@@ -78,6 +116,29 @@ mod tests {
         let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::default());
         e.write_all(data).unwrap();
         e.finish().unwrap()
+    }
+
+    #[test]
+    fn compress_round_trips_and_gives_up_when_it_does_not_shrink() {
+        let data: Vec<u8> = (0..65536u32).map(|i| (i / 7 % 251) as u8).collect();
+        for kind in [Compression::Zlib, Compression::Zstd] {
+            let c = compress(kind, &data, data.len() - 1).unwrap().unwrap();
+            assert!(c.len() < data.len() / 4, "{kind:?}: {}", c.len());
+            let mut out = vec![0u8; data.len()];
+            decompress(kind, &c, &mut out).unwrap();
+            assert_eq!(out, data);
+            // Random bytes do not shrink.
+            let mut x = 0x1234_5678_9abc_def0u64;
+            let noise: Vec<u8> = (0..4096)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            assert_eq!(compress(kind, &noise, 4095).unwrap(), None, "{kind:?}");
+        }
     }
 
     #[test]

@@ -99,6 +99,17 @@ impl Geometry {
         62 - (self.cluster_bits - 8)
     }
 
+    /// Encodes a compressed cluster descriptor for `len` bytes at `host`
+    /// (the number of 512-byte sectors touched, minus one, above the
+    /// offset), or `None` when the offset or length does not fit.
+    pub fn compressed_entry(&self, host: u64, len: u64) -> Option<u64> {
+        let shift = self.csize_shift();
+        let sectors = ((host + len.max(1) - 1) >> 9) - (host >> 9);
+        let mask = (1u64 << (self.cluster_bits - 8)) - 1;
+        (host < (1u64 << shift) && sectors <= mask)
+            .then_some(host | OFLAG_COMPRESSED | (sectors << shift))
+    }
+
     /// Decodes a compressed cluster descriptor into (host offset, bytes).
     /// The byte count runs to the end of the last 512-byte sector used.
     pub fn compressed(&self, entry: u64) -> (u64, u64) {

@@ -25,13 +25,17 @@ mod bitmaps_write;
 pub mod cache;
 pub mod check;
 pub mod compress;
+mod compress_write;
 pub mod create;
 pub mod features;
 pub mod header;
 mod kv;
 pub mod l1;
 pub mod l2;
+mod lazy;
 mod nb;
+pub mod open_opts;
+mod overlap;
 pub mod refcount;
 mod repair;
 pub mod snapshot;
@@ -146,6 +150,14 @@ pub struct Qcow2 {
     /// Readers of the metadata store hold it shared, a change exclusive
     /// (`kv.rs`).
     kv_lock: std::sync::RwLock<()>,
+    /// Overlap checks (open_opts::OL_* bits) of a read-write open.
+    overlap: u32,
+    /// The snapshots' L2 tables (only with overlap-check=all; rebuilt
+    /// when the snapshot table changes).
+    inactive_l2: std::sync::RwLock<HashSet<u64>>,
+    /// This open set the dirty bit (lazy refcounts): a clean close may
+    /// clear it. A bit found set at open is cleared only by a repair.
+    dirtied: AtomicBool,
 }
 
 fn open(ctx: &OpenCtx) -> Result<Box<dyn Format>> {
@@ -229,14 +241,8 @@ impl Qcow2 {
         // Nothing of the L1 table is read yet: open costs the same for any
         // virtual size (entries past the end of the file read as 0).
         let l1 = L1Table::new(file.clone(), l1_off, l1_size, file_len);
-        let cs = 1u64 << cluster_bits;
-        let tables_for_disk = size.div_ceil(geo.l2_coverage());
-        let tables = if ctx.cache_size > 0 {
-            ctx.cache_size / cs
-        } else {
-            (DEFAULT_L2_CACHE_BYTES / cs).min(tables_for_disk)
-        };
-        let tables = (tables.min(usize::MAX as u64) as usize).max(MIN_L2_CACHE_TABLES);
+        let oo = open_opts::parse(ctx.format_opts, ctx.cache_size, size, geo)?;
+        let tables = (oo.l2_tables.min(usize::MAX as u64) as usize).max(MIN_L2_CACHE_TABLES);
         // The directory is bounded by the extension's limits (header.rs);
         // QEMU reads it at open too.
         let bitmaps = match &h.bitmaps {
@@ -272,9 +278,12 @@ impl Qcow2 {
             incompat,
             known_len: AtomicU64::new(file_len),
             kv_lock: std::sync::RwLock::new(()),
+            overlap: oo.overlap,
+            inactive_l2: Default::default(),
+            dirtied: AtomicBool::new(false),
         };
         if !ctx.read_only {
-            q.open_for_writing(ctx.cache_size, ctx.repair)?;
+            q.open_for_writing(oo.refcount_blocks, ctx.repair)?;
         }
         Ok(q)
     }
@@ -284,7 +293,7 @@ impl Qcow2 {
     /// autoclear bits this build does not know (as QEMU does on a
     /// read-write open) and marks the persistent bitmaps in use, since
     /// our writes do not update them (`bitmaps_write.rs`).
-    fn open_for_writing(&mut self, cache_size: u64, repair: bool) -> Result<()> {
+    fn open_for_writing(&mut self, refcount_blocks: Option<u64>, repair: bool) -> Result<()> {
         if !self.l1.load().fully_stored() {
             return Err(Error::Corrupt(
                 "the active L1 table runs past the end of the image file".into(),
@@ -292,11 +301,8 @@ impl Qcow2 {
         }
         let rt = self.load_refcount_table()?;
         let cs = self.cs();
-        let blocks = if cache_size > 0 {
-            cache_size / 4 / cs
-        } else {
-            (1u64 << 20) / cs
-        };
+        let blocks = refcount_blocks.unwrap_or((1u64 << 20) / cs);
+        self.load_overlap_extents()?;
         self.meta = Some(Mutex::new(Meta::new(
             rt,
             self.header.refcount_table_offset,
@@ -684,8 +690,16 @@ impl Format for Qcow2 {
         self.w_link(guest, len, host)
     }
 
-    fn zero_clusters(&self, guest: u64, len: u64) -> Result<bool> {
-        self.w_zero(guest, len)
+    fn compress_cluster(&self, data: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.w_compress_cluster(data)
+    }
+
+    fn write_compressed(&self, guest: u64, compressed: &[u8]) -> Result<()> {
+        self.w_write_compressed(guest, compressed)
+    }
+
+    fn zero_clusters(&self, guest: u64, len: u64, unmap: bool) -> Result<bool> {
+        self.w_zero(guest, len, unmap)
     }
 
     fn discard(&self, guest: u64, len: u64) -> Result<()> {
@@ -823,6 +837,6 @@ impl Format for Qcow2 {
     }
 
     fn close(&self) -> Result<()> {
-        self.w_flush()
+        self.w_close()
     }
 }

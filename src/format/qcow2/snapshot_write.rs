@@ -146,6 +146,7 @@ impl Qcow2 {
         };
         let parsed = snapshot::read_table(&read, off, list.len() as u32)?;
         self.snapshots.store(Arc::new(parsed));
+        self.load_overlap_extents()?;
         if old_len > 0 {
             let cb = self.geo.cluster_bits;
             for c in (old_off >> cb)..=((old_off + old_len - 1) >> cb) {
@@ -658,6 +659,7 @@ impl Qcow2 {
         };
         let parsed = snapshot::read_table(&read, snap_off, list.len() as u32)?;
         self.snapshots.store(Arc::new(parsed));
+        self.load_overlap_extents()?;
         let (old_snap, old_snap_len) = m.snap_table;
         m.snap_table = (snap_off, bytes.len() as u64);
         for c in &shadow.zeroed {
@@ -665,6 +667,7 @@ impl Qcow2 {
             self.l2_cache.invalidate(c << cb);
         }
         for b in shadow.replaced {
+            m.block_offs.remove(&b);
             self.release(m, b >> cb)?;
         }
         if let Some((off, n)) = old_rt {
@@ -845,6 +848,7 @@ mod tests {
             snapshot: None,
             confine: None,
             metadata_only: false,
+            format_opts: &[],
             repair: false,
         })
         .unwrap();

@@ -112,6 +112,7 @@ impl Builder {
             snapshot: None,
             confine: None,
             metadata_only: false,
+            format_opts: &[],
             repair: false,
         })
         .unwrap()

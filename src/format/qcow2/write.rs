@@ -12,6 +12,7 @@
 //! refcount below the number of its users.
 
 use super::l2::{Kind, OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO};
+use super::open_opts::{OL_ACTIVE_L2, OL_REFCOUNT_BLOCK};
 use super::{features, refcount, Qcow2};
 use crate::error::{Error, Result};
 use crate::format::Format;
@@ -43,6 +44,8 @@ pub(super) struct Meta {
     pub(super) rt: Vec<u64>,
     pub(super) rt_offset: u64,
     pub(super) rt_clusters: u64,
+    /// The refcount blocks' offsets (for the overlap checks).
+    pub(super) block_offs: HashSet<u64>,
     /// An entry changed since the table was last written.
     pub(super) rt_dirty: bool,
     /// The table moved (it grew): the old one, to free once the header
@@ -59,6 +62,9 @@ pub(super) struct Meta {
     pub(super) l1_dirty: BTreeSet<u64>,
     /// Host clusters to unreference once nothing on disk points at them.
     pub(super) frees: Vec<u64>,
+    /// Where the next compressed cluster may be packed (0: start a new
+    /// host cluster), as QEMU's free_byte_offset.
+    pub(super) free_byte: u64,
     /// The snapshot table on disk: offset and length in bytes.
     pub(super) snap_table: (u64, u64),
     /// A transaction in progress (see `Shadow`).
@@ -82,7 +88,13 @@ pub(super) struct Shadow {
 
 impl Meta {
     pub(super) fn new(rt: Vec<u64>, rt_offset: u64, rt_clusters: u64, block_cap: usize) -> Meta {
+        let block_offs = rt
+            .iter()
+            .map(|e| e & RT_OFFSET_MASK)
+            .filter(|&o| o != 0)
+            .collect();
         Meta {
+            block_offs,
             rt,
             rt_offset,
             rt_clusters,
@@ -95,12 +107,13 @@ impl Meta {
             l2_dirty: HashSet::new(),
             l1_dirty: BTreeSet::new(),
             frees: Vec::new(),
+            free_byte: 0,
             snap_table: (0, 0),
             shadow: None,
         }
     }
 
-    fn dirty_blocks(&self) -> usize {
+    pub(super) fn dirty_blocks(&self) -> usize {
         self.blocks.values().filter(|b| b.dirty).count()
     }
 }
@@ -244,6 +257,7 @@ impl Qcow2 {
             },
         );
         m.rt[ti as usize] = nb;
+        m.block_offs.insert(nb);
         m.rt_dirty = true;
         if let Some(s) = &mut m.shadow {
             s.fresh.insert(nb);
@@ -292,6 +306,7 @@ impl Qcow2 {
             },
         );
         m.rt[ti as usize] = boff;
+        m.block_offs.insert(boff);
         m.rt_dirty = true;
         if let Some(s) = &mut m.shadow {
             s.fresh.insert(boff);
@@ -407,24 +422,24 @@ impl Qcow2 {
         }
     }
 
-    /// The cheap overlap checks (QEMU's "cached" mode): a cluster about to
-    /// be written as data or metadata must not hold the header, the active
-    /// L1 table or the refcount table. Finding one marks the image corrupt.
+    /// The overlap checks of the open's `overlap-check` mode (see
+    /// `overlap`): a range about to be written as data or metadata must
+    /// hold no metadata. Finding some marks the image corrupt.
     pub(super) fn check_overlap(&self, m: &Meta, off: u64, len: u64, what: &str) -> Result<()> {
-        let cs = self.cs();
-        let l1 = (self.l1.load().offset(), self.l1.load().entries() * 8);
-        let rt = (m.rt_offset, m.rt_clusters * cs);
-        let hits = |(o, l): (u64, u64)| l > 0 && off < o + l && o < off + len;
-        let name = if off < cs {
-            Some("the header")
-        } else if hits(l1) {
-            Some("the active L1 table")
-        } else if hits(rt) {
-            Some("the refcount table")
-        } else {
-            None
-        };
-        match name {
+        self.check_overlap_ign(m, off, len, what, 0)
+    }
+
+    /// `check_overlap` ignoring the `ign` kinds (OL_* bits): a table
+    /// being written back is checked against everything but its own kind.
+    pub(super) fn check_overlap_ign(
+        &self,
+        m: &Meta,
+        off: u64,
+        len: u64,
+        what: &str,
+        ign: u32,
+    ) -> Result<()> {
+        match self.overlap_hit(m, off, len, ign) {
             None => Ok(()),
             Some(n) => Err(self.mark_corrupt(format!(
                 "{what} at {off:#x} would overwrite {n} (the refcounts are wrong)"
@@ -522,7 +537,7 @@ impl Qcow2 {
     /// and, with extended L2, the subcluster bitmap); references the old
     /// entries held and the new ones drop are released after the next
     /// write-back.
-    fn rewrite_entries(
+    pub(super) fn rewrite_entries(
         &self,
         m: &mut Meta,
         guest: u64,
@@ -681,16 +696,18 @@ impl Qcow2 {
         self.after_change(&mut m)
     }
 
-    /// `Format::zero_clusters` (v3 only): the zero flag, keeping a cluster
-    /// this image alone owns as preallocated space.
-    pub(super) fn w_zero(&self, guest: u64, len: u64) -> Result<bool> {
+    /// `Format::zero_clusters` (v3 only): the zero flag; a cluster this
+    /// image alone owns stays preallocated unless `unmap` (then, as every
+    /// other host cluster, it is freed after the next write-back).
+    pub(super) fn w_zero(&self, guest: u64, len: u64, unmap: bool) -> Result<bool> {
         if self.header.version < 3 {
             return Ok(false);
         }
         self.zero_raw_data(guest, len)?;
         let mut m = self.meta()?;
         self.rewrite_entries(&mut m, guest, len, |_, old| {
-            Some(self.zero_entry(self.owned_host(old)))
+            let keep = if unmap { None } else { self.owned_host(old) };
+            Some(self.zero_entry(keep))
         })?;
         self.after_change(&mut m)?;
         Ok(true)
@@ -702,7 +719,7 @@ impl Qcow2 {
         // A raw data file must read as the guest does: zeros, as QEMU's
         // zero flag reads.
         if self.header.data_file_raw() {
-            return self.w_zero(guest, len).map(|_| ());
+            return self.w_zero(guest, len, false).map(|_| ());
         }
         let v3 = self.header.version >= 3;
         let backing = self.backing.is_some();
@@ -741,7 +758,7 @@ impl Qcow2 {
     }
 
     /// Writes back when too much is dirty (the caches' eviction).
-    fn after_change(&self, m: &mut Meta) -> Result<()> {
+    pub(super) fn after_change(&self, m: &mut Meta) -> Result<()> {
         if m.l2_dirty.len() > MAX_DIRTY_L2.min(self.l2_cache.capacity())
             || m.dirty_blocks() > m.block_cap / 2
             || m.frees.len() > 4096
@@ -785,7 +802,7 @@ impl Qcow2 {
             .collect();
         keys.sort_unstable();
         for &k in &keys {
-            self.check_overlap(m, k, self.cs(), "a refcount block")?;
+            self.check_overlap_ign(m, k, self.cs(), "a refcount block", OL_REFCOUNT_BLOCK)?;
             self.file.write_at(&m.blocks[&k].data, k)?;
             if let Some(b) = m.blocks.get_mut(&k) {
                 b.dirty = false;
@@ -817,8 +834,14 @@ impl Qcow2 {
 
     fn flush_steps(&self, m: &mut Meta) -> Result<()> {
         let cs = self.cs();
+        // Lazy refcounts (see `lazy`): the dirty bit first; refcount
+        // blocks then go out with the L2 tables, unordered.
+        let lazy = self.lazy_refcounts();
+        if lazy && self.meta_pending(m) {
+            self.mark_dirty()?;
+        }
         self.data.flush()?;
-        if self.write_blocks(m)? {
+        if (!lazy || m.rt_dirty || m.rt_old.is_some()) && self.write_blocks(m)? {
             self.file.flush()?;
         }
         if m.rt_dirty {
@@ -842,23 +865,16 @@ impl Qcow2 {
         }
         let tables = self.l2_cache.dirty();
         if !tables.is_empty() {
-            let blocks: HashSet<u64> =
-                m.rt.iter()
-                    .map(|e| e & RT_OFFSET_MASK)
-                    .filter(|&o| o != 0)
-                    .collect();
             for (off, t) in &tables {
-                self.check_overlap(m, *off, cs, "an L2 table")?;
-                if blocks.contains(off) {
-                    return Err(self.mark_corrupt(format!(
-                        "an L2 table at {off:#x} would overwrite a refcount block"
-                    )));
-                }
+                self.check_overlap_ign(m, *off, cs, "an L2 table", OL_ACTIVE_L2)?;
                 let mut buf = vec![0u8; cs as usize];
                 for (i, e) in t.iter().enumerate() {
                     BigEndian::write_u64(&mut buf[i * 8..], *e);
                 }
                 self.file.write_at(&buf, *off)?;
+            }
+            if lazy {
+                self.write_blocks(m)?;
             }
             self.file.flush()?;
             for (off, t) in &tables {
@@ -879,12 +895,19 @@ impl Qcow2 {
             for c in std::mem::take(&mut m.frees) {
                 if self.add_refcount(m, c, -1)? == 0 {
                     m.hint = m.hint.min(c);
+                    if m.free_byte >> self.geo.cluster_bits == c {
+                        // Free now: it may become anything else.
+                        m.free_byte = 0;
+                    }
                     self.l2_cache.invalidate(c * cs);
                 }
             }
-            if self.write_blocks(m)? {
+            if self.write_blocks(m)? && !lazy {
                 self.file.flush()?;
             }
+        }
+        if lazy && self.write_blocks(m)? {
+            self.file.flush()?;
         }
         Ok(())
     }
@@ -1160,13 +1183,8 @@ impl Qcow2 {
         }
         self.flush_locked(m)?;
         m.hint = 0;
-        let flags = self.incompat.load(Ordering::SeqCst) & !features::INCOMPAT_DIRTY;
-        let mut b = [0u8; 8];
-        BigEndian::write_u64(&mut b, flags);
-        self.file.write_at(&b, 72)?;
         self.file.flush()?;
-        self.incompat.store(flags, Ordering::SeqCst);
-        Ok(())
+        self.clear_dirty()
     }
 }
 
