@@ -13,16 +13,7 @@ const ZERO_GRAN: usize = 4096;
 /// `dst_is_zero` (a fresh image reads zeros) and zeroed otherwise, so the
 /// copy stays sparse.
 pub fn convert(srcs: &[&Image], dst: &Image, dst_is_zero: bool, progress: Progress) -> Result<()> {
-    let total = srcs
-        .iter()
-        .try_fold(0u64, |t, s| t.checked_add(s.size()))
-        .ok_or_else(|| Error::TooLarge("the sources' total size".into()))?;
-    if dst.size() < total {
-        return Err(Error::InvalidArgument(format!(
-            "target is {} bytes, smaller than the source ({total} bytes)",
-            dst.size()
-        )));
-    }
+    let total = total_fitting(srcs, dst)?;
     let mut buf = Vec::new();
     let mut base = 0;
     progress(0, total);
@@ -54,4 +45,19 @@ pub fn convert(srcs: &[&Image], dst: &Image, dst_is_zero: bool, progress: Progre
         base += size;
     }
     dst.flush()
+}
+
+/// The sources' total size, which `dst` must be able to hold.
+pub(super) fn total_fitting(srcs: &[&Image], dst: &Image) -> Result<u64> {
+    let total = srcs
+        .iter()
+        .try_fold(0u64, |t, s| t.checked_add(s.size()))
+        .ok_or_else(|| Error::TooLarge("the sources' total size".into()))?;
+    if dst.size() < total {
+        return Err(Error::InvalidArgument(format!(
+            "target is {} bytes, smaller than the source ({total} bytes)",
+            dst.size()
+        )));
+    }
+    Ok(total)
 }

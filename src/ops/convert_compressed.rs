@@ -38,16 +38,7 @@ pub fn convert_compressed(
             "the target format does not support compression".into(),
         ));
     }
-    let total = srcs
-        .iter()
-        .try_fold(0u64, |t, s| t.checked_add(s.size()))
-        .ok_or_else(|| Error::TooLarge("the sources' total size".into()))?;
-    if dst.size() < total {
-        return Err(Error::InvalidArgument(format!(
-            "target is {} bytes, smaller than the source ({total} bytes)",
-            dst.size()
-        )));
-    }
+    let total = super::convert::total_fitting(srcs, dst)?;
     let cs = dst.cluster_size();
     let workers = if workers == 0 {
         default_workers()

@@ -2,22 +2,13 @@
 //! byte of the target is written and the target file fully allocated.
 
 use super::{Progress, CHUNK};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::image::Image;
 
 /// Copies every guest byte of `srcs`, one after another, into `dst`,
 /// writing zeros as data.
 pub fn convert_dense(srcs: &[&Image], dst: &Image, progress: Progress) -> Result<()> {
-    let total = srcs
-        .iter()
-        .try_fold(0u64, |t, s| t.checked_add(s.size()))
-        .ok_or_else(|| Error::TooLarge("the sources' total size".into()))?;
-    if dst.size() < total {
-        return Err(Error::InvalidArgument(format!(
-            "target is {} bytes, smaller than the source ({total} bytes)",
-            dst.size()
-        )));
-    }
+    let total = super::convert::total_fitting(srcs, dst)?;
     let mut buf = Vec::new();
     let mut base = 0;
     progress(0, total);
