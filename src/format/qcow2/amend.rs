@@ -178,6 +178,32 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// `rebase`'s header change (QEMU's qcow2_change_backing_file): once
+    /// everything written so far is on disk, cluster 0 is rewritten with
+    /// the new backing file name and format (`None`: none) in one write.
+    pub(super) fn change_backing(&self, backing: Option<(&str, &str)>) -> Result<()> {
+        if self.ro.load(Ordering::SeqCst) {
+            return Err(Error::ReadOnly(self.path.display().to_string()));
+        }
+        self.w_flush()?;
+        let mut h = self.current_header();
+        h.backing_file = backing.map(|(n, _)| n.to_string());
+        h.backing_fmt = backing.and_then(|(_, f)| (!f.is_empty()).then(|| f.to_string()));
+        let bytes = header_cluster(&h)?;
+        self.file.flush()?;
+        self.file.write_at(&bytes, 0)?;
+        self.file.flush()?;
+        self.backing
+            .store(std::sync::Arc::new(backing.map(|(n, f)| {
+                crate::format::BackingSpec {
+                    name: n.to_string(),
+                    path: crate::format::resolve_relative(&self.path, n),
+                    format: (!f.is_empty()).then(|| f.to_string()),
+                }
+            })));
+        Ok(())
+    }
+
     /// The header as the image has it now (the write side may have moved
     /// the L1 and refcount tables since the open).
     fn current_header(&self) -> Header {
@@ -192,6 +218,10 @@ impl Qcow2 {
             h.refcount_table_offset = off;
             h.refcount_table_clusters = clusters as u32;
         }
+        // A rebase since the open named another backing file.
+        let b = self.backing.load();
+        h.backing_file = b.as_ref().as_ref().map(|b| b.name.clone());
+        h.backing_fmt = b.as_ref().as_ref().and_then(|b| b.format.clone());
         // A snapshot operation since the open moved the snapshot table.
         h.nb_snapshots = self.snapshots.load().len() as u32;
         h.snapshots_offset = self.snapshot_table_offset();
@@ -277,7 +307,7 @@ impl Qcow2 {
         })?;
         let cs = self.cs();
         let n = zeros.len() as u64;
-        let backing = self.backing.is_some();
+        let backing = self.backing.load().is_some();
         let zero_buf = vec![0u8; cs as usize];
         for (k, (g, e)) in zeros.into_iter().enumerate() {
             progress(k as u64, n);
@@ -310,7 +340,7 @@ impl Qcow2 {
     fn expand_snapshot_zero_clusters(&self) -> Result<()> {
         let cs = self.cs();
         let zero_buf = vec![0u8; cs as usize];
-        let backing = self.backing.is_some();
+        let backing = self.backing.load().is_some();
         for s in self.snapshots.load().iter() {
             let mut raw = vec![0u8; s.l1_size as usize * 8];
             self.file.read_at(&mut raw, s.l1_table_offset)?;

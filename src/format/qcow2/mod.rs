@@ -131,7 +131,10 @@ pub struct Qcow2 {
     snapshots: ArcSwap<Vec<Snapshot>>,
     /// The persistent bitmap directory (for `info`).
     bitmaps: Vec<bitmaps::Bitmap>,
-    backing: Option<BackingSpec>,
+    /// Where the image was opened (backing names are relative to it).
+    path: PathBuf,
+    /// Swapped by `rebase` (`set_backing`).
+    backing: ArcSwap<Option<BackingSpec>>,
     warnings: Vec<String>,
     /// Whether the image looks metadata-preallocated (QEMU's heuristic,
     /// computed on first use): block status then asks the data file about
@@ -269,7 +272,8 @@ impl Qcow2 {
             l2_cache: TableCache::new(tables),
             snapshots: ArcSwap::from_pointee(snapshots),
             bitmaps,
-            backing,
+            path: ctx.path.to_path_buf(),
+            backing: ArcSwap::from_pointee(backing),
             warnings,
             header: h,
             prealloc: OnceLock::new(),
@@ -622,8 +626,12 @@ impl Format for Qcow2 {
         self.cs()
     }
 
+    fn set_backing(&self, backing: Option<(&str, &str)>) -> Result<()> {
+        self.change_backing(backing)
+    }
+
     fn backing(&self) -> Option<BackingSpec> {
-        self.backing.clone()
+        (**self.backing.load()).clone()
     }
 
     fn map(&self, off: u64, len: u64) -> Result<Extent> {

@@ -722,7 +722,7 @@ impl Qcow2 {
             return self.w_zero(guest, len, false).map(|_| ());
         }
         let v3 = self.header.version >= 3;
-        let backing = self.backing.is_some();
+        let backing = self.backing.load().is_some();
         // v2 has no zero flag: clearing an entry would show the backing
         // file's data, so with a backing file discard keeps everything
         // (as QEMU's qcow2 does; iotest 290).
