@@ -387,6 +387,40 @@ qq_snapshot_ok() {
 }
 check "cowblk-qcow2: qemu-io -s (a temporary overlay)" qq_snapshot_ok
 
+# ---- key/value metadata in qemu-img info (patch 0006) ----
+meta_info_ok() {
+    local cimg=$ROOT/target/release/cowblk-img
+    rm -f mi.qcow2 mi.add-cow mi.img &&
+    t "$QIMG" create -q -f cowblk-qcow2 mi.qcow2 8M &&
+    t "$QIMG" create -q -f add-cow -o backing_file=base.raw,backing_fmt=raw,image_file=mi.img \
+        mi.add-cow 8M || return 1
+    # without metadata, no "metadata" member at all
+    t "$QIMG" info --output=json -f cowblk-qcow2 mi.qcow2 >mq0.json &&
+    t "$QIMG" info --output=json -f add-cow mi.add-cow >ma0.json || return 1
+    if grep -q '"metadata"' mq0.json ma0.json; then echo "metadata listed on an image without any"; return 1; fi
+    head -c 3000000 /dev/urandom >mi.logo
+    for img in mi.qcow2 mi.add-cow; do
+        t "$cimg" meta set "$img" "first run" "Welcome!" &&
+        t "$cimg" meta set "$img" logo --file mi.logo &&
+        t "$cimg" meta set "$img" "licence ünïcode" "GPL" || return 1
+    done
+    t "$QIMG" info -f cowblk-qcow2 mi.qcow2 >mi.txt && cat mi.txt &&
+    grep -q '^    metadata:$' mi.txt && grep -q '^            key: logo$' mi.txt &&
+    grep -q '^            size: 3000000$' mi.txt || return 1
+    t "$QIMG" info --output=json -f cowblk-qcow2 mi.qcow2 >mq.json &&
+    t "$QIMG" info --output=json -f add-cow mi.add-cow >ma.json || return 1
+    python3 - <<'EOF'
+import json
+want = {"first run": 8, "logo": 3000000, "licence ünïcode": 3}
+for f, kind in (("mq.json", "qcow2"), ("ma.json", "add-cow")):
+    spec = json.load(open(f))["format-specific"]
+    assert spec["type"] == kind, spec
+    got = {e["key"]: e["size"] for e in spec["data"]["metadata"]}
+    assert got == want, (f, got)
+EOF
+}
+check "qemu-img info lists the key/value metadata (keys and sizes) of cowblk-qcow2 and add-cow" meta_info_ok
+
 # ---- image locking: QEMU's locks and the library's keep each other out ----
 COWBLK_IO=$ROOT/target/release/cowblk-io
 # hold TOOL ARGS...: keeps an image open in TOOL, fed commands through a fifo

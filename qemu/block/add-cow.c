@@ -1083,14 +1083,52 @@ static ImageInfoSpecific *cowblk_qcow2_specific_info(BlockDriverState *bs,
     return spec;
 }
 
+/* cowblk_meta_list's callback: appends one key and its value size. */
+static int add_cow_meta_entry(void *opaque, const char *key, uint64_t size)
+{
+    ImageInfoMetadataEntryList ***tail = opaque;
+    ImageInfoMetadataEntry *e = g_new0(ImageInfoMetadataEntry, 1);
+
+    e->key = g_strdup(key);
+    e->size = size;
+    QAPI_LIST_APPEND(*tail, e);
+    return 0;
+}
+
+/*
+ * The image's key/value metadata (keys and value sizes) for qemu-img info,
+ * or NULL when it carries none.  A store the library cannot read costs a
+ * warning naming the problem, not the whole info.
+ */
+static ImageInfoMetadataEntryList *add_cow_metadata_info(BDRVAddCowState *s)
+{
+    ImageInfoMetadataEntryList *list = NULL, **tail = &list;
+    int ret = cowblk_meta_list(s->img, add_cow_meta_entry, &tail);
+
+    if (ret < 0) {
+        warn_report("Could not list the key/value metadata: %s",
+                    cowblk_last_error() ? cowblk_last_error() : strerror(-ret));
+        qapi_free_ImageInfoMetadataEntryList(list);
+        return NULL;
+    }
+    return list;
+}
+
 static ImageInfoSpecific *add_cow_get_specific_info(BlockDriverState *bs,
                                                     Error **errp)
 {
     BDRVAddCowState *s = bs->opaque;
     ImageInfoSpecific *spec;
+    ImageInfoMetadataEntryList *meta;
 
     if (!strcmp(s->lib_format, "qcow2")) {
-        return cowblk_qcow2_specific_info(bs, errp);
+        spec = cowblk_qcow2_specific_info(bs, errp);
+        if (spec) {
+            meta = add_cow_metadata_info(s);
+            spec->u.qcow2.data->has_metadata = meta != NULL;
+            spec->u.qcow2.data->metadata = meta;
+        }
+        return spec;
     }
     if (!s->image_file) {
         return NULL;
@@ -1099,6 +1137,9 @@ static ImageInfoSpecific *add_cow_get_specific_info(BlockDriverState *bs,
     spec->type = IMAGE_INFO_SPECIFIC_KIND_ADD_COW;
     spec->u.add_cow.data = g_new0(ImageInfoSpecificAddCow, 1);
     spec->u.add_cow.data->image_file = g_strdup(s->image_file);
+    meta = add_cow_metadata_info(s);
+    spec->u.add_cow.data->has_metadata = meta != NULL;
+    spec->u.add_cow.data->metadata = meta;
     return spec;
 }
 
