@@ -40,8 +40,10 @@
  * where a format cannot do an operation (qcow2 writes, raw and qcow2
  * check). 3: the open flags COWBLK_OPEN_CONFINED and
  * COWBLK_OPEN_METADATA_ONLY. 4: `cowblk_map_nb` (COWBLK_MAP_*).
+ * 5: `cowblk_preadv_nb`; `cowblk_map_nb` answers COWBLK_MAP_COMPRESSED
+ * where it said -EAGAIN.
  */
-#define COWBLK_ABI_VERSION 4
+#define COWBLK_ABI_VERSION 5
 
 /**
  * Open flag: open every file read-only; writes fail with -EROFS.
@@ -215,6 +217,12 @@
  * `cowblk_map_nb` kind: allocated in this layer, reads as zeros.
  */
 #define COWBLK_MAP_ZERO 2
+
+/**
+ * `cowblk_map_nb` kind: stored compressed (qcow2): read it through the
+ * library (`cowblk_preadv`), which decompresses (ABI 5; before, -EAGAIN).
+ */
+#define COWBLK_MAP_COMPRESSED 3
 
 /**
  * `cowblk_meta_op.op`: set `key` to `value_len` bytes at `value`.
@@ -905,9 +913,8 @@ const struct cowblk_driver *cowblk_driver_get(size_t index);
  * `*pnum` the run's length (1 to `bytes`) and in `*host` (if not NULL) the
  * data file offset for COWBLK_MAP_DATA (else 0). Returns -EAGAIN ("would
  * block") when the answer needs I/O (metadata not cached, a cache being
- * loaded or written back) or the run is compressed: ask
- * `cowblk_block_status` or just do the I/O through the library (which
- * also fills the cache). 0 bytes fail with -EINVAL, a range not inside
+ * loaded or written back): ask `cowblk_block_status` or just do the I/O
+ * through the library (which also fills the cache). 0 bytes fail with -EINVAL, a range not inside
  * the image with -EIO (as a read there would).
  *
  * The answer is the state at the moment of the call. It stays right for
@@ -928,6 +935,27 @@ int cowblk_map_nb(struct cowblk_image *img,
                   uint64_t *pnum,
                   uint64_t *host,
                   uint32_t *kind);
+
+/**
+ * Reads `iovcnt` buffers' worth of bytes at `offset` only if that needs
+ * no waiting: every byte mapped by cached metadata to this layer's data
+ * (in the page cache) or zeros. Returns 0 when all were read, -EAGAIN
+ * ("would block") when anything would wait for I/O or a lock, or lies
+ * outside this layer (unallocated: the backing file's bytes), and a
+ * negative errno for real errors. After -EAGAIN the buffers may hold part
+ * of the bytes: read the range again with `cowblk_preadv`, which also
+ * loads whatever was missing. A host reading in an event loop calls this
+ * first and hands only the misses to a worker thread; files opened with
+ * O_DIRECT always answer -EAGAIN (their reads wait for the device).
+ *
+ * # Safety
+ * `img` is a live handle; `iov` holds `iovcnt` entries of writable memory
+ * that stays valid for the call.
+ */
+int cowblk_preadv_nb(struct cowblk_image *img,
+                     uint64_t offset,
+                     const struct iovec *iov,
+                     int iovcnt);
 
 /**
  * `cowblk_truncate` for a handle opened with COWBLK_OPEN_CALLER_BACKING:

@@ -65,6 +65,15 @@ fn preadv(h: &Handle, buf: &mut [u8], off: u64) {
     );
 }
 
+/// `cowblk_preadv_nb` into `buf`: its return value.
+fn preadv_nb(h: &Handle, buf: &mut [u8], off: u64) -> i32 {
+    let v = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    unsafe { cowblk_preadv_nb(h.0, off, &v, 1) }
+}
+
 fn close(h: Handle) {
     let mut p = h.0;
     assert_eq!(unsafe { cowblk_close(&mut p) }, 0);
@@ -172,6 +181,7 @@ fn racing_allocating_writes_never_leave_a_stale_unallocated_answer_in_use() {
         Arc::new((0..quarters).map(|_| AtomicBool::new(false)).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let fast = Arc::new(AtomicU64::new(0));
+    let nowait = Arc::new(AtomicU64::new(0));
     let new_byte = |q: usize| 0x80u8 | (q as u8 & 0x7f) | 1;
 
     let mut writers = Vec::new();
@@ -210,12 +220,13 @@ fn racing_allocating_writes_never_leave_a_stale_unallocated_answer_in_use() {
     }
     let mut readers = Vec::new();
     for t in 0..2u64 {
-        let (h, basef, done, stop, fast) = (
+        let (h, basef, done, stop, fast, nowait) = (
             h.clone(),
             basef.clone(),
             done.clone(),
             stop.clone(),
             fast.clone(),
+            nowait.clone(),
         );
         readers.push(std::thread::spawn(move || {
             let mut rng = Rng::new(100 + t);
@@ -244,7 +255,14 @@ fn racing_allocating_writes_never_leave_a_stale_unallocated_answer_in_use() {
                             COWBLK_MAP_UNALLOCATED => basef
                                 .read_exact_at(&mut part[..n as usize], off + at)
                                 .unwrap(),
-                            COWBLK_MAP_DATA => preadv(&h, &mut part[..n as usize], off + at),
+                            // the glue's order: without waiting first
+                            COWBLK_MAP_DATA => {
+                                if preadv_nb(&h, &mut part[..n as usize], off + at) == 0 {
+                                    nowait.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    preadv(&h, &mut part[..n as usize], off + at);
+                                }
+                            }
                             k => panic!("kind {k} in an add-cow image"),
                         }
                         n
@@ -297,6 +315,10 @@ fn racing_allocating_writes_never_leave_a_stale_unallocated_answer_in_use() {
         fast.load(Ordering::Relaxed) > 0,
         "the cached path was taken"
     );
+    assert!(
+        nowait.load(Ordering::Relaxed) > 0,
+        "data was read without waiting"
+    );
     // Everything written is there, and the rest is the base's.
     let mut all = vec![0u8; size as usize];
     preadv(&h, &mut all, 0);
@@ -312,4 +334,86 @@ fn racing_allocating_writes_never_leave_a_stale_unallocated_answer_in_use() {
     }
     let h = Arc::try_unwrap(h).ok().unwrap();
     close(h);
+}
+
+#[test]
+fn reads_without_waiting_only_what_is_cached_and_this_layers() {
+    let d = tmpdir("mapnb-preadv-nb");
+    let base = d.join("base.raw");
+    let top = d.join("top.qcow2");
+    let (b, t) = (base.to_str().unwrap(), top.to_str().unwrap());
+    run("qemu-img", &["create", "-q", "-f", "raw", b, "4M"]);
+    run("qemu-io", &["-f", "raw", "-c", "write -P 0x11 0 4M", b]);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=64k",
+            "-b",
+            b,
+            "-F",
+            "raw",
+            t,
+        ],
+    );
+    // data at 64k-128k, zeros at 256k-384k, compressed at 1M-1M+64k
+    for cmd in [
+        "write -P 0x22 64k 64k",
+        "write -z 256k 128k",
+        "write -c -P 0x33 1M 64k",
+    ] {
+        run("qemu-io", &["-f", "qcow2", "-c", cmd, t]);
+    }
+    run("qemu-img", &["check", "-q", t]);
+    let h = open(
+        &top,
+        "qcow2",
+        COWBLK_OPEN_RDONLY | COWBLK_OPEN_CALLER_BACKING,
+    );
+    let mut buf = vec![0u8; 8192];
+    // Cold metadata: would block, and says so.
+    assert_eq!(preadv_nb(&h, &mut buf, 70000), -libc::EAGAIN);
+    assert!(cowblk_last_error_str().contains("would block"));
+    // A blocking read loads the metadata (and the page cache).
+    let mut want = vec![0u8; 8192];
+    preadv(&h, &mut want, 70000);
+    assert!(want.iter().all(|&x| x == 0x22));
+    buf.fill(0);
+    assert_eq!(preadv_nb(&h, &mut buf, 70000), 0);
+    assert_eq!(buf, want);
+    // Zeros: filled without I/O (the buffer held other bytes).
+    buf.fill(0xee);
+    assert_eq!(preadv_nb(&h, &mut buf, 270000), 0);
+    assert!(buf.iter().all(|&x| x == 0));
+    // Unallocated: the backing file's bytes, not this layer's: would block.
+    assert_eq!(preadv_nb(&h, &mut buf, 2 << 20), -libc::EAGAIN);
+    // A run straddling data and unallocated: would block as a whole.
+    assert_eq!(preadv_nb(&h, &mut buf, 128 * 1024 - 4096), -libc::EAGAIN);
+    // Compressed: only the library reads it (map_nb says so, no EAGAIN).
+    let (r, kind, n, _) = map_nb(&h, 1 << 20, 4096);
+    assert_eq!((r, kind, n), (0, COWBLK_MAP_COMPRESSED, 4096));
+    assert_eq!(preadv_nb(&h, &mut buf, 1 << 20), -libc::EAGAIN);
+    preadv(&h, &mut buf, 1 << 20);
+    assert!(buf.iter().all(|&x| x == 0x33));
+    // Outside the image, a bad vector: errors, not "would block".
+    assert_eq!(preadv_nb(&h, &mut buf, 4 << 20), -libc::EIO);
+    assert_eq!(
+        unsafe { cowblk_preadv_nb(h.0, 0, std::ptr::null(), 1) },
+        -libc::EINVAL
+    );
+    close(h);
+}
+
+fn cowblk_last_error_str() -> String {
+    let p = cowblk_last_error();
+    if p.is_null() {
+        return String::new();
+    }
+    unsafe { std::ffi::CStr::from_ptr(p) }
+        .to_string_lossy()
+        .into_owned()
 }

@@ -51,12 +51,31 @@
 /* The most unallocated runs one read task reports before returning. */
 #define ADD_COW_MAX_HOLES 32
 
+/*
+ * A cluster whose copy-on-write (backing read, then the write) this node
+ * has in flight; lives on the writing coroutine's stack.  Other writes to
+ * the cluster wait for it instead of copying the cluster again.
+ */
+typedef struct AddCowInflight {
+    uint64_t cluster;           /* guest offset of the cluster */
+    CoQueue waiters;
+    QLIST_ENTRY(AddCowInflight) next;
+} AddCowInflight;
+
 typedef struct BDRVAddCowState {
     struct cowblk_image *img;
     const char *lib_format;     /* library format name */
     uint64_t cluster_size;
     bool writable;
     char *image_file;           /* the raw image file, resolved (for info) */
+    /*
+     * Taken by a request whose metadata lookup missed the cache while a
+     * worker loads it, so that the requests missing at the same time wait
+     * for one load (as QEMU's qcow2 waits on its lock for an L2 load)
+     * rather than each sending a worker.
+     */
+    CoMutex load_lock;
+    QLIST_HEAD(, AddCowInflight) inflight;
 } BDRVAddCowState;
 
 /* The library format behind a QEMU format name. */
@@ -202,6 +221,8 @@ static int add_cow_open(BlockDriverState *bs, QDict *options, int flags,
         return ret;
     }
     s->cluster_size = info.cluster_size;
+    qemu_co_mutex_init(&s->load_lock);
+    QLIST_INIT(&s->inflight);
     s->image_file = g_strdup(info.data_file);
     pstrcpy(bs->backing_file, sizeof(bs->backing_file),
             info.backing_file ? info.backing_file : "");
@@ -337,6 +358,9 @@ static void add_cow_iov_free(AddCowIov *v)
 
 /* ---- reads ---- */
 
+static int coroutine_fn add_cow_load_metadata(BlockDriverState *bs,
+                                              uint64_t offset, uint64_t bytes);
+
 typedef struct AddCowHole {
     uint64_t off, len;
 } AddCowHole;
@@ -460,6 +484,31 @@ static int coroutine_fn add_cow_read_slow(BlockDriverState *bs,
 }
 
 /*
+ * Stored data: read in the coroutine when the library can do it without
+ * waiting (metadata cached, data in the page cache: no hop at all, where
+ * QEMU's qcow2 always hops to file-posix's worker), else one hop.
+ */
+static int coroutine_fn add_cow_read_data(BlockDriverState *bs,
+                                          int64_t offset, QEMUIOVector *qiov,
+                                          uint64_t start, uint64_t bytes)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowIov part;
+    int ret;
+
+    add_cow_iov_slice(&part, qiov, start, bytes);
+    ret = cowblk_preadv_nb(s->img, offset + start, part.iov, part.niov);
+    add_cow_iov_free(&part);
+    if (ret == -EAGAIN) {
+        return add_cow_read_slow(bs, offset, qiov, start, bytes);
+    }
+    if (ret < 0) {
+        error_report("%s: read failed: %s", bs->filename, cowblk_last_error());
+    }
+    return ret;
+}
+
+/*
  * Reads without a thread-pool hop where the metadata is cached:
  * cowblk_map_nb answers in the coroutine, unallocated runs go straight to
  * bs->backing (as QEMU's qcow2 does after its L2 lookup), zero runs are
@@ -483,6 +532,7 @@ static int coroutine_fn add_cow_co_preadv(BlockDriverState *bs,
 {
     BDRVAddCowState *s = bs->opaque;
     uint64_t pos = 0;
+    bool loaded = false;
     int ret = 0;
 
     while (pos < (uint64_t)bytes && ret >= 0) {
@@ -491,8 +541,14 @@ static int coroutine_fn add_cow_co_preadv(BlockDriverState *bs,
 
         ret = cowblk_map_nb(s->img, offset + pos, bytes - pos, &n, NULL,
                             &kind);
+        if (ret == -EAGAIN && !loaded) {
+            /* a miss: one worker loads the metadata, then ask again */
+            ret = add_cow_load_metadata(bs, offset + pos, bytes - pos);
+            loaded = true;
+            continue;
+        }
         if (ret == -EAGAIN) {
-            /* a miss: the worker walks the rest and loads the cache */
+            /* still not cached (compressed, or evicted): the worker reads */
             return add_cow_read_slow(bs, offset, qiov, pos, bytes - pos);
         }
         if (ret < 0) {
@@ -508,8 +564,11 @@ static int coroutine_fn add_cow_co_preadv(BlockDriverState *bs,
         case COWBLK_MAP_ZERO:
             qemu_iovec_memset(qiov, pos, 0, n);
             break;
-        default:
+        case COWBLK_MAP_COMPRESSED:
             ret = add_cow_read_slow(bs, offset, qiov, pos, n);
+            break;
+        default:
+            ret = add_cow_read_data(bs, offset, qiov, pos, n);
             break;
         }
         pos += n;
@@ -589,6 +648,20 @@ static int coroutine_fn add_cow_write_cow(BlockDriverState *bs,
     return ret;
 }
 
+/* The copy-on-write of the cluster at guest offset cluster in flight, if any. */
+static AddCowInflight *add_cow_inflight_find(BDRVAddCowState *s,
+                                             uint64_t cluster)
+{
+    AddCowInflight *w;
+
+    QLIST_FOREACH(w, &s->inflight, next) {
+        if (w->cluster == cluster) {
+            return w;
+        }
+    }
+    return NULL;
+}
+
 /*
  * Writes one piece that needs at most one cluster of old contents.  Where
  * the metadata is cached (cowblk_map_nb), the coroutine decides: a piece
@@ -620,12 +693,37 @@ static int coroutine_fn add_cow_write_piece(BlockDriverState *bs,
     bool partial = offset % cs || (end % cs && end < size);
 
     if (ret >= 0 && partial) {
+        AddCowInflight *w;
+
         ret = cowblk_map_nb(s->img, offset, bytes, &n, NULL, &kind);
+        if (ret == -EAGAIN) {
+            ret = add_cow_load_metadata(bs, offset, bytes);
+            if (ret >= 0) {
+                ret = cowblk_map_nb(s->img, offset, bytes, &n, NULL, &kind);
+            }
+        }
+        /*
+         * Another write of this node is copying the cluster: wait for it
+         * and ask again (then usually a one-hop write in place), rather
+         * than read the cluster from the backing file once more and make a
+         * worker wait on the library's allocation lock.
+         */
+        while (ret >= 0 && kind == COWBLK_MAP_UNALLOCATED &&
+               (w = add_cow_inflight_find(s, cstart))) {
+            qemu_co_queue_wait(&w->waiters, NULL);
+            ret = cowblk_map_nb(s->img, offset, bytes, &n, NULL, &kind);
+        }
     }
     if (ret >= 0 && partial && kind == COWBLK_MAP_UNALLOCATED) {
+        AddCowInflight me = { .cluster = cstart };
+
+        qemu_co_queue_init(&me.waiters);
+        QLIST_INSERT_HEAD(&s->inflight, &me, next);
         t.cow_off = cstart;
         t.cow_len = MIN(cs, size - cstart);
         ret = add_cow_write_cow(bs, &t);
+        QLIST_REMOVE(&me, next);
+        qemu_co_queue_restart_all(&me.waiters);
     } else if (ret >= 0) {
         ret = add_cow_submit(bs, add_cow_write_worker, &t);
     }
@@ -736,6 +834,36 @@ static int add_cow_simple_worker(void *opaque)
         save_err(t->err, ret);
     }
     return ret;
+}
+
+/*
+ * Loads the metadata of [offset, offset + bytes) into the library's cache
+ * on a worker (block status maps the range), one load at a time: requests
+ * that missed meanwhile wait here and then usually find the cache filled,
+ * so a burst of misses sends one worker, not one each (QEMU's qcow2 waits
+ * on its lock for an L2 load the same way).  Data I/O never runs here.
+ */
+static int coroutine_fn add_cow_load_metadata(BlockDriverState *bs,
+                                              uint64_t offset, uint64_t bytes)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowSimpleTask t = {
+        .img = s->img, .op = OP_STATUS, .a = offset, .b = bytes,
+    };
+    uint64_t n = 0;
+    uint32_t kind = 0;
+    int ret;
+
+    qemu_co_mutex_lock(&s->load_lock);
+    ret = cowblk_map_nb(s->img, offset, bytes, &n, NULL, &kind);
+    if (ret == -EAGAIN) {
+        ret = add_cow_submit(bs, add_cow_simple_worker, &t);
+        if (ret < 0) {
+            error_report("%s: metadata load failed: %s", bs->filename, t.err);
+        }
+    }
+    qemu_co_mutex_unlock(&s->load_lock);
+    return ret < 0 ? ret : 0;
 }
 
 static int coroutine_fn add_cow_co_pwrite_zeroes(BlockDriverState *bs,
@@ -899,7 +1027,7 @@ static int coroutine_fn add_cow_co_block_status(BlockDriverState *bs,
      * coroutine; data runs ask the library, which also looks for holes
      * under them (raw, preallocated qcow2).
      */
-    if (ret == 0 && kind != COWBLK_MAP_DATA) {
+    if (ret == 0 && kind != COWBLK_MAP_DATA && kind != COWBLK_MAP_COMPRESSED) {
         *pnum = n;
         return kind == COWBLK_MAP_ZERO ? BDRV_BLOCK_ZERO : 0;
     }

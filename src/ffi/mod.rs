@@ -66,7 +66,10 @@ pub use meta::{
     cowblk_meta_batch, cowblk_meta_delete, cowblk_meta_get, cowblk_meta_list, cowblk_meta_op,
     cowblk_meta_set, COWBLK_META_DELETE, COWBLK_META_SET,
 };
-pub use nb::{cowblk_map_nb, COWBLK_MAP_DATA, COWBLK_MAP_UNALLOCATED, COWBLK_MAP_ZERO};
+pub use nb::{
+    cowblk_map_nb, cowblk_preadv_nb, COWBLK_MAP_COMPRESSED, COWBLK_MAP_DATA,
+    COWBLK_MAP_UNALLOCATED, COWBLK_MAP_ZERO,
+};
 pub use open_opts::cowblk_open_kv;
 pub use resize::cowblk_truncate_over;
 pub use snapshot::{
@@ -83,7 +86,9 @@ pub use snapshot::{
 /// where a format cannot do an operation (qcow2 writes, raw and qcow2
 /// check). 3: the open flags COWBLK_OPEN_CONFINED and
 /// COWBLK_OPEN_METADATA_ONLY. 4: `cowblk_map_nb` (COWBLK_MAP_*).
-pub const COWBLK_ABI_VERSION: u32 = 4;
+/// 5: `cowblk_preadv_nb`; `cowblk_map_nb` answers COWBLK_MAP_COMPRESSED
+/// where it said -EAGAIN.
+pub const COWBLK_ABI_VERSION: u32 = 5;
 
 /// Open flag: open every file read-only; writes fail with -EROFS.
 pub const COWBLK_OPEN_RDONLY: u32 = 1 << 0;

@@ -14,6 +14,9 @@ pub const COWBLK_MAP_UNALLOCATED: u32 = 0;
 pub const COWBLK_MAP_DATA: u32 = 1;
 /// `cowblk_map_nb` kind: allocated in this layer, reads as zeros.
 pub const COWBLK_MAP_ZERO: u32 = 2;
+/// `cowblk_map_nb` kind: stored compressed (qcow2): read it through the
+/// library (`cowblk_preadv`), which decompresses (ABI 5; before, -EAGAIN).
+pub const COWBLK_MAP_COMPRESSED: u32 = 3;
 
 /// Where the run at `offset` lives, answered from the metadata cache alone:
 /// never reads a file and never waits for a lock that is held across I/O.
@@ -21,9 +24,8 @@ pub const COWBLK_MAP_ZERO: u32 = 2;
 /// `*pnum` the run's length (1 to `bytes`) and in `*host` (if not NULL) the
 /// data file offset for COWBLK_MAP_DATA (else 0). Returns -EAGAIN ("would
 /// block") when the answer needs I/O (metadata not cached, a cache being
-/// loaded or written back) or the run is compressed: ask
-/// `cowblk_block_status` or just do the I/O through the library (which
-/// also fills the cache). 0 bytes fail with -EINVAL, a range not inside
+/// loaded or written back): ask `cowblk_block_status` or just do the I/O
+/// through the library (which also fills the cache). 0 bytes fail with -EINVAL, a range not inside
 /// the image with -EIO (as a read there would).
 ///
 /// The answer is the state at the moment of the call. It stays right for
@@ -63,6 +65,7 @@ pub unsafe extern "C" fn cowblk_map_nb(
             CachedMap::Unallocated => (COWBLK_MAP_UNALLOCATED, 0),
             CachedMap::Zero => (COWBLK_MAP_ZERO, 0),
             CachedMap::Data { host } => (COWBLK_MAP_DATA, host),
+            CachedMap::Compressed => (COWBLK_MAP_COMPRESSED, 0),
         };
         *pnum = n;
         *kind = k;
@@ -70,5 +73,38 @@ pub unsafe extern "C" fn cowblk_map_nb(
             *host = at;
         }
         Ok(0)
+    })
+}
+
+/// Reads `iovcnt` buffers' worth of bytes at `offset` only if that needs
+/// no waiting: every byte mapped by cached metadata to this layer's data
+/// (in the page cache) or zeros. Returns 0 when all were read, -EAGAIN
+/// ("would block") when anything would wait for I/O or a lock, or lies
+/// outside this layer (unallocated: the backing file's bytes), and a
+/// negative errno for real errors. After -EAGAIN the buffers may hold part
+/// of the bytes: read the range again with `cowblk_preadv`, which also
+/// loads whatever was missing. A host reading in an event loop calls this
+/// first and hands only the misses to a worker thread; files opened with
+/// O_DIRECT always answer -EAGAIN (their reads wait for the device).
+///
+/// # Safety
+/// `img` is a live handle; `iov` holds `iovcnt` entries of writable memory
+/// that stays valid for the call.
+#[no_mangle]
+pub unsafe extern "C" fn cowblk_preadv_nb(
+    img: *mut cowblk_image,
+    offset: u64,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+) -> c_int {
+    guard(|| {
+        let h = image(img)?;
+        let v = super::args::iov_arg(iov, iovcnt, "iov")?;
+        if h.img.readv_nowait(&v, offset)? {
+            Ok(0)
+        } else {
+            set_message("would block: metadata or data not cached");
+            Ok(-libc::EAGAIN)
+        }
     })
 }

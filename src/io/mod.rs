@@ -71,6 +71,16 @@ pub trait BlockFile: Send + Sync {
         Ok(())
     }
 
+    /// Reads `iov.len()` bytes at `off` only if that cannot block (the
+    /// bytes are in the page cache): `Ok(true)` when every byte was read,
+    /// `Ok(false)` when the read would have waited for the device, ran
+    /// into the end of the file, or the file cannot tell (the default);
+    /// `iov` may then hold some of the bytes, and the caller reads again
+    /// with `preadv`. For hosts that read in an event loop.
+    fn preadv_nowait(&self, _iov: &IoVec, _off: u64) -> Result<bool> {
+        Ok(false)
+    }
+
     /// Convenience: reads into one buffer.
     fn read_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
         self.preadv(&IoVec::from_mut(buf), off)

@@ -7,19 +7,46 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 /// An open file on the host filesystem.
 pub struct PosixFile {
     file: File,
     name: String,
+    /// Whether `preadv_nowait` may use RWF_NOWAIT: NOWAIT_UNKNOWN until
+    /// first asked, then NOWAIT_YES or NOWAIT_NO (an O_DIRECT file, whose
+    /// NOWAIT read would still wait for the device, or a kernel or
+    /// filesystem without it).
+    nowait: AtomicU8,
 }
+
+const NOWAIT_UNKNOWN: u8 = 0;
+const NOWAIT_YES: u8 = 1;
+const NOWAIT_NO: u8 = 2;
 
 impl PosixFile {
     pub fn new(file: File, name: impl Into<String>) -> Self {
         PosixFile {
             file,
             name: name.into(),
+            nowait: AtomicU8::new(NOWAIT_UNKNOWN),
+        }
+    }
+
+    /// Whether RWF_NOWAIT reads never wait on this file (see `nowait`).
+    fn nowait_usable(&self) -> bool {
+        match self.nowait.load(Ordering::Relaxed) {
+            NOWAIT_YES => true,
+            NOWAIT_NO => false,
+            _ => {
+                // SAFETY: F_GETFL on an fd this file owns.
+                let fl = unsafe { libc::fcntl(self.file.as_raw_fd(), libc::F_GETFL) };
+                let ok = fl >= 0 && fl & libc::O_DIRECT == 0;
+                let v = if ok { NOWAIT_YES } else { NOWAIT_NO };
+                self.nowait.store(v, Ordering::Relaxed);
+                ok
+            }
         }
     }
 
@@ -97,6 +124,46 @@ impl BlockFile for PosixFile {
             iov.slice(done, iov.len() - done).zero();
         }
         Ok(())
+    }
+
+    fn preadv_nowait(&self, iov: &IoVec, off: u64) -> Result<bool> {
+        if !self.nowait_usable() {
+            return Ok(false);
+        }
+        let segs = iov.segments();
+        if segs.len() > IOV_MAX {
+            return Ok(false);
+        }
+        let Ok(at) = libc::off_t::try_from(off) else {
+            return Ok(false);
+        };
+        loop {
+            // SAFETY: the iovecs describe writable memory borrowed by `iov`.
+            let r = unsafe {
+                libc::preadv2(
+                    self.file.as_raw_fd(),
+                    segs.as_ptr(),
+                    segs.len() as libc::c_int,
+                    at,
+                    libc::RWF_NOWAIT,
+                )
+            };
+            if r >= 0 {
+                // Short: part not cached, or the end of the file; the
+                // blocking read sorts out which.
+                return Ok(r as usize == iov.len());
+            }
+            let e = std::io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => return Ok(false),
+                Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS) => {
+                    self.nowait.store(NOWAIT_NO, Ordering::Relaxed);
+                    return Ok(false);
+                }
+                _ => return Err(self.err("read from", e)),
+            }
+        }
     }
 
     fn pwritev(&self, iov: &IoVec<Const>, off: u64) -> Result<()> {

@@ -3,9 +3,10 @@
 //!
 //! Tables are immutable `Arc<[u64]>` (entries already decoded to native
 //! order), so a reader keeps using the table it looked up while the lock is
-//! released: the mutex is held only to find, insert or evict an entry,
+//! released: the lock is held only to find, insert or evict an entry,
 //! never across file I/O. A miss loads the table with no lock held; if two
-//! readers miss at once both load and the first insert wins.
+//! readers miss at once both load and the first insert wins. Lookups
+//! share the lock (see `TableCache`).
 //!
 //! For the write side: a writer replaces a table with `put(.., dirty)`
 //! (copy, modify, put: readers holding the old `Arc` see a consistent old
@@ -13,55 +14,43 @@
 //! must write back (after whatever those writes depend on).
 
 use crate::error::Result;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard};
+use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub type Table = Arc<[u64]>;
 
 struct Slot {
     table: Table,
-    tick: u64,
+    /// When it was last used: the `clock` value it took then.
+    tick: AtomicU64,
     dirty: bool,
 }
 
 #[derive(Default)]
 struct Inner {
-    map: HashMap<u64, Slot>,
-    /// Use order: tick -> key.
-    lru: BTreeMap<u64, u64>,
-    tick: u64,
+    map: FxHashMap<u64, Slot>,
     /// Bumped by every `put` and `invalidate`: a load that started before
     /// one may have read a table that was written over since.
     generation: u64,
-    hits: u64,
-    misses: u64,
 }
 
 impl Inner {
-    fn touch(&mut self, key: u64) -> Option<Table> {
-        self.tick += 1;
-        let tick = self.tick;
-        let slot = self.map.get_mut(&key)?;
-        self.lru.remove(&slot.tick);
-        slot.tick = tick;
-        self.lru.insert(tick, key);
-        Some(slot.table.clone())
-    }
-
+    /// Evicts least recently used clean tables down to `capacity` (dirty
+    /// ones stay until written back). A linear scan, as QEMU's qcow2 cache
+    /// makes: it runs only when a table enters, after a load from disk.
     fn evict_to(&mut self, capacity: usize) {
-        if self.map.len() <= capacity {
-            return;
-        }
-        let victims: Vec<(u64, u64)> = self
-            .lru
-            .iter()
-            .filter(|(_, k)| !self.map[k].dirty)
-            .take(self.map.len() - capacity)
-            .map(|(t, k)| (*t, *k))
-            .collect();
-        for (t, k) in victims {
-            self.lru.remove(&t);
-            self.map.remove(&k);
+        while self.map.len() > capacity {
+            let victim = self
+                .map
+                .iter()
+                .filter(|(_, s)| !s.dirty)
+                .min_by_key(|(_, s)| s.tick.load(Relaxed))
+                .map(|(k, _)| *k);
+            match victim {
+                Some(k) => self.map.remove(&k),
+                None => return,
+            };
         }
     }
 }
@@ -70,12 +59,17 @@ impl Inner {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stats {
     pub entries: usize,
-    pub hits: u64,
     pub misses: u64,
 }
 
+/// Lookups take the lock shared, so threads reading through cached tables
+/// do not wait for each other; the use order is kept in atomic ticks. A
+/// lookup of the table used last writes nothing shared (the common case of
+/// requests walking one table), any other takes a new tick.
 pub struct TableCache {
-    inner: Mutex<Inner>,
+    inner: RwLock<Inner>,
+    clock: AtomicU64,
+    misses: AtomicU64,
     capacity: usize,
 }
 
@@ -83,13 +77,33 @@ impl TableCache {
     /// A cache holding at most `capacity` tables (at least 1).
     pub fn new(capacity: usize) -> Self {
         TableCache {
-            inner: Mutex::new(Inner::default()),
+            inner: RwLock::new(Inner::default()),
+            clock: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
             capacity: capacity.max(1),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A new tick, later than every tick handed out before.
+    fn next_tick(&self) -> u64 {
+        self.clock.fetch_add(1, Relaxed) + 1
+    }
+
+    /// The cached table at `key`, marked as used now.
+    fn touch(&self, g: &Inner, key: u64) -> Option<Table> {
+        let slot = g.map.get(&key)?;
+        if slot.tick.load(Relaxed) != self.clock.load(Relaxed) {
+            slot.tick.store(self.next_tick(), Relaxed);
+        }
+        Some(slot.table.clone())
     }
 
     pub fn capacity(&self) -> usize {
@@ -97,11 +111,9 @@ impl TableCache {
     }
 
     pub fn stats(&self) -> Stats {
-        let g = self.lock();
         Stats {
-            entries: g.map.len(),
-            hits: g.hits,
-            misses: g.misses,
+            entries: self.read().map.len(),
+            misses: self.misses.load(Relaxed),
         }
     }
 
@@ -112,17 +124,16 @@ impl TableCache {
     pub fn get(&self, key: u64, load: impl Fn() -> Result<Vec<u64>>) -> Result<Table> {
         loop {
             let gen = {
-                let mut g = self.lock();
-                if let Some(t) = g.touch(key) {
-                    g.hits += 1;
+                let g = self.read();
+                if let Some(t) = self.touch(&g, key) {
                     return Ok(t);
                 }
-                g.misses += 1;
                 g.generation
             };
+            self.misses.fetch_add(1, Relaxed);
             let table: Table = load()?.into();
-            let mut g = self.lock();
-            if let Some(t) = g.touch(key) {
+            let mut g = self.write();
+            if let Some(t) = self.touch(&g, key) {
                 return Ok(t);
             }
             if g.generation != gen {
@@ -134,31 +145,27 @@ impl TableCache {
     }
 
     /// The table at `key` if cached, else `None`: never loads. Counts as
-    /// a use (LRU) but not as a hit or miss. The cache mutex is never held
-    /// across I/O, so this does not wait for any.
+    /// a use (LRU) but not as a miss. The cache lock is never held across
+    /// I/O, so this does not wait for any.
     pub fn peek(&self, key: u64) -> Option<Table> {
-        self.lock().touch(key)
+        self.touch(&self.read(), key)
     }
 
     /// Whether `key` is cached (no LRU use: for the overlap checks).
     pub fn contains(&self, key: u64) -> bool {
-        self.lock().map.contains_key(&key)
+        self.read().map.contains_key(&key)
     }
 
     fn insert(&self, g: &mut Inner, key: u64, table: Table, dirty: bool) {
-        g.tick += 1;
-        let tick = g.tick;
-        if let Some(old) = g.map.insert(key, Slot { table, tick, dirty }) {
-            g.lru.remove(&old.tick);
-        }
-        g.lru.insert(tick, key);
+        let tick = AtomicU64::new(self.next_tick());
+        g.map.insert(key, Slot { table, tick, dirty });
         g.evict_to(self.capacity);
     }
 
     /// Stores a (new version of a) table; a dirty one stays until
     /// `mark_clean`.
     pub fn put(&self, key: u64, table: Table, dirty: bool) {
-        let mut g = self.lock();
+        let mut g = self.write();
         g.generation += 1;
         let dirty = dirty || g.map.get(&key).is_some_and(|s| s.dirty);
         self.insert(&mut g, key, table, dirty);
@@ -166,20 +173,21 @@ impl TableCache {
 
     /// Keys and tables that must be written back, oldest use first.
     pub fn dirty(&self) -> Vec<(u64, Table)> {
-        let g = self.lock();
-        g.lru
-            .values()
-            .filter_map(|k| {
-                let s = &g.map[k];
-                s.dirty.then(|| (*k, s.table.clone()))
-            })
-            .collect()
+        let g = self.read();
+        let mut d: Vec<(u64, u64, Table)> = g
+            .map
+            .iter()
+            .filter(|(_, s)| s.dirty)
+            .map(|(k, s)| (s.tick.load(Relaxed), *k, s.table.clone()))
+            .collect();
+        d.sort_unstable_by_key(|(t, k, _)| (*t, *k));
+        d.into_iter().map(|(_, k, t)| (k, t)).collect()
     }
 
     /// Records that `key` was written back as `table` (unless it changed
     /// again since).
     pub fn mark_clean(&self, key: u64, table: &Table) {
-        let mut g = self.lock();
+        let mut g = self.write();
         if let Some(s) = g.map.get_mut(&key) {
             if Arc::ptr_eq(&s.table, table) {
                 s.dirty = false;
@@ -190,11 +198,9 @@ impl TableCache {
 
     /// Forgets `key` (a freed table).
     pub fn invalidate(&self, key: u64) {
-        let mut g = self.lock();
+        let mut g = self.write();
         g.generation += 1;
-        if let Some(s) = g.map.remove(&key) {
-            g.lru.remove(&s.tick);
-        }
+        g.map.remove(&key);
     }
 }
 
@@ -222,8 +228,7 @@ mod tests {
         assert_eq!(loads.load(Ordering::SeqCst), 3);
         assert_eq!(c.get(2, load(21)).unwrap()[0], 21); // reloaded
         assert_eq!(c.get(3, load(99)).unwrap()[0], 30);
-        let s = c.stats();
-        assert_eq!((s.hits, s.misses), (2, 4));
+        assert_eq!(c.stats().misses, 4);
     }
 
     #[test]
