@@ -78,6 +78,35 @@ int main(void)
     ERR(cowblk_create("qcow2", d, "size=1M,backing_file=a.qcow2"), EINVAL);
     CHECK(!exists(d));
 
+    /* Compressed writes (the table's pwritev_compressed): whole clusters
+     * stored compressed read back the same, a cluster that does not shrink
+     * is stored plainly, a misaligned range is refused, and add-cow and raw
+     * have no such member. */
+    char e[4096];
+    join(e, sizeof e, dir, "z.qcow2");
+    OK(cowblk_create("qcow2", e, "size=1M,cluster_size=64k"));
+    OK(cowblk_open(e, "qcow2", 0, 0, &img));
+    CHECK(t->struct_size >= offsetof(cowblk_driver, pwritev_compressed) +
+                               sizeof(t->pwritev_compressed));
+    CHECK(t->pwritev_compressed != NULL);
+    static uint8_t z[2 * 65536], back[2 * 65536];
+    for (size_t i = 0; i < 65536; i++)
+        z[i] = (uint8_t)(i / 1000);          /* compresses */
+    fill(z + 65536, 65536, 7, 0);             /* does not */
+    struct iovec v[2] = { { z, 100000 }, { z + 100000, sizeof z - 100000 } };
+    OK(t->pwritev_compressed(img, 128 * 1024, v, 2));
+    OK(img_read(img, 128 * 1024, back, sizeof back));
+    CHECK(memcmp(back, z, sizeof z) == 0);
+    ERR(t->pwritev_compressed(img, 4096, v, 1), EINVAL);
+    CHECK(strstr(cowblk_last_error(), "whole clusters") != NULL);
+    memset(&r, 0, sizeof r);
+    r.struct_size = sizeof r;
+    OK(t->check(img, 0, &r));
+    CHECK(r.corruptions == 0 && r.leaks == 0 && r.check_errors == 0);
+    OK(cowblk_close(&img));
+    CHECK(cowblk_driver_find("add-cow")->pwritev_compressed == NULL);
+    CHECK(cowblk_driver_find("raw")->pwritev_compressed == NULL);
+
     rm_tree(dir);
     return 0;
 }

@@ -40,7 +40,9 @@
  * where a format cannot do an operation (qcow2 writes, raw and qcow2
  * check). 3: the open flags COWBLK_OPEN_CONFINED and
  * COWBLK_OPEN_METADATA_ONLY. 4: `cowblk_map_nb` (COWBLK_MAP_*).
- * 5: `cowblk_preadv_nb`; `cowblk_map_nb` answers COWBLK_MAP_COMPRESSED
+ * 5: `cowblk_preadv_nb`, `cowblk_pwritev_compressed` (and the table
+ * member `pwritev_compressed`), qcow2's `change_backing_file` non-NULL;
+ * `cowblk_map_nb` answers COWBLK_MAP_COMPRESSED
  * where it said -EAGAIN.
  */
 #define COWBLK_ABI_VERSION 5
@@ -394,9 +396,9 @@ typedef struct cowblk_check_result {
  * A format's entry points, like QEMU's `BlockDriver`. Tables are static
  * and owned by the library (valid until it is unloaded); never write to
  * them. A NULL member means the format does not support that operation
- * (a member is never a stub that always fails): qcow2 has no create,
- * change_backing_file or check yet; raw has no change_backing_file or
- * check.
+ * (a member is never a stub that always fails): raw has no
+ * change_backing_file, check or pwritev_compressed; add-cow no
+ * pwritev_compressed.
  *
  * Versioning: members are only ever appended, and `abi_version` grows
  * with every change to a table. A host built against ABI N checks
@@ -455,6 +457,14 @@ typedef struct cowblk_driver {
    * `struct_size` before using it).
    */
   int (*check)(struct cowblk_image *img, uint32_t fix, struct cowblk_check_result *result);
+  /**
+   * `cowblk_pwritev_compressed` (ABI 5: check `struct_size` before
+   * using it); NULL for formats without compression.
+   */
+  int (*pwritev_compressed)(struct cowblk_image *img,
+                            uint64_t offset,
+                            const struct iovec *iov,
+                            int iovcnt);
 } cowblk_driver;
 
 /**
@@ -707,6 +717,24 @@ int cowblk_change_backing_file(struct cowblk_image *img,
  * that stays valid for the call.
  */
 int cowblk_preadv(struct cowblk_image *img, uint64_t offset, const struct iovec *iov, int iovcnt);
+
+/**
+ * Writes the `iovcnt` buffers at `offset` compressed, as QEMU's compressed
+ * writes (`qemu-img convert -c`, `qemu-io write -c`): `offset` cluster
+ * aligned and the length whole clusters, or ending at the image's end
+ * (-EINVAL otherwise); each cluster is compressed on the calling thread
+ * and stored compressed, or plainly where compressing does not shrink it.
+ * -ENOTSUP for formats without compression (add-cow, raw), -EROFS on a
+ * read-only handle. Memory used: one cluster, whatever the length.
+ *
+ * # Safety
+ * `img` is a live handle; `iov` holds `iovcnt` entries of readable memory
+ * that stays valid for the call.
+ */
+int cowblk_pwritev_compressed(struct cowblk_image *img,
+                              uint64_t offset,
+                              const struct iovec *iov,
+                              int iovcnt);
 
 /**
  * Writes the `iovcnt` buffers at `offset`. The unwritten rest of a

@@ -6,7 +6,7 @@
 
 use crate::error::{Error, Result};
 use crate::image::Image;
-use crate::io::IoVec;
+use crate::io::{Const, IoVec};
 
 impl Image {
     /// Whether the format stores compressed clusters.
@@ -37,16 +37,27 @@ impl Image {
     /// be cluster aligned and the length whole clusters, or end at the
     /// image's end (the last cluster is padded with zeros).
     pub fn write_compressed(&self, buf: &[u8], off: u64) -> Result<()> {
+        self.writev_compressed(&IoVec::from_ref(buf), off)
+    }
+
+    /// `write_compressed` from a scatter list, one cluster at a time
+    /// (memory: one cluster, whatever the request's length).
+    pub fn writev_compressed(&self, iov: &IoVec<Const>, off: u64) -> Result<()> {
         let cs = self.compressed_unit()?;
-        let len = buf.len() as u64;
+        let len = iov.len() as u64;
         {
             let _s = self.shared();
             self.check_range(off, len)?;
             self.check_compressed_range(off, len, cs)?;
         }
-        for (i, chunk) in buf.chunks(cs as usize).enumerate() {
-            let c = self.compress_cluster(chunk)?;
-            self.store_compressed(off + i as u64 * cs, chunk, c.as_deref())?;
+        let mut buf = vec![0u8; cs.min(len) as usize];
+        let mut done = 0u64;
+        while done < len {
+            let n = (len - done).min(cs) as usize;
+            iov.copy_to(done as usize, &mut buf[..n]);
+            let c = self.compress_cluster(&buf[..n])?;
+            self.store_compressed(off + done, &buf[..n], c.as_deref())?;
+            done += n as u64;
         }
         Ok(())
     }

@@ -654,6 +654,94 @@ fn lazy_refcounts_set_and_clear_the_dirty_bit() {
     let _ = std::fs::remove_dir_all(&d);
 }
 
+/// A power cut at every operation of growing over a longer backing file
+/// from a size inside a cluster: every state opens with the old or the
+/// new size, keeps every byte below the old end, reads zeros past it when
+/// grown, and checks clean in QEMU (leaks allowed).
+#[test]
+fn crash_at_every_operation_of_a_grow_from_a_partial_cluster() {
+    let d = tmpdir("crash-grow");
+    let base: Vec<u8> = (0..2u32 << 20).map(|i| (i / 512) as u8 | 1).collect();
+    std::fs::write(d.join("base.raw"), &base).unwrap();
+    let p = d.join("img.qcow2");
+    create(
+        &p,
+        "backing_file=base.raw,backing_fmt=raw,cluster_size=4096",
+        300_000,
+    );
+    ok(
+        "qemu-io",
+        &[
+            "-f",
+            "qcow2",
+            "-c",
+            "write -P 0x5a 290000 5000",
+            p.to_str().unwrap(),
+        ],
+    );
+    let bytes = std::fs::read(&p).unwrap();
+    let (path, bpath) = (Path::new("img.qcow2"), Path::new("base.raw"));
+    let fresh = || {
+        let st = Arc::new(MemStorage::new());
+        st.insert(path, bytes.clone());
+        st.insert(bpath, base.clone());
+        st
+    };
+    let open = |st: &Arc<MemStorage>| Image::open_in(st.clone(), path, &rw());
+    let (old, total) = {
+        let st = fresh();
+        let img = open(&st).unwrap();
+        let old = read_all(&img);
+        st.reset_count();
+        img.truncate(1 << 20).unwrap();
+        img.flush().unwrap();
+        (old, st.op_count())
+    };
+    assert_eq!(old.len(), 300_032);
+    assert!(total > 5, "{total} operations");
+    let out = d.join("crash.qcow2");
+    std::fs::copy(d.join("base.raw"), d.join("crash-base.raw")).unwrap();
+    for k in 0..total {
+        for policy in 0..3u64 {
+            let st = fresh();
+            st.reset_count();
+            st.fail_from(Some(k));
+            if let Ok(img) = open(&st) {
+                let _ = img.truncate(1 << 20).and_then(|_| img.flush());
+                std::mem::forget(img);
+            }
+            let mut rng = Rng::new(k * 3 + policy);
+            let cut = st.crash(|_, _| match policy {
+                0 => false,
+                1 => true,
+                _ => rng.below(2) == 0,
+            });
+            let state = cut.file(path).unwrap().contents();
+            let cut = Arc::new(cut);
+            let img = open(&cut).unwrap_or_else(|e| panic!("op {k} policy {policy}: {e}"));
+            let got = read_all(&img);
+            assert!(
+                got.len() == old.len() || got.len() == 1 << 20,
+                "op {k} policy {policy}: size {}",
+                got.len()
+            );
+            same(
+                &got[..old.len()],
+                &old,
+                &format!("op {k} policy {policy}: below the old end"),
+            );
+            assert!(
+                got[old.len()..].iter().all(|&b| b == 0),
+                "op {k} policy {policy}: the backing file shows past the old end"
+            );
+            drop(img);
+            std::fs::write(&out, &state).unwrap();
+            qemu_check(&out, true);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 #[test]
 fn crash_at_every_operation_v2_512() {
     crash_run("crashv2", "cluster_size=512,compat=0.10", false);
@@ -711,6 +799,74 @@ fn resize_grows_l1_shrinks_and_hides_backing() {
         img.close().unwrap();
     }
     qemu_check(&top, false);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+/// Growing over a longer backing file from a size inside a cluster: the
+/// partial last cluster keeps its bytes below the old end (the backing
+/// file's, where it was unallocated) and reads zeros after it, as QEMU's
+/// qcow2 makes it (explicit zeros for the head, zero clusters after); with
+/// extended L2 too, whose unwritten subclusters would otherwise show the
+/// backing file. v2 has no zero clusters: refused, as QEMU refuses.
+#[test]
+fn resize_from_a_partial_cluster_over_a_longer_backing_file() {
+    let d = tmpdir("resize-partial");
+    let base = d.join("base.raw");
+    let bytes: Vec<u8> = (0..4u32 << 20).map(|i| (i / 512) as u8 | 1).collect();
+    std::fs::write(&base, &bytes).unwrap();
+    for (name, opts, written) in [
+        ("plain.qcow2", "cluster_size=65536", false),
+        ("written.qcow2", "cluster_size=65536", true),
+        ("ext.qcow2", "cluster_size=65536,extended_l2=on", true),
+        ("small.qcow2", "cluster_size=4096", true),
+    ] {
+        let top = d.join(name);
+        // inside a cluster (qemu-img rounds up to a whole sector)
+        create(
+            &top,
+            &format!("backing_file=base.raw,backing_fmt=raw,{opts}"),
+            1_000_000,
+        );
+        let img = Image::open(&top, &rw()).unwrap();
+        let old = img.size();
+        assert_eq!(old, 1_000_448);
+        let mut want = bytes[..old as usize].to_vec();
+        if written {
+            img.write(&[0x5au8; 3000], old - 3500).unwrap();
+            want[(old - 3500) as usize..(old - 500) as usize].fill(0x5a);
+        }
+        img.truncate(3 << 20).unwrap();
+        want.resize(3 << 20, 0);
+        same(&read_all(&img), &want, name);
+        img.close().unwrap();
+        qemu_check(&top, false);
+        // QEMU 10 sees the same bytes through the same backing file.
+        let raw = top.with_extension("want.raw");
+        std::fs::write(&raw, &want).unwrap();
+        ok(
+            "qemu-img",
+            &[
+                "compare",
+                "-f",
+                "qcow2",
+                "-F",
+                "raw",
+                top.to_str().unwrap(),
+                raw.to_str().unwrap(),
+            ],
+        );
+    }
+    let v2 = d.join("v2.qcow2");
+    create(
+        &v2,
+        "backing_file=base.raw,backing_fmt=raw,compat=0.10",
+        1 << 20,
+    );
+    let img = Image::open(&v2, &rw()).unwrap();
+    let e = img.truncate(2 << 20).unwrap_err();
+    assert!(e.to_string().contains("v2"), "{e}");
+    img.close().unwrap();
+    qemu_check(&v2, false);
     let _ = std::fs::remove_dir_all(&d);
 }
 

@@ -773,6 +773,53 @@ static int coroutine_fn add_cow_co_pwritev(BlockDriverState *bs,
     return ret;
 }
 
+/*
+ * A compressed write (qemu-img convert -c, qemu-io write -c) of whole
+ * clusters, or a tail ending the image, as QEMU's qcow2 takes them: one
+ * hop; the worker compresses and stores, so the requests convert keeps
+ * in flight compress on several pool threads at once.
+ */
+typedef struct AddCowCompressTask {
+    struct cowblk_image *img;
+    QEMUIOVector *qiov;
+    size_t qiov_off;
+    uint64_t offset, bytes;
+    char err[ADD_COW_ERR_LEN];
+} AddCowCompressTask;
+
+static int add_cow_compress_worker(void *opaque)
+{
+    AddCowCompressTask *t = opaque;
+    AddCowIov part;
+    int ret;
+
+    add_cow_iov_slice(&part, t->qiov, t->qiov_off, t->bytes);
+    ret = cowblk_pwritev_compressed(t->img, t->offset, part.iov, part.niov);
+    add_cow_iov_free(&part);
+    if (ret < 0) {
+        save_err(t->err, ret);
+    }
+    return ret;
+}
+
+static int coroutine_fn
+cowblk_qcow2_co_pwritev_compressed_part(BlockDriverState *bs, int64_t offset,
+                                        int64_t bytes, QEMUIOVector *qiov,
+                                        size_t qiov_offset)
+{
+    BDRVAddCowState *s = bs->opaque;
+    AddCowCompressTask t = {
+        .img = s->img, .qiov = qiov, .qiov_off = qiov_offset,
+        .offset = offset, .bytes = bytes,
+    };
+    int ret = add_cow_submit(bs, add_cow_compress_worker, &t);
+
+    if (ret < 0) {
+        error_report("%s: compressed write failed: %s", bs->filename, t.err);
+    }
+    return ret;
+}
+
 /* ---- flush, truncate, status ---- */
 
 typedef struct AddCowSimpleTask {
@@ -990,6 +1037,20 @@ static int coroutine_fn add_cow_co_truncate(BlockDriverState *bs,
             }
             t.b = blen;
             t.zflags = 1;
+            /*
+             * From a size inside a cluster, the library makes the last
+             * cluster its own (zeros after the old end) and reads its
+             * bytes below the end through this layer: rewrite them first,
+             * as for add-cow, so that it has them.
+             */
+            if (blen > add_cow_getlength(bs)) {
+                ret = add_cow_own_last_cluster(bs, offset);
+                if (ret < 0) {
+                    error_setg_errno(errp, -ret, "Could not copy the last "
+                                     "cluster");
+                    return ret;
+                }
+            }
         }
     } else {
         ret = add_cow_own_last_cluster(bs, offset);
@@ -1209,6 +1270,19 @@ static ImageInfoSpecific *cowblk_qcow2_specific_info(BlockDriverState *bs,
         }
     }
     return spec;
+}
+
+/*
+ * A new image reads zeros, so qemu-img convert need not write them: an
+ * add-cow image always (clear bits read the backing file, or zeros), a
+ * qcow2 one unless an external data file holds its data (its bytes may be
+ * anything), as QEMU's qcow2 answers.
+ */
+static int add_cow_has_zero_init(BlockDriverState *bs)
+{
+    BDRVAddCowState *s = bs->opaque;
+
+    return !strcmp(s->lib_format, "add-cow") || !s->image_file;
 }
 
 /* cowblk_meta_list's callback: appends one key and its value size. */
@@ -1667,6 +1741,7 @@ static int cowblk_qcow2_snapshot_list(BlockDriverState *bs,
     .bdrv_getlength             = add_cow_getlength,                \
     .bdrv_co_block_status       = add_cow_co_block_status,          \
     .bdrv_get_info              = add_cow_get_info,                 \
+    .bdrv_has_zero_init         = add_cow_has_zero_init,            \
     .bdrv_get_allocated_file_size = add_cow_get_allocated_file_size, \
     .bdrv_get_specific_info     = add_cow_get_specific_info,        \
     .bdrv_change_backing_file   = add_cow_change_backing_file,      \
@@ -1718,6 +1793,7 @@ static BlockDriver bdrv_cowblk_qcow2 = {
     .bdrv_snapshot_goto = cowblk_qcow2_snapshot_goto,
     .bdrv_snapshot_delete = cowblk_qcow2_snapshot_delete,
     .bdrv_snapshot_list = cowblk_qcow2_snapshot_list,
+    .bdrv_co_pwritev_compressed_part = cowblk_qcow2_co_pwritev_compressed_part,
     ADD_COW_COMMON_FIELDS,
 };
 

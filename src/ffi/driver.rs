@@ -11,7 +11,7 @@ use super::handle::{
 use super::info::{cowblk_get_info, cowblk_info};
 use super::io::{
     cowblk_block_status, cowblk_discard, cowblk_flush, cowblk_get_length, cowblk_is_allocated,
-    cowblk_preadv, cowblk_pwritev, cowblk_truncate, cowblk_write_zeroes,
+    cowblk_preadv, cowblk_pwritev, cowblk_pwritev_compressed, cowblk_truncate, cowblk_write_zeroes,
 };
 use super::COWBLK_ABI_VERSION;
 use crate::error::Error;
@@ -23,9 +23,9 @@ use std::path::Path;
 /// A format's entry points, like QEMU's `BlockDriver`. Tables are static
 /// and owned by the library (valid until it is unloaded); never write to
 /// them. A NULL member means the format does not support that operation
-/// (a member is never a stub that always fails): qcow2 has no create,
-/// change_backing_file or check yet; raw has no change_backing_file or
-/// check.
+/// (a member is never a stub that always fails): raw has no
+/// change_backing_file, check or pwritev_compressed; add-cow no
+/// pwritev_compressed.
 ///
 /// Versioning: members are only ever appended, and `abi_version` grows
 /// with every change to a table. A host built against ABI N checks
@@ -117,6 +117,16 @@ pub struct cowblk_driver {
             result: *mut cowblk_check_result,
         ) -> c_int,
     >,
+    /// `cowblk_pwritev_compressed` (ABI 5: check `struct_size` before
+    /// using it); NULL for formats without compression.
+    pub pwritev_compressed: Option<
+        unsafe extern "C" fn(
+            img: *mut cowblk_image,
+            offset: u64,
+            iov: *const iovec,
+            iovcnt: c_int,
+        ) -> c_int,
+    >,
 }
 
 // SAFETY: tables are immutable statics; their pointers name static data
@@ -186,6 +196,7 @@ macro_rules! driver_table {
             get_length: Some(cowblk_get_length),
             change_backing_file: Some(cowblk_change_backing_file),
             check: Some(cowblk_check),
+            pwritev_compressed: Some(cowblk_pwritev_compressed),
             }
         };
     };
@@ -197,7 +208,7 @@ driver_table!(
     addcow_probe,
     addcow_create,
     addcow_open,
-    unsupported: []
+    unsupported: [pwritev_compressed]
 );
 // raw records no backing file and has no metadata to check.
 driver_table!(
@@ -206,17 +217,16 @@ driver_table!(
     raw_probe,
     raw_create,
     raw_open,
-    unsupported: [change_backing_file, check]
+    unsupported: [change_backing_file, check, pwritev_compressed]
 );
-// qcow2 creates, checks (read-only) and writes images; it cannot change
-// its backing file yet.
+// qcow2 does everything (its backing file changes since ABI 5).
 driver_table!(
     QCOW2,
     "qcow2",
     qcow2_probe,
     qcow2_create,
     qcow2_open,
-    unsupported: [change_backing_file]
+    unsupported: []
 );
 
 static TABLES: [&cowblk_driver; 3] = [&ADDCOW, &RAW, &QCOW2];

@@ -37,6 +37,32 @@ pub unsafe extern "C" fn cowblk_preadv(
     })
 }
 
+/// Writes the `iovcnt` buffers at `offset` compressed, as QEMU's compressed
+/// writes (`qemu-img convert -c`, `qemu-io write -c`): `offset` cluster
+/// aligned and the length whole clusters, or ending at the image's end
+/// (-EINVAL otherwise); each cluster is compressed on the calling thread
+/// and stored compressed, or plainly where compressing does not shrink it.
+/// -ENOTSUP for formats without compression (add-cow, raw), -EROFS on a
+/// read-only handle. Memory used: one cluster, whatever the length.
+///
+/// # Safety
+/// `img` is a live handle; `iov` holds `iovcnt` entries of readable memory
+/// that stays valid for the call.
+#[no_mangle]
+pub unsafe extern "C" fn cowblk_pwritev_compressed(
+    img: *mut cowblk_image,
+    offset: u64,
+    iov: *const iovec,
+    iovcnt: c_int,
+) -> c_int {
+    guard(|| {
+        let h = image(img)?;
+        let v = iov_arg(iov, iovcnt, "iov")?.into_const();
+        h.img.writev_compressed(&v, offset)?;
+        Ok(0)
+    })
+}
+
 /// Writes the `iovcnt` buffers at `offset`. The unwritten rest of a
 /// partially written, unallocated cluster is first copied from the backing
 /// chain. Durable only after `cowblk_flush` (or `cowblk_close`).

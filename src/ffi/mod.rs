@@ -59,8 +59,9 @@ pub use info::{
 };
 pub use io::{
     cowblk_block_status, cowblk_chain_status, cowblk_cow_range, cowblk_discard, cowblk_flush,
-    cowblk_get_length, cowblk_is_allocated, cowblk_preadv, cowblk_pwritev, cowblk_pwritev_cow,
-    cowblk_truncate, cowblk_write_zeroes, cowblk_write_zeroes_flags,
+    cowblk_get_length, cowblk_is_allocated, cowblk_preadv, cowblk_pwritev,
+    cowblk_pwritev_compressed, cowblk_pwritev_cow, cowblk_truncate, cowblk_write_zeroes,
+    cowblk_write_zeroes_flags,
 };
 pub use meta::{
     cowblk_meta_batch, cowblk_meta_delete, cowblk_meta_get, cowblk_meta_list, cowblk_meta_op,
@@ -86,7 +87,9 @@ pub use snapshot::{
 /// where a format cannot do an operation (qcow2 writes, raw and qcow2
 /// check). 3: the open flags COWBLK_OPEN_CONFINED and
 /// COWBLK_OPEN_METADATA_ONLY. 4: `cowblk_map_nb` (COWBLK_MAP_*).
-/// 5: `cowblk_preadv_nb`; `cowblk_map_nb` answers COWBLK_MAP_COMPRESSED
+/// 5: `cowblk_preadv_nb`, `cowblk_pwritev_compressed` (and the table
+/// member `pwritev_compressed`), qcow2's `change_backing_file` non-NULL;
+/// `cowblk_map_nb` answers COWBLK_MAP_COMPRESSED
 /// where it said -EAGAIN.
 pub const COWBLK_ABI_VERSION: u32 = 5;
 

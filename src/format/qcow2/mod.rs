@@ -718,8 +718,8 @@ impl Format for Qcow2 {
         self.w_flush()
     }
 
-    fn truncate(&self, size: u64, backing_len: Option<u64>, _old: OldReader) -> Result<()> {
-        self.w_truncate(size, backing_len)
+    fn truncate(&self, size: u64, backing_len: Option<u64>, old: OldReader) -> Result<()> {
+        self.w_truncate(size, backing_len, old)
     }
 
     fn allocated_bytes(&self) -> Result<u64> {

@@ -15,7 +15,8 @@ use super::l2::{Kind, OFFSET_MASK, OFLAG_COMPRESSED, OFLAG_COPIED, OFLAG_ZERO};
 use super::open_opts::{OL_ACTIVE_L2, OL_REFCOUNT_BLOCK};
 use super::{features, refcount, Qcow2};
 use crate::error::{Error, Result};
-use crate::format::Format;
+use crate::format::{Format, OldReader};
+use crate::io::IoVec;
 use byteorder::{BigEndian, ByteOrder};
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -636,6 +637,14 @@ impl Qcow2 {
     pub(super) fn w_allocate(&self, guest: u64, len: u64) -> Result<(u64, u64)> {
         let mut m = self.meta()?;
         let cs = self.cs();
+        // The L2 tables first, then the data: new data clusters then lie
+        // one after another, as QEMU's qcow2 lays them out (its `map`
+        // shows one extent where they do). An empty table the L1 names
+        // reads as unallocated, so this order is safe at any crash point.
+        let cov = self.geo.l2_coverage();
+        for l1i in guest / cov..=(guest + len.max(1) - 1) / cov {
+            self.writable_l2(&mut m, l1i)?;
+        }
         if self.subcluster_mode(guest)? && (!guest.is_multiple_of(cs) || len < cs) {
             let inside = guest % cs;
             let len = len.min(cs - inside);
@@ -941,15 +950,43 @@ impl Qcow2 {
     /// Changes the virtual size (the engine holds every range lock).
     /// Growing zeroes the tail of a partial last cluster and moves the L1
     /// table when it is too small; over a longer backing file the grown
-    /// clusters get the zero flag (v3). Shrinking frees what lies past the
-    /// new end once the header has the new size.
-    pub(super) fn w_truncate(&self, size: u64, backing_len: Option<u64>) -> Result<()> {
-        let mut m = self.meta()?;
+    /// clusters get the zero flag (v3), and a partial last cluster becomes
+    /// this image's own (its bytes below the old end, read through `old`,
+    /// then zeros), so that no byte of the backing file shows past the old
+    /// end. Shrinking frees what lies past the new end once the header has
+    /// the new size.
+    pub(super) fn w_truncate(
+        &self,
+        size: u64,
+        backing_len: Option<u64>,
+        old_bytes: OldReader,
+    ) -> Result<()> {
         let old = self.size.load(Ordering::SeqCst);
+        let cs = self.cs();
+        let hides = size > old && backing_len.is_some_and(|b| b > old);
+        if hides && self.header.version < 3 {
+            return Err(Error::Unsupported(
+                "growing a v2 (compat=0.10) qcow2 image over a longer backing file: v2 has no zero clusters to hide it (QEMU refuses too)".into(),
+            ));
+        }
+        // Read before the metadata lock: the read maps through it.
+        let head = if hides && !old.is_multiple_of(cs) {
+            if self.geo.data_file {
+                return Err(Error::Unsupported(
+                    "growing a qcow2 image with an external data file over a longer backing file from a size that is not a whole number of clusters".into(),
+                ));
+            }
+            let used = (old % cs) as usize;
+            let mut buf = vec![0u8; cs as usize];
+            old_bytes(&IoVec::from_mut(&mut buf[..used]), old - used as u64)?;
+            Some(buf)
+        } else {
+            None
+        };
+        let mut m = self.meta()?;
         if size == old {
             return Ok(());
         }
-        let cs = self.cs();
         let need = super::header::l1_entries_for(size, self.geo.cluster_bits, self.geo.extended);
         if need * 8 > super::header::MAX_L1_BYTES {
             return Err(Error::TooLarge(format!(
@@ -958,13 +995,16 @@ impl Qcow2 {
             )));
         }
         if size > old {
-            let hides = backing_len.is_some_and(|b| b > old);
-            if hides && (self.header.version < 3 || !old.is_multiple_of(cs)) {
-                return Err(Error::Unsupported(
-                    "growing a qcow2 image over a longer backing file from a size that is not a whole number of clusters (or in a v2 image) is not implemented yet".into(),
-                ));
+            if let Some(buf) = head {
+                // A fresh cluster, written before the entry that points to
+                // it (the old one, if any, is freed after).
+                let c = self.alloc_run(&mut m, 1)? * cs;
+                self.check_overlap(&m, c, cs, "guest data")?;
+                self.data.write_at(&buf, c)?;
+                self.rewrite_entries(&mut m, old - old % cs, cs, |_, _| Some(self.data_entry(c)))?;
+            } else {
+                self.zero_tail(&mut m, old)?;
             }
-            self.zero_tail(&mut m, old)?;
             if need > self.l1.load().entries() {
                 self.grow_l1(&mut m, need)?;
             }
@@ -972,9 +1012,14 @@ impl Qcow2 {
             self.write_size(size)?;
             self.size.store(size, Ordering::SeqCst);
             if hides {
+                let from = old.div_ceil(cs) * cs;
                 let end = backing_len.unwrap_or(0).min(size).div_ceil(cs) * cs;
                 let end = end.min(size.div_ceil(cs) * cs);
-                self.rewrite_entries(&mut m, old, end - old, |_, _| Some(self.zero_entry(None)))?;
+                if end > from {
+                    self.rewrite_entries(&mut m, from, end - from, |_, _| {
+                        Some(self.zero_entry(None))
+                    })?;
+                }
                 self.flush_locked(&mut m)?;
             }
             return Ok(());
