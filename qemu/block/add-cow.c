@@ -62,6 +62,15 @@ typedef struct AddCowInflight {
     QLIST_ENTRY(AddCowInflight) next;
 } AddCowInflight;
 
+/* A library call for a worker thread; on the calling coroutine's stack. */
+typedef struct AddCowJob {
+    ThreadPoolFunc *fn;
+    void *arg;
+    int ret;
+    Coroutine *co;
+    QSIMPLEQ_ENTRY(AddCowJob) next;
+} AddCowJob;
+
 typedef struct BDRVAddCowState {
     struct cowblk_image *img;
     const char *lib_format;     /* library format name */
@@ -76,6 +85,11 @@ typedef struct BDRVAddCowState {
      */
     CoMutex load_lock;
     QLIST_HEAD(, AddCowInflight) inflight;
+    /* library calls waiting for a worker (add_cow_submit) */
+    QemuMutex jobs_lock;
+    QSIMPLEQ_HEAD(, AddCowJob) jobs;
+    int njobs;                  /* queued, not yet taken */
+    int nworkers;               /* workers running (taking jobs) */
 } BDRVAddCowState;
 
 /* The library format behind a QEMU format name. */
@@ -83,11 +97,82 @@ static const char *lib_format_of(BlockDriverState *bs);
 
 /* ---- running library calls on the thread pool ---- */
 
+/*
+ * Library calls run on workers that take them from a queue, one after
+ * another, and wake each caller as its call returns.  Requests that arrive
+ * while a worker is busy wait in the queue for it rather than each waking
+ * a thread of its own (a thread-pool hop per request: a futex wake to
+ * start it, an eventfd write to finish), so at depth the wake-ups are
+ * shared; a new worker starts only when more calls wait than workers run
+ * (up to ADD_COW_MAX_WORKERS), so a slow call (a flush) does not hold up
+ * the rest and independent calls still run in parallel.
+ */
+#define ADD_COW_MAX_WORKERS 4
+
+static void add_cow_jobs_init(BDRVAddCowState *s)
+{
+    qemu_mutex_init(&s->jobs_lock);
+    QSIMPLEQ_INIT(&s->jobs);
+    s->njobs = 0;
+    s->nworkers = 0;
+}
+
+/* Waits for the workers to leave (they touch s until they do). */
+static void add_cow_jobs_destroy(BDRVAddCowState *s)
+{
+    qemu_mutex_lock(&s->jobs_lock);
+    while (s->nworkers > 0) {
+        qemu_mutex_unlock(&s->jobs_lock);
+        g_usleep(100);
+        qemu_mutex_lock(&s->jobs_lock);
+    }
+    qemu_mutex_unlock(&s->jobs_lock);
+    qemu_mutex_destroy(&s->jobs_lock);
+}
+
+static int add_cow_job_worker(void *opaque)
+{
+    BDRVAddCowState *s = opaque;
+    AddCowJob *j;
+
+    qemu_mutex_lock(&s->jobs_lock);
+    while ((j = QSIMPLEQ_FIRST(&s->jobs)) != NULL) {
+        Coroutine *co = j->co;
+
+        QSIMPLEQ_REMOVE_HEAD(&s->jobs, next);
+        s->njobs--;
+        qemu_mutex_unlock(&s->jobs_lock);
+        j->ret = j->fn(j->arg);
+        /* j lives on co's stack: not touched once co may run */
+        aio_co_wake(co);
+        qemu_mutex_lock(&s->jobs_lock);
+    }
+    s->nworkers--;
+    qemu_mutex_unlock(&s->jobs_lock);
+    return 0;
+}
+
 static int coroutine_fn add_cow_submit(BlockDriverState *bs,
                                        ThreadPoolFunc *fn, void *arg)
 {
-    ThreadPool *pool = aio_get_thread_pool(bdrv_get_aio_context(bs));
-    return thread_pool_submit_co(pool, fn, arg);
+    BDRVAddCowState *s = bs->opaque;
+    AddCowJob j = { .fn = fn, .arg = arg, .co = qemu_coroutine_self() };
+    bool start;
+
+    qemu_mutex_lock(&s->jobs_lock);
+    QSIMPLEQ_INSERT_TAIL(&s->jobs, &j, next);
+    s->njobs++;
+    start = s->nworkers < ADD_COW_MAX_WORKERS && s->njobs > s->nworkers;
+    if (start) {
+        s->nworkers++;
+    }
+    qemu_mutex_unlock(&s->jobs_lock);
+    if (start) {
+        thread_pool_submit(aio_get_thread_pool(bdrv_get_aio_context(bs)),
+                           add_cow_job_worker, s);
+    }
+    qemu_coroutine_yield();
+    return j.ret;
 }
 
 /* Copies the library's (thread-local) message for a failed call. */
@@ -203,6 +288,7 @@ static int add_cow_open(BlockDriverState *bs, QDict *options, int flags,
     uint64_t len;
     int ret;
 
+    add_cow_jobs_init(s);
     ret = bdrv_open_file_child(NULL, options, "file", bs, errp);
     if (ret < 0) {
         return ret;
@@ -249,6 +335,7 @@ static void add_cow_close(BlockDriverState *bs)
 {
     BDRVAddCowState *s = bs->opaque;
 
+    add_cow_jobs_destroy(s);
     if (s->img && cowblk_close(&s->img) < 0) {
         error_report("%s: close failed: %s", bs->filename,
                      cowblk_last_error());
