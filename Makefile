@@ -200,6 +200,7 @@ bench:
 	$(CARGO) bench --bench qcow2_read
 	$(CARGO) bench --bench qcow2_write
 	$(CARGO) bench --bench capi_read
+	scripts/bench-convert.sh
 	$(MAKE) bench-nbd
 
 # qemu-img bench in the patched QEMU: add-cow and cowblk-qcow2 against

@@ -53,11 +53,13 @@ run() {
 }
 
 min() { awk -v a="$1" -v b="$2" 'BEGIN { print (b == "" || a + 0 < b + 0) ? a : b }'; }
+# median of the arguments
+med() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 
 # One row: label ours-fmt ours-file qemu-file depth mode (read|fresh-write|write)
 row() {
     label=$1 ofmt=$2 ofile=$3 qfile=$4 depth=$5 mode=$6
-    best_o="" best_q=""
+    best_o="" best_q="" all_o="" all_q=""
     i=0
     while [ $i -lt "$RUNS" ]; do
         for side in ours qemu; do
@@ -74,19 +76,25 @@ row() {
             esac
             t=$(run "$f" "$file" "$depth" $args)
             [ -n "$t" ] || { echo "bench of $f $file failed" >&2; exit 1; }
-            if [ $side = ours ]; then best_o=$(min "$t" "$best_o"); else best_q=$(min "$t" "$best_q"); fi
+            if [ $side = ours ]; then
+                best_o=$(min "$t" "$best_o") all_o="$all_o $t"
+            else
+                best_q=$(min "$t" "$best_q") all_q="$all_q $t"
+            fi
         done
         i=$((i + 1))
     done
-    awk -v l="$label" -v d="$depth" -v o="$best_o" -v q="$best_q" \
-        'BEGIN { printf "| %-34s | %2d | %7.3f | %7.3f | %5.2f |\n", l, d, o, q, o / q }'
+    # shellcheck disable=SC2086 # the lists are words on purpose
+    mo=$(med $all_o) mq=$(med $all_q)
+    awk -v l="$label" -v d="$depth" -v o="$best_o" -v q="$best_q" -v mo="$mo" -v mq="$mq" \
+        'BEGIN { printf "| %-39s | %2d | %7.3f | %7.3f | %5.2f | %7.3f | %7.3f | %5.2f |\n", l, d, o, q, o / q, mo, mq, mo / mq }'
 }
 
 echo "qemu-img bench, 4 KiB requests, $COUNT requests, cache=writeback, 64 KiB clusters, raw backing; best of $RUNS"
-echo "(seconds; ratio = ours / QEMU qcow2 time: below 1.00 ours is faster)"
+echo "(seconds; ratio = ours / QEMU qcow2 time: below 1.00 ours is faster; best and median of the runs)"
 echo
-echo "| case | depth | ours s | qcow2 s | ratio |"
-echo "|---|---|---|---|---|"
+echo "| case | depth | ours best | qcow2 best | ratio | ours median | qcow2 median | ratio |"
+echo "|---|---|---|---|---|---|---|---|"
 have_lib_qcow2=$("$IMG" --help | grep -c 'cowblk-qcow2' || true)
 for d in $DEPTHS; do
     row "add-cow unallocated reads" add-cow empty.add-cow empty.qcow2 "$d" read

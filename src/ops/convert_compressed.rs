@@ -150,7 +150,7 @@ fn read_clusters(
 }
 
 /// `zero_run` in the source holding `pos` (the run stops at its end).
-fn zero_run_at(srcs: &[&Image], pos: u64, len: u64) -> Result<Option<(bool, u64)>> {
+pub(super) fn zero_run_at(srcs: &[&Image], pos: u64, len: u64) -> Result<Option<(bool, u64)>> {
     let mut base = 0;
     for s in srcs {
         if pos < base + s.size() {
@@ -163,7 +163,7 @@ fn zero_run_at(srcs: &[&Image], pos: u64, len: u64) -> Result<Option<(bool, u64)
 }
 
 /// Reads `buf.len()` bytes at `pos` of the sources laid end to end.
-fn read_concat(srcs: &[&Image], pos: u64, buf: &mut [u8]) -> Result<()> {
+pub(super) fn read_concat(srcs: &[&Image], pos: u64, buf: &mut [u8]) -> Result<()> {
     let mut base = 0u64;
     let mut done = 0usize;
     for s in srcs {
