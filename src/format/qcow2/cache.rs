@@ -144,6 +144,18 @@ impl TableCache {
         }
     }
 
+    /// `f` applied to the cached table at `key` under the shared lock (no
+    /// reference counted copy: a lookup then writes nothing shared when
+    /// the table is the one used last), or `None` if it is not cached.
+    pub fn with<R>(&self, key: u64, f: impl FnOnce(&[u64]) -> R) -> Option<R> {
+        let g = self.read();
+        let slot = g.map.get(&key)?;
+        if slot.tick.load(Relaxed) != self.clock.load(Relaxed) {
+            slot.tick.store(self.next_tick(), Relaxed);
+        }
+        Some(f(&slot.table))
+    }
+
     /// The table at `key` if cached, else `None`: never loads. Counts as
     /// a use (LRU) but not as a miss. The cache lock is never held across
     /// I/O, so this does not wait for any.

@@ -645,6 +645,12 @@ impl Format for Qcow2 {
         if l2off == 0 {
             return Ok(Extent::new(Mapping::Unallocated, end - off));
         }
+        // A cached table is mapped in place; a miss loads (and checks) it.
+        if let Some(r) = self.l2_cache.with(l2off, |t| {
+            self.map_in_table(t, off, end, l1_index)
+        }) {
+            return r;
+        }
         let table = self.l2_table(l2off, l1_index)?;
         self.map_in_table(&table, off, end, l1_index)
     }
