@@ -229,6 +229,7 @@ impl Image {
         let _s = self.shared();
         self.check_range(off, len)?;
         let cs = self.fmt.cluster_size();
+        let (off, len) = self.zero_edges(off, len, cs, flags)?;
         let mut done = 0u64;
         while done < len {
             let pos = off + done;
@@ -258,6 +259,87 @@ impl Image {
             };
         }
         Ok(())
+    }
+
+    /// QEMU's qcow2 rule for a zero write over part of a cluster: when the
+    /// cluster's other bytes already read as zeros (through the backing
+    /// chain, by block status: no data read), the whole cluster is zeroed
+    /// in metadata rather than written. The head and the tail cluster are
+    /// judged each on its own, each under the cluster's allocation lock
+    /// (so no write lands in it between the look and the zeroing). Only
+    /// where the format has zero clusters. Returns what is left to do.
+    fn zero_edges(&self, off: u64, len: u64, cs: u64, flags: ZeroFlags) -> Result<(u64, u64)> {
+        if cs == 0 || len == 0 || !self.fmt.has_zero_clusters() {
+            return Ok((off, len));
+        }
+        let size = self.size();
+        let (mut start, mut end) = (off, off + len);
+        let hs = start / cs * cs;
+        if (start != hs || end < hs + cs)
+            && hs + cs <= size
+            && self.zero_whole(hs, start, end.min(hs + cs), cs, flags)?
+        {
+            start = (hs + cs).min(end);
+        }
+        let ts = (end - 1) / cs * cs;
+        if start < end
+            && end % cs != 0
+            && ts >= start
+            && ts + cs <= size
+            && self.zero_whole(ts, ts.max(start), end, cs, flags)?
+        {
+            end = ts;
+        }
+        Ok((start, end.saturating_sub(start)))
+    }
+
+    /// Zeroes cluster `[c, c + cs)` in metadata if its bytes outside
+    /// `[a, b)` read as zeros; whether it did.
+    fn zero_whole(&self, c: u64, a: u64, b: u64, cs: u64, flags: ZeroFlags) -> Result<bool> {
+        let _g = self.alloc_locks.lock(c, c + cs);
+        if self.reads_zero_locked(c, a)? && self.reads_zero_locked(b, c + cs)? {
+            return self.fmt.zero_clusters(c, cs, flags.may_unmap);
+        }
+        Ok(false)
+    }
+
+    /// Whether `[a, b)` reads as zeros through the chain without reading
+    /// data (request lock held). A host-managed backing layer cannot be
+    /// asked: its unallocated ranges count as not zero.
+    fn reads_zero_locked(&self, mut a: u64, b: u64) -> Result<bool> {
+        while a < b {
+            let (st, n) = self.block_status_locked(a, b - a)?;
+            let n = n.min(b - a).max(1);
+            if st.data && !st.zero {
+                return Ok(false);
+            }
+            if !st.zero && !st.allocated {
+                let back = self.backing();
+                match back.as_ref() {
+                    // opened without the backing file it records (the
+                    // host reads it): cannot tell
+                    None if self.fmt.backing().is_some() => return Ok(false),
+                    None => {}
+                    Some(bk) => match bk.as_image() {
+                        Some(img) if a < img.size() => {
+                            let m = n.min(img.size() - a);
+                            let (_, st2, n2) = img.chain_status(a, m)?;
+                            if !st2.zero || st2.data {
+                                return Ok(false);
+                            }
+                            a += n2.min(m).max(1);
+                            continue;
+                        }
+                        Some(img) if img.size() <= a => {}
+                        _ => return Ok(false),
+                    },
+                }
+            } else if !st.zero {
+                return Ok(false);
+            }
+            a += n;
+        }
+        Ok(true)
     }
 
     /// Hints that `[off, off + len)` is unused. Only whole clusters are

@@ -154,6 +154,12 @@ pub trait Format: Send + Sync {
     fn zero_clusters(&self, _guest: u64, _len: u64, _unmap: bool) -> Result<bool> {
         Ok(false)
     }
+    /// Whether `zero_clusters` can mark clusters (qcow2 v3): then a zero
+    /// write over part of a cluster that otherwise reads zeros zeroes the
+    /// whole cluster in metadata, as QEMU's qcow2 does.
+    fn has_zero_clusters(&self) -> bool {
+        false
+    }
     /// Compresses one whole cluster's contents for `write_compressed`
     /// (no lock, no I/O: any thread may run it). `Ok(None)` when
     /// compressing would not make it smaller; the cluster is then written

@@ -646,9 +646,10 @@ impl Format for Qcow2 {
             return Ok(Extent::new(Mapping::Unallocated, end - off));
         }
         // A cached table is mapped in place; a miss loads (and checks) it.
-        if let Some(r) = self.l2_cache.with(l2off, |t| {
-            self.map_in_table(t, off, end, l1_index)
-        }) {
+        if let Some(r) = self
+            .l2_cache
+            .with(l2off, |t| self.map_in_table(t, off, end, l1_index))
+        {
             return r;
         }
         let table = self.l2_table(l2off, l1_index)?;
@@ -714,6 +715,10 @@ impl Format for Qcow2 {
 
     fn zero_clusters(&self, guest: u64, len: u64, unmap: bool) -> Result<bool> {
         self.w_zero(guest, len, unmap)
+    }
+
+    fn has_zero_clusters(&self) -> bool {
+        self.header.version >= 3
     }
 
     fn discard(&self, guest: u64, len: u64) -> Result<()> {
