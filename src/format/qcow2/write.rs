@@ -374,12 +374,24 @@ impl Qcow2 {
         // Past the end of the file only our own unwritten allocations can
         // be in use; a long run of refcounts there is a hostile image, and
         // scanning it would take forever.
-        let eof = self.file.len()? >> self.geo.cluster_bits;
-        let limit = (super::header::MAX_HOST_OFFSET >> self.geo.cluster_bits)
-            .min(eof.max(m.hint) + n + (1 << 20));
+        // The file's length as last seen (a stat per allocation shows in
+        // profiles); asked again only before giving up.
+        let hint = m.hint;
+        let limit_for = |len: u64| {
+            (super::header::MAX_HOST_OFFSET >> self.geo.cluster_bits)
+                .min((len >> self.geo.cluster_bits).max(hint) + n + (1 << 20))
+        };
+        let mut limit = limit_for(self.known_len.load(Ordering::Relaxed));
+        let mut fresh = false;
         let mut start = m.hint.max(1);
         let mut c = start;
         while c - start < n {
+            if c >= limit && !fresh {
+                let flen = self.file.len()?;
+                self.known_len.fetch_max(flen, Ordering::Relaxed);
+                limit = limit_for(flen);
+                fresh = true;
+            }
             if c >= limit {
                 return Err(Error::Corrupt(format!(
                     "no free run of {n} host clusters: refcounts are set far past the end of the file (or the image reached 2^56 bytes)"
@@ -685,6 +697,11 @@ impl Qcow2 {
     /// `Format::link`: guest clusters now live at `host..`.
     pub(super) fn w_link(&self, guest: u64, len: u64, host: u64) -> Result<()> {
         let mut m = self.meta()?;
+        // The data is written (linking comes after it): the file reaches
+        // at least its end, so reads of it need not stat the file.
+        if !self.geo.data_file {
+            self.known_len.fetch_max(host.saturating_add(len), Ordering::Relaxed);
+        }
         let cs = self.cs();
         if self.geo.extended && (!guest.is_multiple_of(cs) || len < cs) {
             // Subclusters: mark the written ones allocated (not zero).
