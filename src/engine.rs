@@ -282,12 +282,8 @@ impl Image {
             start = (hs + cs).min(end);
         }
         let ts = (end - 1) / cs * cs;
-        if start < end
-            && end % cs != 0
-            && ts >= start
-            && ts + cs <= size
-            && self.zero_whole(ts, ts.max(start), end, cs, flags)?
-        {
+        // (a request inside one cluster was judged as the head)
+        if ts > hs && end % cs != 0 && ts + cs <= size && self.zero_whole(ts, ts, end, cs, flags)? {
             end = ts;
         }
         Ok((start, end.saturating_sub(start)))

@@ -74,6 +74,21 @@ fn preadv_nb(h: &Handle, buf: &mut [u8], off: u64) -> i32 {
     unsafe { cowblk_preadv_nb(h.0, off, &v, 1) }
 }
 
+/// Whether the filesystem under `path` serves RWF_NOWAIT reads from the
+/// page cache (some, like older tmpfs, refuse the flag: the library then
+/// answers -EAGAIN and the host reads on a worker).
+fn nowait_reads_work(path: &Path) -> bool {
+    let f = std::fs::File::open(path).unwrap();
+    let mut b = [0u8; 512];
+    f.read_exact_at(&mut b, 0).unwrap();
+    let v = libc::iovec {
+        iov_base: b.as_mut_ptr().cast(),
+        iov_len: b.len(),
+    };
+    use std::os::unix::io::AsRawFd;
+    unsafe { libc::preadv2(f.as_raw_fd(), &v, 1, 0, libc::RWF_NOWAIT) == 512 }
+}
+
 fn close(h: Handle) {
     let mut p = h.0;
     assert_eq!(unsafe { cowblk_close(&mut p) }, 0);
@@ -315,9 +330,10 @@ fn racing_allocating_writes_never_leave_a_stale_unallocated_answer_in_use() {
         fast.load(Ordering::Relaxed) > 0,
         "the cached path was taken"
     );
-    assert!(
+    assert_eq!(
         nowait.load(Ordering::Relaxed) > 0,
-        "data was read without waiting"
+        nowait_reads_work(&d.join("ov.img")),
+        "data was read without waiting where the filesystem allows it"
     );
     // Everything written is there, and the rest is the base's.
     let mut all = vec![0u8; size as usize];
@@ -383,8 +399,12 @@ fn reads_without_waiting_only_what_is_cached_and_this_layers() {
     preadv(&h, &mut want, 70000);
     assert!(want.iter().all(|&x| x == 0x22));
     buf.fill(0);
-    assert_eq!(preadv_nb(&h, &mut buf, 70000), 0);
-    assert_eq!(buf, want);
+    if nowait_reads_work(&top) {
+        assert_eq!(preadv_nb(&h, &mut buf, 70000), 0);
+        assert_eq!(buf, want);
+    } else {
+        assert_eq!(preadv_nb(&h, &mut buf, 70000), -libc::EAGAIN);
+    }
     // Zeros: filled without I/O (the buffer held other bytes).
     buf.fill(0xee);
     assert_eq!(preadv_nb(&h, &mut buf, 270000), 0);

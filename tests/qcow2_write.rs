@@ -505,6 +505,21 @@ fn crash_workload(img: &Image, cs: u64) -> cowblk::Result<()> {
     img.flush()
 }
 
+/// What a power cut leaves of `st` when `run` fails from its operation
+/// `k` on: unflushed writes dropped (policy 0), kept (1), or each kept or
+/// dropped at random (2).
+fn cut_after(st: &MemStorage, k: u64, policy: u64, run: impl FnOnce()) -> MemStorage {
+    st.reset_count();
+    st.fail_from(Some(k));
+    run();
+    let mut rng = Rng::new(k * 3 + policy);
+    st.crash(|_, _| match policy {
+        0 => false,
+        1 => true,
+        _ => rng.below(2) == 0,
+    })
+}
+
 /// Cuts the power at every operation of opening the image (with its
 /// repair when `dirty`) and running `crash_workload`, keeping none, all
 /// or a random half of the unflushed writes; every state must open (and
@@ -560,17 +575,11 @@ fn crash_run(name: &str, opts: &str, dirty: bool) {
         for policy in 0..3u64 {
             let st = Arc::new(MemStorage::new());
             st.insert(path, bytes.clone());
-            st.reset_count();
-            st.fail_from(Some(k));
-            if let Ok(img) = open(&st) {
-                let _ = crash_workload(&img, cs);
-                std::mem::forget(img); // a power cut runs no destructor
-            }
-            let mut rng = Rng::new(k * 3 + policy);
-            let cut = st.crash(|_, _| match policy {
-                0 => false,
-                1 => true,
-                _ => rng.below(2) == 0,
+            let cut = cut_after(&st, k, policy, || {
+                if let Ok(img) = open(&st) {
+                    let _ = crash_workload(&img, cs);
+                    std::mem::forget(img); // a power cut runs no destructor
+                }
             });
             let bytes = cut.file(path).unwrap().contents();
             let cut = Arc::new(cut);
@@ -700,21 +709,14 @@ fn crash_at_every_operation_of_a_grow_from_a_partial_cluster() {
     assert_eq!(old.len(), 300_032);
     assert!(total > 5, "{total} operations");
     let out = d.join("crash.qcow2");
-    std::fs::copy(d.join("base.raw"), d.join("crash-base.raw")).unwrap();
     for k in 0..total {
         for policy in 0..3u64 {
             let st = fresh();
-            st.reset_count();
-            st.fail_from(Some(k));
-            if let Ok(img) = open(&st) {
-                let _ = img.truncate(1 << 20).and_then(|_| img.flush());
-                std::mem::forget(img);
-            }
-            let mut rng = Rng::new(k * 3 + policy);
-            let cut = st.crash(|_, _| match policy {
-                0 => false,
-                1 => true,
-                _ => rng.below(2) == 0,
+            let cut = cut_after(&st, k, policy, || {
+                if let Ok(img) = open(&st) {
+                    let _ = img.truncate(1 << 20).and_then(|_| img.flush());
+                    std::mem::forget(img);
+                }
             });
             let state = cut.file(path).unwrap().contents();
             let cut = Arc::new(cut);

@@ -6,8 +6,7 @@
 //! back (a qcow2 target gets its clusters in guest order), and memory stays
 //! a few chunks per reading thread.
 
-use super::convert_compressed::{default_workers, read_concat, zero_run_at};
-use super::{zero_blocks, Progress, CHUNK};
+use super::{default_workers, read_concat, zero_blocks, zero_run_at, Progress, CHUNK};
 use crate::error::{Error, Result};
 use crate::image::Image;
 use std::collections::BTreeMap;

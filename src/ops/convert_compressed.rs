@@ -6,7 +6,7 @@
 //! coroutines. Channels are bounded, so memory stays a few clusters per
 //! thread.
 
-use super::{is_zero, zero_run, Progress, CHUNK};
+use super::{default_workers, is_zero, read_concat, zero_run_at, Progress, CHUNK};
 use crate::error::{Error, Result};
 use crate::image::Image;
 use std::sync::mpsc::{sync_channel, Receiver};
@@ -16,12 +16,6 @@ use std::sync::{Arc, Mutex};
 type Job = (u64, Vec<u8>);
 /// A compressed cluster: offset, bytes, compressed bytes (or none).
 type Done = Result<(u64, Vec<u8>, Option<Vec<u8>>)>;
-
-/// Worker threads used when the caller passes 0: the machine's cores,
-/// at most 8.
-pub fn default_workers() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
-}
 
 /// Copies `srcs` (concatenated) into `dst` compressed. Zero clusters are
 /// skipped when `dst_is_zero`, else zeroed. `workers` compressing threads
@@ -146,36 +140,5 @@ fn read_clusters(
         pos += want;
         progress(pos, total);
     }
-    Ok(())
-}
-
-/// `zero_run` in the source holding `pos` (the run stops at its end).
-pub(super) fn zero_run_at(srcs: &[&Image], pos: u64, len: u64) -> Result<Option<(bool, u64)>> {
-    let mut base = 0;
-    for s in srcs {
-        if pos < base + s.size() {
-            let n = len.min(base + s.size() - pos);
-            return zero_run(s, pos - base, n).map(Some);
-        }
-        base += s.size();
-    }
-    Ok(None)
-}
-
-/// Reads `buf.len()` bytes at `pos` of the sources laid end to end.
-pub(super) fn read_concat(srcs: &[&Image], pos: u64, buf: &mut [u8]) -> Result<()> {
-    let mut base = 0u64;
-    let mut done = 0usize;
-    for s in srcs {
-        let end = base + s.size();
-        let at = pos + done as u64;
-        if done < buf.len() && at < end {
-            let n = ((end - at) as usize).min(buf.len() - done);
-            s.read(&mut buf[done..done + n], at - base)?;
-            done += n;
-        }
-        base = end;
-    }
-    buf[done..].fill(0);
     Ok(())
 }

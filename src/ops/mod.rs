@@ -64,6 +64,43 @@ pub fn chain_runs(img: &Image) -> Result<Vec<(u64, u64, bool)>> {
     Ok(out)
 }
 
+/// Worker threads used when the caller passes 0: the machine's cores,
+/// at most 8.
+pub fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().min(8))
+}
+
+/// `zero_run` in the source holding `pos` (the run stops at its end).
+pub fn zero_run_at(srcs: &[&Image], pos: u64, len: u64) -> Result<Option<(bool, u64)>> {
+    let mut base = 0;
+    for s in srcs {
+        if pos < base + s.size() {
+            let n = len.min(base + s.size() - pos);
+            return zero_run(s, pos - base, n).map(Some);
+        }
+        base += s.size();
+    }
+    Ok(None)
+}
+
+/// Reads `buf.len()` bytes at `pos` of the sources laid end to end.
+pub fn read_concat(srcs: &[&Image], pos: u64, buf: &mut [u8]) -> Result<()> {
+    let mut base = 0u64;
+    let mut done = 0usize;
+    for s in srcs {
+        let end = base + s.size();
+        let at = pos + done as u64;
+        if done < buf.len() && at < end {
+            let n = ((end - at) as usize).min(buf.len() - done);
+            s.read(&mut buf[done..done + n], at - base)?;
+            done += n;
+        }
+        base = end;
+    }
+    buf[done..].fill(0);
+    Ok(())
+}
+
 /// Whether every byte of `buf` is zero (word at a time: this runs over
 /// every byte a copy moves).
 pub fn is_zero(buf: &[u8]) -> bool {

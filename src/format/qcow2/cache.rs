@@ -97,13 +97,18 @@ impl TableCache {
         self.clock.fetch_add(1, Relaxed) + 1
     }
 
-    /// The cached table at `key`, marked as used now.
-    fn touch(&self, g: &Inner, key: u64) -> Option<Table> {
+    /// The cached slot at `key`, marked as used now.
+    fn touch_slot<'a>(&self, g: &'a Inner, key: u64) -> Option<&'a Slot> {
         let slot = g.map.get(&key)?;
         if slot.tick.load(Relaxed) != self.clock.load(Relaxed) {
             slot.tick.store(self.next_tick(), Relaxed);
         }
-        Some(slot.table.clone())
+        Some(slot)
+    }
+
+    /// The cached table at `key`, marked as used now.
+    fn touch(&self, g: &Inner, key: u64) -> Option<Table> {
+        self.touch_slot(g, key).map(|s| s.table.clone())
     }
 
     pub fn capacity(&self) -> usize {
@@ -149,11 +154,7 @@ impl TableCache {
     /// the table is the one used last), or `None` if it is not cached.
     pub fn with<R>(&self, key: u64, f: impl FnOnce(&[u64]) -> R) -> Option<R> {
         let g = self.read();
-        let slot = g.map.get(&key)?;
-        if slot.tick.load(Relaxed) != self.clock.load(Relaxed) {
-            slot.tick.store(self.next_tick(), Relaxed);
-        }
-        Some(f(&slot.table))
+        self.touch_slot(&g, key).map(|s| f(&s.table))
     }
 
     /// The table at `key` if cached, else `None`: never loads. Counts as

@@ -700,7 +700,8 @@ impl Qcow2 {
         // The data is written (linking comes after it): the file reaches
         // at least its end, so reads of it need not stat the file.
         if !self.geo.data_file {
-            self.known_len.fetch_max(host.saturating_add(len), Ordering::Relaxed);
+            self.known_len
+                .fetch_max(host.saturating_add(len), Ordering::Relaxed);
         }
         let cs = self.cs();
         if self.geo.extended && (!guest.is_multiple_of(cs) || len < cs) {
