@@ -4,10 +4,13 @@
 //!
 //! Rows: add-cow allocated (pread on its image file), add-cow unallocated
 //! (reads through to the raw backing file; pread on that file), qcow2
-//! allocated (pread on the raw file it was converted from). 64 KiB
+//! allocated (pread on the qcow2 file itself at each cluster's host
+//! offset, so both sides copy the same page-cache pages). 64 KiB
 //! clusters, page cache warm, sequential 4 KiB reads over the image (two
-//! threads: interleaved halves), best of PASSES, ours and pread
-//! alternating. COWBLK_BENCH_MB scales the image (default 256).
+//! threads: interleaved requests), ours and pread taking turns every
+//! 4 MiB piece (see `measure`), 8 passes. COWBLK_BENCH_MB scales the image (default 256);
+//! COWBLK_BENCH_ROWS picks rows by name fragment (e.g. `qcow2`) and
+//! COWBLK_BENCH_THREADS the thread counts (e.g. `2`), for profiling.
 
 use cowblk::ffi::{cowblk_close, cowblk_create, cowblk_image, cowblk_open, COWBLK_OPEN_RDONLY};
 use std::ffi::CString;
@@ -15,10 +18,18 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
+use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
-const REQ: usize = 4096;
-const PASSES: usize = 7;
+const REQ: u64 = 4096;
+/// Measured passes over the image (even: each side reads every piece
+/// equally often).
+const PASSES: u64 = 8;
+/// The piece of the image one side reads before the other takes over.
+const CHUNK: u64 = 4 << 20;
+
+/// Reads 4 KiB into the buffer at the offset.
+type Reader<'a> = &'a (dyn Fn(&mut [u8], u64) + Sync);
 
 struct Handle(*mut cowblk_image);
 // SAFETY: the C ABI allows concurrent calls on one handle.
@@ -36,36 +47,73 @@ fn open(p: &Path, fmt: &str) -> Handle {
     Handle(h)
 }
 
-/// Reads `[0, size)` in 4 KiB requests with `threads` threads, request
-/// i going to thread i % threads.
-fn pass(size: u64, threads: u64, read: &(dyn Fn(&mut [u8], u64) + Sync)) -> Duration {
-    let t = Instant::now();
-    std::thread::scope(|s| {
-        for k in 0..threads {
-            s.spawn(move || {
-                let mut buf = vec![0u8; REQ];
-                let mut off = k * REQ as u64;
-                while off < size {
-                    read(&mut buf, off);
-                    off += threads * REQ as u64;
-                }
-            });
-        }
+/// Reads the image PASSES times (after one warm-up pass) in CHUNK-sized
+/// pieces with `threads` threads (request i of a piece to thread
+/// i % threads), each piece by one of the two `sides`, swapping piece by
+/// piece and pass by pass so that both sides read every piece equally
+/// often, cold, under the same machine conditions. The threads start each
+/// piece together; a piece costs its slowest thread's time. Returns each
+/// side's total time.
+fn measure(size: u64, threads: u64, sides: [Reader<'_>; 2]) -> [Duration; 2] {
+    let chunks = size.div_ceil(CHUNK);
+    let barrier = Barrier::new(threads as usize);
+    let per_thread: Vec<Vec<Duration>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..threads)
+            .map(|k| {
+                let barrier = &barrier;
+                s.spawn(move || {
+                    let mut buf = vec![0u8; REQ as usize];
+                    let mut t = Vec::new();
+                    for p in 0..=PASSES {
+                        for c in 0..chunks {
+                            let read = sides[((c + p) % 2) as usize];
+                            let end = ((c + 1) * CHUNK).min(size);
+                            barrier.wait();
+                            let t0 = Instant::now();
+                            let mut off = c * CHUNK + k * REQ;
+                            while off < end {
+                                read(&mut buf, off);
+                                off += threads * REQ;
+                            }
+                            t.push(t0.elapsed());
+                        }
+                    }
+                    t
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    t.elapsed()
+    let mut total = [Duration::ZERO; 2];
+    for p in 1..=PASSES {
+        for c in 0..chunks {
+            let i = (p * chunks + c) as usize;
+            let wall = per_thread.iter().map(|t| t[i]).max().unwrap();
+            total[((c + p) % 2) as usize] += wall;
+        }
+    }
+    total
 }
 
-fn row(name: &str, size: u64, ours: &(dyn Fn(&mut [u8], u64) + Sync), plain: &File) {
-    let pread = |b: &mut [u8], o: u64| plain.read_exact_at(b, o).unwrap();
-    for threads in [1, 2] {
-        pass(size, threads, ours);
-        pass(size, threads, &pread);
-        let (mut o, mut p) = (Duration::MAX, Duration::MAX);
-        for _ in 0..PASSES {
-            o = o.min(pass(size, threads, ours));
-            p = p.min(pass(size, threads, &pread));
-        }
-        let mbps = |d: Duration| size as f64 / (1 << 20) as f64 / d.as_secs_f64();
+fn wanted(name: &str) -> bool {
+    std::env::var("COWBLK_BENCH_ROWS").map_or(true, |r| name.contains(&r))
+}
+
+fn thread_counts() -> Vec<u64> {
+    std::env::var("COWBLK_BENCH_THREADS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 2])
+}
+
+fn row(name: &str, size: u64, ours: Reader<'_>, pread: Reader<'_>) {
+    if !wanted(name) {
+        return;
+    }
+    for threads in thread_counts() {
+        let [o, p] = measure(size, threads, [ours, pread]);
+        // Each side read the image PASSES / 2 times.
+        let mbps = |d: Duration| (size * PASSES / 2) as f64 / (1 << 20) as f64 / d.as_secs_f64();
         println!(
             "| {name} | {threads} | {:.0} | {:.0} | {:.2} |",
             mbps(o),
@@ -73,6 +121,10 @@ fn row(name: &str, size: u64, ours: &(dyn Fn(&mut [u8], u64) + Sync), plain: &Fi
             p.as_secs_f64() / o.as_secs_f64()
         );
     }
+}
+
+fn file_reader(f: &File) -> impl Fn(&mut [u8], u64) + Sync + '_ {
+    move |b: &mut [u8], o: u64| f.read_exact_at(b, o).unwrap()
 }
 
 fn handle_reader(h: &Handle) -> impl Fn(&mut [u8], u64) + Sync + '_ {
@@ -133,7 +185,9 @@ fn main() {
         img.close().unwrap();
     }
 
-    println!("4 KiB reads through the C ABI vs pread, {mb} MiB, 64 KiB clusters, best of {PASSES}");
+    // Writeback of the files just written must not run during the rows.
+    unsafe { libc::sync() };
+    println!("4 KiB reads through the C ABI vs pread, {mb} MiB, 64 KiB clusters, {PASSES} passes, sides alternating every 4 MiB");
     println!();
     println!("| request | threads | handle MB/s | pread MB/s | ratio |");
     println!("|---|---|---|---|---|");
@@ -142,14 +196,14 @@ fn main() {
         "add-cow allocated 4K",
         size,
         &handle_reader(&h),
-        &File::open(dir.join("full.img")).unwrap(),
+        &file_reader(&File::open(dir.join("full.img")).unwrap()),
     );
     let h2 = open(&empty, "add-cow");
     row(
         "add-cow unallocated 4K",
         size,
         &handle_reader(&h2),
-        &File::open(&base).unwrap(),
+        &file_reader(&File::open(&base).unwrap()),
     );
 
     let q = dir.join("data.qcow2");
@@ -168,13 +222,18 @@ fn main() {
         .status()
         .is_ok_and(|s| s.success());
     if made {
+        unsafe { libc::sync() };
         let h3 = open(&q, "qcow2");
-        row(
-            "qcow2 allocated 4K",
-            size,
-            &handle_reader(&h3),
-            &File::open(&base).unwrap(),
-        );
+        // Each cluster's host offset, looked up once: the pread side reads
+        // the very bytes the handle reads, in the qcow2 file.
+        let host = host_offsets(&q, size);
+        let qf = File::open(&q).unwrap();
+        let cs = 65536u64;
+        let pread = |b: &mut [u8], o: u64| {
+            qf.read_exact_at(b, host[(o / cs) as usize] + o % cs)
+                .unwrap()
+        };
+        row("qcow2 allocated 4K", size, &handle_reader(&h3), &pread);
         close(h3);
     } else {
         println!("(qcow2 rows skipped: qemu-img not found)");
@@ -182,6 +241,24 @@ fn main() {
     close(h);
     close(h2);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Host offset of every 64 KiB cluster of a fully allocated qcow2 image.
+fn host_offsets(q: &Path, size: u64) -> Vec<u64> {
+    let img = cowblk::Image::open(
+        q,
+        &cowblk::OpenOptions {
+            read_only: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    (0..size / 65536)
+        .map(|c| {
+            let (st, _) = img.block_status(c * 65536, 65536).unwrap();
+            st.offset.expect("a converted image is fully allocated")
+        })
+        .collect()
 }
 
 fn close(h: Handle) {

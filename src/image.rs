@@ -171,7 +171,25 @@ pub struct ImageInfo {
 }
 
 /// A sized holder for the backing layer (arc-swap needs thin pointers).
-pub(crate) struct BackingSlot(pub(crate) Arc<dyn Backing>);
+pub(crate) struct BackingSlot {
+    pub(crate) layer: Arc<dyn Backing>,
+    /// A read-only raw image's file and length: reads inside it go straight
+    /// to the file (raw maps every offset to itself, and a read-only open
+    /// never changes its length or takes the request lock), skipping the
+    /// layer's engine pass on the hot path of reads through to a raw base.
+    pub(crate) direct: Option<(Arc<dyn BlockFile>, u64)>,
+}
+
+impl BackingSlot {
+    pub(crate) fn new(layer: Arc<dyn Backing>) -> Self {
+        let direct = layer.as_image().and_then(|img| {
+            let f = &img.fmt;
+            (f.passthrough() && f.read_only() && f.backing().is_none())
+                .then(|| (f.data_file().clone(), f.size()))
+        });
+        BackingSlot { layer, direct }
+    }
+}
 
 /// An open image. Safe to share between threads (`Arc<Image>`).
 pub struct Image {
@@ -361,7 +379,7 @@ impl Image {
         Ok(Image {
             fmt,
             probed_raw,
-            backing: ArcSwapOption::new(backing.map(|b| Arc::new(BackingSlot(b)))),
+            backing: ArcSwapOption::new(backing.map(|b| Arc::new(BackingSlot::new(b)))),
             alloc_locks: RangeLocks::default(),
             requests: RwLock::new(()),
             storage,
@@ -490,13 +508,13 @@ impl Image {
 
     /// The open backing layer.
     pub fn backing(&self) -> Option<Arc<dyn Backing>> {
-        self.backing.load_full().map(|s| s.0.clone())
+        self.backing.load_full().map(|s| s.layer.clone())
     }
 
     /// Replaces the backing layer in memory (the recorded name is not
     /// changed; see `set_backing_file`).
     pub fn set_backing_layer(&self, b: Option<Arc<dyn Backing>>) {
-        self.backing.store(b.map(|b| Arc::new(BackingSlot(b))));
+        self.backing.store(b.map(|b| Arc::new(BackingSlot::new(b))));
     }
 
     /// Records a new backing file name and format in the image (`None`
@@ -679,6 +697,7 @@ impl Backing for Image {
         Image::size(self)
     }
 
+    #[inline]
     fn read_backing(&self, iov: &IoVec, off: u64) -> Result<()> {
         // This layer's own lock (the caller holds the upper layer's).
         let _s = self.shared();

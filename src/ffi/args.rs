@@ -68,6 +68,13 @@ pub(crate) unsafe fn iov_arg<'a>(iov: *const iovec, cnt: c_int, what: &str) -> R
     if iov.is_null() {
         return Err(null(what));
     }
+    // One segment, the common case: checked without the loop.
+    if cnt == 1 {
+        let s = &*iov;
+        if s.iov_len > 0 && !s.iov_base.is_null() && s.iov_len <= isize::MAX as usize {
+            return Ok(IoVec::from_raw(iov, 1));
+        }
+    }
     let mut total: usize = 0;
     for (i, s) in std::slice::from_raw_parts(iov, cnt as usize)
         .iter()

@@ -5,8 +5,9 @@
 //! list is kept as raw `iovec`s whose lifetime is tied to the borrowed
 //! buffers by `PhantomData`.
 
-use smallvec::{smallvec, SmallVec};
+use smallvec::SmallVec;
 use std::marker::PhantomData;
+use std::mem::MaybeUninit;
 use std::ops::Deref;
 
 /// Segments kept inline: most requests have one or a few.
@@ -99,6 +100,10 @@ impl<'a> IoVec<'a, Mut> {
     /// only if the list is only used for write requests, e.g. through
     /// [`IoVec::into_const`]), and segments must not overlap.
     pub unsafe fn from_raw(iov: *const libc::iovec, n: usize) -> Self {
+        // One segment, the common case, without the general loop.
+        if n == 1 && !iov.is_null() && (*iov).iov_len > 0 {
+            return Self::one((*iov).iov_base.cast(), (*iov).iov_len);
+        }
         let mut segs = Segs::with_capacity(n);
         let mut len = 0usize;
         if n > 0 && !iov.is_null() {
@@ -158,12 +163,20 @@ impl<'a> IoVec<'a, Const> {
 }
 
 impl<'a, M> IoVec<'a, M> {
+    #[inline]
     fn one(base: *mut u8, len: usize) -> Self {
-        IoVec {
-            segs: smallvec![libc::iovec {
+        let mut buf = MaybeUninit::<[libc::iovec; 4]>::uninit();
+        // SAFETY: the first element is written before the vector claims
+        // it; the other three stay unclaimed.
+        let segs = unsafe {
+            buf.as_mut_ptr().cast::<libc::iovec>().write(libc::iovec {
                 iov_base: base.cast(),
                 iov_len: len,
-            }],
+            });
+            Segs::from_buf_and_len_unchecked(buf, 1)
+        };
+        IoVec {
+            segs,
             len,
             _mem: PhantomData,
             _mode: PhantomData,

@@ -18,7 +18,6 @@ use crate::error::{Error, Result};
 use crate::io::BlockFile;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
-use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -73,23 +72,6 @@ struct Inner {
     /// when the clock meets them and come back when written back.
     queue: VecDeque<u64>,
     generation: u64,
-}
-
-/// A guard with a block resident: the read lock on a hit, the write lock
-/// after a load.
-enum Held<'a> {
-    Read(RwLockReadGuard<'a, Inner>),
-    Write(RwLockWriteGuard<'a, Inner>),
-}
-
-impl Deref for Held<'_> {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        match self {
-            Held::Read(g) => g,
-            Held::Write(g) => g,
-        }
-    }
 }
 
 /// The bitmap and its cache.
@@ -182,17 +164,6 @@ impl Bitmap {
                 .map_err(|e| e.context("reading add-cow bitmap"))?;
         }
         Ok(data)
-    }
-
-    /// A guard with block `k` resident.
-    fn resident(&self, k: u64) -> Result<Held<'_>> {
-        let g = self.read();
-        if let Some(e) = g.blocks.get(&k) {
-            e.touch();
-            return Ok(Held::Read(g));
-        }
-        drop(g);
-        Ok(Held::Write(self.load(k)?))
     }
 
     /// A write guard with block `k` resident.
@@ -301,35 +272,62 @@ impl Bitmap {
         let mut state = None;
         while pos < end {
             let k = self.byte_pos(pos) / BLOCK;
-            let g = self.resident(k)?;
-            let entry = g.blocks.get(&k).expect("resident");
-            let data = &entry.data;
-            // Bits covered by this block.
-            let block_last_bit = ((k + 1) * BLOCK - self.base) * 8;
-            let stop = end.min(block_last_bit);
-            while pos < stop {
-                let byte = data[(self.byte_pos(pos) - k * BLOCK) as usize];
-                // Whole bytes of one state skip eight bits at a time.
-                if pos.is_multiple_of(8) && pos + 8 <= stop && (byte == 0 || byte == 0xff) {
-                    let s = byte == 0xff;
-                    match state {
-                        None => state = Some(s),
-                        Some(st) if st != s => return Ok((st, pos - n)),
-                        _ => {}
-                    }
-                    pos += 8;
-                    continue;
+            // A resident block is scanned under the read lock it was found
+            // with (one lookup); a missing one is loaded first.
+            let hit = {
+                let g = self.read();
+                g.blocks.get(&k).map(|e| {
+                    e.touch();
+                    self.scan_block(&e.data, k, n, &mut pos, end, &mut state)
+                })
+            };
+            let found = match hit {
+                Some(found) => found,
+                None => {
+                    let g = self.load(k)?;
+                    let e = g.blocks.get(&k).expect("resident");
+                    self.scan_block(&e.data, k, n, &mut pos, end, &mut state)
                 }
-                let s = byte & (1 << (pos % 8)) != 0;
-                match state {
-                    None => state = Some(s),
-                    Some(st) if st != s => return Ok((st, pos - n)),
-                    _ => {}
-                }
-                pos += 1;
+            };
+            if let Some(r) = found {
+                return Ok(r);
             }
         }
         Ok((state.unwrap_or(false), end - n))
+    }
+
+    /// Scans block `k` (bytes `data`) from bit `*pos` to `end` or the
+    /// block's last bit, whichever is first: the run from bit `n` once a
+    /// bit differs from `state` (set by the first bit seen), else `None`
+    /// with `*pos` past the bits scanned.
+    fn scan_block(
+        &self,
+        data: &[u8],
+        k: u64,
+        n: u64,
+        pos: &mut u64,
+        end: u64,
+        state: &mut Option<bool>,
+    ) -> Option<(bool, u64)> {
+        let stop = end.min(((k + 1) * BLOCK - self.base) * 8);
+        while *pos < stop {
+            let p = *pos;
+            let byte = data[(self.byte_pos(p) - k * BLOCK) as usize];
+            // Whole bytes of one state skip eight bits at a time.
+            let whole = p.is_multiple_of(8) && p + 8 <= stop && (byte == 0 || byte == 0xff);
+            let s = if whole {
+                byte == 0xff
+            } else {
+                byte & (1 << (p % 8)) != 0
+            };
+            match *state {
+                None => *state = Some(s),
+                Some(st) if st != s => return Some((st, p - n)),
+                _ => {}
+            }
+            *pos += if whole { 8 } else { 1 };
+        }
+        None
     }
 
     /// Sets (or clears) bits `[start, end)` in the cache.
@@ -576,21 +574,8 @@ impl Bitmap {
             let k = self.byte_pos(pos) / BLOCK;
             let Some(entry) = g.blocks.get(&k) else { break };
             entry.touch();
-            let stop = end.min(((k + 1) * BLOCK - self.base) * 8);
-            while pos < stop {
-                let byte = entry.data[(self.byte_pos(pos) - k * BLOCK) as usize];
-                let whole = pos.is_multiple_of(8) && pos + 8 <= stop && (byte == 0 || byte == 0xff);
-                let s = if whole {
-                    byte == 0xff
-                } else {
-                    byte & (1 << (pos % 8)) != 0
-                };
-                match state {
-                    None => state = Some(s),
-                    Some(st) if st != s => return Some((st, pos - n)),
-                    _ => {}
-                }
-                pos += if whole { 8 } else { 1 };
+            if let Some(r) = self.scan_block(&entry.data, k, n, &mut pos, end, &mut state) {
+                return Some(r);
             }
         }
         state.map(|s| (s, pos - n))

@@ -123,6 +123,7 @@ impl Geometry {
 
     /// Classifies subcluster `sc` (0 without extended L2) of an L2 entry
     /// (`bitmap` is the second word of an extended entry, else 0).
+    #[inline]
     pub fn kind(&self, entry: u64, bitmap: u64, sc: u32) -> Kind {
         if entry & OFLAG_COMPRESSED != 0 {
             let (host, csize) = self.compressed(entry);

@@ -460,6 +460,7 @@ impl Qcow2 {
     }
 
     /// Raw entry words and the kind of the unit holding guest `pos`.
+    #[inline]
     fn unit(&self, table: &[u64], pos: u64) -> (u64, Kind) {
         let (_, idx) = self.geo.indices(pos);
         let w = self.geo.entry_words();
@@ -476,6 +477,7 @@ impl Qcow2 {
     }
 
     /// Checks a unit's host cluster as QEMU does before using it.
+    #[inline]
     fn check_unit(&self, kind: Kind, pos: u64, l1_index: u64) -> Result<()> {
         let cs = self.cs();
         match kind {
