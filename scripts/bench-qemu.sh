@@ -59,7 +59,7 @@ med() { printf '%s\n' "$@" | sort -n | awk '{ v[NR] = $1 } END { print (NR % 2) 
 # One row: label ours-fmt ours-file qemu-file depth mode (read|fresh-write|write)
 row() {
     label=$1 ofmt=$2 ofile=$3 qfile=$4 depth=$5 mode=$6
-    best_o="" best_q="" all_o="" all_q=""
+    best_o="" best_q="" all_o="" all_q="" pairs=""
     i=0
     while [ $i -lt "$RUNS" ]; do
         for side in ours qemu; do
@@ -77,24 +77,26 @@ row() {
             t=$(run "$f" "$file" "$depth" $args)
             [ -n "$t" ] || { echo "bench of $f $file failed" >&2; exit 1; }
             if [ $side = ours ]; then
-                best_o=$(min "$t" "$best_o") all_o="$all_o $t"
+                best_o=$(min "$t" "$best_o") all_o="$all_o $t" last_o=$t
             else
                 best_q=$(min "$t" "$best_q") all_q="$all_q $t"
+                pairs="$pairs $(awk -v o="$last_o" -v q="$t" 'BEGIN { print o / q }')"
             fi
         done
         i=$((i + 1))
     done
     # shellcheck disable=SC2086 # the lists are words on purpose
-    mo=$(med $all_o) mq=$(med $all_q)
-    awk -v l="$label" -v d="$depth" -v o="$best_o" -v q="$best_q" -v mo="$mo" -v mq="$mq" \
-        'BEGIN { printf "| %-39s | %2d | %7.3f | %7.3f | %5.2f | %7.3f | %7.3f | %5.2f |\n", l, d, o, q, o / q, mo, mq, mo / mq }'
+    mo=$(med $all_o) mq=$(med $all_q) mp=$(med $pairs)
+    awk -v l="$label" -v d="$depth" -v o="$best_o" -v q="$best_q" -v mo="$mo" -v mq="$mq" -v mp="$mp" \
+        'BEGIN { printf "| %-39s | %2d | %7.3f | %7.3f | %5.2f | %7.3f | %7.3f | %5.2f | %5.2f |\n", l, d, o, q, o / q, mo, mq, mo / mq, mp }'
 }
 
-echo "qemu-img bench, 4 KiB requests, $COUNT requests, cache=writeback, 64 KiB clusters, raw backing; best of $RUNS"
-echo "(seconds; ratio = ours / QEMU qcow2 time: below 1.00 ours is faster; best and median of the runs)"
+echo "qemu-img bench, 4 KiB requests, $COUNT requests, cache=writeback, 64 KiB clusters, raw backing; $RUNS runs each"
+echo "(seconds; ratio = ours / QEMU qcow2 time: below 1.00 ours is faster; best and median of the runs,"
+echo " and the median of the per-run pair ratios)"
 echo
-echo "| case | depth | ours best | qcow2 best | ratio | ours median | qcow2 median | ratio |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| case | depth | ours best | qcow2 best | ratio | ours median | qcow2 median | ratio | paired ratio |"
+echo "|---|---|---|---|---|---|---|---|---|"
 have_lib_qcow2=$("$IMG" --help | grep -c 'cowblk-qcow2' || true)
 for d in $DEPTHS; do
     row "add-cow unallocated reads" add-cow empty.add-cow empty.qcow2 "$d" read

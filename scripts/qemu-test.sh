@@ -426,6 +426,35 @@ qq_snapshot_ok() {
 check "cowblk-qcow2: qemu-io -s (a temporary overlay)" qq_snapshot_ok
 
 # ---- key/value metadata in qemu-img info (patch 0006) ----
+merged_reads_ok() {
+    # 256 reads of 16 KiB in flight at once over a base with a different
+    # byte in every 64 KiB: the glue merges the backing reads of requests
+    # in flight together (in batches of at most 64 requests and 1 MiB);
+    # every request must still get exactly its own bytes, also where the
+    # overlay holds data of its own, through add-cow and cowblk-qcow2
+    local w=() r=() i fmt img out
+    for i in $(seq 0 127); do w+=(-c "write -P $((i % 250 + 1)) $((i * 65536)) 64k"); done
+    for i in $(seq 0 255); do
+        if [ $((i / 4)) -eq 5 ] || [ $((i / 4)) -eq 40 ]; then
+            r+=(-c "aio_read -P 238 $((i * 16384)) 16k")
+        else
+            r+=(-c "aio_read -P $((i / 4 % 250 + 1)) $((i * 16384)) 16k")
+        fi
+    done
+    rm -f mr.base mr.add-cow mr.img mr.qcow2 &&
+    "$SYS_QIMG" create -q -f raw mr.base 8M && "$SYS_QIO" -f raw "${w[@]}" mr.base >/dev/null &&
+    t "$QIMG" create -q -f add-cow -o backing_file=mr.base,backing_fmt=raw,image_file=mr.img,cluster_size=64k mr.add-cow &&
+    t "$QIMG" create -q -f cowblk-qcow2 -o backing_file=mr.base,backing_fmt=raw mr.qcow2 || return 1
+    for fmt in add-cow cowblk-qcow2; do
+        img=mr.$fmt
+        [ $fmt = cowblk-qcow2 ] && img=mr.qcow2
+        t "$QIO" -f $fmt -c "write -P 238 $((5 * 65536)) 64k" -c "write -P 238 $((40 * 65536)) 64k" $img >/dev/null &&
+        out=$(t "$QIO" -f $fmt "${r[@]}" -c aio_flush $img 2>&1) || return 1
+        echo "$out" | grep -i "fail" && return 1
+        [ "$(echo "$out" | grep -c '^read 16384/16384 bytes')" -eq 256 ] || { echo "$out" | tail; return 1; }
+    done
+}
+check "reads in flight together: merged backing reads give every request its own bytes (add-cow, cowblk-qcow2)" merged_reads_ok
 meta_info_ok() {
     local cimg=$ROOT/target/release/cowblk-img
     rm -f mi.qcow2 mi.add-cow mi.img &&

@@ -90,6 +90,8 @@ typedef struct BDRVAddCowState {
     QSIMPLEQ_HEAD(, AddCowJob) jobs;
     int njobs;                  /* queued, not yet taken */
     int nworkers;               /* workers running (taking jobs) */
+    /* backing reads collecting for one merged read (add_cow_read_backing) */
+    struct AddCowMerge *merge;
 } BDRVAddCowState;
 
 /* The library format behind a QEMU format name. */
@@ -517,6 +519,131 @@ static int add_cow_read_worker(void *opaque)
 }
 
 /*
+ * Backing reads of requests in flight together are merged.  The first one
+ * in waits one turn of the event loop (aio_co_schedule) for the others
+ * issued in the same turn; then each run of adjacent ranges goes to
+ * bs->backing as one request over the callers' own buffers (a combined
+ * vector: nothing is copied or cached), issued by the run's first member
+ * so that separate runs still proceed in parallel.  Sequential reads at
+ * queue depth 16 then cost one thread-pool hop per batch where QEMU's
+ * qcow2 pays one per request (the hop, not the copy, is what a 4 KiB
+ * backing read costs on file-posix).  A request with nothing else in
+ * flight reads at once, as before.  A merged read that fails is retried
+ * piece by piece, so each request gets its own result.
+ */
+#define ADD_COW_MERGE_MAX 64            /* requests per batch */
+#define ADD_COW_MERGE_BYTES (1 << 20)   /* bytes per merged read */
+
+typedef struct AddCowBackingRead {
+    uint64_t off, len;                  /* guest range */
+    QEMUIOVector *qiov;
+    size_t qiov_off;
+    Coroutine *co;
+    int ret;
+    bool done;
+    bool head;                          /* issues the run starting here */
+    int niov;                           /* iovecs of its part of qiov */
+    struct AddCowBackingRead *run_next; /* next member of the run */
+    QSIMPLEQ_ENTRY(AddCowBackingRead) next;
+} AddCowBackingRead;
+
+typedef struct AddCowMerge {
+    QSIMPLEQ_HEAD(, AddCowBackingRead) reads;
+    int n;
+} AddCowMerge;
+
+static int coroutine_fn add_cow_backing_one(BlockDriverState *bs,
+                                            AddCowBackingRead *r)
+{
+    return bdrv_co_preadv_part(bs->backing, r->off, r->len, r->qiov,
+                               r->qiov_off, 0);
+}
+
+/* Issues the run headed by h and hands every member its result. */
+static void coroutine_fn add_cow_merge_read(BlockDriverState *bs,
+                                            AddCowBackingRead *h)
+{
+    AddCowBackingRead *r;
+    int ret;
+
+    if (!h->run_next) {
+        ret = add_cow_backing_one(bs, h);
+    } else {
+        QEMUIOVector q;
+        int niov = 0;
+        uint64_t len = 0;
+
+        for (r = h; r; r = r->run_next) {
+            niov += r->niov;
+            len += r->len;
+        }
+        qemu_iovec_init(&q, niov);
+        for (r = h; r; r = r->run_next) {
+            qemu_iovec_concat(&q, r->qiov, r->qiov_off, r->len);
+        }
+        ret = bdrv_co_preadv(bs->backing, h->off, len, &q, 0);
+        qemu_iovec_destroy(&q);
+    }
+    for (r = h; r; r = r->run_next) {
+        if (ret < 0 && h->run_next) {
+            r->ret = add_cow_backing_one(bs, r);
+        } else {
+            r->ret = ret;
+        }
+    }
+    for (r = h; r;) {
+        AddCowBackingRead *n = r->run_next;
+
+        r->done = true;
+        if (r != h) {
+            aio_co_wake(r->co);
+        }
+        r = n;
+    }
+}
+
+/*
+ * The batch is closed: sort it, chain each run of adjacent ranges (within
+ * the size and iovec limits) and wake each run's head, the leader's own
+ * run excepted (its caller issues that one).
+ */
+static void add_cow_merge_plan(AddCowMerge *m, AddCowBackingRead *leader)
+{
+    AddCowBackingRead *v[ADD_COW_MERGE_MAX], *r;
+    int n = 0;
+
+    QSIMPLEQ_FOREACH(r, &m->reads, next) {
+        int i = n++;
+
+        while (i > 0 && v[i - 1]->off > r->off) {
+            v[i] = v[i - 1];
+            i--;
+        }
+        v[i] = r;
+    }
+    for (int i = 0; i < n;) {
+        AddCowBackingRead *h = v[i];
+        uint64_t end = h->off + h->len;
+        int niov = h->niov;
+        int j = i + 1;
+
+        h->head = true;
+        while (j < n && v[j]->off == end &&
+               end + v[j]->len - h->off <= ADD_COW_MERGE_BYTES &&
+               niov + v[j]->niov <= IOV_MAX) {
+            v[j - 1]->run_next = v[j];
+            end += v[j]->len;
+            niov += v[j]->niov;
+            j++;
+        }
+        if (h != leader) {
+            aio_co_wake(h->co);
+        }
+        i = j;
+    }
+}
+
+/*
  * Reads [qiov_off, qiov_off + len) of qiov at guest offset off + qiov_off
  * from the backing file; zeros without one.  Past the backing file's end
  * the block layer itself reads zeros (bdrv_aligned_preadv), as QEMU's
@@ -527,12 +654,51 @@ static int coroutine_fn add_cow_read_backing(BlockDriverState *bs,
                                              uint64_t off, QEMUIOVector *qiov,
                                              uint64_t qiov_off, uint64_t len)
 {
+    BDRVAddCowState *s = bs->opaque;
+    AddCowBackingRead me = {
+        .off = off + qiov_off, .len = len, .qiov = qiov,
+        .qiov_off = qiov_off, .co = qemu_coroutine_self(),
+    };
+    AddCowMerge m;
+
     if (!bs->backing) {
         qemu_iovec_memset(qiov, qiov_off, 0, len);
         return 0;
     }
-    return bdrv_co_preadv_part(bs->backing, off + qiov_off, len, qiov,
-                               qiov_off, 0);
+    if (!s->merge && qatomic_read(&bs->in_flight) <= 1) {
+        return add_cow_backing_one(bs, &me);
+    }
+    me.niov = qemu_iovec_subvec_niov(qiov, qiov_off, len);
+    if (s->merge && s->merge->n < ADD_COW_MERGE_MAX) {
+        /* join the batch; woken as a run's head, or when done */
+        QSIMPLEQ_INSERT_TAIL(&s->merge->reads, &me, next);
+        s->merge->n++;
+        while (!me.done) {
+            qemu_coroutine_yield();
+            if (me.head && !me.done) {
+                add_cow_merge_read(bs, &me);
+            }
+        }
+        return me.ret;
+    }
+    /* lead a new batch: let the requests of this turn join, then plan */
+    QSIMPLEQ_INIT(&m.reads);
+    QSIMPLEQ_INSERT_TAIL(&m.reads, &me, next);
+    m.n = 1;
+    s->merge = &m;
+    aio_co_schedule(bdrv_get_aio_context(bs), me.co);
+    qemu_coroutine_yield();
+    if (s->merge == &m) {
+        s->merge = NULL;
+    }
+    add_cow_merge_plan(&m, &me);
+    if (me.head) {
+        add_cow_merge_read(bs, &me);
+    }
+    while (!me.done) {
+        qemu_coroutine_yield();
+    }
+    return me.ret;
 }
 
 /*
