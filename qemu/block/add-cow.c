@@ -92,6 +92,8 @@ typedef struct BDRVAddCowState {
     int nworkers;               /* workers running (taking jobs) */
     /* backing reads collecting for one merged read (add_cow_read_backing) */
     struct AddCowMerge *merge;
+    /* reads and writes of the node in progress in this driver */
+    int nrequests;
 } BDRVAddCowState;
 
 /* The library format behind a QEMU format name. */
@@ -528,7 +530,9 @@ static int add_cow_read_worker(void *opaque)
  * queue depth 16 then cost one thread-pool hop per batch where QEMU's
  * qcow2 pays one per request (the hop, not the copy, is what a 4 KiB
  * backing read costs on file-posix).  A request with nothing else in
- * flight reads at once, as before.  A merged read that fails is retried
+ * flight (s->nrequests, counted by the driver's entry points: bs->in_flight
+ * also counts the BlockBackend's hold on a root node) reads at once, as
+ * before.  A merged read that fails is retried
  * piece by piece, so each request gets its own result.
  */
 #define ADD_COW_MERGE_MAX 64            /* requests per batch */
@@ -665,7 +669,7 @@ static int coroutine_fn add_cow_read_backing(BlockDriverState *bs,
         qemu_iovec_memset(qiov, qiov_off, 0, len);
         return 0;
     }
-    if (!s->merge && qatomic_read(&bs->in_flight) <= 1) {
+    if (!s->merge && s->nrequests <= 1) {
         return add_cow_backing_one(bs, &me);
     }
     me.niov = qemu_iovec_subvec_niov(qiov, qiov_off, len);
@@ -1023,6 +1027,35 @@ static int coroutine_fn add_cow_co_pwritev(BlockDriverState *bs,
                                       qiov, cuts[i] - offset);
         }
     }
+    return ret;
+}
+
+/* The driver's entry points count the requests in progress (nrequests). */
+static int coroutine_fn add_cow_co_preadv_entry(BlockDriverState *bs,
+                                                int64_t offset, int64_t bytes,
+                                                QEMUIOVector *qiov,
+                                                BdrvRequestFlags flags)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int ret;
+
+    s->nrequests++;
+    ret = add_cow_co_preadv(bs, offset, bytes, qiov, flags);
+    s->nrequests--;
+    return ret;
+}
+
+static int coroutine_fn add_cow_co_pwritev_entry(BlockDriverState *bs,
+                                                 int64_t offset, int64_t bytes,
+                                                 QEMUIOVector *qiov,
+                                                 BdrvRequestFlags flags)
+{
+    BDRVAddCowState *s = bs->opaque;
+    int ret;
+
+    s->nrequests++;
+    ret = add_cow_co_pwritev(bs, offset, bytes, qiov, flags);
+    s->nrequests--;
     return ret;
 }
 
@@ -1985,8 +2018,8 @@ static int cowblk_qcow2_snapshot_list(BlockDriverState *bs,
     .bdrv_reopen_abort          = add_cow_reopen_abort,             \
     .bdrv_child_perm            = bdrv_default_perms,               \
     .bdrv_co_create_opts        = add_cow_co_create_opts,           \
-    .bdrv_co_preadv             = add_cow_co_preadv,                \
-    .bdrv_co_pwritev            = add_cow_co_pwritev,               \
+    .bdrv_co_preadv             = add_cow_co_preadv_entry,          \
+    .bdrv_co_pwritev            = add_cow_co_pwritev_entry,         \
     .bdrv_co_pwrite_zeroes      = add_cow_co_pwrite_zeroes,         \
     .bdrv_co_pdiscard           = add_cow_co_pdiscard,              \
     .bdrv_co_flush_to_disk      = add_cow_co_flush,                 \
