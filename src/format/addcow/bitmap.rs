@@ -19,7 +19,8 @@ use crate::io::BlockFile;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Cache block size (bytes of the add-cow file).
 pub const BLOCK: u64 = 4096;
@@ -83,7 +84,7 @@ pub struct Bitmap {
     /// Number of valid bits (clusters).
     bits: AtomicU64,
     capacity: usize,
-    inner: RwLock<Inner>,
+    inner: ShardedLock<Inner>,
     /// Serialises write-back so an older snapshot never lands after a
     /// newer one; `true` while blocks written to the file await its flush.
     writeback: Mutex<bool>,
@@ -112,7 +113,7 @@ impl Bitmap {
             base,
             bits: AtomicU64::new(bits),
             capacity,
-            inner: RwLock::new(Inner {
+            inner: ShardedLock::new(Inner {
                 blocks: FxHashMap::default(),
                 loading: FxHashMap::default(),
                 queue: VecDeque::new(),
@@ -124,11 +125,11 @@ impl Bitmap {
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+    fn read(&self) -> ShardedLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+    fn write(&self) -> ShardedLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -167,7 +168,7 @@ impl Bitmap {
     }
 
     /// A write guard with block `k` resident.
-    fn resident_mut(&self, k: u64) -> Result<RwLockWriteGuard<'_, Inner>> {
+    fn resident_mut(&self, k: u64) -> Result<ShardedLockWriteGuard<'_, Inner>> {
         let g = self.write();
         if g.blocks.contains_key(&k) {
             return Ok(g);
@@ -180,7 +181,7 @@ impl Bitmap {
     /// held, and returns the write guard with it resident. Only one thread
     /// loads a block at a time, so a stale copy never replaces a newer one:
     /// a block leaves the cache only clean, that is, as the disk holds it.
-    fn load(&self, k: u64) -> Result<RwLockWriteGuard<'_, Inner>> {
+    fn load(&self, k: u64) -> Result<ShardedLockWriteGuard<'_, Inner>> {
         let mine = loop {
             let mut g = self.write();
             if g.blocks.contains_key(&k) {
@@ -208,7 +209,7 @@ impl Bitmap {
     }
 
     /// Inserts a loaded block, evicting one first if the cache is full.
-    fn insert(&self, k: u64, data: Box<[u8]>) -> Result<RwLockWriteGuard<'_, Inner>> {
+    fn insert(&self, k: u64, data: Box<[u8]>) -> Result<ShardedLockWriteGuard<'_, Inner>> {
         loop {
             let mut g = self.write();
             if g.blocks.len() >= self.capacity && !self.evict(&mut g) {

@@ -16,7 +16,8 @@
 use crate::error::Result;
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
+use std::sync::Arc;
 
 pub type Table = Arc<[u64]>;
 
@@ -67,7 +68,7 @@ pub struct Stats {
 /// lookup of the table used last writes nothing shared (the common case of
 /// requests walking one table), any other takes a new tick.
 pub struct TableCache {
-    inner: RwLock<Inner>,
+    inner: ShardedLock<Inner>,
     clock: AtomicU64,
     misses: AtomicU64,
     capacity: usize,
@@ -77,18 +78,18 @@ impl TableCache {
     /// A cache holding at most `capacity` tables (at least 1).
     pub fn new(capacity: usize) -> Self {
         TableCache {
-            inner: RwLock::new(Inner::default()),
+            inner: ShardedLock::new(Inner::default()),
             clock: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             capacity: capacity.max(1),
         }
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+    fn read(&self) -> ShardedLockReadGuard<'_, Inner> {
         self.inner.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+    fn write(&self) -> ShardedLockWriteGuard<'_, Inner> {
         self.inner.write().unwrap_or_else(|p| p.into_inner())
     }
 
