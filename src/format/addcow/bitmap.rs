@@ -16,10 +16,10 @@
 
 use crate::error::{Error, Result};
 use crate::io::BlockFile;
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Cache block size (bytes of the add-cow file).

@@ -14,9 +14,9 @@
 //! must write back (after whatever those writes depend on).
 
 use crate::error::Result;
+use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use rustc_hash::FxHashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use crossbeam_utils::sync::{ShardedLock, ShardedLockReadGuard, ShardedLockWriteGuard};
 use std::sync::Arc;
 
 pub type Table = Arc<[u64]>;
