@@ -1031,18 +1031,30 @@ static int coroutine_fn add_cow_co_pwritev(BlockDriverState *bs,
 }
 
 /* The driver's entry points count the requests in progress (nrequests). */
-static int coroutine_fn add_cow_co_preadv_entry(BlockDriverState *bs,
-                                                int64_t offset, int64_t bytes,
-                                                QEMUIOVector *qiov,
-                                                BdrvRequestFlags flags)
+typedef int coroutine_fn AddCowRw(BlockDriverState *bs, int64_t offset,
+                                  int64_t bytes, QEMUIOVector *qiov,
+                                  BdrvRequestFlags flags);
+
+static int coroutine_fn add_cow_counted(AddCowRw *fn, BlockDriverState *bs,
+                                        int64_t offset, int64_t bytes,
+                                        QEMUIOVector *qiov,
+                                        BdrvRequestFlags flags)
 {
     BDRVAddCowState *s = bs->opaque;
     int ret;
 
     s->nrequests++;
-    ret = add_cow_co_preadv(bs, offset, bytes, qiov, flags);
+    ret = fn(bs, offset, bytes, qiov, flags);
     s->nrequests--;
     return ret;
+}
+
+static int coroutine_fn add_cow_co_preadv_entry(BlockDriverState *bs,
+                                                int64_t offset, int64_t bytes,
+                                                QEMUIOVector *qiov,
+                                                BdrvRequestFlags flags)
+{
+    return add_cow_counted(add_cow_co_preadv, bs, offset, bytes, qiov, flags);
 }
 
 static int coroutine_fn add_cow_co_pwritev_entry(BlockDriverState *bs,
@@ -1050,13 +1062,7 @@ static int coroutine_fn add_cow_co_pwritev_entry(BlockDriverState *bs,
                                                  QEMUIOVector *qiov,
                                                  BdrvRequestFlags flags)
 {
-    BDRVAddCowState *s = bs->opaque;
-    int ret;
-
-    s->nrequests++;
-    ret = add_cow_co_pwritev(bs, offset, bytes, qiov, flags);
-    s->nrequests--;
-    return ret;
+    return add_cow_counted(add_cow_co_pwritev, bs, offset, bytes, qiov, flags);
 }
 
 /*
