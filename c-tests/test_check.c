@@ -1,11 +1,24 @@
 /* cowblk_check (qemu-img check through the C ABI): a clean add-cow image,
- * an image file cut short (a corruption, repaired with FIX_ERRORS), stray
+ * an image file cut short (a corruption, repaired with FIX_ERRORS; its
+ * message also through message_fn), stray
  * padding bits (a leak, repaired with FIX_LEAKS), raw's -ENOTSUP, the
  * driver table's entry, and bad arguments. */
 #include "util.h"
 
 #define SIZE (40u * 1024) /* 10 clusters of 4 KiB: 6 padding bits */
 #define CS 4096u
+
+/* message_fn (ABI 6): collects the lines handed over. */
+static char lines_seen[4096];
+static int nlines;
+static void on_line(void *opaque, const char *line)
+{
+    CHECK(opaque == (void *)lines_seen);
+    if (nlines++) {
+        strncat(lines_seen, "\n", sizeof lines_seen - strlen(lines_seen) - 1);
+    }
+    strncat(lines_seen, line, sizeof lines_seen - strlen(lines_seen) - 1);
+}
 
 static cowblk_check_result check(cowblk_image *img, uint32_t fix)
 {
@@ -38,6 +51,15 @@ int main(void)
     r = check(img, 0);
     CHECK(r.corruptions == 1 && r.corruptions_fixed == 0);
     CHECK(strstr(r.messages, "shorter than the virtual size") != NULL);
+    /* The same message through the callback, whole and once. */
+    cowblk_check_result rc;
+    memset(&rc, 0, sizeof rc);
+    rc.struct_size = sizeof rc;
+    rc.message_fn = on_line;
+    rc.message_opaque = lines_seen;
+    OK(cowblk_check(img, 0, &rc));
+    CHECK(nlines == 1 && strcmp(lines_seen, rc.messages) == 0);
+    CHECK(rc.message_fn == on_line && rc.message_opaque == lines_seen);
     r = check(img, COWBLK_CHECK_FIX_ERRORS);
     CHECK(r.corruptions == 1 && r.corruptions_fixed == 1);
     r = check(img, 0);

@@ -43,9 +43,11 @@
  * 5: `cowblk_preadv_nb`, `cowblk_pwritev_compressed` (and the table
  * member `pwritev_compressed`), qcow2's `change_backing_file` non-NULL;
  * `cowblk_map_nb` answers COWBLK_MAP_COMPRESSED
- * where it said -EAGAIN.
+ * where it said -EAGAIN. 6: `cowblk_check_result.message_fn` and
+ * `message_opaque` (every check message, whole); `messages` is cut at
+ * the end of a line.
  */
-#define COWBLK_ABI_VERSION 5
+#define COWBLK_ABI_VERSION 6
 
 /**
  * Open flag: open every file read-only; writes fail with -EROFS.
@@ -387,9 +389,22 @@ typedef struct cowblk_check_result {
    */
   uint64_t image_end_offset;
   /**
-   * One line per problem found, NUL-terminated (cut at 1023 bytes).
+   * One line per problem found, NUL-terminated (cut at 1023 bytes, at
+   * the end of a line; `message_fn` gets every line).
    */
   char messages[COWBLK_CHECK_MESSAGES_LEN];
+  /**
+   * Since ABI 6, set by the caller (NULL: none): called with every
+   * message line, whole and NUL-terminated, in order, on the calling
+   * thread before `cowblk_check` returns; the line is valid only
+   * during the call. For lists longer than `messages` holds (a check
+   * can find thousands of leaked clusters).
+   */
+  void (*message_fn)(void *opaque, const char *line);
+  /**
+   * Passed to `message_fn` as it is.
+   */
+  void *message_opaque;
 } cowblk_check_result;
 
 /**

@@ -549,3 +549,85 @@ fn c_api_repairs() {
     assert!(String::from_utf8_lossy(&msg).contains("ERROR need to rebuild refcount structures"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Leaks long past what the C result's 1 KiB buffer holds: the ABI 6
+/// callback gets every line whole; the buffer holds whole lines only, and
+/// a caller with the ABI 5 struct (no callback members) still works.
+#[test]
+fn c_check_hands_every_message_to_the_callback() {
+    use cowblk::ffi::{cowblk_check, cowblk_check_result, cowblk_close, cowblk_open};
+    use std::ffi::{c_char, c_void, CStr, CString};
+
+    unsafe extern "C" fn collect(opaque: *mut c_void, line: *const c_char) {
+        let v = &mut *(opaque as *mut Vec<String>);
+        v.push(CStr::from_ptr(line).to_string_lossy().into_owned());
+    }
+
+    let dir = tmpdir("c-check-lines");
+    base(&dir);
+    let mut b = std::fs::read(dir.join("img.qcow2")).unwrap();
+    let l = Lay::of(&b);
+    let n = b.len() as u64 / CS;
+    // 200 clusters appended to the file with refcount 1 and nothing
+    // pointing at them: 200 leaks.
+    b.resize(((n + 200) * CS) as usize, 0);
+    for c in n..n + 200 {
+        let e = l.rc(&b, c);
+        wr16(&mut b, e, 1);
+    }
+    std::fs::write(dir.join("img.qcow2"), &b).unwrap();
+
+    let path = CString::new(dir.join("img.qcow2").to_str().unwrap()).unwrap();
+    let mut img = std::ptr::null_mut();
+    assert_eq!(
+        unsafe { cowblk_open(path.as_ptr(), std::ptr::null(), 1, 0, &mut img) },
+        0
+    );
+    let mut lines: Vec<String> = Vec::new();
+    let mut r: cowblk_check_result = unsafe { std::mem::zeroed() };
+    r.struct_size = std::mem::size_of::<cowblk_check_result>();
+    r.message_fn = Some(collect);
+    r.message_opaque = (&mut lines as *mut Vec<String>).cast();
+    assert_eq!(unsafe { cowblk_check(img, 0, &mut r) }, 0);
+    assert_eq!(r.leaks, 200);
+    let leaked: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.starts_with("Leaked cluster "))
+        .collect();
+    assert_eq!(leaked.len(), 200, "{lines:?}");
+    // The buffer: whole lines, each one of those handed over, in order.
+    let buf = unsafe { CStr::from_ptr(r.messages.as_ptr()) }
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(buf.len() < 1024 && buf.len() > 900, "{}", buf.len());
+    let kept: Vec<&str> = buf.split('\n').collect();
+    assert_eq!(
+        kept,
+        lines[..kept.len()]
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+    );
+    // The members survive the call as the caller set them.
+    assert!(r.message_fn.is_some());
+    assert_eq!(r.message_opaque, (&mut lines as *mut Vec<String>).cast());
+
+    // An ABI 5 caller: struct_size ends before the callback members, which
+    // are neither read nor written.
+    let v5 = std::mem::offset_of!(cowblk_check_result, message_fn);
+    let mut r5: cowblk_check_result = unsafe { std::mem::zeroed() };
+    r5.struct_size = v5;
+    let marker = 0x5a5a_5a5a_usize as *mut c_void;
+    r5.message_opaque = marker;
+    assert_eq!(unsafe { cowblk_check(img, 0, &mut r5) }, 0);
+    assert_eq!(r5.leaks, 200);
+    assert_eq!(r5.message_opaque, marker);
+    assert!(r5.message_fn.is_none());
+    let buf5 = unsafe { CStr::from_ptr(r5.messages.as_ptr()) }
+        .to_str()
+        .unwrap();
+    assert_eq!(buf5, buf);
+    assert_eq!(unsafe { cowblk_close(&mut img) }, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

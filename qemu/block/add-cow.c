@@ -1674,12 +1674,19 @@ typedef struct AddCowCheckTask {
     char err[ADD_COW_ERR_LEN];
 } AddCowCheckTask;
 
+/* Each message line as QEMU's qcow2 prints its own: whole, on stderr. */
+static void add_cow_check_line(void *opaque, const char *line)
+{
+    fprintf(stderr, "%s\n", line);
+}
+
 static int add_cow_check_worker(void *opaque)
 {
     AddCowCheckTask *t = opaque;
     int ret;
 
     t->r.struct_size = sizeof(t->r);
+    t->r.message_fn = add_cow_check_line;
     ret = cowblk_check(t->img, t->fix, &t->r);
     if (ret < 0) {
         save_err(t->err, ret);
@@ -1706,9 +1713,6 @@ static int coroutine_fn add_cow_co_check(BlockDriverState *bs,
         error_report("%s: check failed: %s", bs->filename, t.err);
         result->check_errors++;
         return ret;
-    }
-    if (t.r.messages[0]) {
-        fprintf(stderr, "%s\n", t.r.messages);
     }
     /* As qcow2 reports them: what is left after repairs, plus what was
      * fixed. */

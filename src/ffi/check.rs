@@ -8,7 +8,7 @@ use super::{COWBLK_CHECK_FIX_ERRORS, COWBLK_CHECK_FIX_LEAKS, COWBLK_CHECK_MESSAG
 const MESSAGES_LEN: usize = COWBLK_CHECK_MESSAGES_LEN;
 use crate::error::Error;
 use crate::format::check::Repair;
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_int, c_void, CString};
 
 /// Where the first version (ABI 1) of `cowblk_check_result` ends: the
 /// smallest `struct_size` accepted.
@@ -35,9 +35,22 @@ pub struct cowblk_check_result {
     pub allocated_clusters: u64,
     /// First byte past the format's metadata, or 0.
     pub image_end_offset: u64,
-    /// One line per problem found, NUL-terminated (cut at 1023 bytes).
+    /// One line per problem found, NUL-terminated (cut at 1023 bytes, at
+    /// the end of a line; `message_fn` gets every line).
     pub messages: [c_char; COWBLK_CHECK_MESSAGES_LEN],
+    /// Since ABI 6, set by the caller (NULL: none): called with every
+    /// message line, whole and NUL-terminated, in order, on the calling
+    /// thread before `cowblk_check` returns; the line is valid only
+    /// during the call. For lists longer than `messages` holds (a check
+    /// can find thousands of leaked clusters).
+    pub message_fn: Option<unsafe extern "C" fn(opaque: *mut c_void, line: *const c_char)>,
+    /// Passed to `message_fn` as it is.
+    pub message_opaque: *mut c_void,
 }
+
+/// Where ABI 6's members end: a caller whose `struct_size` covers them set
+/// `message_fn` (NULL or a function).
+const CHECK_V6_END: usize = std::mem::size_of::<cowblk_check_result>();
 
 /// Checks the image's metadata like `qemu-img check`, repairing what
 /// `fix` allows (`COWBLK_CHECK_FIX_LEAKS`, `COWBLK_CHECK_FIX_ERRORS`; a
@@ -72,7 +85,22 @@ pub unsafe extern "C" fn cowblk_check(
         } else {
             Repair::None
         };
+        // The caller's callback, read before the result overwrites it.
+        let (message_fn, message_opaque) = if given >= CHECK_V6_END {
+            let c = &*result;
+            (c.message_fn, c.message_opaque)
+        } else {
+            (None, std::ptr::null_mut())
+        };
         let r = h.img.check(repair)?;
+        if let Some(f) = message_fn {
+            for m in &r.messages {
+                // A NUL inside would end the line for C anyway.
+                let line = m.split('\0').next().unwrap_or("");
+                let c = CString::new(line).unwrap_or_default();
+                f(message_opaque, c.as_ptr());
+            }
+        }
         let mut out = cowblk_check_result {
             // The caller's: it describes their buffer.
             struct_size: given,
@@ -85,10 +113,11 @@ pub unsafe extern "C" fn cowblk_check(
             allocated_clusters: r.allocated_clusters.unwrap_or(0),
             image_end_offset: r.image_end_offset.unwrap_or(0),
             messages: [0; MESSAGES_LEN],
+            message_fn,
+            message_opaque,
         };
-        let text = r.messages.join("\n");
-        let n = text.len().min(MESSAGES_LEN - 1);
-        for (d, s) in out.messages.iter_mut().zip(&text.as_bytes()[..n]) {
+        let text = whole_lines(&r.messages, MESSAGES_LEN - 1);
+        for (d, s) in out.messages.iter_mut().zip(text.as_bytes()) {
             *d = *s as c_char;
         }
         write_prefix(result, given, out);
@@ -96,4 +125,29 @@ pub unsafe extern "C" fn cowblk_check(
         // found is in *result.
         Ok(if r.failure.is_some() { -libc::EIO } else { 0 })
     })
+}
+
+/// The messages joined by newlines, as many whole lines as fit in `cap`
+/// bytes (a cut line would read as a different message).
+fn whole_lines(messages: &[String], cap: usize) -> String {
+    let mut text = String::new();
+    for m in messages {
+        let sep = usize::from(!text.is_empty());
+        if text.len() + sep + m.len() > cap {
+            if text.is_empty() {
+                // A first line too long for the buffer: its start.
+                let mut end = cap.min(m.len());
+                while !m.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.push_str(&m[..end]);
+            }
+            break;
+        }
+        if sep == 1 {
+            text.push('\n');
+        }
+        text.push_str(m);
+    }
+    text
 }

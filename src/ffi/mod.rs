@@ -90,8 +90,10 @@ pub use snapshot::{
 /// 5: `cowblk_preadv_nb`, `cowblk_pwritev_compressed` (and the table
 /// member `pwritev_compressed`), qcow2's `change_backing_file` non-NULL;
 /// `cowblk_map_nb` answers COWBLK_MAP_COMPRESSED
-/// where it said -EAGAIN.
-pub const COWBLK_ABI_VERSION: u32 = 5;
+/// where it said -EAGAIN. 6: `cowblk_check_result.message_fn` and
+/// `message_opaque` (every check message, whole); `messages` is cut at
+/// the end of a line.
+pub const COWBLK_ABI_VERSION: u32 = 6;
 
 /// Open flag: open every file read-only; writes fail with -EROFS.
 pub const COWBLK_OPEN_RDONLY: u32 = 1 << 0;
