@@ -669,7 +669,14 @@ fn lazy_refcounts_set_and_clear_the_dirty_bit() {
 /// grown, and checks clean in QEMU (leaks allowed).
 #[test]
 fn crash_at_every_operation_of_a_grow_from_a_partial_cluster() {
-    let d = tmpdir("crash-grow");
+    // The last cluster unallocated (made the image's own in a fresh
+    // cluster), then allocated (zeroed past the old end in place).
+    crash_grow("crash-grow", None);
+    crash_grow("crash-grow-owned", Some("write -P 0x6b 299000 1000"));
+}
+
+fn crash_grow(name: &str, last: Option<&str>) {
+    let d = tmpdir(name);
     let base: Vec<u8> = (0..2u32 << 20).map(|i| (i / 512) as u8 | 1).collect();
     std::fs::write(d.join("base.raw"), &base).unwrap();
     let p = d.join("img.qcow2");
@@ -678,16 +685,12 @@ fn crash_at_every_operation_of_a_grow_from_a_partial_cluster() {
         "backing_file=base.raw,backing_fmt=raw,cluster_size=4096",
         300_000,
     );
-    ok(
-        "qemu-io",
-        &[
-            "-f",
-            "qcow2",
-            "-c",
-            "write -P 0x5a 290000 5000",
-            p.to_str().unwrap(),
-        ],
-    );
+    let mut args = vec!["-f", "qcow2", "-c", "write -P 0x5a 290000 5000"];
+    if let Some(c) = last {
+        args.extend(["-c", c]);
+    }
+    args.push(p.to_str().unwrap());
+    ok("qemu-io", &args);
     let bytes = std::fs::read(&p).unwrap();
     let (path, bpath) = (Path::new("img.qcow2"), Path::new("base.raw"));
     let fresh = || {

@@ -1013,7 +1013,11 @@ impl Qcow2 {
             )));
         }
         if size > old {
-            if let Some(buf) = head {
+            if head.is_some() && self.owns_last_cluster(old)? {
+                // Already wholly this image's (allocated, refcount 1):
+                // zeroed past the old end in place, as QEMU does.
+                self.zero_tail(&mut m, old)?;
+            } else if let Some(buf) = head {
                 // A fresh cluster, written before the entry that points to
                 // it (the old one, if any, is freed after).
                 let c = self.alloc_run(&mut m, 1)? * cs;
@@ -1070,6 +1074,23 @@ impl Qcow2 {
         BigEndian::write_u64(&mut b, size);
         self.file.write_at(&b, 24)?;
         self.file.flush()
+    }
+
+    /// Whether the cluster holding byte `old - 1` is a plain allocated
+    /// cluster with refcount 1 (COPIED): every byte of it is this image's
+    /// own. With extended L2 some subclusters may still read the backing
+    /// file, so those images always take a fresh cluster.
+    fn owns_last_cluster(&self, old: u64) -> Result<bool> {
+        if self.geo.extended || old == 0 {
+            return Ok(false);
+        }
+        let (l1i, _) = self.geo.indices(old - 1);
+        let toff = self.l1.load().entry(l1i)? & OFFSET_MASK;
+        if toff == 0 {
+            return Ok(false);
+        }
+        let (entry, kind) = self.unit(&self.l2_table(toff, l1i)?, old - 1);
+        Ok(matches!(kind, Kind::Normal(_)) && entry & OFLAG_COPIED != 0)
     }
 
     /// Zeroes the bytes of the last cluster past the old size, so a grown
