@@ -697,7 +697,6 @@ impl Backing for Image {
         Image::size(self)
     }
 
-    #[inline]
     fn read_backing(&self, iov: &IoVec, off: u64) -> Result<()> {
         // This layer's own lock (the caller holds the upper layer's).
         let _s = self.shared();

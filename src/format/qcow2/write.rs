@@ -1076,6 +1076,17 @@ impl Qcow2 {
         self.file.flush()
     }
 
+    /// The entry and kind of the unit holding guest byte `pos`, or `None`
+    /// when its L2 table is not allocated.
+    fn unit_at(&self, pos: u64) -> Result<Option<(u64, Kind)>> {
+        let (l1i, _) = self.geo.indices(pos);
+        let toff = self.l1.load().entry(l1i)? & OFFSET_MASK;
+        if toff == 0 {
+            return Ok(None);
+        }
+        Ok(Some(self.unit(&self.l2_table(toff, l1i)?, pos)))
+    }
+
     /// Whether the cluster holding byte `old - 1` is a plain allocated
     /// cluster with refcount 1 (COPIED): every byte of it is this image's
     /// own. With extended L2 some subclusters may still read the backing
@@ -1084,13 +1095,7 @@ impl Qcow2 {
         if self.geo.extended || old == 0 {
             return Ok(false);
         }
-        let (l1i, _) = self.geo.indices(old - 1);
-        let toff = self.l1.load().entry(l1i)? & OFFSET_MASK;
-        if toff == 0 {
-            return Ok(false);
-        }
-        let (entry, kind) = self.unit(&self.l2_table(toff, l1i)?, old - 1);
-        Ok(matches!(kind, Kind::Normal(_)) && entry & OFLAG_COPIED != 0)
+        Ok(matches!(self.unit_at(old - 1)?, Some((e, Kind::Normal(_))) if e & OFLAG_COPIED != 0))
     }
 
     /// Zeroes the bytes of the last cluster past the old size, so a grown
@@ -1101,12 +1106,9 @@ impl Qcow2 {
         if used == 0 {
             return Ok(());
         }
-        let (l1i, _) = self.geo.indices(old - 1);
-        let toff = self.l1.load().entry(l1i)? & OFFSET_MASK;
-        if toff == 0 {
+        let Some((entry, kind)) = self.unit_at(old - 1)? else {
             return Ok(());
-        }
-        let (entry, kind) = self.unit(&self.l2_table(toff, l1i)?, old - 1);
+        };
         match kind {
             Kind::Normal(h) if entry & OFLAG_COPIED != 0 => {
                 self.data.write_zeroes(h + used, cs - used)
