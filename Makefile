@@ -23,9 +23,15 @@ test: rust-test ctest
 
 # The parity suite runs on its own with its output shown: it prints the
 # list of known differences from QEMU's tools (tests/parity/known.txt).
+# The tests' scratch directories go under build/test-tmp (TMPDIR), emptied
+# before the run and removed after a passing one, so that repeated runs on
+# one machine do not fill its disk (a failing run leaves them to look at).
+TEST_TMP := $(CURDIR)/build/test-tmp
 rust-test:
-	$(CARGO) test --release -- --skip our_tools_answer_as_qemus_do
-	$(CARGO) test --release --test parity -- --nocapture
+	rm -rf $(TEST_TMP) && mkdir -p $(TEST_TMP)
+	TMPDIR=$(TEST_TMP) $(CARGO) test --release -- --skip our_tools_answer_as_qemus_do
+	TMPDIR=$(TEST_TMP) $(CARGO) test --release --test parity -- --nocapture
+	rm -rf $(TEST_TMP)
 
 # --- C ABI: header, C tests, demo (owner: ffi) ---
 # C programs build against target/release through build/lib, which holds the

@@ -448,13 +448,49 @@ merged_reads_ok() {
     for fmt in add-cow cowblk-qcow2; do
         img=mr.$fmt
         [ $fmt = cowblk-qcow2 ] && img=mr.qcow2
-        t "$QIO" -f $fmt -c "write -P 238 $((5 * 65536)) 64k" -c "write -P 238 $((40 * 65536)) 64k" $img >/dev/null &&
-        out=$(t "$QIO" -f $fmt "${r[@]}" -c aio_flush $img 2>&1) || return 1
-        echo "$out" | grep -i "fail" && return 1
-        [ "$(echo "$out" | grep -c '^read 16384/16384 bytes')" -eq 256 ] || { echo "$out" | tail; return 1; }
+        t "$QIO" -f $fmt -c "write -P 238 $((5 * 65536)) 64k" -c "write -P 238 $((40 * 65536)) 64k" $img >/dev/null || return 1
+        # the base straight (cached: read in the coroutine with RWF_NOWAIT),
+        # then as a raw node with a size limit, which the glue never reads
+        # behind the block layer, so the backing reads are merged
+        for opts in "" ",backing.driver=raw,backing.size=8388608,backing.file.filename=mr.base"; do
+            out=$(t "$QIO" --image-opts "${r[@]}" -c aio_flush "driver=$fmt,file.filename=$img$opts" 2>&1) || return 1
+            echo "$out" | grep -i "fail" && return 1
+            [ "$(echo "$out" | grep -c '^read 16384/16384 bytes')" -eq 256 ] || { echo "$out" | tail; return 1; }
+        done
     done
 }
 check "reads in flight together: merged backing reads give every request its own bytes (add-cow, cowblk-qcow2)" merged_reads_ok
+nowait_backing_ok() {
+    # Backing reads from the page cache in the coroutine (RWF_NOWAIT) only
+    # where that is what the block layer would read: a raw backing node
+    # with an offset and a size limit must still read through the block
+    # layer (its window of the file; zeros past its size), a base whose
+    # length is not a multiple of 512 reads zeros past its end, a base out
+    # of the page cache reads the same bytes, and so does one opened
+    # O_DIRECT (cache=none); through add-cow and cowblk-qcow2
+    local w=() fmt img base="driver=raw,file.driver=file,file.filename=nw.base"
+    for i in $(seq 0 31); do w+=(-c "write -P $((i + 1)) $((i * 65536)) 64k"); done
+    rm -f nw.base nw.add-cow nw.img nw.qcow2 &&
+    "$SYS_QIMG" create -q -f raw nw.base 2M && "$SYS_QIO" -f raw "${w[@]}" nw.base >/dev/null &&
+    truncate -s $((2097152 - 1000)) nw.base &&
+    t "$QIMG" create -q -f add-cow -o backing_file=nw.base,backing_fmt=raw,image_file=nw.img,cluster_size=64k nw.add-cow 4M &&
+    t "$QIMG" create -q -f cowblk-qcow2 -o backing_file=nw.base,backing_fmt=raw nw.qcow2 4M || return 1
+    for fmt in add-cow cowblk-qcow2; do
+        img=nw.$fmt
+        [ $fmt = cowblk-qcow2 ] && img=nw.qcow2
+        # the base's own window: 64 KiB in, 1 MiB long
+        t "$QIO" --image-opts -c "read -P 2 0 64k" -c "read -P 17 960k 64k" -c "read -P 0 1M 64k" \
+            "driver=$fmt,file.filename=$img,backing.driver=raw,backing.offset=65536,backing.size=1M,backing.file.filename=nw.base" || return 1
+        # the odd end: 64536 bytes of the last pattern, then zeros
+        t "$QIO" -f $fmt -c "read -P 32 1984k 64536" -c "read -P 0 $((2097152 - 1000)) 1000" \
+            -c "read -P 0 2M 4k" -c "read -P 5 256k 4k" $img || return 1
+        # out of the page cache (dd's nocache drops the file's pages)
+        dd if=nw.base iflag=nocache count=0 status=none &&
+        t "$QIO" -f $fmt -c "read -P 7 384k 4k" -c "read -P 9 512k 64k" $img || return 1
+        t "$QIO" -t none -f $fmt -c "read -P 11 640k 4k" -c "read -P 12 704k 64k" $img || return 1
+    done
+}
+check "backing reads in the coroutine (RWF_NOWAIT) only where the block layer would read the same bytes" nowait_backing_ok
 meta_info_ok() {
     local cimg=$ROOT/target/release/cowblk-img
     rm -f mi.qcow2 mi.add-cow mi.img &&

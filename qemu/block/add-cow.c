@@ -36,6 +36,7 @@
 #include "qapi/error.h"
 #include "qapi/qapi-types-block-core.h"
 #include "block/block_int.h"
+#include "block/raw-aio.h"
 #include "block/thread-pool.h"
 #include "qemu/cutils.h"
 #include "qemu/error-report.h"
@@ -94,6 +95,8 @@ typedef struct BDRVAddCowState {
     struct AddCowMerge *merge;
     /* reads and writes of the node in progress in this driver */
     int nrequests;
+    /* a backing fd whose RWF_NOWAIT reads failed as unsupported */
+    int nowait_bad_fd;
 } BDRVAddCowState;
 
 /* The library format behind a QEMU format name. */
@@ -312,6 +315,7 @@ static int add_cow_open(BlockDriverState *bs, QDict *options, int flags,
     }
     s->cluster_size = info.cluster_size;
     qemu_co_mutex_init(&s->load_lock);
+    s->nowait_bad_fd = -1;
     QLIST_INIT(&s->inflight);
     s->image_file = g_strdup(info.data_file);
     pstrcpy(bs->backing_file, sizeof(bs->backing_file),
@@ -648,6 +652,75 @@ static void add_cow_merge_plan(AddCowMerge *m, AddCowBackingRead *leader)
 }
 
 /*
+ * A backing read served from the page cache in the coroutine, as the
+ * library serves this node's own data (cowblk_preadv_nb): no thread-pool
+ * hop when the bytes are cached, where bdrv_co_preadv on file-posix always
+ * hops.  Only where that read is exactly what the block layer would read:
+ * the backing node is raw without offset or size (a filter of its file)
+ * over a plain file-posix node opened without O_DIRECT, the range lies
+ * inside the file's length, and neither node has a copy-on-read, a
+ * serialising request in flight, a drain, or a parent that may write (a
+ * commit job, say).  No yield between these checks and the read, so
+ * nothing can change the graph or the fd meanwhile (a reopen drains this
+ * node first).  Anything else, a short read, or EAGAIN (not cached)
+ * returns false and the caller reads through the block layer as before.
+ */
+#if defined(CONFIG_POSIX) && defined(RWF_NOWAIT)
+static bool add_cow_node_quiet(BlockDriverState *n)
+{
+    BdrvChild *c;
+
+    if (n->copy_on_read || n->quiesce_counter ||
+        qatomic_read(&n->serialising_in_flight)) {
+        return false;
+    }
+    QLIST_FOREACH(c, &n->parents, next_parent) {
+        if (c->perm & (BLK_PERM_WRITE | BLK_PERM_WRITE_UNCHANGED |
+                       BLK_PERM_RESIZE)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool coroutine_fn add_cow_backing_nowait(BlockDriverState *bs,
+                                                AddCowBackingRead *r)
+{
+    BDRVAddCowState *s = bs->opaque;
+    BlockDriverState *raw = bs->backing->bs, *file;
+    AddCowIov part;
+    ssize_t got;
+    int fd;
+
+    if (!raw->drv || strcmp(raw->drv->format_name, "raw") ||
+        !raw->file || !(raw->file->role & BDRV_CHILD_FILTERED)) {
+        return false;
+    }
+    file = raw->file->bs;
+    fd = raw_file_nowait_fd(file);
+    if (fd < 0 || fd == s->nowait_bad_fd ||
+        r->off + r->len > (uint64_t)file->total_sectors * BDRV_SECTOR_SIZE ||
+        !add_cow_node_quiet(raw) || !add_cow_node_quiet(file)) {
+        return false;
+    }
+    add_cow_iov_slice(&part, r->qiov, r->qiov_off, r->len);
+    got = preadv2(fd, part.iov, part.niov, r->off, RWF_NOWAIT);
+    add_cow_iov_free(&part);
+    if (got < 0 && (errno == EOPNOTSUPP || errno == EINVAL)) {
+        /* this file (filesystem, kernel) has no NOWAIT reads: stop asking */
+        s->nowait_bad_fd = fd;
+    }
+    return got == (ssize_t)r->len;
+}
+#else
+static bool coroutine_fn add_cow_backing_nowait(BlockDriverState *bs,
+                                                AddCowBackingRead *r)
+{
+    return false;
+}
+#endif
+
+/*
  * Reads [qiov_off, qiov_off + len) of qiov at guest offset off + qiov_off
  * from the backing file; zeros without one.  Past the backing file's end
  * the block layer itself reads zeros (bdrv_aligned_preadv), as QEMU's
@@ -667,6 +740,9 @@ static int coroutine_fn add_cow_read_backing(BlockDriverState *bs,
 
     if (!bs->backing) {
         qemu_iovec_memset(qiov, qiov_off, 0, len);
+        return 0;
+    }
+    if (add_cow_backing_nowait(bs, &me)) {
         return 0;
     }
     if (!s->merge && s->nrequests <= 1) {
