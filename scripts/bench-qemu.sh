@@ -1,8 +1,9 @@
 #!/bin/sh
 # qemu-img bench inside the patched QEMU 7.2: add-cow and cowblk-qcow2 (the
 # library's qcow2 through the glue) against QEMU's own qcow2, in one binary,
-# on the same work, alternating, best of $BENCH_RUNS. Prints one row per case
-# with both times and ours / QEMU (> 1 means ours is slower).
+# on the same work, alternating (who goes first swaps every run; write runs
+# start after a sync), $BENCH_RUNS runs each. Prints one row per case with
+# both times and ours / QEMU (> 1 means ours is slower).
 #
 # Setup: a raw backing file with data, 64 KiB clusters, 4 KiB requests,
 # cache=writeback (page cache warm), BENCH_COUNT requests (default 100000),
@@ -62,7 +63,11 @@ row() {
     best_o="" best_q="" all_o="" all_q="" pairs=""
     i=0
     while [ $i -lt "$RUNS" ]; do
-        for side in ours qemu; do
+        # who goes first alternates, so neither side always runs right
+        # after the other's writes
+        order="ours qemu"
+        [ $((i % 2)) = 1 ] && order="qemu ours"
+        for side in $order; do
             if [ $side = ours ]; then f=$ofmt file=$ofile; else f=qcow2 file=$qfile; fi
             args=""
             case $mode in
@@ -74,15 +79,18 @@ row() {
                 args=-w ;;
             write) args=-w ;;
             esac
+            # writes: start with no dirty pages of an earlier run, whose
+            # writeback would otherwise land in this one's time
+            [ "$mode" = read ] || sync
             t=$(run "$f" "$file" "$depth" $args)
             [ -n "$t" ] || { echo "bench of $f $file failed" >&2; exit 1; }
             if [ $side = ours ]; then
                 best_o=$(min "$t" "$best_o") all_o="$all_o $t" last_o=$t
             else
-                best_q=$(min "$t" "$best_q") all_q="$all_q $t"
-                pairs="$pairs $(awk -v o="$last_o" -v q="$t" 'BEGIN { print o / q }')"
+                best_q=$(min "$t" "$best_q") all_q="$all_q $t" last_q=$t
             fi
         done
+        pairs="$pairs $(awk -v o="$last_o" -v q="$last_q" 'BEGIN { print o / q }')"
         i=$((i + 1))
     done
     # shellcheck disable=SC2086 # the lists are words on purpose
