@@ -45,9 +45,10 @@
  * `cowblk_map_nb` answers COWBLK_MAP_COMPRESSED
  * where it said -EAGAIN. 6: `cowblk_check_result.message_fn` and
  * `message_opaque` (every check message, whole); `messages` is cut at
- * the end of a line.
+ * the end of a line. 7: `cowblk_check_result.fragmented_clusters` and
+ * `compressed_clusters`.
  */
-#define COWBLK_ABI_VERSION 6
+#define COWBLK_ABI_VERSION 7
 
 /**
  * Open flag: open every file read-only; writes fail with -EROFS.
@@ -405,6 +406,14 @@ typedef struct cowblk_check_result {
    * Passed to `message_fn` as it is.
    */
   void *message_opaque;
+  /**
+   * Since ABI 7: allocated clusters not contiguous with the cluster
+   * before them in guest order, and compressed clusters (qemu-img
+   * check's "fragmented" and "compressed" figures); 0 where the format
+   * has none.
+   */
+  uint64_t fragmented_clusters;
+  uint64_t compressed_clusters;
 } cowblk_check_result;
 
 /**

@@ -491,6 +491,23 @@ nowait_backing_ok() {
     done
 }
 check "backing reads in the coroutine (RWF_NOWAIT) only where the block layer would read the same bytes" nowait_backing_ok
+bad_data_ok() {
+    # A compressed cluster whose data is garbage: every read of it fails
+    # with EIO (as QEMU's qcow2), the reason is printed for the node's first
+    # failure only (a guest retrying must not flood the log)
+    local out
+    rm -f bd.qcow2 &&
+    t "$QIMG" create -q -f cowblk-qcow2 bd.qcow2 1M &&
+    t "$QIO" -f cowblk-qcow2 -c "write -c -P 0x11 0 64k" bd.qcow2 >/dev/null || return 1
+    # the default layout: header, refcount table and block, L1, L2, data
+    printf '\377\377\377\377\377\377\377\377' | dd of=bd.qcow2 bs=1 seek=$((0x50000)) conv=notrunc status=none || return 1
+    out=$(t "$QIO" -f cowblk-qcow2 -c "read 0 4k" -c "read 4k 4k" -c "read 64k 4k" bd.qcow2 2>&1)
+    echo "$out"
+    [ "$(echo "$out" | grep -c '^read failed: Input/output error$')" -eq 2 ] &&
+    [ "$(echo "$out" | grep -c 'read failed: invalid data: .*compressed cluster')" -eq 1 ] &&
+    echo "$out" | grep -q '^read 4096/4096 bytes at offset 65536$'
+}
+check "corrupt compressed data reads as EIO, its reason printed once per node" bad_data_ok
 meta_info_ok() {
     local cimg=$ROOT/target/release/cowblk-img
     rm -f mi.qcow2 mi.add-cow mi.img &&

@@ -16,6 +16,10 @@ pub enum Error {
     /// The image's on-disk contents break the format's rules.
     #[error("invalid image: {0}")]
     Corrupt(String),
+    /// Stored data that cannot be decoded (a compressed cluster whose
+    /// bytes are not a valid stream): EIO, as QEMU's qcow2 reads fail.
+    #[error("invalid data: {0}")]
+    BadData(String),
     /// A feature or version this build does not implement.
     #[error("unsupported: {0}")]
     Unsupported(String),
@@ -62,6 +66,7 @@ impl Error {
         match self {
             Error::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             Error::Corrupt(_) => libc::EINVAL,
+            Error::BadData(_) => libc::EIO,
             Error::Unsupported(_) => libc::ENOTSUP,
             Error::InvalidArgument(_) => libc::EINVAL,
             // QEMU's block layer answers requests past the end with EIO.
@@ -84,6 +89,7 @@ impl Error {
                 source,
             },
             Error::Corrupt(m) => Error::Corrupt(format!("{w}: {m}")),
+            Error::BadData(m) => Error::BadData(format!("{w}: {m}")),
             Error::Unsupported(m) => Error::Unsupported(format!("{w}: {m}")),
             Error::InvalidArgument(m) => Error::InvalidArgument(format!("{w}: {m}")),
             Error::OutOfRange(m) => Error::OutOfRange(format!("{w}: {m}")),

@@ -293,6 +293,59 @@ fn write_c_matches_qemu_io() {
     }
 }
 
+/// The first compressed write into an empty image allocates the L2 table
+/// before the compressed bytes, as QEMU does: the same L1 entry and the
+/// same host offset in the L2 entry as qemu-io's (iotest 214 pokes these
+/// entries at fixed file offsets).
+#[test]
+fn write_c_lays_out_tables_and_data_as_qemu_io() {
+    let d = tmpdir("layout");
+    let be = |b: &[u8], at: usize| u64::from_be_bytes(b[at..at + 8].try_into().unwrap());
+    let mut seen = Vec::new();
+    for (prog, name) in [
+        (env!("CARGO_BIN_EXE_cowblk-io"), "ours"),
+        ("qemu-io", "theirs"),
+    ] {
+        let p = d.join(format!("{name}.qcow2"));
+        ok(
+            "qemu-img",
+            &[
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-o",
+                "cluster_size=2M",
+                s(&p),
+                "8M",
+            ],
+        );
+        ok(
+            prog,
+            &[
+                "-f",
+                "qcow2",
+                "-c",
+                "write -c -P 0x11 0 2M",
+                "-c",
+                "write -c -P 0x11 2M 2M",
+                s(&p),
+            ],
+        );
+        qemu_check(&p);
+        let b = std::fs::read(&p).unwrap();
+        let l1 = be(&b, 40) as usize;
+        let l2 = (be(&b, l1) & ((1 << 56) - 1)) as usize;
+        // host offsets of the two compressed clusters: bits 0..49 with
+        // 2 MiB clusters (62 - (21 - 8))
+        let host = |e: u64| e & ((1 << 49) - 1);
+        seen.push((l2, host(be(&b, l2)), host(be(&b, l2 + 8))));
+    }
+    assert_eq!(seen[0], seen[1]);
+    assert_eq!(seen[0].0, 0x80_0000, "{seen:x?}");
+    let _ = std::fs::remove_dir_all(&d);
+}
+
 /// Compressed clusters from four threads at once into one image (packed
 /// into shared host clusters), then rewritten compressed and plain: every
 /// refcount right (check finds no leaks), contents as the model says.

@@ -631,3 +631,81 @@ fn c_check_hands_every_message_to_the_callback() {
     assert_eq!(unsafe { cowblk_close(&mut img) }, 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// ABI 7: the C result carries qemu-img check's fragmented and compressed
+/// cluster counts, the same figures as qemu-img's JSON on the same image;
+/// a caller with the ABI 6 struct does not get them written.
+#[test]
+fn c_check_counts_fragmented_and_compressed_clusters_as_qemu_img() {
+    use cowblk::ffi::{cowblk_check, cowblk_check_result, cowblk_close, cowblk_open};
+    use std::ffi::{c_void, CString};
+
+    let dir = tmpdir("c-check-counts");
+    let run = |prog: &str, args: &[&str]| {
+        let o = std::process::Command::new(prog)
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .unwrap();
+        String::from_utf8(o.stdout).unwrap()
+    };
+    // Compressed clusters, then plain ones written out of guest order
+    // (fragmented), in one image.
+    run(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "f.qcow2", "4M"],
+    );
+    run(
+        "qemu-io",
+        &[
+            "-c",
+            "write -c -P 0x11 0 192k",
+            "-c",
+            "write -P 0x22 1M 64k",
+            "-c",
+            "write -P 0x23 512k 64k",
+            "-c",
+            "write -P 0x24 2M 64k",
+            "-c",
+            "write -P 0x25 768k 64k",
+            "f.qcow2",
+        ],
+    );
+    let json = run("qemu-img", &["check", "--output=json", "f.qcow2"]);
+    let field = |k: &str| -> u64 {
+        let at = json
+            .find(&format!("\"{k}\": "))
+            .unwrap_or_else(|| panic!("{k} in {json}"));
+        let rest = &json[at + k.len() + 4..];
+        rest[..rest.find(|c: char| !c.is_ascii_digit()).unwrap()]
+            .parse()
+            .unwrap()
+    };
+    let (frag, comp) = (field("fragmented-clusters"), field("compressed-clusters"));
+    assert_eq!(comp, 3, "{json}");
+    assert!(frag >= 2, "{json}");
+
+    let path = CString::new(dir.join("f.qcow2").to_str().unwrap()).unwrap();
+    let mut img = std::ptr::null_mut();
+    assert_eq!(
+        unsafe { cowblk_open(path.as_ptr(), std::ptr::null(), 1, 0, &mut img) },
+        0
+    );
+    let mut r: cowblk_check_result = unsafe { std::mem::zeroed() };
+    r.struct_size = std::mem::size_of::<cowblk_check_result>();
+    assert_eq!(unsafe { cowblk_check(img, 0, &mut r) }, 0);
+    assert_eq!((r.fragmented_clusters, r.compressed_clusters), (frag, comp));
+    assert_eq!(r.allocated_clusters, field("allocated-clusters"));
+
+    let v6 = std::mem::offset_of!(cowblk_check_result, fragmented_clusters);
+    let mut r6: cowblk_check_result = unsafe { std::mem::zeroed() };
+    r6.struct_size = v6;
+    r6.fragmented_clusters = 77;
+    r6.compressed_clusters = 78;
+    r6.message_opaque = std::ptr::null_mut::<c_void>();
+    assert_eq!(unsafe { cowblk_check(img, 0, &mut r6) }, 0);
+    assert_eq!(r6.allocated_clusters, r.allocated_clusters);
+    assert_eq!((r6.fragmented_clusters, r6.compressed_clusters), (77, 78));
+    assert_eq!(unsafe { cowblk_close(&mut img) }, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -97,6 +97,8 @@ typedef struct BDRVAddCowState {
     int nrequests;
     /* a backing fd whose RWF_NOWAIT reads failed as unsupported */
     int nowait_bad_fd;
+    /* request failures so far (only the first one is reported) */
+    unsigned request_errors;
 } BDRVAddCowState;
 
 /* The library format behind a QEMU format name. */
@@ -190,6 +192,30 @@ static void save_err(char *dst, int ret)
 }
 
 /* ---- probe, open, close ---- */
+
+/*
+ * The reason a request failed, on stderr: for the node's first failure
+ * only.  The errno goes back to the caller every time; a guest that keeps
+ * retrying a failing read must not flood the log (QEMU's own drivers print
+ * nothing for a failed request).
+ */
+static void G_GNUC_PRINTF(3, 4) add_cow_request_error(BlockDriverState *bs,
+                                                      const char *what,
+                                                      const char *fmt, ...)
+{
+    BDRVAddCowState *s = bs->opaque;
+    g_autofree char *msg = NULL;
+    va_list ap;
+
+    if (s->request_errors++) {
+        return;
+    }
+    va_start(ap, fmt);
+    msg = g_strdup_vprintf(fmt, ap);
+    va_end(ap);
+    error_report("%s: %s failed: %s (later request failures of this node "
+                 "are not reported)", bs->filename, what, msg);
+}
 
 static int add_cow_probe(const uint8_t *buf, int buf_size,
                          const char *filename)
@@ -801,7 +827,7 @@ static int coroutine_fn add_cow_read_slow(BlockDriverState *bs,
         t.err[0] = 0;
         ret = add_cow_submit(bs, add_cow_read_worker, &t);
         if (ret < 0) {
-            error_report("%s: read failed: %s", bs->filename, t.err);
+            add_cow_request_error(bs, "read", "%s", t.err);
             return ret;
         }
         for (int i = 0; i < t.nholes; i++) {
@@ -836,7 +862,7 @@ static int coroutine_fn add_cow_read_data(BlockDriverState *bs,
         return add_cow_read_slow(bs, offset, qiov, start, bytes);
     }
     if (ret < 0) {
-        error_report("%s: read failed: %s", bs->filename, cowblk_last_error());
+        add_cow_request_error(bs, "read", "%s", cowblk_last_error());
     }
     return ret;
 }
@@ -885,8 +911,7 @@ static int coroutine_fn add_cow_co_preadv(BlockDriverState *bs,
             return add_cow_read_slow(bs, offset, qiov, pos, bytes - pos);
         }
         if (ret < 0) {
-            error_report("%s: read failed: %s", bs->filename,
-                         cowblk_last_error());
+            add_cow_request_error(bs, "read", "%s", cowblk_last_error());
             return ret;
         }
         n = MIN(n, bytes - pos);
@@ -1074,7 +1099,7 @@ static int coroutine_fn add_cow_write_piece(BlockDriverState *bs,
         }
     }
     if (ret < 0 && t.err[0]) {
-        error_report("%s: write failed: %s", bs->filename, t.err);
+        add_cow_request_error(bs, "write", "%s", t.err);
     }
     return ret;
 }
@@ -1183,7 +1208,7 @@ cowblk_qcow2_co_pwritev_compressed_part(BlockDriverState *bs, int64_t offset,
     int ret = add_cow_submit(bs, add_cow_compress_worker, &t);
 
     if (ret < 0) {
-        error_report("%s: compressed write failed: %s", bs->filename, t.err);
+        add_cow_request_error(bs, "compressed write", "%s", t.err);
     }
     return ret;
 }
@@ -1274,7 +1299,7 @@ static int coroutine_fn add_cow_load_metadata(BlockDriverState *bs,
     if (ret == -EAGAIN) {
         ret = add_cow_submit(bs, add_cow_simple_worker, &t);
         if (ret < 0) {
-            error_report("%s: metadata load failed: %s", bs->filename, t.err);
+            add_cow_request_error(bs, "metadata load", "%s", t.err);
         }
     }
     qemu_co_mutex_unlock(&s->load_lock);
@@ -1295,7 +1320,7 @@ static int coroutine_fn add_cow_co_pwrite_zeroes(BlockDriverState *bs,
     int ret = add_cow_submit(bs, add_cow_simple_worker, &t);
 
     if (ret < 0 && ret != -ENOTSUP) {
-        error_report("%s: write zeroes failed: %s", bs->filename, t.err);
+        add_cow_request_error(bs, "write zeroes", "%s", t.err);
     }
     return ret;
 }
@@ -1316,7 +1341,7 @@ static int coroutine_fn add_cow_co_pdiscard(BlockDriverState *bs,
     int ret = add_cow_submit(bs, add_cow_simple_worker, &t);
 
     if (ret < 0) {
-        error_report("%s: discard failed: %s", bs->filename, t.err);
+        add_cow_request_error(bs, "discard", "%s", t.err);
     }
     return ret;
 }
@@ -1332,7 +1357,7 @@ static int coroutine_fn add_cow_co_flush(BlockDriverState *bs)
     }
     ret = add_cow_submit(bs, add_cow_simple_worker, &t);
     if (ret < 0) {
-        error_report("%s: flush failed: %s", bs->filename, t.err);
+        add_cow_request_error(bs, "flush", "%s", t.err);
     }
     return ret;
 }
@@ -1462,7 +1487,7 @@ static int coroutine_fn add_cow_co_block_status(BlockDriverState *bs,
     }
     ret = add_cow_submit(bs, add_cow_simple_worker, &t);
     if (ret < 0) {
-        error_report("%s: block status failed: %s", bs->filename, t.err);
+        add_cow_request_error(bs, "block status", "%s", t.err);
         return ret;
     }
     *pnum = t.pnum;
@@ -1800,6 +1825,8 @@ static int coroutine_fn add_cow_co_check(BlockDriverState *bs,
     result->image_end_offset = t.r.image_end_offset;
     result->bfi.total_clusters = t.r.total_clusters;
     result->bfi.allocated_clusters = t.r.allocated_clusters;
+    result->bfi.fragmented_clusters = t.r.fragmented_clusters;
+    result->bfi.compressed_clusters = t.r.compressed_clusters;
     return 0;
 }
 

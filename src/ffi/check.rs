@@ -46,11 +46,18 @@ pub struct cowblk_check_result {
     pub message_fn: Option<unsafe extern "C" fn(opaque: *mut c_void, line: *const c_char)>,
     /// Passed to `message_fn` as it is.
     pub message_opaque: *mut c_void,
+    /// Since ABI 7: allocated clusters not contiguous with the cluster
+    /// before them in guest order, and compressed clusters (qemu-img
+    /// check's "fragmented" and "compressed" figures); 0 where the format
+    /// has none.
+    pub fragmented_clusters: u64,
+    pub compressed_clusters: u64,
 }
 
 /// Where ABI 6's members end: a caller whose `struct_size` covers them set
 /// `message_fn` (NULL or a function).
-const CHECK_V6_END: usize = std::mem::size_of::<cowblk_check_result>();
+const CHECK_V6_END: usize =
+    std::mem::offset_of!(cowblk_check_result, message_opaque) + std::mem::size_of::<*mut c_void>();
 
 /// Checks the image's metadata like `qemu-img check`, repairing what
 /// `fix` allows (`COWBLK_CHECK_FIX_LEAKS`, `COWBLK_CHECK_FIX_ERRORS`; a
@@ -115,6 +122,8 @@ pub unsafe extern "C" fn cowblk_check(
             messages: [0; MESSAGES_LEN],
             message_fn,
             message_opaque,
+            fragmented_clusters: r.fragmented_clusters.unwrap_or(0),
+            compressed_clusters: r.compressed_clusters.unwrap_or(0),
         };
         let text = whole_lines(&r.messages, MESSAGES_LEN - 1);
         for (d, s) in out.messages.iter_mut().zip(text.as_bytes()) {

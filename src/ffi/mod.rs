@@ -92,8 +92,9 @@ pub use snapshot::{
 /// `cowblk_map_nb` answers COWBLK_MAP_COMPRESSED
 /// where it said -EAGAIN. 6: `cowblk_check_result.message_fn` and
 /// `message_opaque` (every check message, whole); `messages` is cut at
-/// the end of a line.
-pub const COWBLK_ABI_VERSION: u32 = 6;
+/// the end of a line. 7: `cowblk_check_result.fragmented_clusters` and
+/// `compressed_clusters`.
+pub const COWBLK_ABI_VERSION: u32 = 7;
 
 /// Open flag: open every file read-only; writes fail with -EROFS.
 pub const COWBLK_OPEN_RDONLY: u32 = 1 << 0;

@@ -54,7 +54,7 @@ fn deflate_raw(input: &[u8], max: usize) -> Result<Option<Vec<u8>>> {
 }
 
 fn bad(what: &str, detail: impl std::fmt::Display) -> Error {
-    Error::Corrupt(format!("compressed cluster: {what}: {detail}"))
+    Error::BadData(format!("compressed cluster: {what}: {detail}"))
 }
 
 /// Raw deflate (no zlib header), as QEMU writes it.

@@ -45,6 +45,10 @@ impl Qcow2 {
         }
         let (host, entry) = {
             let mut m = self.meta()?;
+            // The L2 table first, then the data, as QEMU allocates them:
+            // the same layout (iotest 214 pokes entries by offset). The
+            // table is linked only by the write-back after the data.
+            self.writable_l2(&mut m, self.geo.indices(guest).0)?;
             let host = self.alloc_bytes(&mut m, len)?;
             let entry = self.geo.compressed_entry(host, len).ok_or_else(|| {
                 Error::TooLarge(format!(

@@ -494,7 +494,7 @@ impl Qcow2 {
 
     /// An L2 table for L1 index `l1i` that may be changed in place: made
     /// (zeroed) when missing, copied when shared (no COPIED flag).
-    fn writable_l2(&self, m: &mut Meta, l1i: u64) -> Result<u64> {
+    pub(super) fn writable_l2(&self, m: &mut Meta, l1i: u64) -> Result<u64> {
         let e = self.l1.load().entry(l1i)?;
         let off = e & OFFSET_MASK;
         if off != 0 && e & OFLAG_COPIED != 0 {
@@ -723,12 +723,22 @@ impl Qcow2 {
         self.after_change(&mut m)
     }
 
-    /// `Format::zero_clusters` (v3 only): the zero flag; a cluster this
+    /// `Format::zero_clusters`: in v3 the zero flag, where a cluster this
     /// image alone owns stays preallocated unless `unmap` (then, as every
-    /// other host cluster, it is freed after the next write-back).
+    /// other host cluster, it is freed after the next write-back); in v2
+    /// without a backing file, freed clusters; else not done.
     pub(super) fn w_zero(&self, guest: u64, len: u64, unmap: bool) -> Result<bool> {
         if self.header.version < 3 {
-            return Ok(false);
+            // v2 has no zero flag, but without a backing file a cleared
+            // entry reads zeros: free the clusters, as QEMU's qcow2 does
+            // whatever MAY_UNMAP says (iotest 122, convert -n to v2)
+            if self.backing.load().is_some() {
+                return Ok(false);
+            }
+            let mut m = self.meta()?;
+            self.rewrite_entries(&mut m, guest, len, |_, _| Some((0, 0)))?;
+            self.after_change(&mut m)?;
+            return Ok(true);
         }
         self.zero_raw_data(guest, len)?;
         let mut m = self.meta()?;
