@@ -1093,7 +1093,8 @@ int cowblk_meta_batch(struct cowblk_image *img, const struct cowblk_meta_op *ops
  * parallel arrays of NUL-terminated keys and values. qcow2 takes
  * "l2-cache-size", "refcount-cache-size" and "cache-size" (bytes, with
  * QEMU's suffixes; cache-size is split between the two caches as QEMU
- * does) and "overlap-check" ("none", "constant", "cached" (the default),
+ * does), "l2-cache-entry-size" (checked as QEMU does; whole tables are
+ * cached) and "overlap-check" ("none", "constant", "cached" (the default),
  * "all"); other formats take none. An unknown key or a bad value fails
  * with -EINVAL naming it.
  *

@@ -145,6 +145,7 @@ fn cache_options_work_and_bad_ones_are_refused() {
         "cache-size=40k",
         "cache-size=1M,l2-cache-size=512k,overlap-check=all",
         "overlap-check=none",
+        "l2-cache-size=8k,l2-cache-entry-size=512",
     ] {
         let open = format!("open -o driver=qcow2,{opts} {}", s(&p));
         let o = run(
@@ -189,6 +190,9 @@ fn cache_options_work_and_bad_ones_are_refused() {
         ),
         ("overlap-check=sometimes", "none, constant, cached, all"),
         ("l2-cache-size=lots", "l2-cache-size"),
+        ("l2-cache-entry-size=256", "power of two between 512"),
+        ("l2-cache-entry-size=1000", "power of two between 512"),
+        ("l2-cache-entry-size=8k", "the cluster size (4096)"),
     ] {
         let e = cowblk::Image::open(
             &p,

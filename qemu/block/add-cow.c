@@ -72,8 +72,27 @@ typedef struct AddCowJob {
     QSIMPLEQ_ENTRY(AddCowJob) next;
 } AddCowJob;
 
+/*
+ * QEMU's qcow2 runtime options the library's qcow2 takes too (cache sizes
+ * and overlap checks, cowblk_open_kv); the values as given (the library
+ * parses them as QEMU's qcow2 does).  Any other qcow2 option stays
+ * unconsumed, so QEMU refuses it rather than have it silently ignored.
+ */
+#define ADD_COW_LIB_OPTS 5
+static const char *const add_cow_lib_opt_names[ADD_COW_LIB_OPTS] = {
+    "cache-size", "l2-cache-size", "refcount-cache-size",
+    "l2-cache-entry-size", "overlap-check",
+};
+
+typedef struct AddCowLibOpts {
+    const char *keys[ADD_COW_LIB_OPTS];
+    char *vals[ADD_COW_LIB_OPTS];
+    int n;
+} AddCowLibOpts;
+
 typedef struct BDRVAddCowState {
     struct cowblk_image *img;
+    AddCowLibOpts lib_opts;     /* the options the handle was opened with */
     const char *lib_format;     /* library format name */
     uint64_t cluster_size;
     bool writable;
@@ -275,7 +294,94 @@ static BlockDriverState *add_cow_local_file(BlockDriverState *bs,
     return f;
 }
 
+static QemuOptsList cowblk_qcow2_runtime_opts = {
+    .name = "cowblk-qcow2",
+    .head = QTAILQ_HEAD_INITIALIZER(cowblk_qcow2_runtime_opts.head),
+    .desc = {
+        {
+            .name = "cache-size",
+            .type = QEMU_OPT_SIZE,
+            .help = "Maximum combined metadata (L2 tables and refcount "
+                    "blocks) cache size",
+        },
+        {
+            .name = "l2-cache-size",
+            .type = QEMU_OPT_SIZE,
+            .help = "Maximum L2 table cache size",
+        },
+        {
+            .name = "refcount-cache-size",
+            .type = QEMU_OPT_SIZE,
+            .help = "Maximum refcount block cache size",
+        },
+        {
+            .name = "l2-cache-entry-size",
+            .type = QEMU_OPT_SIZE,
+            .help = "Size of each entry in the L2 cache (checked; the "
+                    "library caches whole tables)",
+        },
+        {
+            .name = "overlap-check",
+            .type = QEMU_OPT_STRING,
+            .help = "Selects which overlap checks to perform from a range "
+                    "of templates (none, constant, cached, all)",
+        },
+        { /* end of list */ }
+    },
+};
+
+static void add_cow_lib_opts_free(AddCowLibOpts *o)
+{
+    for (int i = 0; i < o->n; i++) {
+        g_free(o->vals[i]);
+    }
+    o->n = 0;
+}
+
+static bool add_cow_lib_opts_equal(const AddCowLibOpts *a,
+                                   const AddCowLibOpts *b)
+{
+    if (a->n != b->n) {
+        return false;
+    }
+    for (int i = 0; i < a->n; i++) {
+        if (strcmp(a->keys[i], b->keys[i]) || strcmp(a->vals[i], b->vals[i])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Takes the library's qcow2 options out of options (qcow2 only). */
+static int add_cow_absorb_opts(BlockDriverState *bs, QDict *options,
+                               AddCowLibOpts *o, Error **errp)
+{
+    QemuOpts *opts;
+
+    o->n = 0;
+    if (strcmp(lib_format_of(bs), "qcow2")) {
+        return 0;
+    }
+    opts = qemu_opts_create(&cowblk_qcow2_runtime_opts, NULL, 0,
+                            &error_abort);
+    if (!qemu_opts_absorb_qdict(opts, options, errp)) {
+        qemu_opts_del(opts);
+        return -EINVAL;
+    }
+    for (int i = 0; i < ADD_COW_LIB_OPTS; i++) {
+        const char *v = qemu_opt_get(opts, add_cow_lib_opt_names[i]);
+
+        if (v) {
+            o->keys[o->n] = add_cow_lib_opt_names[i];
+            o->vals[o->n++] = g_strdup(v);
+        }
+    }
+    qemu_opts_del(opts);
+    return 0;
+}
+
 static int add_cow_open_lib(BlockDriverState *bs, int flags,
+                            const AddCowLibOpts *o,
                             struct cowblk_image **out, Error **errp)
 {
     BlockDriverState *file = add_cow_local_file(bs, errp);
@@ -306,9 +412,20 @@ static int add_cow_open_lib(BlockDriverState *bs, int flags,
         g_free(path);
         path = g_strdup_printf("/proc/self/fd/%d", *(int *)file->opaque);
     }
-    ret = cowblk_open(path, lib_format_of(bs), oflags, 0, out);
+    ret = cowblk_open_kv(path, lib_format_of(bs), oflags, 0,
+                         (const char *const *)o->keys,
+                         (const char *const *)o->vals, o->n, out);
     if (ret < 0) {
-        error_setg(errp, "%s", cowblk_last_error());
+        /*
+         * QEMU names the image itself ("can't open device F: ..."): keep
+         * the library's reason alone, as QEMU's drivers word it ("... could
+         * not open 'F': REASON").
+         */
+        const char *m = cowblk_last_error();
+        g_autofree char *pre = g_strdup_printf("could not open '%s': ", path);
+        const char *why = m ? strstr(m, pre) : NULL;
+
+        error_setg(errp, "%s", why ? why + strlen(pre) : m ? m : strerror(-ret));
     }
     return ret;
 }
@@ -327,8 +444,13 @@ static int add_cow_open(BlockDriverState *bs, QDict *options, int flags,
         return ret;
     }
     s->lib_format = lib_format_of(bs);
-    ret = add_cow_open_lib(bs, flags, &s->img, errp);
+    ret = add_cow_absorb_opts(bs, options, &s->lib_opts, errp);
     if (ret < 0) {
+        return ret;
+    }
+    ret = add_cow_open_lib(bs, flags, &s->lib_opts, &s->img, errp);
+    if (ret < 0) {
+        add_cow_lib_opts_free(&s->lib_opts);
         return ret;
     }
     s->writable = flags & BDRV_O_RDWR;
@@ -376,6 +498,7 @@ static void add_cow_close(BlockDriverState *bs)
     }
     g_free(s->image_file);
     s->image_file = NULL;
+    add_cow_lib_opts_free(&s->lib_opts);
 }
 
 static int64_t add_cow_getlength(BlockDriverState *bs)
@@ -392,43 +515,70 @@ static int64_t add_cow_getlength(BlockDriverState *bs)
  * handle in prepare (so that errors are reported there) and swaps it in on
  * commit.  The block layer has drained and flushed the node before prepare.
  */
+/* A reopen's new handle and the options it was opened with. */
+typedef struct AddCowReopen {
+    struct cowblk_image *img;
+    AddCowLibOpts opts;
+} AddCowReopen;
+
+/*
+ * A new library handle when the node changes between read-only and
+ * read-write, or its library options change (QEMU's qcow2 takes new cache
+ * sizes on reopen too); otherwise the handle stays.
+ */
 static int add_cow_reopen_prepare(BDRVReopenState *state,
                                   BlockReopenQueue *queue, Error **errp)
 {
     BDRVAddCowState *s = state->bs->opaque;
-    struct cowblk_image *img = NULL;
+    AddCowReopen *r = g_new0(AddCowReopen, 1);
     bool rw = state->flags & BDRV_O_RDWR;
     int ret;
 
     state->opaque = NULL;
-    if (rw == s->writable) {
+    ret = add_cow_absorb_opts(state->bs, state->options, &r->opts, errp);
+    if (ret < 0) {
+        g_free(r);
+        return ret;
+    }
+    if (rw == s->writable && add_cow_lib_opts_equal(&r->opts, &s->lib_opts)) {
+        add_cow_lib_opts_free(&r->opts);
+        g_free(r);
         return 0;
     }
     if (s->writable) {
         ret = cowblk_flush(s->img);
         if (ret < 0) {
             error_setg(errp, "%s", cowblk_last_error());
-            return ret;
+            goto fail;
         }
     }
-    ret = add_cow_open_lib(state->bs, state->flags, &img, errp);
+    ret = add_cow_open_lib(state->bs, state->flags, &r->opts, &r->img, errp);
     if (ret < 0) {
-        return ret;
+        goto fail;
     }
-    state->opaque = img;
+    state->opaque = r;
     return 0;
+
+fail:
+    add_cow_lib_opts_free(&r->opts);
+    g_free(r);
+    return ret;
 }
 
 static void add_cow_reopen_commit(BDRVReopenState *state)
 {
     BDRVAddCowState *s = state->bs->opaque;
     struct cowblk_image *old = s->img;
+    AddCowReopen *r = state->opaque;
 
-    if (!state->opaque) {
+    if (!r) {
         return;
     }
-    s->img = state->opaque;
+    s->img = r->img;
     s->writable = state->flags & BDRV_O_RDWR;
+    add_cow_lib_opts_free(&s->lib_opts);
+    s->lib_opts = r->opts;
+    g_free(r);
     state->opaque = NULL;
     if (cowblk_close(&old) < 0) {
         error_report("%s: closing the old handle failed: %s",
@@ -438,9 +588,12 @@ static void add_cow_reopen_commit(BDRVReopenState *state)
 
 static void add_cow_reopen_abort(BDRVReopenState *state)
 {
-    if (state->opaque) {
-        struct cowblk_image *img = state->opaque;
-        cowblk_close(&img);
+    AddCowReopen *r = state->opaque;
+
+    if (r) {
+        cowblk_close(&r->img);
+        add_cow_lib_opts_free(&r->opts);
+        g_free(r);
         state->opaque = NULL;
     }
 }

@@ -11,7 +11,8 @@ use std::ffi::{c_char, c_int};
 /// parallel arrays of NUL-terminated keys and values. qcow2 takes
 /// "l2-cache-size", "refcount-cache-size" and "cache-size" (bytes, with
 /// QEMU's suffixes; cache-size is split between the two caches as QEMU
-/// does) and "overlap-check" ("none", "constant", "cached" (the default),
+/// does), "l2-cache-entry-size" (checked as QEMU does; whole tables are
+/// cached) and "overlap-check" ("none", "constant", "cached" (the default),
 /// "all"); other formats take none. An unknown key or a bad value fails
 /// with -EINVAL naming it.
 ///

@@ -44,15 +44,7 @@ impl Session {
             match kv.split_once('=') {
                 Some(("driver", d)) => opts.format = Some(d.to_string()),
                 // qcow2's open options; the driver checks them.
-                Some((k, v))
-                    if [
-                        "l2-cache-size",
-                        "refcount-cache-size",
-                        "cache-size",
-                        "overlap-check",
-                    ]
-                    .contains(&k) =>
-                {
+                Some((k, v)) if cowblk::format::qcow2::open_opts::NAMES.contains(&k) => {
                     opts.format_opts.push((k.to_string(), v.to_string()))
                 }
                 _ if kv.is_empty() => {}

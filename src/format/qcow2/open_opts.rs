@@ -1,6 +1,7 @@
 //! qcow2 open options, as QEMU's qcow2 driver takes them: `l2-cache-size`,
 //! `refcount-cache-size` and `cache-size` (split between the two as QEMU's
-//! read_cache_sizes does), and `overlap-check` (none, constant, cached,
+//! read_cache_sizes does), `l2-cache-entry-size` (checked; whole tables
+//! are cached), and `overlap-check` (none, constant, cached,
 //! all; QEMU's default is cached). Pure: the sizes are turned into table
 //! counts here, the checks run in `write.rs`.
 
@@ -25,6 +26,15 @@ pub const OL_CACHED: u32 =
     OL_CONSTANT | OL_ACTIVE_L2 | OL_REFCOUNT_BLOCK | OL_INACTIVE_L1 | OL_BITMAP_DIRECTORY;
 /// Everything, the snapshots' L2 tables included (read once at open).
 pub const OL_ALL: u32 = OL_CACHED | OL_INACTIVE_L2;
+
+/// The option names `parse` takes (front ends pass these to the driver).
+pub const NAMES: &[&str] = &[
+    "l2-cache-size",
+    "refcount-cache-size",
+    "cache-size",
+    "l2-cache-entry-size",
+    "overlap-check",
+];
 
 /// QEMU's default L2 cache limit on Linux.
 const L2_CACHE_MAX_SETTING: u64 = 32 << 20;
@@ -53,6 +63,19 @@ pub fn parse(opts: &[(String, String)], legacy: u64, size: u64, geo: Geometry) -
             "cache-size" => combined = Some(sz()?),
             "l2-cache-size" => l2 = Some(sz()?),
             "refcount-cache-size" => rc = Some(sz()?),
+            // How much of an L2 table one cache entry of QEMU's holds.
+            // Checked as QEMU checks it; the cache here holds whole
+            // tables within l2-cache-size, so a valid value changes
+            // nothing (the memory bound is the cache size either way).
+            "l2-cache-entry-size" => {
+                let e = sz()?;
+                let cs = geo.cluster_size();
+                if !e.is_power_of_two() || !(512..=cs).contains(&e) {
+                    return Err(Error::InvalidArgument(format!(
+                        "L2 cache entry size must be a power of two between 512 and the cluster size ({cs})"
+                    )));
+                }
+            }
             "overlap-check" => {
                 overlap = match v.as_str() {
                     "none" => 0,
@@ -68,7 +91,7 @@ pub fn parse(opts: &[(String, String)], legacy: u64, size: u64, geo: Geometry) -
             }
             _ => {
                 return Err(Error::InvalidArgument(format!(
-                    "Invalid parameter '{k}' for the qcow2 driver (known: cache-size, l2-cache-size, refcount-cache-size, overlap-check)"
+                    "Invalid parameter '{k}' for the qcow2 driver (known: cache-size, l2-cache-size, refcount-cache-size, l2-cache-entry-size, overlap-check)"
                 )))
             }
         }
