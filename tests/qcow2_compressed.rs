@@ -38,6 +38,14 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// A qcow2 image made by qemu-img with creation options `o`.
+fn create(p: &Path, o: &str, size: &str) {
+    ok(
+        "qemu-img",
+        &["create", "-q", "-f", "qcow2", "-o", o, s(p), size],
+    );
+}
+
 /// `qemu-img check`: exit 0 (no errors, no leaks); returns its output.
 fn qemu_check(path: &Path) -> String {
     ok("qemu-img", &["check", "-f", "qcow2", s(path)])
@@ -231,18 +239,10 @@ fn write_c_matches_qemu_io() {
         let ours = d.join("ours.qcow2");
         let theirs = d.join("theirs.qcow2");
         for p in [&ours, &theirs] {
-            ok(
-                "qemu-img",
-                &[
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-o",
-                    &format!("cluster_size=4096,compression_type={ct}"),
-                    s(p),
-                    "1000k",
-                ],
+            create(
+                p,
+                &format!("cluster_size=4096,compression_type={ct}"),
+                "1000k",
             );
         }
         let noise = d.join("noise");
@@ -307,19 +307,7 @@ fn write_c_lays_out_tables_and_data_as_qemu_io() {
         ("qemu-io", "theirs"),
     ] {
         let p = d.join(format!("{name}.qcow2"));
-        ok(
-            "qemu-img",
-            &[
-                "create",
-                "-q",
-                "-f",
-                "qcow2",
-                "-o",
-                "cluster_size=2M",
-                s(&p),
-                "8M",
-            ],
-        );
+        create(&p, "cluster_size=2M", "8M");
         ok(
             prog,
             &[
