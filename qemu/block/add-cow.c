@@ -404,13 +404,16 @@ static int add_cow_open_lib(BlockDriverState *bs, int flags,
     }
     /*
      * A -snapshot overlay: file-posix unlinked the file as soon as it had
-     * opened it (BDRV_O_TEMPORARY), so open its descriptor (the first
-     * member of QEMU 7.2's BDRVRawState) through /proc.
+     * opened it (BDRV_O_TEMPORARY), so open its descriptor through /proc.
      */
-    if ((file->open_flags & BDRV_O_TEMPORARY) &&
-        !strcmp(file->drv->format_name, "file") && access(path, F_OK) < 0) {
-        g_free(path);
-        path = g_strdup_printf("/proc/self/fd/%d", *(int *)file->opaque);
+    if ((file->open_flags & BDRV_O_TEMPORARY) && access(path, F_OK) < 0) {
+        bool direct;
+        int fd = raw_file_fd(file, &direct);
+
+        if (fd >= 0) {
+            g_free(path);
+            path = g_strdup_printf("/proc/self/fd/%d", fd);
+        }
     }
     ret = cowblk_open_kv(path, lib_format_of(bs), oflags, 0,
                          (const char *const *)o->keys,
@@ -869,6 +872,7 @@ static bool coroutine_fn add_cow_backing_nowait(BlockDriverState *bs,
     BlockDriverState *raw = bs->backing->bs, *file;
     AddCowIov part;
     ssize_t got;
+    bool direct;
     int fd;
 
     if (!raw->drv || strcmp(raw->drv->format_name, "raw") ||
@@ -876,8 +880,9 @@ static bool coroutine_fn add_cow_backing_nowait(BlockDriverState *bs,
         return false;
     }
     file = raw->file->bs;
-    fd = raw_file_nowait_fd(file);
-    if (fd < 0 || fd == s->nowait_bad_fd ||
+    fd = raw_file_fd(file, &direct);
+    /* an O_DIRECT read would still wait for the device */
+    if (fd < 0 || direct || fd == s->nowait_bad_fd ||
         r->off + r->len > (uint64_t)file->total_sectors * BDRV_SECTOR_SIZE ||
         !add_cow_node_quiet(raw) || !add_cow_node_quiet(file)) {
         return false;
