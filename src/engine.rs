@@ -250,10 +250,16 @@ impl Image {
             // With may_unmap, preallocated zero clusters are freed too.
             let already = matches!(ext.mapping, Mapping::Zero)
                 && !(flags.may_unmap && ext.reserved.is_some());
-            if cs > 0 && pos.is_multiple_of(cs) && n >= cs && !already {
-                let whole = n / cs * cs;
+            // (the image's partial last cluster is whole up to the end)
+            let to_end = pos + n == self.size();
+            if cs > 0 && pos.is_multiple_of(cs) && (n >= cs || to_end) && !already {
+                let whole = if to_end {
+                    n.div_ceil(cs) * cs
+                } else {
+                    n / cs * cs
+                };
                 if self.fmt.zero_clusters(pos, whole, flags.may_unmap)? {
-                    done += whole;
+                    done += whole.min(n);
                     continue;
                 }
             }
@@ -284,27 +290,42 @@ impl Image {
             return Ok((off, len));
         }
         let size = self.size();
+        // A cluster's end; the image's partial last cluster ends with it
+        // (as QEMU's qcow2 counts it).
+        let ce = |c: u64| (c + cs).min(size);
         let (mut start, mut end) = (off, off + len);
         let hs = start / cs * cs;
-        if (start != hs || end < hs + cs)
-            && hs + cs <= size
-            && self.zero_whole(hs, start, end.min(hs + cs), cs, flags)?
+        if (start != hs || end < ce(hs))
+            && self.zero_whole(hs, start, end.min(ce(hs)), cs, flags, flags.host_zero_head)?
         {
-            start = (hs + cs).min(end);
+            start = ce(hs).min(end);
         }
         let ts = (end - 1) / cs * cs;
         // (a request inside one cluster was judged as the head)
-        if ts > hs && end % cs != 0 && ts + cs <= size && self.zero_whole(ts, ts, end, cs, flags)? {
+        if ts > hs
+            && end != ce(ts)
+            && self.zero_whole(ts, ts, end, cs, flags, flags.host_zero_tail)?
+        {
             end = ts;
         }
         Ok((start, end.saturating_sub(start)))
     }
 
     /// Zeroes cluster `[c, c + cs)` in metadata if its bytes outside
-    /// `[a, b)` read as zeros; whether it did.
-    fn zero_whole(&self, c: u64, a: u64, b: u64, cs: u64, flags: ZeroFlags) -> Result<bool> {
+    /// `[a, b)` read as zeros (`host_zero`: the host vouches for its
+    /// backing chain there); whether it did.
+    fn zero_whole(
+        &self,
+        c: u64,
+        a: u64,
+        b: u64,
+        cs: u64,
+        flags: ZeroFlags,
+        host_zero: bool,
+    ) -> Result<bool> {
         let _g = self.alloc_locks.lock(c, c + cs);
-        if self.reads_zero_locked(c, a)? && self.reads_zero_locked(b, c + cs)? {
+        let e = (c + cs).min(self.size());
+        if self.reads_zero_locked(c, a, host_zero)? && self.reads_zero_locked(b, e, host_zero)? {
             return self.fmt.zero_clusters(c, cs, flags.may_unmap);
         }
         Ok(false)
@@ -312,8 +333,9 @@ impl Image {
 
     /// Whether `[a, b)` reads as zeros through the chain without reading
     /// data (request lock held). A host-managed backing layer cannot be
-    /// asked: its unallocated ranges count as not zero.
-    fn reads_zero_locked(&self, mut a: u64, b: u64) -> Result<bool> {
+    /// asked: its unallocated ranges count as zero only where the host
+    /// said its backing chain reads zeros (`host_zero`).
+    fn reads_zero_locked(&self, mut a: u64, b: u64, host_zero: bool) -> Result<bool> {
         while a < b {
             let (st, n) = self.block_status_locked(a, b - a)?;
             let n = n.min(b - a).max(1);
@@ -323,8 +345,8 @@ impl Image {
             if !st.zero && !st.allocated {
                 let back = self.backing();
                 match back.as_ref() {
-                    // opened without the backing file it records (the
-                    // host reads it): cannot tell
+                    // opened without the backing file it records:
+                    // cannot tell
                     None if self.fmt.backing().is_some() => return Ok(false),
                     None => {}
                     Some(bk) => match bk.as_image() {
@@ -338,6 +360,9 @@ impl Image {
                             continue;
                         }
                         Some(img) if img.size() <= a => {}
+                        // the host reads the backing file: zeros where it
+                        // says so
+                        None if host_zero => {}
                         _ => return Ok(false),
                     },
                 }

@@ -14,6 +14,8 @@ fn blocks(p: &std::path::Path) -> u64 {
 const KEEP: ZeroFlags = ZeroFlags {
     may_unmap: false,
     no_fallback: true,
+    host_zero_head: false,
+    host_zero_tail: false,
 };
 
 #[test]
@@ -43,6 +45,7 @@ fn zeroing_keeps_blocks_unless_it_may_unmap() {
         ZeroFlags {
             may_unmap: true,
             no_fallback: true,
+            ..ZeroFlags::default()
         },
     )
     .unwrap();
@@ -188,5 +191,155 @@ fn zeroing_a_v2_image_frees_clusters_only_without_a_backing_file() {
     assert!(
         maps[1][1].starts_with(r#"[{ "start": 0, "length": 1048576, "depth": 0, "present": true"#)
     );
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// A caller that manages the backing file (the QEMU glue) vouches with
+/// COWBLK_ZERO_BACKING_ZERO_HEAD/TAIL that its backing chain reads zeros
+/// around a partial-cluster zero write: the cluster then becomes a zero
+/// cluster, as QEMU's qcow2 makes it (iotest 154), but only where this
+/// layer reads zeros there too; without the flag zeros are written.
+#[test]
+fn caller_backing_zero_writes_widen_only_where_the_caller_vouches() {
+    use cowblk::ffi::*;
+    let d = common::tmpdir("zero-flags-host");
+    let run = |prog: &str, args: &[&str]| {
+        let o = std::process::Command::new(prog)
+            .args(args)
+            .current_dir(&d)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{prog} {args:?}: {o:?}");
+        String::from_utf8(o.stdout).unwrap()
+    };
+    run("qemu-img", &["create", "-q", "-f", "raw", "b.raw", "64k"]);
+    run(
+        "qemu-img",
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "cluster_size=4k",
+            "-b",
+            "b.raw",
+            "-F",
+            "raw",
+            "o.qcow2",
+            "64k",
+        ],
+    );
+    // this layer's own data in the third cluster
+    run("qemu-io", &["-c", "write -P 9 8k 1k", "o.qcow2"]);
+    let path = std::ffi::CString::new(d.join("o.qcow2").to_str().unwrap()).unwrap();
+    let mut img = std::ptr::null_mut();
+    let fl = COWBLK_OPEN_CALLER_BACKING;
+    assert_eq!(
+        unsafe { cowblk_open(path.as_ptr(), c"qcow2".as_ptr(), fl, 0, &mut img) },
+        0
+    );
+    let (u, head, tail) = (
+        COWBLK_ZERO_MAY_UNMAP,
+        COWBLK_ZERO_BACKING_ZERO_HEAD,
+        COWBLK_ZERO_BACKING_ZERO_TAIL,
+    );
+    // Without the caller's word the library cannot zero part of an
+    // unallocated cluster (that needs the backing bytes): -ENOTSUP, and
+    // the caller writes zeros itself (QEMU's fallback). A request inside
+    // one cluster counts on the HEAD word alone.
+    let enotsup = -libc::ENOTSUP;
+    for (off, len, flags, want) in [
+        (1024, 1024, u | head, 0),         // cluster 0: widened
+        (5120, 1024, u, enotsup),          // cluster 1: no word
+        (10240, 1024, u | head, 0),        // cluster 2: own data, in place
+        (21504, 1024, u | tail, enotsup),  // cluster 5: TAIL alone
+        (17408, 1024, u | head | tail, 0), // cluster 4: widened
+    ] {
+        assert_eq!(
+            unsafe { cowblk_write_zeroes_flags(img, off, len, flags) },
+            want,
+            "{off}"
+        );
+    }
+    assert_eq!(unsafe { cowblk_close(&mut img) }, 0);
+    run("qemu-img", &["check", "-q", "o.qcow2"]);
+    run(
+        "qemu-io",
+        &[
+            "-c",
+            "read -P 9 8k 1k",
+            "-c",
+            "read -P 0 9k 55k",
+            "-c",
+            "read -P 0 0 8k",
+            "o.qcow2",
+        ],
+    );
+    let map = run("qemu-img", &["map", "--output=json", "o.qcow2"]);
+    // (start, depth, data) of each depth-0 extent
+    let ext: Vec<(u64, bool)> = map
+        .lines()
+        .filter(|l| l.contains("\"depth\": 0"))
+        .map(|l| {
+            let n = |k: &str| {
+                let i = l.find(k).unwrap() + k.len();
+                l[i..]
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .unwrap()
+                    .parse::<u64>()
+                    .unwrap()
+            };
+            (n("\"start\": "), l.contains("\"data\": true"))
+        })
+        .collect();
+    assert_eq!(ext, vec![(0, false), (8192, true), (16384, false)], "{map}");
+    std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// The image's partial last cluster counts as whole up to the image's
+/// end: a zero write over all or part of it (the rest reading zeros)
+/// makes it a zero cluster, as QEMU's qcow2 does (iotest 154's unaligned
+/// tail); judged by `qemu-img map` against qemu-io.
+#[test]
+fn zeroing_the_partial_last_cluster_as_qemu_io() {
+    let d = common::tmpdir("zero-flags-tail");
+    let run = |prog: &str, args: &[&str]| {
+        let o = std::process::Command::new(prog)
+            .args(args)
+            .current_dir(&d)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{prog} {args:?}: {o:?}");
+        String::from_utf8(o.stdout).unwrap()
+    };
+    let size = 1u64 << 20;
+    for (at, len) in [(0, 512), (1536, 512), (512, 1024), (0, 2048)] {
+        let cmd = format!("write -z {} {len}", size + at);
+        let mut maps = Vec::new();
+        for prog in ["qemu-io", env!("CARGO_BIN_EXE_cowblk-io")] {
+            let _ = std::fs::remove_file(d.join("t.qcow2"));
+            let sz = (size + 2048).to_string();
+            run(
+                "qemu-img",
+                &[
+                    "create",
+                    "-q",
+                    "-f",
+                    "qcow2",
+                    "-o",
+                    "cluster_size=4k",
+                    "t.qcow2",
+                    &sz,
+                ],
+            );
+            run(prog, &["-f", "qcow2", "-c", &cmd, "t.qcow2"]);
+            run("qemu-img", &["check", "-q", "t.qcow2"]);
+            maps.push(run("qemu-img", &["map", "--output=json", "t.qcow2"]));
+        }
+        assert_eq!(maps[0], maps[1], "{cmd}");
+        assert!(maps[1].contains(r#""length": 2048, "depth": 0, "present": true, "zero": true"#));
+    }
     std::fs::remove_dir_all(&d).unwrap();
 }

@@ -1413,17 +1413,24 @@ static int add_cow_simple_worker(void *opaque)
         break;
     case OP_ZEROES: {
         /*
-         * Zeroing part of an unallocated cluster needs its old contents,
-         * which only QEMU can read: leave that to the block layer's
-         * fallback (a write of zeros through add_cow_co_pwritev).
+         * Zeroing part of an unallocated cluster: the library makes it a
+         * zero cluster where the rest reads zeros (this layer, no backing
+         * file, or the glue's word for QEMU's backing chain); otherwise it
+         * would need the old contents, which only QEMU can read, so with
+         * NO_FALLBACK it refuses, before allocating anything, and the
+         * block layer's fallback writes zeros (add_cow_co_pwritev).
          */
         uint64_t cow_off, cow_len;
+        uint32_t zflags = t->zflags;
         ret = cowblk_cow_range(t->img, t->a, t->b, &cow_off, &cow_len);
         if (ret >= 0 && cow_len) {
-            return -ENOTSUP;
+            zflags |= COWBLK_ZERO_NO_FALLBACK;
         }
         if (ret >= 0) {
-            ret = cowblk_write_zeroes_flags(t->img, t->a, t->b, t->zflags);
+            ret = cowblk_write_zeroes_flags(t->img, t->a, t->b, zflags);
+        }
+        if (ret == -ENOTSUP) {
+            return ret;
         }
         break;
     }
@@ -1464,6 +1471,43 @@ static int coroutine_fn add_cow_load_metadata(BlockDriverState *bs,
     return ret < 0 ? ret : 0;
 }
 
+/*
+ * Whether [off, off + bytes) reads zeros through this node and its
+ * backing chain, by block status alone (QEMU's qcow2 is_zero: a loop,
+ * since zeros of an unallocated chain and of a short backing file come
+ * as separate extents).
+ */
+static bool coroutine_fn add_cow_reads_zero(BlockDriverState *bs, int64_t off,
+                                            int64_t bytes)
+{
+    int64_t nr;
+    int res;
+
+    bytes = MIN(bytes, bs->total_sectors * BDRV_SECTOR_SIZE - off);
+    if (bytes <= 0) {
+        return true;
+    }
+    do {
+        res = bdrv_block_status_above(bs, NULL, off, bytes, &nr, NULL, NULL);
+        off += nr;
+        bytes -= nr;
+    } while (res >= 0 && (res & BDRV_BLOCK_ZERO) && nr && bytes);
+    return res >= 0 && (res & BDRV_BLOCK_ZERO) && !bytes;
+}
+
+/*
+ * Zero writes.  A library qcow2 (v3) zeroes whole clusters in metadata; a
+ * partial cluster becomes a zero cluster when its other bytes read zeros
+ * (QEMU's qcow2 rule).  The library checks its own layer for that under
+ * the cluster's lock but cannot look into QEMU's backing chain (it stands
+ * for one even where there is none), so the glue asks the block layer here
+ * and vouches with
+ * COWBLK_ZERO_BACKING_ZERO_HEAD/TAIL (the backing chain does not change
+ * under an open overlay; this layer's part the library checks again).  The
+ * block layer splits requests at the cluster size (pwrite_zeroes_alignment),
+ * so a piece the library refuses (-ENOTSUP: it would need backing bytes)
+ * falls back to zero buffers alone, as with QEMU's qcow2.
+ */
 static int coroutine_fn add_cow_co_pwrite_zeroes(BlockDriverState *bs,
                                                  int64_t offset, int64_t bytes,
                                                  BdrvRequestFlags flags)
@@ -1475,12 +1519,41 @@ static int coroutine_fn add_cow_co_pwrite_zeroes(BlockDriverState *bs,
         .zflags = (flags & BDRV_REQ_MAY_UNMAP ? COWBLK_ZERO_MAY_UNMAP : 0) |
                   (flags & BDRV_REQ_NO_FALLBACK ? COWBLK_ZERO_NO_FALLBACK : 0),
     };
-    int ret = add_cow_submit(bs, add_cow_simple_worker, &t);
+    int ret;
 
+    if (!strcmp(s->lib_format, "qcow2") && bytes > 0) {
+        int64_t cs = s->cluster_size, end = offset + bytes;
+        int64_t size = bs->total_sectors * BDRV_SECTOR_SIZE;
+        int64_t hs = QEMU_ALIGN_DOWN(offset, cs);
+        int64_t ts = QEMU_ALIGN_DOWN(end - 1, cs);
+        /* cluster ends; the image's partial last cluster ends with it */
+        int64_t he = MIN(hs + cs, size), te = MIN(ts + cs, size);
+
+        if ((offset != hs || end < he) &&
+            add_cow_reads_zero(bs, hs, offset - hs) &&
+            (ts > hs || add_cow_reads_zero(bs, end, he - end))) {
+            t.zflags |= COWBLK_ZERO_BACKING_ZERO_HEAD;
+        }
+        if (ts > hs && end < te && add_cow_reads_zero(bs, end, te - end)) {
+            t.zflags |= COWBLK_ZERO_BACKING_ZERO_TAIL;
+        }
+    }
+    ret = add_cow_submit(bs, add_cow_simple_worker, &t);
     if (ret < 0 && ret != -ENOTSUP) {
         add_cow_request_error(bs, "write zeroes", "%s", t.err);
     }
     return ret;
+}
+
+/* Zero writes reach the driver split at cluster boundaries (see above). */
+static void add_cow_refresh_limits(BlockDriverState *bs, Error **errp)
+{
+    BDRVAddCowState *s = bs->opaque;
+
+    if (s->img && !strcmp(s->lib_format, "qcow2") && s->cluster_size &&
+        s->cluster_size <= INT32_MAX) {
+        bs->bl.pwrite_zeroes_alignment = s->cluster_size;
+    }
 }
 
 /*
@@ -2292,6 +2365,7 @@ static int cowblk_qcow2_snapshot_list(BlockDriverState *bs,
     .bdrv_co_preadv             = add_cow_co_preadv_entry,          \
     .bdrv_co_pwritev            = add_cow_co_pwritev_entry,         \
     .bdrv_co_pwrite_zeroes      = add_cow_co_pwrite_zeroes,         \
+    .bdrv_refresh_limits        = add_cow_refresh_limits,           \
     .bdrv_co_pdiscard           = add_cow_co_pdiscard,              \
     .bdrv_co_flush_to_disk      = add_cow_co_flush,                 \
     .bdrv_co_truncate           = add_cow_co_truncate,              \

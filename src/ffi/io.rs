@@ -7,7 +7,8 @@ use super::error::guard;
 use super::handle::{cowblk_image, image};
 use super::{
     COWBLK_BLOCK_ALLOCATED, COWBLK_BLOCK_DATA, COWBLK_BLOCK_EOF, COWBLK_BLOCK_OFFSET_VALID,
-    COWBLK_BLOCK_ZERO, COWBLK_ZERO_MAY_UNMAP, COWBLK_ZERO_NO_FALLBACK,
+    COWBLK_BLOCK_ZERO, COWBLK_ZERO_BACKING_ZERO_HEAD, COWBLK_ZERO_BACKING_ZERO_TAIL,
+    COWBLK_ZERO_MAY_UNMAP, COWBLK_ZERO_NO_FALLBACK,
 };
 use crate::error::Error;
 use crate::image::{Backing, BlockStatus};
@@ -160,7 +161,10 @@ pub unsafe extern "C" fn cowblk_write_zeroes_flags(
     flags: u32,
 ) -> c_int {
     guard(|| {
-        let known = COWBLK_ZERO_MAY_UNMAP | COWBLK_ZERO_NO_FALLBACK;
+        let known = COWBLK_ZERO_MAY_UNMAP
+            | COWBLK_ZERO_NO_FALLBACK
+            | COWBLK_ZERO_BACKING_ZERO_HEAD
+            | COWBLK_ZERO_BACKING_ZERO_TAIL;
         if flags & !known != 0 {
             return Err(Error::InvalidArgument(format!(
                 "unknown zero flags {:#x}",
@@ -170,6 +174,8 @@ pub unsafe extern "C" fn cowblk_write_zeroes_flags(
         let f = ZeroFlags {
             may_unmap: flags & COWBLK_ZERO_MAY_UNMAP != 0,
             no_fallback: flags & COWBLK_ZERO_NO_FALLBACK != 0,
+            host_zero_head: flags & COWBLK_ZERO_BACKING_ZERO_HEAD != 0,
+            host_zero_tail: flags & COWBLK_ZERO_BACKING_ZERO_TAIL != 0,
         };
         image(img)?.img.write_zeroes_flags(offset, bytes, f)?;
         Ok(0)

@@ -93,8 +93,9 @@ pub use snapshot::{
 /// where it said -EAGAIN. 6: `cowblk_check_result.message_fn` and
 /// `message_opaque` (every check message, whole); `messages` is cut at
 /// the end of a line. 7: `cowblk_check_result.fragmented_clusters` and
-/// `compressed_clusters`.
-pub const COWBLK_ABI_VERSION: u32 = 7;
+/// `compressed_clusters`. 8: the zero flags COWBLK_ZERO_BACKING_ZERO_HEAD
+/// and COWBLK_ZERO_BACKING_ZERO_TAIL.
+pub const COWBLK_ABI_VERSION: u32 = 8;
 
 /// Open flag: open every file read-only; writes fail with -EROFS.
 pub const COWBLK_OPEN_RDONLY: u32 = 1 << 0;
@@ -145,6 +146,16 @@ pub const COWBLK_ZERO_MAY_UNMAP: u32 = 1 << 0;
 /// `cowblk_write_zeroes_flags` flag: fail with -ENOTSUP rather than write
 /// zeros as data, as QEMU's BDRV_REQ_NO_FALLBACK.
 pub const COWBLK_ZERO_NO_FALLBACK: u32 = 1 << 1;
+/// `cowblk_write_zeroes_flags` flags (ABI 8), for a handle opened with
+/// COWBLK_OPEN_CALLER_BACKING: the caller's backing chain reads zeros over
+/// the bytes of the request's first cluster outside the request (both
+/// sides when the request lies inside one cluster) (HEAD), and over those
+/// of its last cluster (TAIL). The library cannot look into the caller's
+/// backing file; with these a partial-cluster zero write becomes a zero
+/// cluster where this layer also reads zeros there (checked under the
+/// cluster's lock), as QEMU's qcow2 does.
+pub const COWBLK_ZERO_BACKING_ZERO_HEAD: u32 = 1 << 2;
+pub const COWBLK_ZERO_BACKING_ZERO_TAIL: u32 = 1 << 3;
 
 /// `cowblk_info.allocated_bytes`: not computed (ask
 /// `cowblk_get_allocated_bytes`).

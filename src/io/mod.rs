@@ -99,6 +99,14 @@ pub struct ZeroFlags {
     pub may_unmap: bool,
     /// Fail rather than write zero buffers.
     pub no_fallback: bool,
+    /// For an image whose backing file the host reads (caller-managed
+    /// backing): the host's backing chain reads zeros over the bytes of
+    /// the request's first cluster outside the request (both sides when
+    /// the request lies inside one cluster), and over those of its last
+    /// cluster. Lets a partial-cluster zero write become a zero cluster
+    /// when this layer reads zeros there too, as QEMU's qcow2 does.
+    pub host_zero_head: bool,
+    pub host_zero_tail: bool,
 }
 
 impl ZeroFlags {
@@ -107,6 +115,8 @@ impl ZeroFlags {
     pub const UNMAP: ZeroFlags = ZeroFlags {
         may_unmap: true,
         no_fallback: false,
+        host_zero_head: false,
+        host_zero_tail: false,
     };
 }
 

@@ -18,6 +18,7 @@ pub fn zero_flags(f: &Flags) -> ZeroFlags {
     ZeroFlags {
         may_unmap: f.unmap,
         no_fallback: f.no_fallback,
+        ..ZeroFlags::default()
     }
 }
 
