@@ -513,11 +513,6 @@ static int64_t add_cow_getlength(BlockDriverState *bs)
     return ret < 0 ? ret : (int64_t)len;
 }
 
-/*
- * Reopen: a change between read-only and read-write opens a new library
- * handle in prepare (so that errors are reported there) and swaps it in on
- * commit.  The block layer has drained and flushed the node before prepare.
- */
 /* A reopen's new handle and the options it was opened with. */
 typedef struct AddCowReopen {
     struct cowblk_image *img;
@@ -525,9 +520,11 @@ typedef struct AddCowReopen {
 } AddCowReopen;
 
 /*
- * A new library handle when the node changes between read-only and
- * read-write, or its library options change (QEMU's qcow2 takes new cache
- * sizes on reopen too); otherwise the handle stays.
+ * Reopen: a change between read-only and read-write, or of the library
+ * options (QEMU's qcow2 takes new cache sizes on reopen too), opens a new
+ * library handle in prepare (so that errors are reported there) and swaps
+ * it in on commit; otherwise the handle stays.  The block layer has
+ * drained and flushed the node before prepare.
  */
 static int add_cow_reopen_prepare(BDRVReopenState *state,
                                   BlockReopenQueue *queue, Error **errp)
