@@ -694,7 +694,7 @@ done
 # The second build (make qemu-libqcow2) registers the library's qcow2 as
 # "qcow2"; these are the tests that pass there (make qemu-iotests-qcow2 runs
 # them all; docs/QEMU.md lists the rest and why).
-QCOW2_IOTESTS=${QCOW2_IOTESTS:-001 002 003 004 005 007 008 009 010 011 012 013 014 015 017 018 019 021 023 024 025 027 031 032 033 034 035 037 038 042 043 047 048 050 052 053 062 063 069 073 086 090 103 104 105 107 111 114 115 121 126 133 150 154 159 170 177 187 197 204 215 226 243 251 252 265 268 272 279 287 290 292}
+QCOW2_IOTESTS=${QCOW2_IOTESTS:-001 002 003 004 005 007 008 009 010 011 012 013 014 015 017 018 019 021 023 024 025 027 031 032 033 034 035 036 037 038 042 043 047 048 050 052 053 054 062 063 069 073 079 086 090 103 104 105 107 111 114 115 121 126 133 138 150 154 159 170 174 177 187 197 204 215 226 243 251 252 265 268 272 279 287 290 292 313}
 IOTESTS_ONE_CHECK=1 "$ROOT/scripts/qemu-iotests-qcow2.sh" $QCOW2_IOTESTS >iotests-qcow2.log 2>&1
 grep -aE '^(ok  |FAIL|skip) ' iotests-qcow2.log | sed 's/^\(....\) /\1 qcow2 iotest /'
 PASS=$((PASS + $(grep -ac '^ok  ' iotests-qcow2.log)))

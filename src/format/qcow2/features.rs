@@ -36,47 +36,58 @@ pub struct FeatureName {
 /// Bytes per feature name table entry.
 pub const ENTRY_SIZE: usize = 48;
 
-/// Parses the feature name table. Entries with an unknown type or a bit
-/// number above 63 are skipped (the table is informational only).
+/// Parses the feature name table as QEMU reads it: a last entry cut short
+/// reads as zero-padded, and the first entry with an empty name ends the
+/// table. Entries with an unknown type or a bit number above 63 are
+/// skipped (the table is informational only).
 pub fn parse_name_table(data: &[u8]) -> Vec<FeatureName> {
-    data.chunks_exact(ENTRY_SIZE)
-        .filter_map(|e| {
-            let kind = match e[0] {
-                0 => FeatureKind::Incompatible,
-                1 => FeatureKind::Compatible,
-                2 => FeatureKind::Autoclear,
-                _ => return None,
-            };
-            if e[1] > 63 {
-                return None;
-            }
-            let raw = &e[2..];
-            let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-            Some(FeatureName {
-                kind,
-                bit: e[1],
-                name: String::from_utf8_lossy(&raw[..end]).into_owned(),
-            })
-        })
-        .collect()
+    let mut out = Vec::new();
+    for chunk in data.chunks(ENTRY_SIZE) {
+        let mut e = [0u8; ENTRY_SIZE];
+        e[..chunk.len()].copy_from_slice(chunk);
+        let raw = &e[2..];
+        let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+        if end == 0 {
+            break;
+        }
+        let kind = match e[0] {
+            0 => FeatureKind::Incompatible,
+            1 => FeatureKind::Compatible,
+            2 => FeatureKind::Autoclear,
+            _ => continue,
+        };
+        if e[1] > 63 {
+            continue;
+        }
+        out.push(FeatureName {
+            kind,
+            bit: e[1],
+            name: String::from_utf8_lossy(&raw[..end]).into_owned(),
+        });
+    }
+    out
 }
 
-/// Describes the incompatible bits in `bits` for an error message, using
-/// the image's own name table where it has one.
+/// Describes the incompatible bits in `bits` for an error message as
+/// QEMU's qcow2 does: the names the image's own table gives them, in the
+/// table's order (cut at 46 bytes), then the rest as one hex mask.
 pub fn describe_incompatible(bits: u64, table: &[FeatureName]) -> String {
-    (0..64u8)
-        .filter(|b| bits & (1u64 << b) != 0)
-        .map(|b| {
-            match table
-                .iter()
-                .find(|f| f.kind == FeatureKind::Incompatible && f.bit == b)
-            {
-                Some(f) if !f.name.is_empty() => format!("'{}' (bit {b})", f.name),
-                _ => format!("unknown incompatible feature bit {b}"),
+    let mut rest = bits;
+    let mut parts: Vec<String> = Vec::new();
+    for f in table {
+        if f.kind == FeatureKind::Incompatible && f.bit < 64 && rest & (1u64 << f.bit) != 0 {
+            let mut end = f.name.len().min(46);
+            while !f.name.is_char_boundary(end) {
+                end -= 1;
             }
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+            parts.push(f.name[..end].to_string());
+            rest &= !(1u64 << f.bit);
+        }
+    }
+    if rest != 0 {
+        parts.push(format!("Unknown incompatible feature: {rest:x}"));
+    }
+    parts.join(", ")
 }
 
 #[cfg(test)]
@@ -96,14 +107,28 @@ mod tests {
         let mut t = entry(0, 9, "time travel");
         t.extend(entry(1, 0, "lazy refcounts"));
         t.extend(entry(7, 1, "bogus type"));
-        t.extend([1, 2, 3]); // a trailing partial entry is ignored
         let names = parse_name_table(&t);
         assert_eq!(names.len(), 2);
         let d = describe_incompatible((1 << 9) | (1 << 40), &names);
+        assert_eq!(d, "time travel, Unknown incompatible feature: 10000000000");
+    }
+
+    /// As QEMU reads the table (iotest 036): a short last entry counts,
+    /// zero-padded; an entry with an empty name ends the table.
+    #[test]
+    fn short_last_entries_count_and_empty_names_end_the_table() {
+        let mut t = vec![0u8, 63];
+        t.extend(b"Test feature");
+        let names = parse_name_table(&t);
+        assert_eq!(names.len(), 1);
         assert_eq!(
-            d,
-            "'time travel' (bit 9), unknown incompatible feature bit 40"
+            describe_incompatible(7 << 61, &names),
+            "Test feature, Unknown incompatible feature: 6000000000000000"
         );
+        let mut t = entry(0, 61, "a");
+        t.extend(entry(0, 62, ""));
+        t.extend(entry(0, 63, "c"));
+        assert_eq!(parse_name_table(&t).len(), 1);
     }
 
     #[test]

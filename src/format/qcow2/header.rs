@@ -415,10 +415,9 @@ impl Header {
         }
         let need = l1_entries_for(self.size, cb, self.extended_l2());
         if need > i32::MAX as u64 {
-            return Err(Error::TooLarge(format!(
-                "virtual size {} needs more L1 entries than supported",
-                self.size
-            )));
+            // QEMU's words (its l1_vm_state_index check): the virtual
+            // size needs more L1 entries than an int holds
+            return Err(Error::TooLarge("Image is too big".into()));
         }
         if (self.l1_size as u64) < need {
             return Err(corrupt(format!(

@@ -341,7 +341,7 @@ impl Qcow2 {
         let unknown = h.incompatible & !features::INCOMPAT_KNOWN;
         if unknown != 0 {
             return Err(Error::Unsupported(format!(
-                "qcow2 feature(s) {}",
+                "Unsupported qcow2 feature(s): {}",
                 features::describe_incompatible(unknown, &h.feature_names)
             )));
         }
