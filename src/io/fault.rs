@@ -150,6 +150,16 @@ impl BlockFile for MemFile {
         self.write_at(&vec![0u8; len as usize], off)
     }
 
+    /// A punched hole: zeros within the file (its size kept), recorded as
+    /// one write, so that crash tests see when it lands.
+    fn discard(&self, off: u64, len: u64) -> Result<()> {
+        let end = off.saturating_add(len).min(self.len()?);
+        if off >= end {
+            return Ok(());
+        }
+        self.write_at(&vec![0u8; (end - off) as usize], off)
+    }
+
     fn name(&self) -> &str {
         &self.name
     }

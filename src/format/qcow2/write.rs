@@ -929,6 +929,7 @@ impl Qcow2 {
             self.file.flush()?;
         }
         if !m.frees.is_empty() {
+            let mut freed = Vec::new();
             for c in std::mem::take(&mut m.frees) {
                 if self.add_refcount(m, c, -1)? == 0 {
                     m.hint = m.hint.min(c);
@@ -937,16 +938,42 @@ impl Qcow2 {
                         m.free_byte = 0;
                     }
                     self.l2_cache.invalidate(c * cs);
+                    freed.push(c);
                 }
             }
             if self.write_blocks(m)? && !lazy {
                 self.file.flush()?;
             }
+            self.punch_freed(freed);
         }
         if lazy && self.write_blocks(m)? {
             self.file.flush()?;
         }
         Ok(())
+    }
+
+    /// Gives clusters that no longer hold anything back to the filesystem
+    /// (a hole each run), as QEMU's qcow2 passes discards down with
+    /// unmap: a discarded or shrunk-away range frees host space. Called
+    /// with the metadata lock held, after the write-back that dropped the
+    /// last reference (L2 tables and the L1 table are durable by then, so
+    /// nothing on disk points at them), and before anything can allocate
+    /// them again. Best effort: a filesystem without holes keeps the
+    /// space.
+    fn punch_freed(&self, mut freed: Vec<u64>) {
+        let cs = self.cs();
+        freed.sort_unstable();
+        let mut i = 0;
+        while i < freed.len() {
+            let mut j = i + 1;
+            while j < freed.len() && freed[j] == freed[j - 1] + 1 {
+                j += 1;
+            }
+            let _ = self
+                .file
+                .discard(freed[i] * cs, (freed[j - 1] - freed[i] + 1) * cs);
+            i = j;
+        }
     }
 
     /// Loads the refcount table for a read-write open.
@@ -1120,8 +1147,11 @@ impl Qcow2 {
             return Ok(());
         };
         match kind {
+            // Zero bytes, not a hole: QEMU's qcow2 writes them too (its
+            // zero write over part of a cluster falls back to a buffer of
+            // zeros), so the cluster stays data (iotest 292's map).
             Kind::Normal(h) if entry & OFLAG_COPIED != 0 => {
-                self.data.write_zeroes(h + used, cs - used)
+                crate::io::write_zeroes_by_writing(&*self.data, h + used, cs - used)
             }
             Kind::Normal(_) | Kind::Compressed { .. } => {
                 // Shared or compressed: rewriting it in place is not
