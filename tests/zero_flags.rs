@@ -11,6 +11,26 @@ fn blocks(p: &std::path::Path) -> u64 {
     std::fs::metadata(p).unwrap().blocks()
 }
 
+/// Runs `prog` in `dir`; it must succeed. Its standard output.
+fn run_in(dir: &std::path::Path, prog: &str, args: &[&str]) -> String {
+    let o = std::process::Command::new(prog)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{prog} {args:?}: {o:?}");
+    String::from_utf8(o.stdout).unwrap()
+}
+
+/// qemu-img with the words of `line`, in `dir`; it must succeed.
+fn qemu_img(dir: &std::path::Path, line: &str) -> String {
+    run_in(
+        dir,
+        "qemu-img",
+        &line.split_whitespace().collect::<Vec<_>>(),
+    )
+}
+
 const KEEP: ZeroFlags = ZeroFlags {
     may_unmap: false,
     no_fallback: true,
@@ -133,15 +153,7 @@ fn cowblk_io_write_z_allocates_like_qemu_io() {
 #[test]
 fn zeroing_a_v2_image_frees_clusters_only_without_a_backing_file() {
     let d = common::tmpdir("zero-flags-v2");
-    let run = |prog: &str, args: &[&str]| {
-        let o = std::process::Command::new(prog)
-            .args(args)
-            .current_dir(&d)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{prog} {args:?}: {o:?}");
-        String::from_utf8(o.stdout).unwrap()
-    };
+    let run = |prog: &str, args: &[&str]| run_in(&d, prog, args);
     let mut maps = Vec::new();
     for prog in ["qemu-io", env!("CARGO_BIN_EXE_cowblk-io")] {
         let mut seen = Vec::new();
@@ -203,32 +215,11 @@ fn zeroing_a_v2_image_frees_clusters_only_without_a_backing_file() {
 fn caller_backing_zero_writes_widen_only_where_the_caller_vouches() {
     use cowblk::ffi::*;
     let d = common::tmpdir("zero-flags-host");
-    let run = |prog: &str, args: &[&str]| {
-        let o = std::process::Command::new(prog)
-            .args(args)
-            .current_dir(&d)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{prog} {args:?}: {o:?}");
-        String::from_utf8(o.stdout).unwrap()
-    };
+    let run = |prog: &str, args: &[&str]| run_in(&d, prog, args);
     run("qemu-img", &["create", "-q", "-f", "raw", "b.raw", "64k"]);
-    run(
-        "qemu-img",
-        &[
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            "cluster_size=4k",
-            "-b",
-            "b.raw",
-            "-F",
-            "raw",
-            "o.qcow2",
-            "64k",
-        ],
+    qemu_img(
+        &d,
+        "create -q -f qcow2 -o cluster_size=4k -b b.raw -F raw o.qcow2 64k",
     );
     // this layer's own data in the third cluster
     run("qemu-io", &["-c", "write -P 9 8k 1k", "o.qcow2"]);
@@ -305,15 +296,7 @@ fn caller_backing_zero_writes_widen_only_where_the_caller_vouches() {
 #[test]
 fn zeroing_the_partial_last_cluster_as_qemu_io() {
     let d = common::tmpdir("zero-flags-tail");
-    let run = |prog: &str, args: &[&str]| {
-        let o = std::process::Command::new(prog)
-            .args(args)
-            .current_dir(&d)
-            .output()
-            .unwrap();
-        assert!(o.status.success(), "{prog} {args:?}: {o:?}");
-        String::from_utf8(o.stdout).unwrap()
-    };
+    let run = |prog: &str, args: &[&str]| run_in(&d, prog, args);
     let size = 1u64 << 20;
     for (at, len) in [(0, 512), (1536, 512), (512, 1024), (0, 2048)] {
         let cmd = format!("write -z {} {len}", size + at);
@@ -321,18 +304,9 @@ fn zeroing_the_partial_last_cluster_as_qemu_io() {
         for prog in ["qemu-io", env!("CARGO_BIN_EXE_cowblk-io")] {
             let _ = std::fs::remove_file(d.join("t.qcow2"));
             let sz = (size + 2048).to_string();
-            run(
-                "qemu-img",
-                &[
-                    "create",
-                    "-q",
-                    "-f",
-                    "qcow2",
-                    "-o",
-                    "cluster_size=4k",
-                    "t.qcow2",
-                    &sz,
-                ],
+            qemu_img(
+                &d,
+                &format!("create -q -f qcow2 -o cluster_size=4k t.qcow2 {sz}"),
             );
             run(prog, &["-f", "qcow2", "-c", &cmd, "t.qcow2"]);
             run("qemu-img", &["check", "-q", "t.qcow2"]);
