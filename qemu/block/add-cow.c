@@ -74,15 +74,12 @@ typedef struct AddCowJob {
 
 /*
  * QEMU's qcow2 runtime options the library's qcow2 takes too (cache sizes
- * and overlap checks, cowblk_open_kv); the values as given (the library
- * parses them as QEMU's qcow2 does).  Any other qcow2 option stays
- * unconsumed, so QEMU refuses it rather than have it silently ignored.
+ * and overlap checks, cowblk_open_kv; cowblk_qcow2_runtime_opts lists
+ * them); the values as given (the library parses them as QEMU's qcow2
+ * does).  Any other qcow2 option stays unconsumed, so QEMU refuses it
+ * rather than have it silently ignored.
  */
 #define ADD_COW_LIB_OPTS 5
-static const char *const add_cow_lib_opt_names[ADD_COW_LIB_OPTS] = {
-    "cache-size", "l2-cache-size", "refcount-cache-size",
-    "l2-cache-entry-size", "overlap-check",
-};
 
 typedef struct AddCowLibOpts {
     const char *keys[ADD_COW_LIB_OPTS];
@@ -116,8 +113,8 @@ typedef struct BDRVAddCowState {
     int nrequests;
     /* a backing fd whose RWF_NOWAIT reads failed as unsupported */
     int nowait_bad_fd;
-    /* request failures so far (only the first one is reported) */
-    unsigned request_errors;
+    /* a request failure was reported (only the first one is) */
+    bool request_error_reported;
 } BDRVAddCowState;
 
 /* The library format behind a QEMU format name. */
@@ -210,6 +207,20 @@ static void save_err(char *dst, int ret)
     snprintf(dst, ADD_COW_ERR_LEN, "%s", m && *m ? m : strerror(-ret));
 }
 
+/*
+ * The library's reason alone, where QEMU names the file itself: what
+ * follows "could not VERB 'PATH': " in its message (as QEMU's drivers word
+ * their errors), else the whole message.
+ */
+static const char *lib_reason(const char *msg, const char *verb,
+                              const char *path)
+{
+    g_autofree char *pre = g_strdup_printf("could not %s '%s': ", verb, path);
+    const char *why = strstr(msg, pre);
+
+    return why ? why + strlen(pre) : msg;
+}
+
 /* ---- probe, open, close ---- */
 
 /*
@@ -226,9 +237,10 @@ static void G_GNUC_PRINTF(3, 4) add_cow_request_error(BlockDriverState *bs,
     g_autofree char *msg = NULL;
     va_list ap;
 
-    if (s->request_errors++) {
+    if (s->request_error_reported) {
         return;
     }
+    s->request_error_reported = true;
     va_start(ap, fmt);
     msg = g_strdup_vprintf(fmt, ap);
     va_end(ap);
@@ -369,10 +381,11 @@ static int add_cow_absorb_opts(BlockDriverState *bs, QDict *options,
         return -EINVAL;
     }
     for (int i = 0; i < ADD_COW_LIB_OPTS; i++) {
-        const char *v = qemu_opt_get(opts, add_cow_lib_opt_names[i]);
+        const char *k = cowblk_qcow2_runtime_opts.desc[i].name;
+        const char *v = qemu_opt_get(opts, k);
 
         if (v) {
-            o->keys[o->n] = add_cow_lib_opt_names[i];
+            o->keys[o->n] = k;
             o->vals[o->n++] = g_strdup(v);
         }
     }
@@ -419,16 +432,11 @@ static int add_cow_open_lib(BlockDriverState *bs, int flags,
                          (const char *const *)o->keys,
                          (const char *const *)o->vals, o->n, out);
     if (ret < 0) {
-        /*
-         * QEMU names the image itself ("can't open device F: ..."): keep
-         * the library's reason alone, as QEMU's drivers word it ("... could
-         * not open 'F': REASON").
-         */
+        /* QEMU names the image itself ("can't open device F: ...") */
         const char *m = cowblk_last_error();
-        g_autofree char *pre = g_strdup_printf("could not open '%s': ", path);
-        const char *why = m ? strstr(m, pre) : NULL;
 
-        error_setg(errp, "%s", why ? why + strlen(pre) : m ? m : strerror(-ret));
+        error_setg(errp, "%s", lib_reason(m && *m ? m : strerror(-ret),
+                                          "open", path));
     }
     return ret;
 }
@@ -2131,14 +2139,8 @@ static int coroutine_fn add_cow_co_create_opts(BlockDriver *drv,
     ret = thread_pool_submit_co(aio_get_thread_pool(qemu_get_aio_context()),
                                 add_cow_create_worker, &t);
     if (ret < 0) {
-        /*
-         * qemu-img already names the file: keep the library's reason
-         * alone ("... could not create 'F': REASON"), in QEMU's words.
-         */
-        g_autofree char *pre = g_strdup_printf("could not create '%s': ",
-                                               filename);
-        const char *why = strstr(t.err, pre);
-        error_setg(errp, "%s", why ? why + strlen(pre) : t.err);
+        /* qemu-img already names the file */
+        error_setg(errp, "%s", lib_reason(t.err, "create", filename));
     }
     return ret;
 }

@@ -75,7 +75,8 @@ pub fn describe_incompatible(bits: u64, table: &[FeatureName]) -> String {
     let mut rest = bits;
     let mut parts: Vec<String> = Vec::new();
     for f in table {
-        if f.kind == FeatureKind::Incompatible && f.bit < 64 && rest & (1u64 << f.bit) != 0 {
+        // (parse_name_table keeps bits below 64 only)
+        if f.kind == FeatureKind::Incompatible && rest & (1u64 << f.bit) != 0 {
             let mut end = f.name.len().min(46);
             while !f.name.is_char_boundary(end) {
                 end -= 1;
